@@ -1,0 +1,10 @@
+/* Subcommands of the `paella` CLI. Each lives in cli/cmd_<name>.c and returns the process
+ * exit status (0 ok, 1 failure / invalid input, 2 usage error). */
+#ifndef PAELLA_CLI_COMMANDS_H
+#define PAELLA_CLI_COMMANDS_H
+
+int cmd_eval(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_job(int argc, char **argv);
+
+#endif

@@ -1,0 +1,93 @@
+/* The backend interface: a table of op functions that every network calls (model/ never
+ * touches CUDA or BLAS directly). ops/cpu_backend.c is the reference implementation
+ * (float32, OpenBLAS GEMMs, OpenMP across cores); kernels/ provides the CUDA twin.
+ *
+ * Conventions: activations are row-major with channels last: (B, H, W, C) images,
+ * (B, L, C) sequences, (N, C) rows. Weights keep their PyTorch layouts; each op documents
+ * which. Output tensors are allocated by the caller with pa_alloc() on the same backend.
+ * Call the checked wrappers in ops/ops.h, not these pointers. */
+#ifndef PAELLA_OPS_BACKEND_H
+#define PAELLA_OPS_BACKEND_H
+
+#include <stdbool.h>
+
+#include "ops/tensor.h"
+
+typedef enum { PA_ACT_NONE, PA_ACT_GELU, PA_ACT_GELU_TANH, PA_ACT_SILU } pa_act;
+typedef enum { PA_PAD_ZERO, PA_PAD_REPLICATE } pa_pad_mode;
+
+typedef struct {
+  int stride, pad, groups;
+  pa_pad_mode pad_mode;
+} pa_conv_params;
+
+typedef struct {
+  int nhead;
+  float scale;                 /* multiplies q.k (1/sqrt(d) for MHA, 1 for T5) */
+  bool causal;                 /* key j > query i masked out (CLIP text) */
+  const pa_tensor *pos_bias;   /* (H, Lq, Lk) added to the scores before softmax (T5), or NULL */
+  const pa_tensor *key_weight; /* (n,) multiplies the softmax of the last n keys, no renorm */
+} pa_attn_params;
+
+typedef struct pa_backend pa_backend;
+struct pa_backend {
+  const char *name;
+  pa_device device;
+  void *ctx;
+
+  /* memory */
+  pa_tensor *(*alloc)(pa_backend *be, pa_dtype dt, int ndim, const int64_t *shape);
+  void (*release)(pa_backend *be, pa_tensor *t);
+  int (*to_host)(pa_backend *be, pa_tensor *host_dst, const pa_tensor *src);
+  int (*from_host)(pa_backend *be, pa_tensor *dst, const pa_tensor *host_src);
+  int (*sync)(pa_backend *be);
+
+  /* y(..., N) = act(x(..., K) @ w(N, K)^T + b(N)) */
+  int (*linear)(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_tensor *w,
+                const pa_tensor *b, pa_act act);
+  /* y(N, D) = table(V, D)[ids(N)] ; ids int64 */
+  int (*embedding)(pa_backend *be, pa_tensor *y, const pa_tensor *ids, const pa_tensor *table);
+  /* over the last dim; gamma/beta optional */
+  int (*layernorm)(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_tensor *gamma,
+                   const pa_tensor *beta, float eps);
+  int (*rmsnorm)(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_tensor *gamma,
+                 float eps);
+  int (*activation)(pa_backend *be, pa_tensor *y, const pa_tensor *x, pa_act act);
+  /* y = a + alpha * b (same shapes; y may alias a) */
+  int (*add)(pa_backend *be, pa_tensor *y, const pa_tensor *a, const pa_tensor *b, float alpha);
+  /* y = a * b elementwise */
+  int (*mul)(pa_backend *be, pa_tensor *y, const pa_tensor *a, const pa_tensor *b);
+  /* y = x * s + t with scalars */
+  int (*affine)(pa_backend *be, pa_tensor *y, const pa_tensor *x, float s, float t);
+  /* x (B, ..., C); y = x * (1 + a[b, c]) + m[b, c]; am (B, 2C) = [a | m] (TimestepBlock) */
+  int (*modulate)(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_tensor *am);
+  /* x (..., C): y = x * scale[c] + shift[c] (BatchNorm in eval) */
+  int (*channel_affine)(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_tensor *scale,
+                        const pa_tensor *shift);
+  /* GlobalResponseNorm on (B, H, W, C), gamma/beta (C) */
+  int (*grn)(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_tensor *gamma,
+             const pa_tensor *beta);
+  /* NHWC conv, w (O, I/groups, kh, kw), b (O) optional */
+  int (*conv2d)(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_tensor *w,
+                const pa_tensor *b, pa_conv_params p);
+  /* NHWC transposed conv, w (I, O, kh, kw), groups = 1 */
+  int (*conv_transpose2d)(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_tensor *w,
+                          const pa_tensor *b, pa_conv_params p);
+  /* (B, H, W, C) -> (B, H/p, W/p, C*p*p), channel c*p*p + i*p + j (PyTorch order) */
+  int (*pixel_unshuffle)(pa_backend *be, pa_tensor *y, const pa_tensor *x, int p);
+  int (*pixel_shuffle)(pa_backend *be, pa_tensor *y, const pa_tensor *x, int p);
+  /* y = cat([a, b], axis); a and b agree on every other dim */
+  int (*concat)(pa_backend *be, pa_tensor *y, const pa_tensor *a, const pa_tensor *b, int axis);
+  /* y (B, Lq, C) = MHA over q (B, Lq, C), k/v (B, Lk, C); head h = features [h*d, (h+1)*d) */
+  int (*attention)(pa_backend *be, pa_tensor *y, const pa_tensor *q, const pa_tensor *k,
+                   const pa_tensor *v, const pa_attn_params *p);
+  /* idx (N) int64 = argmin_k |z_n - e_k|^2 over codebook (K, C); z (N, C) */
+  int (*vq_nearest)(pa_backend *be, pa_tensor *idx, const pa_tensor *z, const pa_tensor *codebook);
+  int (*copy)(pa_backend *be, pa_tensor *y, const pa_tensor *x);
+};
+
+pa_backend *pa_cpu_backend(void);
+/* "cpu" or "cuda"; NULL + error if unavailable in this build. */
+pa_backend *pa_backend_by_name(const char *name);
+
+#endif

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of paella from Debian's packages (and npm for
+# test-only servers). Safe to run repeatedly; needs root (apt-get).
+set -euo pipefail
+
+APT_PACKAGES=(
+  build-essential cmake pkg-config ninja-build git ca-certificates
+  libopenblas-dev            # CPU GEMMs
+  libjansson-dev             # JSON (configs in safetensors metadata, HTTP edge)
+  libzip-dev zlib1g-dev      # torch.save zip checkpoints, gzip'd BPE merges
+  libicu-dev                 # CLIP tokenizer: Unicode categories and Python-exact lowercasing
+  libmsgpack-dev             # wire protocol (msgpack-c)
+  libspng-dev libpng-dev     # PNG in/out
+  libssl-dev                 # SHA-256, HMAC
+  clang llvm libclang-rt-14-dev  # libFuzzer targets, sanitizer runtimes
+)
+
+need_install=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_install+=("$p")
+done
+if [ "${#need_install[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_install[@]}"
+fi
+echo "install-deps: all packages present"
