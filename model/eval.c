@@ -7,6 +7,8 @@
 
 #include "model/nn.h"
 #include "model/paella.h"
+#include "model/prior.h"
+#include "model/vqgan.h"
 
 int pa_eval_outputs_add(pa_eval_outputs *o, const char *name, pa_tensor *t) {
   if (!t) return PA_ERR_NOMEM;
@@ -141,6 +143,155 @@ fail:
   return rc;
 }
 
+/* vqgan: from in.image (B, 3, H, W) in [0, 1]: latents, indices and the three decodings;
+ * from in.indices alone: out.decoded. */
+static int eval_vqgan(pa_backend *be, pa_weights *w, bool debug, pa_eval_outputs *out) {
+  int rc = PA_OK;
+  pa_vqgan *m = NULL;
+  pa_tensor *img_h = NULL, *img = NULL, *lat = NULL, *idx = NULL, *qe = NULL, *dec = NULL;
+  pa_vqgan_config cfg = pa_vqgan_default_config();
+  json_t *jcfg = pa_cfg_from_weights(w, &rc);
+  if (rc) return rc;
+  rc = jcfg ? pa_vqgan_config_from_json(jcfg, &cfg) : pa_vqgan_config_infer(w, &cfg);
+  json_decref(jcfg);
+  if (rc) return rc;
+  const pa_tensor *image = pa_weights_find(w, "in.image"), *idx_in = pa_weights_find(w, "in.indices");
+  skip_io_tensors(w);
+  PA_TRY(pa_vqgan_load(be, w, &cfg, &m));
+  debug_sink sink = {be, out, PA_OK};
+  if (debug) pa_vqgan_set_hook(m, debug_hook, &sink);
+  int f = pa_vqgan_factor(m);
+  float sf = (float)cfg.scale_factor;
+  if (image) {
+    const pa_tensor *im;
+    PA_TRY(pa_weights_get_any(w, &im, "in.image"));
+    if (im->ndim != 4 || im->shape[1] != 3) {
+      rc = pa_fail(PA_ERR_SHAPE, "in.image must be (B, 3, H, W)");
+      goto fail;
+    }
+    int64_t B = im->shape[0], h = im->shape[2] / f, wd = im->shape[3] / f;
+    if (!(img_h = pa_nchw_to_nhwc(im)) || !(img = pa_upload(be, img_h))) goto nomem;
+    lat = pa_alloc_f32(be, 4, B, h, wd, (int64_t)cfg.c_latent);
+    qe = pa_alloc_f32(be, 4, B, h, wd, (int64_t)cfg.c_latent);
+    idx = pa_alloc(be, PA_I64, 3, (const int64_t[]){B, h, wd});
+    dec = pa_alloc_f32(be, 4, B, h * f, wd * f, (int64_t)3);
+    if (!lat || !qe || !idx || !dec) goto nomem;
+    PA_TRY(pa_vqgan_encode(m, img, lat, idx));
+    PA_TRY(add_output(be, out, "out.latent_unscaled", lat, false));
+    PA_TRY(add_output(be, out, "out.indices", idx, false));
+    PA_TRY(pa_vqgan_lookup(m, idx, qe));
+    PA_TRY(add_output(be, out, "out.codebook_lookup", qe, false));
+    pa_vqgan_set_hook(m, NULL, NULL); /* the goldens hook only decode_indices */
+    PA_TRY(pa_vqgan_decode(m, lat, 1.0f, dec));
+    PA_TRY(add_output(be, out, "out.decoded_continuous", dec, false));
+    PA_TRY(pa_affine(be, lat, lat, 1.0f / sf, 0.0f)); /* encode()[1] = x / scale_factor */
+    PA_TRY(add_output(be, out, "out.latent", lat, false));
+    PA_TRY(pa_affine(be, qe, qe, 1.0f / sf, 0.0f)); /* encode()[0] = qe / scale_factor */
+    PA_TRY(add_output(be, out, "out.qe", qe, false));
+    PA_TRY(pa_vqgan_decode(m, qe, sf, dec));
+    PA_TRY(add_output(be, out, "out.decoded_from_latent", dec, false));
+    if (debug) pa_vqgan_set_hook(m, debug_hook, &sink);
+  } else if (idx_in) {
+    if (idx_in->dtype != PA_I64 || idx_in->ndim != 3) {
+      rc = pa_fail(PA_ERR_SHAPE, "in.indices must be I64 (B, h, w)");
+      goto fail;
+    }
+    if (!(idx = pa_upload(be, idx_in))) goto nomem;
+    if (!(dec = pa_alloc_f32(be, 4, idx_in->shape[0], idx_in->shape[1] * f, idx_in->shape[2] * f, (int64_t)3))) goto nomem;
+  } else {
+    rc = pa_fail(PA_ERR_NOTFOUND, "%s: vqgan needs in.image or in.indices", pa_weights_source(w));
+    goto fail;
+  }
+  PA_TRY(pa_vqgan_decode_indices(m, idx, dec));
+  PA_TRY(sink.rc);
+  PA_TRY(add_output(be, out, "out.decoded", dec, false));
+  goto fail;
+nomem:
+  rc = PA_ERR_NOMEM;
+fail:
+  pa_vqgan_free(m);
+  pa_tensor_free(img_h);
+  pa_release(be, img);
+  pa_release(be, lat);
+  pa_release(be, qe);
+  pa_release(be, idx);
+  pa_release(be, dec);
+  return rc;
+}
+
+/* Optional host-side schedule checks of the prior file (in.sched_t, in.step_*). */
+static int eval_diffuzz(pa_weights *w, pa_eval_outputs *out) {
+  int rc = PA_OK;
+  const pa_tensor *st = pa_weights_find(w, "in.sched_t");
+  if (st) {
+    PA_TRY(pa_weights_get_any(w, &st, "in.sched_t"));
+    pa_tensor *ac = pa_tensor_new(PA_F32, 1, st->shape);
+    if (!ac) return PA_ERR_NOMEM;
+    for (int64_t i = 0; i < pa_numel(st); i++)
+      ((float *)ac->data)[i] = (float)pa_diffuzz_alpha_cumprod(((const float *)st->data)[i]);
+    PA_TRY(pa_eval_outputs_add(out, "out.alpha_cumprod", ac));
+  }
+  if (!pa_weights_find(w, "in.step_x")) return PA_OK;
+  const pa_tensor *x, *eps, *z, *t, *tp;
+  PA_TRY(pa_weights_get_any(w, &x, "in.step_x"));
+  int B = (int)x->shape[0], D = (int)pa_numel(x) / B;
+  PA_TRY(pa_weights_get(w, &eps, x->ndim, x->shape, "in.step_noise"));
+  PA_TRY(pa_weights_get(w, &z, x->ndim, x->shape, "in.step_z"));
+  PA_TRY(pa_weights_get(w, &t, 1, (const int64_t[]){B}, "in.step_t"));
+  PA_TRY(pa_weights_get(w, &tp, 1, (const int64_t[]){B}, "in.step_t_prev"));
+  pa_tensor *ddpm = pa_tensor_new_like(x), *ddim = pa_tensor_new_like(x), *dif = pa_tensor_new_like(x);
+  if (!ddpm || !ddim || !dif) {
+    pa_tensor_free(ddpm);
+    pa_tensor_free(ddim);
+    pa_tensor_free(dif);
+    return PA_ERR_NOMEM;
+  }
+  pa_diffuzz_ddpm_step(ddpm->data, x->data, eps->data, z->data, t->data, tp->data, B, D);
+  pa_diffuzz_ddim_step(ddim->data, x->data, eps->data, t->data, tp->data, B, D);
+  pa_diffuzz_diffuse(dif->data, x->data, eps->data, t->data, B, D);
+  PA_TRY(pa_eval_outputs_add(out, "out.ddpm_step", ddpm));
+  PA_TRY(pa_eval_outputs_add(out, "out.ddim_step", ddim));
+  PA_TRY(pa_eval_outputs_add(out, "out.diffuse", dif));
+fail:
+  return rc;
+}
+
+/* prior: out.pred (and out.r_embed) from in.x, in.r, in.c, plus the schedule pieces. */
+static int eval_prior(pa_backend *be, pa_weights *w, bool debug, pa_eval_outputs *out) {
+  int rc = PA_OK;
+  pa_prior *m = NULL;
+  pa_tensor *x = NULL, *c = NULL, *pred = NULL;
+  pa_prior_config cfg = pa_prior_default_config();
+  json_t *jcfg = pa_cfg_from_weights(w, &rc);
+  if (rc) return rc;
+  rc = jcfg ? pa_prior_config_from_json(jcfg, &cfg) : pa_prior_config_infer(w, &cfg);
+  json_decref(jcfg);
+  if (rc) return rc;
+  const pa_tensor *rh;
+  PA_TRY(input_f32(be, w, "in.x", true, &x));
+  PA_TRY(input_f32(be, w, "in.c", true, &c));
+  PA_TRY(pa_weights_get(w, &rh, 1, (const int64_t[]){x->shape[0]}, "in.r"));
+  skip_io_tensors(w);
+  PA_TRY(pa_prior_load(be, w, &cfg, &m));
+  debug_sink sink = {be, out, PA_OK};
+  if (debug) pa_prior_set_hook(m, debug_hook, &sink);
+  if (!(pred = pa_alloc(be, PA_F32, 2, x->shape))) goto nomem;
+  PA_TRY(pa_prior_forward(m, x, rh->data, c, pred));
+  PA_TRY(sink.rc);
+  PA_TRY(add_output(be, out, "out.pred", pred, false));
+  PA_TRY(pa_eval_outputs_add(out, "out.r_embed", pa_r_embedding(rh->data, (int)rh->shape[0], cfg.c_r)));
+  PA_TRY(eval_diffuzz(w, out));
+  goto fail;
+nomem:
+  rc = PA_ERR_NOMEM;
+fail:
+  pa_prior_free(m);
+  pa_release(be, x);
+  pa_release(be, c);
+  pa_release(be, pred);
+  return rc;
+}
+
 typedef struct {
   const char *name;
   int (*run)(pa_backend *be, pa_weights *w, bool debug, pa_eval_outputs *out);
@@ -148,6 +299,8 @@ typedef struct {
 
 static const eval_entry nets[] = {
     {"paella", eval_paella},
+    {"vqgan", eval_vqgan},
+    {"prior", eval_prior},
 };
 
 int pa_eval_net(pa_backend *be, const char *net, pa_weights *w, bool debug, pa_eval_outputs *out) {
