@@ -12,6 +12,7 @@ typedef struct {
 
 static const command commands[] = {
     {"eval", cmd_eval, "run one network on a golden-convention safetensors file"},
+    {"tokenize", cmd_tokenize, "print ByT5 or CLIP token ids of a text"},
 };
 
 static void usage(FILE *f) {
