@@ -1,0 +1,190 @@
+#include "model/sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops/error.h"
+
+pa_sampler_config pa_sampler_default_config(void) {
+  return (pa_sampler_config){.steps = 12, .t_start = 1.0f, .t_end = 0.0f, .temp = {0.7f, 0.3f},
+                             .cfg = {8.0f, 8.0f}, .renoise_steps = 11, .cond_steps = 12,
+                             .mode = PA_SAMPLE_MULTINOMIAL, .typical_mass = 0.0f, .typical_min_tokens = 1};
+}
+
+int pa_sampler_config_check(const pa_sampler_config *c) {
+  if (c->steps < 1 || c->steps > 1000) return pa_fail(PA_ERR_INVALID, "steps must be in 1..1000 (got %d)", c->steps);
+  if (!(c->t_start >= 0 && c->t_start <= 1 && c->t_end >= 0 && c->t_end <= 1))
+    return pa_fail(PA_ERR_INVALID, "t_start and t_end must be in [0, 1]");
+  if (!(c->temp[0] > 0 && c->temp[1] > 0)) return pa_fail(PA_ERR_INVALID, "temperatures must be > 0");
+  if (!isfinite(c->cfg[0]) || !isfinite(c->cfg[1])) return pa_fail(PA_ERR_INVALID, "cfg must be finite");
+  if (c->renoise_steps < 0 || c->renoise_steps > c->steps)
+    return pa_fail(PA_ERR_INVALID, "renoise_steps must be in 0..steps");
+  if (c->cond_steps < 0) return pa_fail(PA_ERR_INVALID, "cond_steps must be >= 0");
+  if (c->typical_mass < 0 || c->typical_mass > 1) return pa_fail(PA_ERR_INVALID, "typical mass must be in [0, 1]");
+  return PA_OK;
+}
+
+void pa_linspace_f32(float start, float end, int n, float *out) {
+  if (n == 1) {
+    out[0] = start;
+    return;
+  }
+  float step = (end - start) / (float)(n - 1);
+  int half = n / 2;
+  for (int i = 0; i < n; i++) out[i] = i < half ? start + step * (float)i : end - step * (float)(n - 1 - i);
+}
+
+void pa_sampler_schedules(const pa_sampler_config *c, float *t, float *temp, float *cfg) {
+  if (t) pa_linspace_f32(c->t_start, c->t_end, c->steps + 1, t);
+  if (temp) pa_linspace_f32(c->temp[0], c->temp[1], c->steps, temp);
+  if (cfg) pa_linspace_f32(c->cfg[0], c->cfg[1], c->steps, cfg);
+}
+
+/* ---- Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3") ------------ */
+
+void pa_philox4x32(const uint32_t ctr[4], uint64_t key, uint32_t out[4]) {
+  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
+  uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+  for (int r = 0; r < 10; r++) {
+    uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+    c1 = (uint32_t)p1;
+    c3 = (uint32_t)p0;
+    c0 = n0;
+    c2 = n2;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+static uint32_t rng_u32(uint64_t seed, uint32_t purpose, uint32_t step, uint32_t pos, uint32_t sub) {
+  uint32_t ctr[4] = {sub >> 2, pos, step, purpose}, out[4];
+  pa_philox4x32(ctr, seed, out);
+  return out[sub & 3];
+}
+
+float pa_rng_uniform(uint64_t seed, uint32_t purpose, uint32_t step, uint32_t pos, uint32_t sub) {
+  return (float)(rng_u32(seed, purpose, step, pos, sub) >> 8) * 0x1p-24f;
+}
+
+float pa_rng_uniform_open(uint64_t seed, uint32_t purpose, uint32_t step, uint32_t pos, uint32_t sub) {
+  return ((float)(rng_u32(seed, purpose, step, pos, sub) >> 8) + 0.5f) * 0x1p-24f;
+}
+
+uint32_t pa_rng_below(uint64_t seed, uint32_t purpose, uint32_t step, uint32_t pos, uint32_t n) {
+  return (uint32_t)(((uint64_t)rng_u32(seed, purpose, step, pos, 0) * n) >> 32);
+}
+
+float pa_rng_normal(uint64_t seed, uint32_t purpose, uint32_t step, uint32_t pos) {
+  double u1 = pa_rng_uniform_open(seed, purpose, step, pos, 0), u2 = pa_rng_uniform_open(seed, purpose, step, pos, 1);
+  return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+}
+
+/* ---- sampler ----------------------------------------------------------------------------- */
+
+void pa_sampler_init_noise(uint64_t seed, int64_t n, int K, int64_t *tokens) {
+  for (int64_t p = 0; p < n; p++) tokens[p] = pa_rng_below(seed, PA_RNG_INIT_NOISE, 0, (uint32_t)p, (uint32_t)K);
+}
+
+void pa_sampler_cfg(float *cond, const float *uncond, int64_t n, float cfg) {
+  for (int64_t i = 0; i < n; i++) cond[i] = cond[i] * cfg + uncond[i] * (1.0f - cfg);
+}
+
+void pa_sampler_draw(const float *logits, int64_t n, int K, float temp, pa_sample_mode mode,
+                     uint64_t seed, int step, int64_t *tokens) {
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < n; p++) {
+    const float *row = logits + p * K;
+    float best = -INFINITY;
+    int arg = 0;
+    for (int k = 0; k < K; k++) {
+      float v = row[k];
+      if (mode == PA_SAMPLE_MULTINOMIAL) {
+        if (v == -INFINITY) continue; /* filtered class: probability 0 */
+        float u = pa_rng_uniform_open(seed, PA_RNG_SAMPLE, (uint32_t)step, (uint32_t)p, (uint32_t)k);
+        v = v / temp - logf(-logf(u)); /* Gumbel-max: argmax ~ softmax(logits / temp) */
+      }
+      if (v > best) {
+        best = v;
+        arg = k;
+      }
+    }
+    tokens[p] = arg;
+  }
+}
+
+void pa_sampler_renoise(int64_t *tokens, const int64_t *init, int64_t n, float t, uint64_t seed, int step) {
+  for (int64_t p = 0; p < n; p++)
+    if (pa_rng_uniform(seed, PA_RNG_RENOISE, (uint32_t)step, (uint32_t)p, 0) <= t) tokens[p] = init[p];
+}
+
+void pa_add_noise(const int64_t *x, const float *u, const int64_t *random_x, float t, int64_t n,
+                  int64_t *out, int64_t *mask) {
+  for (int64_t i = 0; i < n; i++) {
+    int64_t m = u[i] <= t; /* inclusive, as upstream */
+    if (mask) mask[i] = m;
+    out[i] = x[i] * (1 - m) + random_x[i] * m;
+  }
+}
+
+void pa_softmax_row(const float *logits, int K, float temp, float *probs) {
+  double mx = -INFINITY, sum = 0;
+  for (int k = 0; k < K; k++) mx = fmax(mx, (double)logits[k] / temp);
+  for (int k = 0; k < K; k++) sum += exp((double)logits[k] / temp - mx);
+  for (int k = 0; k < K; k++) probs[k] = (float)(exp((double)logits[k] / temp - mx) / sum);
+}
+
+typedef struct {
+  double score;
+  int k;
+} scored;
+
+static int by_score(const void *a, const void *b) {
+  const scored *x = a, *y = b;
+  if (x->score != y->score) return x->score < y->score ? -1 : 1;
+  return x->k - y->k; /* stable */
+}
+
+/* Typical filtering (v1): s_k = |-log p_k - H|; classes sorted by s ascending; n = number of
+ * cumulative masses (in that order) below `mass`; every class with s <= s_sorted[n] is kept
+ * (ties kept together); the min_tokens lowest-score classes are always kept. */
+int pa_typical_filter(float *logits, int K, float mass, int min_tokens, int32_t *keep) {
+  scored *s = malloc((size_t)K * sizeof *s);
+  double *logp = malloc((size_t)K * sizeof *logp);
+  if (!s || !logp) {
+    free(s);
+    free(logp);
+    return pa_fail(PA_ERR_NOMEM, "typical filter: out of memory");
+  }
+  double mx = -INFINITY, sum = 0, H = 0;
+  for (int k = 0; k < K; k++) mx = fmax(mx, logits[k]);
+  for (int k = 0; k < K; k++) sum += exp(logits[k] - mx);
+  for (int k = 0; k < K; k++) {
+    logp[k] = logits[k] - mx - log(sum);
+    if (isfinite(logp[k])) H -= exp(logp[k]) * logp[k];
+  }
+  for (int k = 0; k < K; k++) s[k] = (scored){fabs(-logp[k] - H), k};
+  qsort(s, (size_t)K, sizeof *s, by_score);
+  double cm = 0;
+  int n = 0;
+  for (int i = 0; i < K; i++) {
+    cm += exp(logp[s[i].k]);
+    if (cm < mass) n++;
+  }
+  if (n > K - 1) n = K - 1;
+  double cut = s[n].score;
+  for (int i = 0; i < K; i++) {
+    int k = s[i].k;
+    int kept = s[i].score <= cut || i < min_tokens;
+    if (keep) keep[k] = kept;
+    if (!kept) logits[k] = -INFINITY;
+  }
+  free(s);
+  free(logp);
+  return PA_OK;
+}
