@@ -183,8 +183,9 @@ static size_t html_named(const uint32_t *s, size_t n, uint32_t *rep, size_t *n_r
   while (1 + len < n && len < 32 && html_name_char(s[1 + len])) len++;
   if (len == 0) return 0;
   if (1 + len < n && s[1 + len] == ';') len++;
-  /* Entity names are printable ASCII; 0x01 stands for anything else and matches nothing. */
-  for (size_t i = 0; i < len; i++) name[i] = s[1 + i] < 0x80 ? (char)s[1 + i] : 1;
+  /* Entity names are printable ASCII; 0x01 stands for anything else (NUL included, which
+   * would end the C string early) and matches nothing. */
+  for (size_t i = 0; i < len; i++) name[i] = s[1 + i] > 0x20 && s[1 + i] < 0x7F ? (char)s[1 + i] : 1;
   for (size_t x = len; x >= 2 || x == len; x--) {
     name[x] = 0;
     const html_entity *e = entity_find(name);

@@ -188,6 +188,12 @@ static void test_clean_cases(void) {
     CHECK_MSG(got && !strcmp(got, clean_cases[i][1]), "clean case %zu: '%s' vs '%s'", i, got ? got : "", clean_cases[i][1]);
     free(got);
   }
+  /* A NUL inside an entity name: html.unescape("&lt\0x") is "<\0x" (prefix "lt", rest kept). */
+  char *got = NULL;
+  size_t len = 0;
+  CHECK_OK(pa_clip_clean_text("&lt\0x", 5, &got, &len));
+  CHECK_MSG(got && len == 3 && !memcmp(got, "<\0x", 3), "NUL in entity: %zu bytes", len);
+  free(got);
 }
 
 /* ---- pre-tokenizer corner cases (regex IGNORECASE oddities) ---------------------------- */
