@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,9 @@ struct pa_weights {
   meta_kv *meta;
   int n_meta;
   void *map; /* safetensors mapping that borrowed tensors point into */
+  bool autocreate;
+  uint64_t auto_seed;
+  float auto_scale;
   size_t map_len;
 };
 
@@ -109,10 +113,53 @@ bool pa_weights_has(const pa_weights *w, const char *fmt, ...) {
   return find_entry(w, name) != NULL;
 }
 
+static int lookup_shaped(pa_weights *w, entry **out, int ndim, const int64_t *shape,
+                         const char *fmt, va_list ap);
+
+void pa_weights_set_autocreate(pa_weights *w, uint64_t seed, float scale) {
+  w->autocreate = true;
+  w->auto_seed = seed;
+  w->auto_scale = scale;
+}
+
+static uint64_t splitmix64(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/* A synthetic tensor for `name` (see pa_weights_set_autocreate); the stream depends only on
+ * the seed and the name, so adding parameters elsewhere never changes existing values. */
+static int autocreate(pa_weights *w, const char *name, int ndim, const int64_t *shape) {
+  if (ndim < 0) return pa_fail(PA_ERR_NOTFOUND, "%s: missing tensor '%s'", w->source, name);
+  pa_tensor *t = pa_tensor_new(PA_F32, ndim, shape);
+  if (!t) return PA_ERR_NOMEM;
+  uint64_t state = w->auto_seed;
+  for (const char *c = name; *c; c++) state = (state ^ (unsigned char)*c) * 0x100000001B3ull;
+  bool variance = strstr(name, "running_var") != NULL;
+  float *d = t->data;
+  for (int64_t i = 0; i < pa_numel(t); i++) {
+    double u1 = ((splitmix64(&state) >> 11) + 0.5) * 0x1p-53, u2 = (splitmix64(&state) >> 11) * 0x1p-53;
+    double z = sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2) * w->auto_scale;
+    d[i] = (float)(variance ? 1.0 + fabs(z) : z);
+  }
+  return pa_weights_add(w, name, t);
+}
+
 static int lookup(pa_weights *w, entry **out, const char *fmt, va_list ap) {
+  return lookup_shaped(w, out, -1, NULL, fmt, ap);
+}
+
+static int lookup_shaped(pa_weights *w, entry **out, int ndim, const int64_t *shape, const char *fmt, va_list ap) {
   char name[512];
   vsnprintf(name, sizeof name, fmt, ap);
   entry *e = find_entry(w, name);
+  if (!e && w->autocreate) {
+    int rc = autocreate(w, name, ndim, shape);
+    if (rc) return rc;
+    e = find_entry(w, name);
+  }
   if (!e) return pa_fail(PA_ERR_NOTFOUND, "%s: missing tensor '%s'", w->source, name);
   e->used = true;
   *out = e;
@@ -149,7 +196,7 @@ int pa_weights_get(pa_weights *w, const pa_tensor **out, int ndim, const int64_t
   entry *e;
   va_list ap;
   va_start(ap, fmt);
-  int rc = lookup(w, &e, fmt, ap);
+  int rc = lookup_shaped(w, &e, ndim, shape, fmt, ap);
   va_end(ap);
   if (rc) return rc;
   if (ndim >= 0 && (rc = check_shape(w, e, ndim, shape))) return rc;

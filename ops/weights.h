@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ops/tensor.h"
 
@@ -42,6 +43,12 @@ int pa_weights_get_any(pa_weights *w, const pa_tensor **out, const char *fmt, ..
 /* Fetches a tensor without conversion (any dtype), marking it used. */
 int pa_weights_get_raw(pa_weights *w, const pa_tensor **out, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Synthetic weights: from now on a fetch of a missing name creates it with the requested
+ * shape and deterministic N(0, scale^2) values drawn from (seed, name) - so a network's own
+ * loader builds a randomly initialised model of any configuration (tests, the embedded
+ * default model). Names ending in "running_var" get 1 + |x| (a valid variance). */
+void pa_weights_set_autocreate(pa_weights *w, uint64_t seed, float scale);
 
 /* Names of tensors never fetched: a checkpoint with unexpected keys is refused by callers. */
 void pa_weights_reset_used(pa_weights *w);
