@@ -12,6 +12,7 @@ typedef struct {
 
 static const command commands[] = {
     {"eval", cmd_eval, "run one network on a golden-convention safetensors file"},
+    {"job", cmd_job, "encode / decode / validate wire-protocol jobs"},
     {"tokenize", cmd_tokenize, "print ByT5 or CLIP token ids of a text"},
 };
 
