@@ -37,9 +37,11 @@ static int parse_opts(int argc, char **argv, tokenize_opts *o) {
     else if (!strcmp(a, "--json")) o->json = 1;
     else if (!strcmp(a, "--max-len") && i + 1 < argc) o->max_len = atoi(argv[++i]);
     else if (!strcmp(a, "--merges") && i + 1 < argc) o->merges = argv[++i];
-    else if (a[0] == '-' && a[1] != 0) return fprintf(stderr, "paella tokenize: unknown option '%s'\n", a), 2;
-    else if (o->text) return fprintf(stderr, "paella tokenize: one TEXT only (quote it)\n"), 2;
-    else o->text = a;
+    else if ((a[0] == '-' && a[1] != 0) || o->text) {
+      int option = a[0] == '-' && a[1] != 0;
+      fprintf(stderr, "paella tokenize: %s '%s'\n", option ? "unknown option" : "one TEXT only (quote it), got also", a);
+      return 2;
+    } else o->text = a;
   }
   if (o->byt5 + o->clip != 1 || !o->text || o->max_len < 1) return 2;
   return 0;

@@ -124,17 +124,23 @@ static int utf8_to_utf32(const char *utf8, size_t len, uint32_t **out, size_t *n
  * ======================================================================================== */
 
 /* What html.unescape makes of the numeric reference with value v (v saturated past
- * U+10FFFF). Writes 0 or 1 code point. */
-static size_t html_numeric_value(uint32_t v, uint32_t *rep) {
-  if (v == 0) return rep[0] = 0xFFFD, 1;
-  if (v == 0x0D) return rep[0] = 0x0D, 1;
-  if (v >= 0x80 && v <= 0x9F) return rep[0] = html_c1_charrefs[v - 0x80], 1;
-  if ((v >= 0xD800 && v <= 0xDFFF) || v > 0x10FFFF) return rep[0] = 0xFFFD, 1;
-  /* html._invalid_codepoints: dropped (the generator checks this list against Python) */
+ * U+10FFFF): false when the reference is dropped, else the code point in *out. */
+static bool html_numeric_value(uint32_t v, uint32_t *out) {
+  if (v == 0 || (v >= 0xD800 && v <= 0xDFFF) || v > 0x10FFFF) {
+    *out = 0xFFFD;
+    return true;
+  }
+  if (v >= 0x80 && v <= 0x9F) { /* checked before the dropped ranges below, as Python does */
+    *out = html_c1_charrefs[v - 0x80];
+    return true;
+  }
+  /* html._invalid_codepoints (the generator checks this list against Python); 0x0D is
+   * among Python's special cases and maps to itself. */
   if ((v >= 0x01 && v <= 0x08) || v == 0x0B || (v >= 0x0E && v <= 0x1F) ||
       (v >= 0x7F && v <= 0x9F) || (v >= 0xFDD0 && v <= 0xFDEF) || (v & 0xFFFE) == 0xFFFE)
-    return 0;
-  return rep[0] = v, 1;
+    return false;
+  *out = v;
+  return true;
 }
 
 static int hex_digit(uint32_t c, bool hex) {
@@ -156,7 +162,7 @@ static size_t html_numeric(const uint32_t *s, size_t n, uint32_t *rep, size_t *n
   }
   if (i == start) return 0;
   if (i < n && s[i] == ';') i++;
-  *n_rep = html_numeric_value(v, rep);
+  *n_rep = html_numeric_value(v, rep) ? 1 : 0;
   return i;
 }
 
@@ -186,6 +192,7 @@ static size_t html_named(const uint32_t *s, size_t n, uint32_t *rep, size_t *n_r
   /* Entity names are printable ASCII; 0x01 stands for anything else (NUL included, which
    * would end the C string early) and matches nothing. */
   for (size_t i = 0; i < len; i++) name[i] = s[1 + i] > 0x20 && s[1 + i] < 0x7F ? (char)s[1 + i] : 1;
+  /* The whole name, then its prefixes from len - 1 down to 2 characters. */
   for (size_t x = len; x >= 2 || x == len; x--) {
     name[x] = 0;
     const html_entity *e = entity_find(name);
@@ -362,8 +369,14 @@ static size_t match_contraction(const uint32_t *s, size_t n, size_t i) {
 static size_t pretok_match(const uint32_t *s, size_t n, size_t i, int *special) {
   size_t j = i;
   *special = 0;
-  if (s[i] == '<' && match_literal(s, n, i, "<start_of_text>")) return *special = PA_CLIP_SOT, 15;
-  if (s[i] == '<' && match_literal(s, n, i, "<end_of_text>")) return *special = PA_CLIP_EOT, 13;
+  if (s[i] == '<' && match_literal(s, n, i, "<start_of_text>")) {
+    *special = PA_CLIP_SOT;
+    return 15;
+  }
+  if (s[i] == '<' && match_literal(s, n, i, "<end_of_text>")) {
+    *special = PA_CLIP_EOT;
+    return 13;
+  }
   if (s[i] == '\'' && (j = match_contraction(s, n, i)) > 0) return j;
   if (is_letter(s[i])) {
     for (j = i; j < n && is_letter(s[j]); j++) {}
