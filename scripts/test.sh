@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The project's test command: installs the dependencies, builds and runs every test twice
+# (Release, then AddressSanitizer + UndefinedBehaviorSanitizer), then the bounded fuzzers.
+# Ends with one summary line "total: N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh || exit 1
+
+passed=0
+failed=0
+run_suite() { # name, build dir, cmake args...
+  local name=$1 dir=$2
+  shift 2
+  echo "== $name =="
+  if ! cmake -S . -B "$dir" -G Ninja "$@" >/dev/null || ! cmake --build "$dir"; then
+    echo "$name: build failed"
+    failed=$((failed + 1))
+    return
+  fi
+  local log
+  log=$(mktemp)
+  ctest --test-dir "$dir" --output-on-failure -j2 --timeout 900 2>&1 | tee "$log"
+  local total fails
+  total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$log")
+  fails=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$log")
+  if [ -z "$total" ]; then
+    failed=$((failed + 1))
+  else
+    passed=$((passed + total - fails))
+    failed=$((failed + fails))
+  fi
+  rm -f "$log"
+}
+
+run_suite "release" build -DCMAKE_BUILD_TYPE=Release
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  run_suite "asan+ubsan" build-asan -DCMAKE_BUILD_TYPE=Debug -DPAELLA_SANITIZE=ON
+
+if [ -x scripts/fuzz.sh ] || [ -f scripts/fuzz.sh ]; then
+  echo "== fuzz (${FUZZ_SECONDS:-30} s per target) =="
+  if FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash scripts/fuzz.sh; then
+    passed=$((passed + 1))
+  else
+    echo "fuzz: FAILED"
+    failed=$((failed + 1))
+  fi
+fi
+
+echo "total: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
