@@ -5,9 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/clip.h"
 #include "model/nn.h"
 #include "model/paella.h"
 #include "model/prior.h"
+#include "model/t5.h"
 #include "model/vqgan.h"
 
 int pa_eval_outputs_add(pa_eval_outputs *o, const char *name, pa_tensor *t) {
@@ -292,6 +294,115 @@ fail:
   return rc;
 }
 
+/* t5: out.last_hidden_state from in.input_ids (no attention mask, as Paella). */
+static int eval_t5(pa_backend *be, pa_weights *w, bool debug, pa_eval_outputs *out) {
+  int rc = PA_OK;
+  pa_t5 *m = NULL;
+  pa_tensor *hidden = NULL;
+  pa_t5_config cfg = pa_t5_default_config();
+  json_t *jcfg = pa_cfg_from_weights(w, &rc);
+  if (rc) return rc;
+  rc = jcfg ? pa_t5_config_from_json(jcfg, &cfg) : pa_t5_config_infer(w, &cfg);
+  json_decref(jcfg);
+  if (rc) return rc;
+  const pa_tensor *ids;
+  PA_TRY(input_i64(w, "in.input_ids", &ids));
+  skip_io_tensors(w);
+  PA_TRY(pa_t5_load(be, w, &cfg, &m));
+  debug_sink sink = {be, out, PA_OK};
+  if (debug) pa_t5_set_hook(m, debug_hook, &sink);
+  if (!(hidden = pa_alloc_f32(be, 3, ids->shape[0], ids->shape[1], (int64_t)cfg.d_model))) goto nomem;
+  PA_TRY(pa_t5_encode(m, ids, hidden));
+  PA_TRY(sink.rc);
+  PA_TRY(add_output(be, out, "out.last_hidden_state", hidden, false));
+  goto fail;
+nomem:
+  rc = PA_ERR_NOMEM;
+fail:
+  pa_t5_free(m);
+  pa_release(be, hidden);
+  return rc;
+}
+
+static int clip_config(pa_weights *w, bool vision, pa_clip_config *cfg) {
+  int rc = PA_OK;
+  *cfg = vision ? pa_clip_vision_default_config() : pa_clip_text_default_config();
+  json_t *jcfg = pa_cfg_from_weights(w, &rc);
+  if (rc) return rc;
+  rc = jcfg ? pa_clip_config_from_json(jcfg, vision, cfg) : pa_clip_config_infer(w, vision, cfg);
+  json_decref(jcfg);
+  return rc;
+}
+
+/* clip-text: out.text_embeds and out.last_hidden_state from in.input_ids. */
+static int eval_clip_text(pa_backend *be, pa_weights *w, bool debug, pa_eval_outputs *out) {
+  int rc = PA_OK;
+  pa_clip *m = NULL;
+  pa_tensor *hidden = NULL, *embeds = NULL;
+  pa_clip_config cfg;
+  const pa_tensor *ids;
+  PA_TRY(clip_config(w, false, &cfg));
+  PA_TRY(input_i64(w, "in.input_ids", &ids));
+  skip_io_tensors(w);
+  PA_TRY(pa_clip_load(be, w, &cfg, false, &m));
+  debug_sink sink = {be, out, PA_OK};
+  if (debug) pa_clip_set_hook(m, debug_hook, &sink);
+  int64_t B = ids->shape[0];
+  hidden = pa_alloc_f32(be, 3, B, ids->ndim == 2 ? ids->shape[1] : 0, (int64_t)cfg.hidden_size);
+  embeds = pa_alloc_f32(be, 2, B, (int64_t)cfg.projection_dim);
+  if (!hidden || !embeds) goto nomem;
+  PA_TRY(pa_clip_text_forward(m, ids, hidden, embeds));
+  PA_TRY(sink.rc);
+  PA_TRY(add_output(be, out, "out.text_embeds", embeds, false));
+  PA_TRY(add_output(be, out, "out.last_hidden_state", hidden, false));
+  goto fail;
+nomem:
+  rc = PA_ERR_NOMEM;
+fail:
+  pa_clip_free(m);
+  pa_release(be, hidden);
+  pa_release(be, embeds);
+  return rc;
+}
+
+/* clip-vision: out.image_embeds and out.last_hidden_state from in.pixel_values (B, 3, H, W). */
+static int eval_clip_vision(pa_backend *be, pa_weights *w, bool debug, pa_eval_outputs *out) {
+  int rc = PA_OK;
+  pa_clip *m = NULL;
+  pa_tensor *px_h = NULL, *px = NULL, *hidden = NULL, *embeds = NULL;
+  pa_clip_config cfg;
+  const pa_tensor *pv;
+  PA_TRY(clip_config(w, true, &cfg));
+  PA_TRY(pa_weights_get_any(w, &pv, "in.pixel_values"));
+  if (pv->ndim != 4 || pv->shape[1] != 3) {
+    rc = pa_fail(PA_ERR_SHAPE, "in.pixel_values must be (B, 3, H, W)");
+    goto fail;
+  }
+  skip_io_tensors(w);
+  PA_TRY(pa_clip_load(be, w, &cfg, true, &m));
+  debug_sink sink = {be, out, PA_OK};
+  if (debug) pa_clip_set_hook(m, debug_hook, &sink);
+  int64_t B = pv->shape[0], G = cfg.image_size / cfg.patch_size;
+  if (!(px_h = pa_nchw_to_nhwc(pv)) || !(px = pa_upload(be, px_h))) goto nomem;
+  hidden = pa_alloc_f32(be, 3, B, G * G + 1, (int64_t)cfg.hidden_size);
+  embeds = pa_alloc_f32(be, 2, B, (int64_t)cfg.projection_dim);
+  if (!hidden || !embeds) goto nomem;
+  PA_TRY(pa_clip_vision_forward(m, px, hidden, embeds));
+  PA_TRY(sink.rc);
+  PA_TRY(add_output(be, out, "out.image_embeds", embeds, false));
+  PA_TRY(add_output(be, out, "out.last_hidden_state", hidden, false));
+  goto fail;
+nomem:
+  rc = PA_ERR_NOMEM;
+fail:
+  pa_clip_free(m);
+  pa_tensor_free(px_h);
+  pa_release(be, px);
+  pa_release(be, hidden);
+  pa_release(be, embeds);
+  return rc;
+}
+
 typedef struct {
   const char *name;
   int (*run)(pa_backend *be, pa_weights *w, bool debug, pa_eval_outputs *out);
@@ -301,6 +412,9 @@ static const eval_entry nets[] = {
     {"paella", eval_paella},
     {"vqgan", eval_vqgan},
     {"prior", eval_prior},
+    {"t5", eval_t5},
+    {"clip-text", eval_clip_text},
+    {"clip-vision", eval_clip_vision},
 };
 
 int pa_eval_net(pa_backend *be, const char *net, pa_weights *w, bool debug, pa_eval_outputs *out) {

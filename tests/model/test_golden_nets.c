@@ -65,5 +65,8 @@ static void check_file(const char *file, const char *net, const char *const *exa
 int main(void) {
   check_file("vqgan_tiny.safetensors", "vqgan", (const char *const[]){"out.codebook_lookup", NULL}, 17);
   check_file("prior_tiny.safetensors", "prior", NULL, 10);
+  check_file("t5_tiny.safetensors", "t5", NULL, 1);
+  check_file("clip_text_tiny.safetensors", "clip-text", NULL, 1);
+  check_file("clip_vision_tiny.safetensors", "clip-vision", NULL, 1);
   TEST_END();
 }
