@@ -50,22 +50,27 @@ static int perr(const pk_parser *p, int code, const char *fmt, ...) {
 
 static int oom(void) { return pa_fail(PA_ERR_NOMEM, "out of memory while unpickling"); }
 
-/* Grows *arr (of element size `elem`) so that index `need - 1` fits. */
-static int grow(void *arr, int64_t *cap, int64_t need, size_t elem) {
-  if (need <= *cap) return PA_OK;
+/* Returns `arr` (elements of size `elem`) grown so that index need - 1 fits, new slots
+ * zeroed; NULL (with the error set) when out of memory, `arr` then being left as it was. */
+static void *grow(void *arr, int64_t *cap, int64_t need, size_t elem) {
+  if (need <= *cap) return arr;
   int64_t c = *cap ? *cap : 16;
   while (c < need) c *= 2;
-  void *n = realloc(*(void **)arr, (size_t)c * elem);
-  if (!n) return oom();
-  memset((char *)n + (size_t)*cap * elem, 0, (size_t)(c - *cap) * elem);
-  *(void **)arr = n;
+  char *n = realloc(arr, (size_t)c * elem);
+  if (!n) {
+    oom();
+    return NULL;
+  }
+  memset(n + (size_t)*cap * elem, 0, (size_t)(c - *cap) * elem);
   *cap = c;
-  return PA_OK;
+  return n;
 }
 
 static pk_value *new_value(pk_parser *p, pk_kind kind) {
   pk_doc *d = p->doc;
-  if (grow(&d->values, &d->cap, d->n + 1, sizeof *d->values)) return NULL;
+  pk_value **values = grow(d->values, &d->cap, d->n + 1, sizeof *values);
+  if (!values) return NULL;
+  d->values = values;
   pk_value *v = calloc(1, sizeof *v);
   if (!v) {
     oom();
@@ -103,7 +108,9 @@ static const char *kind_name(pk_kind k) {
 static int push(pk_parser *p, pk_value *v) {
   if (!v) return PA_ERR_NOMEM;
   if (p->sp >= PK_MAX_STACK) return perr(p, PA_ERR_FORMAT, "stack deeper than %d", PK_MAX_STACK);
-  if (grow(&p->stack, &p->stack_cap, p->sp + 1, sizeof *p->stack)) return PA_ERR_NOMEM;
+  pk_value **stack = grow(p->stack, &p->stack_cap, p->sp + 1, sizeof *stack);
+  if (!stack) return PA_ERR_NOMEM;
+  p->stack = stack;
   p->stack[p->sp++] = v;
   return PA_OK;
 }
@@ -141,7 +148,9 @@ static int memo_put(pk_parser *p, uint64_t idx) {
   /* Picklers number memo slots 0, 1, 2, ...: an index past the file size is not one. */
   if (idx >= PK_MAX_MEMO || idx > p->len)
     return perr(p, PA_ERR_FORMAT, "memo index %llu out of range", (unsigned long long)idx);
-  if (grow(&p->memo, &p->memo_cap, (int64_t)idx + 1, sizeof *p->memo)) return PA_ERR_NOMEM;
+  pk_value **memo = grow(p->memo, &p->memo_cap, (int64_t)idx + 1, sizeof *memo);
+  if (!memo) return PA_ERR_NOMEM;
+  p->memo = memo;
   if (!p->memo[idx]) p->memo_count++;
   p->memo[idx] = v;
   return PA_OK;
@@ -205,8 +214,9 @@ static int push_string(pk_parser *p, size_t n) {
 }
 
 static int seq_append(pk_value *seq, pk_value *item) {
-  if (grow(&seq->seq.items, &seq->seq.cap, seq->seq.n + 1, sizeof *seq->seq.items))
-    return PA_ERR_NOMEM;
+  pk_value **items = grow(seq->seq.items, &seq->seq.cap, seq->seq.n + 1, sizeof *items);
+  if (!items) return PA_ERR_NOMEM;
+  seq->seq.items = items;
   seq->seq.items[seq->seq.n++] = item;
   return PA_OK;
 }
@@ -214,9 +224,14 @@ static int seq_append(pk_value *seq, pk_value *item) {
 /* Duplicate keys are kept, not replaced: the loader refuses a duplicate tensor name, which
  * beats silently picking one of two weights a crafted file offers. */
 static int dict_set(pk_value *d, pk_value *k, pk_value *v) {
-  int64_t cap = d->dict.cap;
-  if (grow(&d->dict.keys, &cap, d->dict.n + 1, sizeof *d->dict.keys)) return PA_ERR_NOMEM;
-  if (grow(&d->dict.vals, &d->dict.cap, d->dict.n + 1, sizeof *d->dict.vals)) return PA_ERR_NOMEM;
+  int64_t kcap = d->dict.cap, vcap = d->dict.cap; /* both arrays share one capacity */
+  pk_value **keys = grow(d->dict.keys, &kcap, d->dict.n + 1, sizeof *keys);
+  if (!keys) return PA_ERR_NOMEM;
+  d->dict.keys = keys;
+  pk_value **vals = grow(d->dict.vals, &vcap, d->dict.n + 1, sizeof *vals);
+  if (!vals) return PA_ERR_NOMEM;
+  d->dict.vals = vals;
+  d->dict.cap = vcap;
   d->dict.keys[d->dict.n] = k;
   d->dict.vals[d->dict.n++] = v;
   return PA_OK;
