@@ -37,6 +37,9 @@
 
 #define PKL_MAX_BYTES ((zip_uint64_t)1 << 30) /* a real data.pkl is ~100 kB */
 #define ENTRY_NAME_MAX 512
+/* ByT5-XL has ~600 tensors, paella_v3 ~1k: the cap keeps hostile files from asking for
+ * millions of names (the weight store looks names up linearly). */
+#define MAX_TENSORS (1 << 17)
 
 typedef struct {
   const char *key; /* borrowed from the pickle document */
@@ -160,6 +163,8 @@ static int check_byteorder(loader *ld) {
 /* ---- which tensors to load --------------------------------------------------------------- */
 
 static int add_pending(loader *ld, const char *name, const pk_value *v) {
+  if (ld->n_tensors >= MAX_TENSORS)
+    return pa_fail(PA_ERR_UNSUPPORTED, "more than %d tensors", MAX_TENSORS);
   if (ld->n_tensors == ld->cap_tensors) {
     int cap = ld->cap_tensors ? 2 * ld->cap_tensors : 256;
     pending_tensor *n = realloc(ld->tensors, (size_t)cap * sizeof *n);
