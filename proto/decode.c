@@ -429,6 +429,11 @@ static const field RESULT_FIELDS[] = {
     {.name = "error", .type = F_MAP, .has = offsetof(pw_result, has_error), SUB(ERROR_SUB)},
 };
 
+#define N(table) (sizeof table / sizeof table[0])
+/* decode_map tracks presence in a bool[32] */
+_Static_assert(N(JOB_FIELDS) <= 32 && N(PROGRESS_FIELDS) <= 32 && N(RESULT_FIELDS) <= 32,
+               "a map has more fields than decode_map tracks");
+
 /* ---- entry points ---------------------------------------------------------------------- */
 
 /* The version is read before anything else so that a message from a newer schema is
@@ -464,8 +469,6 @@ fail:
   msgpack_sbuffer_destroy(&c.extra);
   return rc;
 }
-
-#define N(table) (sizeof table / sizeof table[0])
 
 int pw_job_from_object(const msgpack_object *root, bool from_json, pw_job *job, pw_error *err) {
   if (decode_top(root, from_json, PW_MSG_JOB, JOB_FIELDS, N(JOB_FIELDS), job, &job->version,

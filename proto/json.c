@@ -47,7 +47,9 @@ static int container(jctx *c, json_t *j, int depth, msgpack_object *o) {
   bool is_map = json_is_object(j);
   size_t n = is_map ? json_object_size(j) : json_array_size(j);
   size_t per = is_map ? sizeof(msgpack_object_kv) : sizeof(msgpack_object);
-  void *items = msgpack_zone_malloc(c->zone, n ? n * per : 1); /* n < PW_MAX_ELEMENTS here */
+  if (n > PW_MAX_ELEMENTS - c->elements) /* before allocating room for them */
+    return pw_fail(c->err, PW_E_TOO_LARGE, "", "more than %d values in one message", PW_MAX_ELEMENTS);
+  void *items = msgpack_zone_malloc(c->zone, n ? n * per : 1);
   if (!items) return pw_fail(c->err, PW_E_NO_MEMORY, "", "out of memory");
   if (!is_map) {
     o->type = MSGPACK_OBJECT_ARRAY;
@@ -99,9 +101,41 @@ static int to_object(jctx *c, json_t *j, int depth, msgpack_object *o) {
   return pw_fail(c->err, PW_E_MALFORMED, "", "unexpected JSON value");
 }
 
+/* jansson builds the whole document before we see it, at some 50 bytes per value, and
+ * recurses per nesting level. So the text is first scanned for what it could hold: the
+ * nesting depth and the number of separators and containers, which bound the values from
+ * above. The exact limits are applied again on the tree. */
+static int prescan(const char *s, size_t len, pw_error *err) {
+  size_t tokens = 0;
+  int depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < len; i++) {
+    char ch = s[i];
+    if (in_string) {
+      if (ch == '\\') i++;
+      else if (ch == '"') in_string = false;
+      continue;
+    }
+    if (ch == '"') {
+      in_string = true;
+    } else if (ch == '[' || ch == '{') {
+      if (++depth > PW_MAX_DEPTH) return pw_fail(err, PW_E_TOO_DEEP, "", "nesting deeper than %d", PW_MAX_DEPTH);
+      tokens++;
+    } else if (ch == ']' || ch == '}') {
+      depth -= depth > 0;
+    } else if (ch == ',' || ch == ':') {
+      tokens++;
+    }
+    if (tokens > 2 * (size_t)PW_MAX_ELEMENTS)
+      return pw_fail(err, PW_E_TOO_LARGE, "", "more than %d values in one message", PW_MAX_ELEMENTS);
+  }
+  return 0;
+}
+
 int pw_unpack_json(const char *text, size_t len, msgpack_unpacked *out, pw_error *err) {
   if (len > PW_MAX_JSON_BYTES)
     return pw_fail(err, PW_E_TOO_LARGE, "", "message is %zu bytes, the limit is %u", len, PW_MAX_JSON_BYTES);
+  if (prescan(text, len, err)) return -1;
   json_error_t jerr;
   json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
   if (!root)

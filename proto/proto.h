@@ -198,7 +198,8 @@ void pw_result_free(pw_result *r);
 /* Fills the kind-dependent defaults (renoise_steps, t_start). Decoders call it. */
 void pw_job_apply_defaults(pw_job *job);
 
-/* The one place where limits are enforced. 0 when valid, else -1 with `err` filled. */
+/* The one place where limits are enforced. 0 when valid, else -1 with `err` filled.
+ * Job defaults left unset (renoise_steps, t_start) are judged as their default values. */
 int pw_job_validate(const pw_job *job, pw_error *err);
 int pw_progress_validate(const pw_progress *p, pw_error *err);
 int pw_result_validate(const pw_result *r, pw_error *err);

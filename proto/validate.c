@@ -215,7 +215,10 @@ static int job_delivery(const pw_job *j, pw_error *err) {
   return 0;
 }
 
-int pw_job_validate(const pw_job *j, pw_error *err) {
+int pw_job_validate(const pw_job *job, pw_error *err) {
+  pw_job copy = *job; /* shallow: a job built in code may leave the defaults to us */
+  pw_job_apply_defaults(&copy);
+  const pw_job *j = &copy;
   TRY(pw_check_version(j->version, err));
   TRY(ident(j->id, PW_MAX_ID_BYTES, true, "id", err));
   if ((unsigned)j->kind >= PW_KIND_COUNT) return pw_fail(err, PW_E_UNKNOWN_KIND, "kind", "not a job kind");

@@ -229,6 +229,15 @@ static void size_cases(void) {
   snprintf(json, sizeof json, "{\"id\":\"a\",\"prompt\":\"%.*s\"}", (int)sizeof prompt, prompt);
   expect("prompt over limit", job_json(json, strlen(json), &err), &err, "too_large", "prompt");
 
+  /* jansson would build all of these before the tree's own count sees them */
+  size_t wide_len = 2 * 10000 + 64;
+  char *wide = malloc(wide_len);
+  strcpy(wide, "{\"id\":\"a\",\"prompt\":\"x\",\"x\":[0");
+  for (int i = 1; i < 10000; i++) strcat(wide + strlen(wide) - 2, ",0");
+  strcat(wide, "]}");
+  expect("10000 values in JSON", job_json(wide, strlen(wide), &err), &err, "too_large", "");
+  free(wide);
+
   char outputs[8192] = "{\"job_id\":\"a\",\"status\":\"succeeded\",\"outputs\":[";
   for (int i = 0; i <= PW_MAX_OUTPUTS; i++)
     strcat(outputs, i ? ",{\"key\":\"k\"}" : "{\"key\":\"k\"}");

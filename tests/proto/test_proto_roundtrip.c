@@ -157,6 +157,28 @@ static void built_in_code(void) {
   pw_result_free(&r);
 }
 
+/* What the scheduler does with a job built in code: defaults left unset are filled. */
+static void job_built_in_code(void) {
+  pw_job j, k;
+  pw_error err;
+  uint8_t *mp = NULL;
+  size_t n = 0;
+  pw_job_init(&j);
+  j.id = strdup("j9");
+  j.kind = PW_KIND_IMG2IMG;
+  j.prompt = strdup("night");
+  j.image.present = 1;
+  j.image.url = strdup("https://e.com/a.png");
+  j.steps = 8;
+  CHECK(pw_job_validate(&j, &err) == 0);
+  CHECK(pw_job_encode(&j, &mp, &n, &err) == 0);
+  CHECK(pw_job_decode(mp, n, &k, &err) == 0);
+  CHECK(k.renoise_steps == 7 && k.t_start == PW_DEFAULT_T_START_IMG2IMG && !strcmp(k.image.url, "https://e.com/a.png"));
+  free(mp);
+  pw_job_free(&j);
+  pw_job_free(&k);
+}
+
 static void code_names(void) {
   CHECK(!strcmp(pw_code_name(PW_E_INVALID_TYPE), "invalid_type"));
   CHECK(!strcmp(pw_code_name(PW_E_MISSING_FIELD), "missing_field"));
@@ -176,6 +198,7 @@ int main(void) {
   job_defaults();
   unknown_fields();
   built_in_code();
+  job_built_in_code();
   code_names();
   TEST_END();
 }
