@@ -343,7 +343,7 @@ static bool is_shape2(const pa_tensor *t, int64_t a, int64_t b) {
 }
 
 /* The EOT position of each row: the first index of its largest id (OpenCLIP's argmax). */
-static int eot_positions(const pa_tensor *ids, int64_t *at) {
+static void eot_positions(const pa_tensor *ids, int64_t *at) {
   const int64_t *id = ids->data;
   int64_t B = ids->shape[0], L = ids->shape[1];
   for (int64_t b = 0; b < B; b++) {
@@ -351,7 +351,6 @@ static int eot_positions(const pa_tensor *ids, int64_t *at) {
     for (int64_t i = 1; i < L; i++)
       if (id[b * L + i] > id[b * L + at[b]]) at[b] = i;
   }
-  return PA_OK;
 }
 
 int pa_clip_text_forward(pa_clip *m, const pa_tensor *ids, pa_tensor *hidden, pa_tensor *embeds) {
@@ -375,7 +374,7 @@ int pa_clip_text_forward(pa_clip *m, const pa_tensor *ids, pa_tensor *hidden, pa
   PA_TRY(add_positions(m, s.x));
   PA_TRY(encoder(m, &s, true));
   PA_TRY(pa_layernorm(be, hidden, s.x, m->norm_w, m->norm_b, (float)c->eps));
-  PA_TRY(eot_positions(ids, eot));
+  eot_positions(ids, eot);
   PA_TRY(gather_rows(be, s.pooled, hidden, eot)); // (B, C)
   PA_TRY(pa_linear(be, embeds, s.pooled, m->proj, NULL, PA_ACT_NONE));
 fail:

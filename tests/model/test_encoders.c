@@ -124,6 +124,34 @@ done:
   pa_weights_free(pt);
 }
 
+/* A published checkpoint holds more than one tower/stack: those keys are ignored, any other
+ * extra key is refused. `extra` lists keys to add (a 1-element tensor each), NULL-ended. */
+static int load_with_extra(const char *file, const char *net, const char *const *extra) {
+  pa_weights *w = open_golden(file);
+  if (!w) return PA_ERR_IO;
+  for (int i = 0; extra[i]; i++) pa_weights_add(w, extra[i], pa_tensor_new(PA_F32, 1, (const int64_t[]){1}));
+  pa_eval_outputs out = {0};
+  int rc = pa_eval_net(pa_cpu_backend(), net, w, false, &out);
+  pa_eval_outputs_free(&out);
+  pa_weights_free(w);
+  return rc;
+}
+
+static void test_ignored_keys(void) {
+  const char *t5_full[] = {"decoder.block.0.layer.0.SelfAttention.q.weight", "decoder.final_layer_norm.weight", "lm_head.weight", NULL};
+  const char *t5_bad[] = {"encoder.block.0.layer.0.SelfAttention.bogus", NULL};
+  const char *text_full[] = {"vision_model.post_layernorm.weight", "visual_projection.weight", "logit_scale",
+                             "text_model.embeddings.position_ids", NULL};
+  const char *vision_full[] = {"text_model.final_layer_norm.weight", "text_projection.weight", "logit_scale",
+                               "vision_model.embeddings.position_ids", NULL};
+  const char *clip_bad[] = {"text_model.encoder.layers.9.mlp.fc1.weight", NULL};
+  CHECK_OK(load_with_extra("t5_tiny.safetensors", "t5", t5_full));
+  CHECK(load_with_extra("t5_tiny.safetensors", "t5", t5_bad) == PA_ERR_SHAPE);
+  CHECK_OK(load_with_extra("clip_text_tiny.safetensors", "clip-text", text_full));
+  CHECK_OK(load_with_extra("clip_vision_tiny.safetensors", "clip-vision", vision_full));
+  CHECK(load_with_extra("clip_text_tiny.safetensors", "clip-text", clip_bad) == PA_ERR_SHAPE);
+}
+
 /* Shapes alone give every size but the head count (ViT-H-14's 16 by default). */
 static void test_clip_infer(const char *file, bool vision) {
   pa_weights *w = open_golden(file);
@@ -358,6 +386,7 @@ done:
 int main(void) {
   test_t5_buckets();
   test_t5_torch_zip();
+  test_ignored_keys();
   test_clip_infer("clip_text_tiny.safetensors", false);
   test_clip_infer("clip_vision_tiny.safetensors", true);
   test_clip_hidden("clip_text_tiny.safetensors", "clip-text");
