@@ -6,5 +6,6 @@
 int cmd_eval(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_job(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 
 #endif

@@ -11,6 +11,7 @@ typedef struct {
 } command;
 
 static const command commands[] = {
+    {"generate", cmd_generate, "text to image (and editing) in one process"},
     {"eval", cmd_eval, "run one network on a golden-convention safetensors file"},
     {"job", cmd_job, "encode / decode / validate wire-protocol jobs"},
     {"tokenize", cmd_tokenize, "print ByT5 or CLIP token ids of a text"},

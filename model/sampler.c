@@ -97,7 +97,7 @@ void pa_sampler_cfg(float *cond, const float *uncond, int64_t n, float cfg) {
 
 void pa_sampler_draw(const float *logits, int64_t n, int K, float temp, pa_sample_mode mode,
                      uint64_t seed, int step, int64_t *tokens) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * K >= 32768)
   for (int64_t p = 0; p < n; p++) {
     const float *row = logits + p * K;
     float best = -INFINITY;

@@ -9,6 +9,10 @@
 #include "ops/backend.h"
 #include "ops/error.h"
 
+/* Parallel loops only pay off above ~32k elements of work; below that the fork/join and
+ * barrier cost dominates (tiny models, and machines where other processes hold cores). */
+#define PAR(work) ((work) >= 32768)
+
 #define F(t) ((float *)(t)->data)
 #define CF(t) ((const float *)(t)->data)
 
@@ -58,7 +62,7 @@ static void gemm_nt(float *y, const float *x, const float *w, const float *bias,
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, w,
               (int)K, 0.0f, y, (int)N);
   if (!bias && act == PA_ACT_NONE) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(M * N))
   for (int64_t i = 0; i < M; i++) {
     float *row = y + i * N;
     for (int64_t j = 0; j < N; j++) row[j] = act_apply(row[j] + (bias ? bias[j] : 0.0f), act);
@@ -91,7 +95,7 @@ static int cpu_layernorm(pa_backend *be, pa_tensor *y, const pa_tensor *x, const
   (void)be;
   int64_t R = pa_rows(x), C = pa_last(x);
   const float *g = gamma ? CF(gamma) : NULL, *bt = beta ? CF(beta) : NULL;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(R * C))
   for (int64_t r = 0; r < R; r++) {
     const float *xi = CF(x) + r * C;
     float *yi = F(y) + r * C;
@@ -114,7 +118,7 @@ static int cpu_rmsnorm(pa_backend *be, pa_tensor *y, const pa_tensor *x, const p
                        float eps) {
   (void)be;
   int64_t R = pa_rows(x), C = pa_last(x);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(R * C))
   for (int64_t r = 0; r < R; r++) {
     const float *xi = CF(x) + r * C;
     float *yi = F(y) + r * C;
@@ -142,7 +146,7 @@ static int cpu_grn(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_te
     for (int64_t c = 0; c < C; c++) mean += (nx[c] = sqrt(nx[c]));
     mean /= (double)C;
     for (int64_t c = 0; c < C; c++) nx[c] /= mean + 1e-6;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(P * C))
     for (int64_t p = 0; p < P; p++)
       for (int64_t c = 0; c < C; c++) {
         float v = xb[p * C + c];
@@ -158,7 +162,7 @@ static int cpu_grn(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_te
 static int cpu_activation(pa_backend *be, pa_tensor *y, const pa_tensor *x, pa_act act) {
   (void)be;
   int64_t n = pa_numel(x);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(n))
   for (int64_t i = 0; i < n; i++) F(y)[i] = act_apply(CF(x)[i], act);
   return PA_OK;
 }
@@ -166,7 +170,7 @@ static int cpu_activation(pa_backend *be, pa_tensor *y, const pa_tensor *x, pa_a
 static int cpu_add(pa_backend *be, pa_tensor *y, const pa_tensor *a, const pa_tensor *b, float alpha) {
   (void)be;
   int64_t n = pa_numel(a);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(n))
   for (int64_t i = 0; i < n; i++) F(y)[i] = CF(a)[i] + alpha * CF(b)[i];
   return PA_OK;
 }
@@ -174,7 +178,7 @@ static int cpu_add(pa_backend *be, pa_tensor *y, const pa_tensor *a, const pa_te
 static int cpu_mul(pa_backend *be, pa_tensor *y, const pa_tensor *a, const pa_tensor *b) {
   (void)be;
   int64_t n = pa_numel(a);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(n))
   for (int64_t i = 0; i < n; i++) F(y)[i] = CF(a)[i] * CF(b)[i];
   return PA_OK;
 }
@@ -182,7 +186,7 @@ static int cpu_mul(pa_backend *be, pa_tensor *y, const pa_tensor *a, const pa_te
 static int cpu_affine(pa_backend *be, pa_tensor *y, const pa_tensor *x, float s, float t) {
   (void)be;
   int64_t n = pa_numel(x);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(n))
   for (int64_t i = 0; i < n; i++) F(y)[i] = CF(x)[i] * s + t;
   return PA_OK;
 }
@@ -190,7 +194,7 @@ static int cpu_affine(pa_backend *be, pa_tensor *y, const pa_tensor *x, float s,
 static int cpu_modulate(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_tensor *am) {
   (void)be;
   int64_t B = x->shape[0], C = pa_last(x), P = pa_numel(x) / (B * C);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (PAR(pa_numel(x)))
   for (int64_t b = 0; b < B; b++)
     for (int64_t p = 0; p < P; p++) {
       const float *a = CF(am) + b * 2 * C, *m = a + C, *xi = CF(x) + (b * P + p) * C;
@@ -204,7 +208,7 @@ static int cpu_channel_affine(pa_backend *be, pa_tensor *y, const pa_tensor *x,
                               const pa_tensor *scale, const pa_tensor *shift) {
   (void)be;
   int64_t R = pa_rows(x), C = pa_last(x);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(R * C))
   for (int64_t r = 0; r < R; r++)
     for (int64_t c = 0; c < C; c++) F(y)[r * C + c] = CF(x)[r * C + c] * CF(scale)[c] + CF(shift)[c];
   return PA_OK;
@@ -235,7 +239,7 @@ static int conv_gemm(pa_tensor *y, const pa_tensor *x, const pa_tensor *w, const
   }
   float *cols = malloc((size_t)(B * Ho * Wo * K) * sizeof *cols);
   if (!cols) return pa_fail(PA_ERR_NOMEM, "conv2d: out of memory for im2col");
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static) if (PAR(B * Ho * Wo * K))
   for (int64_t bi = 0; bi < B; bi++)
     for (int64_t oy = 0; oy < Ho; oy++)
       for (int64_t ox = 0; ox < Wo; ox++) {
@@ -258,7 +262,7 @@ static int conv_grouped(pa_tensor *y, const pa_tensor *x, const pa_tensor *w, co
                         pa_conv_params p) {
   int64_t B = x->shape[0], O = w->shape[0], Ig = w->shape[1], kh = w->shape[2], kw = w->shape[3];
   int64_t Ho = y->shape[1], Wo = y->shape[2], Og = O / p.groups;
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static) if (PAR(B * Ho * Wo * O * Ig * kh * kw))
   for (int64_t bi = 0; bi < B; bi++)
     for (int64_t oy = 0; oy < Ho; oy++)
       for (int64_t ox = 0; ox < Wo; ox++) {
@@ -299,7 +303,7 @@ static int cpu_conv_transpose2d(pa_backend *be, pa_tensor *y, const pa_tensor *x
   if (!cols) return pa_fail(PA_ERR_NOMEM, "conv_transpose2d: out of memory");
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(B * H * W), (int)N, (int)Ci, 1.0f,
               CF(x), (int)Ci, CF(w), (int)N, 0.0f, cols, (int)N);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (PAR(pa_numel(y) * kh * kw))
   for (int64_t bi = 0; bi < B; bi++)
     for (int64_t oy = 0; oy < Ho; oy++)
       for (int64_t ox = 0; ox < Wo; ox++) {
@@ -325,7 +329,7 @@ static int cpu_conv_transpose2d(pa_backend *be, pa_tensor *y, const pa_tensor *x
 static int cpu_pixel_unshuffle(pa_backend *be, pa_tensor *y, const pa_tensor *x, int p) {
   (void)be;
   int64_t B = y->shape[0], Ho = y->shape[1], Wo = y->shape[2], C = x->shape[3], W = x->shape[2];
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (PAR(pa_numel(y)))
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < Ho; h++)
       for (int64_t w = 0; w < Wo; w++) {
@@ -342,7 +346,7 @@ static int cpu_pixel_unshuffle(pa_backend *be, pa_tensor *y, const pa_tensor *x,
 static int cpu_pixel_shuffle(pa_backend *be, pa_tensor *y, const pa_tensor *x, int p) {
   (void)be;
   int64_t B = x->shape[0], H = x->shape[1], W = x->shape[2], C = y->shape[3], Wo = y->shape[2];
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (PAR(pa_numel(y)))
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < H; h++)
       for (int64_t w = 0; w < W; w++) {
@@ -396,7 +400,7 @@ static int cpu_attention(pa_backend *be, pa_tensor *y, const pa_tensor *q, const
                   *vh = CF(v) + b * Lk * C + h * d;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lk, (int)d, p->scale, qh,
                   (int)C, kh, (int)C, 0.0f, S, (int)Lk);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(Lq * Lk))
       for (int64_t i = 0; i < Lq; i++) {
         float *row = S + i * Lk;
         if (p->pos_bias)
@@ -419,7 +423,7 @@ static int cpu_vq_nearest(pa_backend *be, pa_tensor *idx, const pa_tensor *z, co
   (void)be;
   int64_t N = pa_rows(z), C = pa_last(z), K = cb->shape[0];
   int64_t *out = idx->data;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (PAR(N * K * C))
   for (int64_t n = 0; n < N; n++) {
     const float *zn = CF(z) + n * C;
     double best = INFINITY;

@@ -5,7 +5,7 @@ set -euo pipefail
 
 APT_PACKAGES=(
   build-essential cmake pkg-config ninja-build git ca-certificates
-  libopenblas-dev            # CPU GEMMs
+  libopenblas-openmp-dev     # CPU GEMMs (the OpenMP build: one thread pool with our loops)
   libjansson-dev             # JSON (configs in safetensors metadata, HTTP edge)
   libzip-dev zlib1g-dev      # torch.save zip checkpoints, gzip'd BPE merges
   libicu-dev                 # CLIP tokenizer: Unicode categories and Python-exact lowercasing

@@ -1,0 +1,91 @@
+/* The generation pipeline: prompt -> ByT5 + CLIP text embeddings -> prior (or the CLIP image
+ * embedding of an input image) -> the v3 token sampler over Paella -> VQGAN decode -> RGB.
+ * One process, any backend; `paella generate`, the worker and tests all call pa_generate. */
+#ifndef PAELLA_MODEL_PIPELINE_H
+#define PAELLA_MODEL_PIPELINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model/image.h"
+#include "model/sampler.h"
+#include "ops/ops.h"
+
+typedef struct pa_pipeline pa_pipeline;
+
+/* Published file names looked up in a models directory (see docs/models.md). */
+#define PA_FILE_PAELLA "paella_v3.pt"
+#define PA_FILE_PRIOR "prior_v1.pt"
+#define PA_FILE_VQGAN "vqgan_f4.pt"
+#define PA_DIR_BYT5 "byt5-xl"                          /* pytorch_model.bin or model.safetensors */
+#define PA_DIR_CLIP "CLIP-ViT-H-14-laion2B-s32B-b79K"  /* model.safetensors (transformers) */
+
+typedef struct {
+  const char *models_dir; /* NULL or "": the embedded untrained default model */
+  pa_backend *be;
+  int max_side;           /* largest width/height accepted (pixels), 0 = 1024 */
+} pa_pipeline_options;
+
+int pa_pipeline_open(const pa_pipeline_options *o, pa_pipeline **out);
+void pa_pipeline_free(pa_pipeline *p);
+/* True for the embedded model: deterministic random weights, its images are noise. */
+bool pa_pipeline_untrained(const pa_pipeline *p);
+/* Image sides must be multiples of this (32 for the published models). */
+int pa_pipeline_size_multiple(const pa_pipeline *p);
+int pa_pipeline_max_side(const pa_pipeline *p);
+
+typedef enum {
+  PA_GEN_TXT2IMG,   /* text to image */
+  PA_GEN_IMG2IMG,   /* structural editing: start from the noised tokens of `image` */
+  PA_GEN_INPAINT,   /* regenerate where `mask` is white, keep the rest of `image` */
+  PA_GEN_OUTPAINT,  /* place `image` at (offset_x, offset_y) on a larger canvas, fill the rest */
+  PA_GEN_VARIATION, /* the CLIP image embedding of `image` replaces the prior's output */
+} pa_gen_mode;
+
+typedef enum { PA_REGIONS_NONE, PA_REGIONS_LEFT_RIGHT, PA_REGIONS_TOP_BOTTOM } pa_regions;
+
+typedef void (*pa_progress_fn)(void *user, const char *stage, int step, int total);
+
+typedef struct {
+  pa_gen_mode mode;
+  const char *prompt;
+  const char *negative_prompt; /* NULL or "": the empty prompt, as upstream's unconditional */
+  const char *prompt2;         /* second prompt: interpolation target or the second region */
+  int width, height, batch;    /* pixels; image b of the batch uses seed + b */
+  uint64_t seed;
+  pa_sampler_config sampler;
+  int prior_steps;             /* 0 = no prior (no CLIP image conditioning) */
+  float prior_cfg;
+  bool prior_ddim;
+  const pa_image *image, *mask;
+  int offset_x, offset_y;      /* outpainting: pixels, multiples of the token size (4) */
+  float strength;              /* img2img: noise level to start from (t_start), 0..1 */
+  float attn_weight[3];        /* attention re-weighting of the ByT5, CLIP and CLIP-image tokens */
+  pa_regions regions;          /* with prompt2: prompt left/top, prompt2 right/bottom */
+  bool interpolate;            /* with prompt2: mix the two prompts' embeddings by interp_t */
+  float interp_t;
+  bool slerp;
+  pa_progress_fn progress;
+  void *progress_user;
+} pa_gen_request;
+
+/* Defaults: 256x256, batch 1, seed 0, the v3 sampler defaults, prior 60 DDPM steps, cfg 3. */
+pa_gen_request pa_gen_request_default(void);
+/* Validates a request against the pipeline (sizes, images, mask, modes) without running. */
+int pa_gen_request_check(const pa_pipeline *p, const pa_gen_request *r);
+
+typedef struct {
+  pa_image **images; /* batch images */
+  int n;
+  int64_t *tokens;   /* (n, h, w) final token grid */
+  int grid_h, grid_w;
+  double seconds_encode, seconds_prior, seconds_denoise, seconds_decode;
+} pa_gen_result;
+
+int pa_generate(pa_pipeline *p, const pa_gen_request *r, pa_gen_result *out);
+void pa_gen_result_free(pa_gen_result *r);
+
+/* The VQGAN token grid of an image (h = H/4, w = W/4), for tests and editing modes. */
+int pa_pipeline_encode_image(pa_pipeline *p, const pa_image *img, int64_t *tokens);
+
+#endif
