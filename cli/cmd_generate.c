@@ -80,9 +80,9 @@ static double now(void) {
 }
 
 /* "stage [#####.....] 6/12  3.1 it/s  ETA 2s" on stderr, redrawn in place */
-static void progress(void *user, const char *stage, int step, int total) {
+static bool progress(void *user, const char *stage, int step, int total) {
   progress_state *s = user;
-  if (!s->show) return;
+  if (!s->show) return true;
   if (s->stage != stage) {
     s->stage = stage;
     s->start = now();
@@ -94,6 +94,7 @@ static void progress(void *user, const char *stage, int step, int total) {
   bar[30] = 0;
   fprintf(stderr, "\r%-8s [%s] %d/%d  %.1f it/s  ETA %.0fs ", stage, bar, step, total, rate, eta);
   if (step == total) fputc('\n', stderr);
+  return true;
 }
 
 static int parse_pair(const char *s, float *a, float *b) {

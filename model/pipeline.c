@@ -28,6 +28,8 @@ struct pa_pipeline {
   pa_t5 *t5;
   pa_clip *clip_text, *clip_vision;
   const pa_clip_tokenizer *tok;
+  const pa_embed_cache *cache;
+  char t5_id[160], clip_id[160]; /* encoder identities for cache keys */
 };
 
 /* ---- opening ----------------------------------------------------------------------------- */
@@ -141,6 +143,21 @@ static int check_compatible(const pa_pipeline *p) {
   return PA_OK;
 }
 
+/* Cache keys must change when the weights do: the file names and sizes of the encoders. */
+static void set_encoder_ids(pa_pipeline *p) {
+  struct stat st;
+  const char *t5 = pa_weights_source(p->w_t5), *clip = pa_weights_source(p->w_clip);
+  long long t5_size = stat(t5, &st) == 0 ? (long long)st.st_size : 0;
+  long long clip_size = stat(clip, &st) == 0 ? (long long)st.st_size : 0;
+  const char *t5_base = strrchr(t5, '/') ? strrchr(t5, '/') + 1 : t5;
+  const char *clip_base = strrchr(clip, '/') ? strrchr(clip, '/') + 1 : clip;
+  snprintf(p->t5_id, sizeof p->t5_id, "byt5:%s:%lld:%d", t5_base, t5_size, pa_t5_cfg(p->t5)->d_model);
+  snprintf(p->clip_id, sizeof p->clip_id, "clip-text:%s:%lld:%d", clip_base, clip_size,
+           pa_clip_cfg(p->clip_text)->projection_dim);
+}
+
+void pa_pipeline_set_cache(pa_pipeline *p, const pa_embed_cache *cache) { p->cache = cache; }
+
 int pa_pipeline_open(const pa_pipeline_options *o, pa_pipeline **out) {
   pa_pipeline *p = calloc(1, sizeof *p);
   if (!p) return pa_fail(PA_ERR_NOMEM, "out of memory");
@@ -153,6 +170,7 @@ int pa_pipeline_open(const pa_pipeline_options *o, pa_pipeline **out) {
   else
     PA_TRY(open_embedded(p));
   PA_TRY(check_compatible(p));
+  set_encoder_ids(p);
   *out = p;
   return PA_OK;
 fail:
@@ -260,37 +278,74 @@ static int byt5_length(const char *text) {
   return pa_byt5_tokenize(text, strlen(text), BYT5_MAX_LEN, ids, &n) ? -1 : n;
 }
 
+static bool cache_get(pa_pipeline *p, const char *enc, const int64_t *ids, int n, pa_tensor **out) {
+  return p->cache && p->cache->lookup && p->cache->lookup(p->cache->user, enc, ids, n, out);
+}
+
+static void cache_put(pa_pipeline *p, const char *enc, const int64_t *ids, int n, const pa_tensor *v) {
+  if (p->cache && p->cache->store) p->cache->store(p->cache->user, enc, ids, n, v);
+}
+
+/* ByT5 states (1, L, D) of ids (1, L), through the cache. */
+static int encode_byt5(pa_pipeline *p, int64_t *ids, int L, pa_tensor **out) {
+  pa_backend *be = p->be;
+  int rc = PA_OK, D = pa_t5_cfg(p->t5)->d_model;
+  if (cache_get(p, p->t5_id, ids, L, out) && (*out)->ndim == 3 && (*out)->shape[1] == L && (*out)->shape[2] == D)
+    return PA_OK;
+  pa_tensor_free(*out);
+  *out = NULL;
+  pa_tensor *t_ids = pa_tensor_wrap(PA_I64, 2, (const int64_t[]){1, L}, ids);
+  pa_tensor *hid = pa_alloc_f32(be, 3, (int64_t)1, (int64_t)L, (int64_t)D);
+  if (!t_ids || !hid) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
+  PA_TRY(pa_t5_encode(p->t5, t_ids, hid));
+  if (!(*out = pa_download(be, hid))) rc = PA_ERR_NOMEM;
+  if (*out) cache_put(p, p->t5_id, ids, L, *out);
+fail:
+  pa_tensor_free(t_ids);
+  pa_release(be, hid);
+  return rc;
+}
+
+/* CLIP text embedding (1, Dc) of a text, through the cache. */
+static int encode_clip(pa_pipeline *p, const char *text, pa_tensor **out) {
+  pa_backend *be = p->be;
+  int64_t ids[PA_CLIP_CONTEXT];
+  int rc = pa_clip_tokenize(p->tok, text, strlen(text), ids), Dc = pa_clip_cfg(p->clip_text)->projection_dim;
+  if (rc) return rc;
+  if (cache_get(p, p->clip_id, ids, PA_CLIP_CONTEXT, out) && pa_numel(*out) == Dc) return PA_OK;
+  pa_tensor_free(*out);
+  *out = NULL;
+  int C = pa_clip_cfg(p->clip_text)->hidden_size;
+  pa_tensor *c_ids = pa_tensor_wrap(PA_I64, 2, (const int64_t[]){1, PA_CLIP_CONTEXT}, ids);
+  pa_tensor *hid = pa_alloc_f32(be, 3, (int64_t)1, (int64_t)PA_CLIP_CONTEXT, (int64_t)C);
+  pa_tensor *emb = pa_alloc_f32(be, 2, (int64_t)1, (int64_t)Dc);
+  if (!c_ids || !hid || !emb) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
+  PA_TRY(pa_clip_text_forward(p->clip_text, c_ids, hid, emb));
+  if (!(*out = pa_download(be, emb))) rc = PA_ERR_NOMEM;
+  if (*out) cache_put(p, p->clip_id, ids, PA_CLIP_CONTEXT, *out);
+fail:
+  pa_tensor_free(c_ids);
+  pa_release(be, hid);
+  pa_release(be, emb);
+  return rc;
+}
+
 /* pad_to > 0 pads the ByT5 ids with 0 as a training batch would (interpolation). */
 static int embed_text(pa_pipeline *p, const char *text, int pad_to, text_embed *out) {
-  pa_backend *be = p->be;
   int rc = PA_OK, L = 0;
-  int64_t *ids = NULL, clip_ids[PA_CLIP_CONTEXT];
-  pa_tensor *t_ids = NULL, *hid = NULL, *c_ids = NULL, *c_hid = NULL, *c_emb = NULL;
+  int64_t *ids = NULL;
   PA_TRY(pa_byt5_tokenize_batch(&text, NULL, 1, BYT5_MAX_LEN, pad_to, &ids, &L));
-  int D = pa_t5_cfg(p->t5)->d_model, Dc = pa_clip_cfg(p->clip_text)->projection_dim;
-  int C = pa_clip_cfg(p->clip_text)->hidden_size;
-  t_ids = pa_tensor_wrap(PA_I64, 2, (const int64_t[]){1, L}, ids);
-  hid = pa_alloc_f32(be, 3, (int64_t)1, (int64_t)L, (int64_t)D);
-  if (!t_ids || !hid) goto nomem;
-  PA_TRY(pa_t5_encode(p->t5, t_ids, hid));
-  PA_TRY(pa_clip_tokenize(p->tok, text, strlen(text), clip_ids));
-  c_ids = pa_tensor_wrap(PA_I64, 2, (const int64_t[]){1, PA_CLIP_CONTEXT}, clip_ids);
-  c_hid = pa_alloc_f32(be, 3, (int64_t)1, (int64_t)PA_CLIP_CONTEXT, (int64_t)C);
-  c_emb = pa_alloc_f32(be, 2, (int64_t)1, (int64_t)Dc);
-  if (!c_ids || !c_hid || !c_emb) goto nomem;
-  PA_TRY(pa_clip_text_forward(p->clip_text, c_ids, c_hid, c_emb));
-  if (!(out->byt5 = pa_download(be, hid)) || !(out->clip = pa_download(be, c_emb))) goto nomem;
-  goto fail;
-nomem:
-  rc = PA_ERR_NOMEM;
+  PA_TRY(encode_byt5(p, ids, L, &out->byt5));
+  PA_TRY(encode_clip(p, text, &out->clip));
 fail:
   if (rc) text_embed_free(out);
   free(ids);
-  pa_tensor_free(t_ids);
-  pa_tensor_free(c_ids);
-  pa_release(be, hid);
-  pa_release(be, c_hid);
-  pa_release(be, c_emb);
   return rc;
 }
 
@@ -358,7 +413,10 @@ static int run_prior(pa_pipeline *p, const pa_gen_request *r, const pa_tensor *c
         for (int d = 0; d < D; d++) zz[b * D + d] = pa_rng_normal(r->seed + b, PA_RNG_PRIOR, (uint32_t)(i + 1), (uint32_t)d);
       pa_diffuzz_ddpm_step(xh, xh, e, zz, t, tp, B, D);
     }
-    if (r->progress) r->progress(r->progress_user, "prior", i + 1, T);
+    if (r->progress && !r->progress(r->progress_user, "prior", i + 1, T)) {
+      rc = pa_fail(PA_ERR_CANCELED, "canceled during the prior (step %d of %d)", i + 1, T);
+      goto fail;
+    }
   }
   *out = x;
   x = NULL;
@@ -485,7 +543,10 @@ static int sample_tokens(pa_pipeline *p, const pa_gen_request *r, const pa_sampl
         pa_sampler_renoise(tokens + b * n, s->init_noise + b * n, n, t_list[i + 1], seed, i);
     }
     pin_tokens(tokens, s);
-    if (r->progress) r->progress(r->progress_user, "denoise", i + 1, steps);
+    if (r->progress && !r->progress(r->progress_user, "denoise", i + 1, steps)) {
+      rc = pa_fail(PA_ERR_CANCELED, "canceled at denoising step %d of %d", i + 1, steps);
+      goto fail;
+    }
   }
   goto fail;
 nomem:
@@ -746,6 +807,20 @@ fail:
   pa_paella_cond_free(p->paella, s.uncond);
   pa_release(p->be, s.attn_w);
   return rc;
+}
+
+int pa_generate_many(pa_pipeline *p, const pa_gen_request *reqs, int n, pa_gen_result *out, int *failed) {
+  /* one request after another: items with different ByT5 lengths cannot share a forward
+   * without padding, which would change their images */
+  *failed = -1;
+  for (int i = 0; i < n; i++) {
+    int rc = pa_generate(p, &reqs[i], &out[i]);
+    if (rc) {
+      *failed = i;
+      return rc;
+    }
+  }
+  return PA_OK;
 }
 
 void pa_gen_result_free(pa_gen_result *r) {

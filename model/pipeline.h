@@ -44,7 +44,9 @@ typedef enum {
 
 typedef enum { PA_REGIONS_NONE, PA_REGIONS_LEFT_RIGHT, PA_REGIONS_TOP_BOTTOM } pa_regions;
 
-typedef void (*pa_progress_fn)(void *user, const char *stage, int step, int total);
+/* Called after every prior and denoising step; returning false cancels the generation
+ * (pa_generate then fails with PA_ERR_CANCELED). */
+typedef bool (*pa_progress_fn)(void *user, const char *stage, int step, int total);
 
 typedef struct {
   pa_gen_mode mode;
@@ -74,6 +76,18 @@ pa_gen_request pa_gen_request_default(void);
 /* Validates a request against the pipeline (sizes, images, mask, modes) without running. */
 int pa_gen_request_check(const pa_pipeline *p, const pa_gen_request *r);
 
+/* An optional cache of text embeddings (the worker shares one through Redis). Keys are the
+ * encoder's identity plus the exact token ids; values are host F32 tensors. */
+typedef struct {
+  void *user;
+  /* true with *out (a new host tensor, caller frees) on a hit */
+  bool (*lookup)(void *user, const char *encoder, const int64_t *ids, int n, pa_tensor **out);
+  void (*store)(void *user, const char *encoder, const int64_t *ids, int n, const pa_tensor *value);
+} pa_embed_cache;
+
+/* The cache is used by every later pa_generate; NULL disables it. Not owned. */
+void pa_pipeline_set_cache(pa_pipeline *p, const pa_embed_cache *cache);
+
 typedef struct {
   pa_image **images; /* batch images */
   int n;
@@ -83,6 +97,9 @@ typedef struct {
 } pa_gen_result;
 
 int pa_generate(pa_pipeline *p, const pa_gen_request *r, pa_gen_result *out);
+/* Several requests of one geometry (a worker's claimed batch); out[i] for reqs[i]. Stops at
+ * the first failure, returning its index in *failed (-1 when all succeeded). */
+int pa_generate_many(pa_pipeline *p, const pa_gen_request *reqs, int n, pa_gen_result *out, int *failed);
 void pa_gen_result_free(pa_gen_result *r);
 
 /* The VQGAN token grid of an image (h = H/4, w = W/4), for tests and editing modes. */

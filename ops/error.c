@@ -46,6 +46,7 @@ const char *pa_status_name(int code) {
     case PA_ERR_UNSUPPORTED: return "unsupported";
     case PA_ERR_DEVICE: return "device";
     case PA_ERR_NOTFOUND: return "notfound";
+    case PA_ERR_CANCELED: return "canceled";
     default: return "unknown";
   }
 }

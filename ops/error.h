@@ -13,6 +13,7 @@ typedef enum {
   PA_ERR_UNSUPPORTED = -6, /* valid but not implemented (e.g. an unknown pickle callable) */
   PA_ERR_DEVICE = -7,      /* CUDA / backend failure */
   PA_ERR_NOTFOUND = -8,    /* missing key, file or model */
+  PA_ERR_CANCELED = -9,    /* the caller asked to stop (job canceled) */
 } pa_status;
 
 /* Sets the message (printf-style) and returns `code`, so callers write

@@ -13,6 +13,11 @@ APT_PACKAGES=(
   libspng-dev libpng-dev     # PNG in/out
   libssl-dev                 # SHA-256, HMAC
   clang llvm libclang-rt-14-dev  # libFuzzer targets, sanitizer runtimes
+  libhiredis-dev redis-server    # Redis queue, job registry, embedding cache (+ the test server)
+  librdkafka-dev                 # Kafka queue (tests use librdkafka's mock cluster)
+  libcurl4-openssl-dev           # S3 uploads (CURLOPT_AWS_SIGV4), webhooks
+  libmicrohttpd-dev              # the scheduler's HTTP API, worker metrics
+  python3-botocore               # test-only: reference SigV4 signatures
 )
 
 need_install=()

@@ -208,6 +208,69 @@ static void test_bad_requests(void) {
   pa_image_free(mask);
 }
 
+/* A one-entry-per-key in-memory cache that counts its traffic. */
+typedef struct {
+  int hits, misses, stores;
+  char keys[8][200];
+  pa_tensor *vals[8];
+  int n;
+} mem_cache;
+
+static void key_of(char *buf, const char *enc, const int64_t *ids, int n) {
+  unsigned long long h = 1469598103934665603ull;
+  for (int i = 0; i < n; i++) h = (h ^ (unsigned long long)ids[i]) * 1099511628211ull;
+  snprintf(buf, 200, "%s/%d/%llx", enc, n, h);
+}
+
+static bool mc_lookup(void *user, const char *enc, const int64_t *ids, int n, pa_tensor **out) {
+  mem_cache *c = user;
+  char k[200];
+  key_of(k, enc, ids, n);
+  for (int i = 0; i < c->n; i++)
+    if (!strcmp(c->keys[i], k)) {
+      c->hits++;
+      *out = pa_tensor_clone(c->vals[i]);
+      return true;
+    }
+  c->misses++;
+  return false;
+}
+
+static void mc_store(void *user, const char *enc, const int64_t *ids, int n, const pa_tensor *v) {
+  mem_cache *c = user;
+  if (c->n == 8) return;
+  key_of(c->keys[c->n], enc, ids, n);
+  c->vals[c->n++] = pa_tensor_clone(v);
+  c->stores++;
+}
+
+static bool cancel_at_2(void *user, const char *stage, int step, int total) {
+  (void)user, (void)total;
+  return !(strcmp(stage, "denoise") == 0 && step == 2);
+}
+
+static void test_cache_and_cancel(void) {
+  mem_cache mc = {0};
+  pa_embed_cache cache = {&mc, mc_lookup, mc_store};
+  pa_gen_result a, b;
+  pa_gen_request r = req("a lighthouse", 21);
+  int64_t *ta = gen(&r, &a);
+  pa_pipeline_set_cache(p, &cache);
+  gen(&r, &b); /* fills the cache: prompt and empty prompt, both encoders */
+  pa_gen_result_free(&b);
+  int64_t *tb = gen(&r, &b);
+  printf("cache: %d hits, %d misses, %d stores\n", mc.hits, mc.misses, mc.stores);
+  CHECK(mc.stores == 4 && mc.hits == 4);
+  CHECK(ta && tb && memcmp(ta, tb, N * 8) == 0); /* cached embeddings give the same image */
+  pa_pipeline_set_cache(p, NULL);
+  for (int i = 0; i < mc.n; i++) pa_tensor_free(mc.vals[i]);
+  pa_gen_result_free(&a);
+  pa_gen_result_free(&b);
+  r.progress = cancel_at_2;
+  CHECK(pa_generate(p, &r, &a) == PA_ERR_CANCELED);
+  CHECK(a.images == NULL);
+}
+
 int main(void) {
   pa_pipeline_options o = {.models_dir = NULL, .be = pa_cpu_backend()};
   CHECK_OK(pa_pipeline_open(&o, &p));
@@ -218,6 +281,7 @@ int main(void) {
   test_inpaint_outpaint_img2img();
   test_interpolation_regions_cfg();
   test_bad_requests();
+  test_cache_and_cancel();
   pa_pipeline_free(p);
   TEST_END();
 }
