@@ -335,10 +335,12 @@ static int st_parse_header(pa_weights *w, const char *hdr, size_t hlen, const ch
                            size_t data_len) {
   json_error_t jerr;
   json_t *root = json_loadb(hdr, hlen, JSON_REJECT_DUPLICATES, &jerr);
-  if (!root || !json_is_object(root)) {
+  if (!root)
+    return pa_fail(PA_ERR_FORMAT, "%s: safetensors header is not valid JSON (%s at byte %d)", w->source,
+                   jerr.text, jerr.position);
+  if (!json_is_object(root)) {
     json_decref(root);
-    return pa_fail(PA_ERR_FORMAT, "%s: safetensors header is not a JSON object (%s at byte %d)",
-                   w->source, jerr.text, jerr.position);
+    return pa_fail(PA_ERR_FORMAT, "%s: safetensors header must be a JSON object", w->source);
   }
   int rc = PA_OK;
   const char *key;
