@@ -86,6 +86,18 @@ static void skip_io_tensors(pa_weights *w) {
   }
 }
 
+/* Reads the configuration from the file's "config" metadata (from_json, which sees it as
+ * `jcfg`) or, without metadata, from the tensor shapes (infer). Returns from the caller on
+ * failure. */
+#define LOAD_CONFIG(w, from_json, infer)               \
+  do {                                                 \
+    json_t *jcfg = pa_cfg_from_weights((w), &rc);      \
+    if (rc) return rc;                                 \
+    rc = jcfg ? (from_json) : (infer);                 \
+    json_decref(jcfg);                                 \
+    if (rc) return rc;                                 \
+  } while (0)
+
 typedef struct {
   pa_backend *be;
   pa_eval_outputs *out;
@@ -105,11 +117,7 @@ static int eval_paella(pa_backend *be, pa_weights *w, bool debug, pa_eval_output
   pa_paella_cond *cond = NULL;
   pa_tensor *byt5 = NULL, *clip = NULL, *clip_image = NULL, *aw = NULL, *x = NULL, *logits = NULL;
   pa_paella_config cfg = pa_paella_default_config();
-  json_t *jcfg = pa_cfg_from_weights(w, &rc);
-  if (rc) return rc;
-  rc = jcfg ? pa_paella_config_from_json(jcfg, &cfg) : pa_paella_config_infer(w, &cfg);
-  json_decref(jcfg);
-  if (rc) return rc;
+  LOAD_CONFIG(w, pa_paella_config_from_json(jcfg, &cfg), pa_paella_config_infer(w, &cfg));
   const pa_tensor *xh, *rh;
   PA_TRY(input_i64(w, "in.x", &xh));
   PA_TRY(pa_weights_get(w, &rh, 1, (const int64_t[]){xh->shape[0]}, "in.r"));
@@ -152,11 +160,7 @@ static int eval_vqgan(pa_backend *be, pa_weights *w, bool debug, pa_eval_outputs
   pa_vqgan *m = NULL;
   pa_tensor *img_h = NULL, *img = NULL, *lat = NULL, *idx = NULL, *qe = NULL, *dec = NULL;
   pa_vqgan_config cfg = pa_vqgan_default_config();
-  json_t *jcfg = pa_cfg_from_weights(w, &rc);
-  if (rc) return rc;
-  rc = jcfg ? pa_vqgan_config_from_json(jcfg, &cfg) : pa_vqgan_config_infer(w, &cfg);
-  json_decref(jcfg);
-  if (rc) return rc;
+  LOAD_CONFIG(w, pa_vqgan_config_from_json(jcfg, &cfg), pa_vqgan_config_infer(w, &cfg));
   const pa_tensor *image = pa_weights_find(w, "in.image"), *idx_in = pa_weights_find(w, "in.indices");
   skip_io_tensors(w);
   PA_TRY(pa_vqgan_load(be, w, &cfg, &m));
@@ -264,11 +268,7 @@ static int eval_prior(pa_backend *be, pa_weights *w, bool debug, pa_eval_outputs
   pa_prior *m = NULL;
   pa_tensor *x = NULL, *c = NULL, *pred = NULL;
   pa_prior_config cfg = pa_prior_default_config();
-  json_t *jcfg = pa_cfg_from_weights(w, &rc);
-  if (rc) return rc;
-  rc = jcfg ? pa_prior_config_from_json(jcfg, &cfg) : pa_prior_config_infer(w, &cfg);
-  json_decref(jcfg);
-  if (rc) return rc;
+  LOAD_CONFIG(w, pa_prior_config_from_json(jcfg, &cfg), pa_prior_config_infer(w, &cfg));
   const pa_tensor *rh;
   PA_TRY(input_f32(be, w, "in.x", true, &x));
   PA_TRY(input_f32(be, w, "in.c", true, &c));
@@ -300,11 +300,7 @@ static int eval_t5(pa_backend *be, pa_weights *w, bool debug, pa_eval_outputs *o
   pa_t5 *m = NULL;
   pa_tensor *hidden = NULL;
   pa_t5_config cfg = pa_t5_default_config();
-  json_t *jcfg = pa_cfg_from_weights(w, &rc);
-  if (rc) return rc;
-  rc = jcfg ? pa_t5_config_from_json(jcfg, &cfg) : pa_t5_config_infer(w, &cfg);
-  json_decref(jcfg);
-  if (rc) return rc;
+  LOAD_CONFIG(w, pa_t5_config_from_json(jcfg, &cfg), pa_t5_config_infer(w, &cfg));
   const pa_tensor *ids;
   PA_TRY(input_i64(w, "in.input_ids", &ids));
   skip_io_tensors(w);
@@ -327,10 +323,7 @@ fail:
 static int clip_config(pa_weights *w, bool vision, pa_clip_config *cfg) {
   int rc = PA_OK;
   *cfg = vision ? pa_clip_vision_default_config() : pa_clip_text_default_config();
-  json_t *jcfg = pa_cfg_from_weights(w, &rc);
-  if (rc) return rc;
-  rc = jcfg ? pa_clip_config_from_json(jcfg, vision, cfg) : pa_clip_config_infer(w, vision, cfg);
-  json_decref(jcfg);
+  LOAD_CONFIG(w, pa_clip_config_from_json(jcfg, vision, cfg), pa_clip_config_infer(w, vision, cfg));
   return rc;
 }
 
