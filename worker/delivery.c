@@ -1,0 +1,11 @@
+/* pa_delivery_clear lives apart from pa_queue_open so that a program using one transport
+ * (the Redis adapter's tests) does not pull in the other one. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/queue.h"
+
+void pa_delivery_clear(pa_delivery *d) {
+  free(d->payload);
+  memset(d, 0, sizeof *d);
+}

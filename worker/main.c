@@ -1,0 +1,192 @@
+/* paella-worker: the serving process. Flags override PAELLA_* environment variables, which
+ * override the defaults; docs/worker.md is the reference. Exit codes: 0 after a clean stop
+ * (SIGTERM/SIGINT or --once), 1 on a setup failure, 2 on a usage error. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ops/error.h"
+#include "worker/log.h"
+#include "worker/worker.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+      "usage: paella-worker [options]\n"
+      "\n"
+      "Pulls Paella jobs from a queue, generates the images, stores them and reports the result.\n"
+      "Every option can also be set through the environment variable in brackets; flags win.\n"
+      "\n"
+      "  --queue URL           redis://HOST:PORT/DB?stream=paella:jobs&group=workers or\n"
+      "                        kafka://BROKERS?topic=paella.jobs&group=workers   [PAELLA_QUEUE]\n"
+      "  --storage URL         s3://BUCKET/PREFIX (endpoint, region and credentials from\n"
+      "                        AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,\n"
+      "                        AWS_SESSION_TOKEN) or file:///DIR                 [PAELLA_STORAGE]\n"
+      "  --models DIR          published checkpoints; unset: the embedded untrained tiny model\n"
+      "                                                                          [PAELLA_MODELS]\n"
+      "  --device cpu|cuda     backend (default cpu)                             [PAELLA_DEVICE]\n"
+      "  --max-batch N         compatible jobs claimed and run together (1..64, default 1)\n"
+      "                                                                          [PAELLA_MAX_BATCH]\n"
+      "  --lease-ms MS         an entry idle this long is taken over by another worker\n"
+      "                        (default 60000)                                   [PAELLA_LEASE_MS]\n"
+      "  --max-deliveries N    after N deliveries a job goes to the dead letters (default 5)\n"
+      "                                                                          [PAELLA_MAX_DELIVERIES]\n"
+      "  --metrics-port PORT   serve /metrics and /healthz on this port (default off)\n"
+      "                                                                          [PAELLA_METRICS_PORT]\n"
+      "  --cache-url URL       embedding cache Redis (default: the queue's Redis; 'off')\n"
+      "                                                                          [PAELLA_CACHE_URL]\n"
+      "  --cache-ttl S         embedding cache TTL in seconds (default 86400)    [PAELLA_CACHE_TTL]\n"
+      "  --cache-entries N     in-process LRU entries (default 256)              [PAELLA_CACHE_ENTRIES]\n"
+      "  --cache-mb N          in-process LRU megabytes (default 256)            [PAELLA_CACHE_MB]\n"
+      "  --webhook-allow-private  allow webhooks to loopback/private addresses   [PAELLA_WEBHOOK_ALLOW_PRIVATE=1]\n"
+      "  --webhook-secrets DIR  secret_id X is read from DIR/X; otherwise from the variable\n"
+      "                        PAELLA_WEBHOOK_SECRET_<X uppercased, other chars as _>\n"
+      "                                                                          [PAELLA_WEBHOOK_SECRETS]\n"
+      "  --consumer NAME       name in the consumer group (default hostname-pid) [PAELLA_CONSUMER]\n"
+      "  --poll-ms MS          longest blocking claim (default 1000)             [PAELLA_POLL_MS]\n"
+      "  --progress-ms MS      least time between progress events (default 500)  [PAELLA_PROGRESS_MS]\n"
+      "  --max-side N          largest image side accepted (default 1024)        [PAELLA_MAX_SIDE]\n"
+      "  --log-level L         debug|info|warn|error (default info)              [PAELLA_LOG_LEVEL]\n"
+      "  --once                handle one job, then exit\n"
+      "  -h, --help            this text\n"
+      "\n"
+      "Logs are JSON lines on stderr. SIGTERM/SIGINT finish the claimed batch, then exit 0.\n");
+}
+
+enum {
+  O_QUEUE = 256, O_STORAGE, O_MODELS, O_DEVICE, O_BATCH, O_LEASE, O_MAXDEL, O_METRICS, O_CACHE_URL, O_CACHE_TTL,
+  O_CACHE_ENTRIES, O_CACHE_MB, O_ALLOW_PRIVATE, O_SECRETS, O_CONSUMER, O_POLL, O_PROGRESS, O_MAXSIDE, O_LOGLEVEL,
+  O_ONCE
+};
+
+static const struct option long_opts[] = {
+    {"queue", required_argument, 0, O_QUEUE}, {"storage", required_argument, 0, O_STORAGE},
+    {"models", required_argument, 0, O_MODELS}, {"device", required_argument, 0, O_DEVICE},
+    {"max-batch", required_argument, 0, O_BATCH}, {"lease-ms", required_argument, 0, O_LEASE},
+    {"max-deliveries", required_argument, 0, O_MAXDEL}, {"metrics-port", required_argument, 0, O_METRICS},
+    {"cache-url", required_argument, 0, O_CACHE_URL}, {"cache-ttl", required_argument, 0, O_CACHE_TTL},
+    {"cache-entries", required_argument, 0, O_CACHE_ENTRIES}, {"cache-mb", required_argument, 0, O_CACHE_MB},
+    {"webhook-allow-private", no_argument, 0, O_ALLOW_PRIVATE}, {"webhook-secrets", required_argument, 0, O_SECRETS},
+    {"consumer", required_argument, 0, O_CONSUMER}, {"poll-ms", required_argument, 0, O_POLL},
+    {"progress-ms", required_argument, 0, O_PROGRESS}, {"max-side", required_argument, 0, O_MAXSIDE},
+    {"log-level", required_argument, 0, O_LOGLEVEL}, {"once", no_argument, 0, O_ONCE},
+    {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+
+static int parse_int(const char *s, long lo, long hi, int *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (end == s || *end || errno || v < lo || v > hi) return -1;
+  *out = (int)v;
+  return 0;
+}
+
+static bool truthy(const char *v) { return v && (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes")); }
+
+/* One option's value, from a flag or an environment variable: 0 ok, -1 invalid. */
+static int apply(pa_worker_config *c, int opt, const char *v, int *log_level) {
+  int x = 0;
+  switch (opt) {
+    case O_QUEUE: c->queue_url = v; return 0;
+    case O_STORAGE: c->storage_url = v; return 0;
+    case O_MODELS: c->models_dir = v; return 0;
+    case O_DEVICE: c->device = v; return strcmp(v, "cpu") && strcmp(v, "cuda") ? -1 : 0;
+    case O_BATCH: return parse_int(v, 1, 64, &c->max_batch);
+    case O_LEASE: return parse_int(v, 100, 86400000, &c->lease_ms);
+    case O_MAXDEL: return parse_int(v, 1, 1000, &c->max_deliveries);
+    case O_METRICS: return parse_int(v, 0, 65535, &c->metrics_port);
+    case O_CACHE_URL: c->cache_url = v; return 0;
+    case O_CACHE_TTL: return parse_int(v, 1, 365 * 86400, &c->cache_ttl_s);
+    case O_CACHE_ENTRIES: if (parse_int(v, 0, 1000000, &x)) return -1; c->cache_max_entries = (size_t)x; return 0;
+    case O_CACHE_MB: if (parse_int(v, 1, 1 << 20, &x)) return -1; c->cache_max_bytes = (size_t)x << 20; return 0;
+    case O_ALLOW_PRIVATE: c->webhook_allow_private = v ? truthy(v) : true; return 0;
+    case O_SECRETS: c->webhook_secrets_dir = v; return 0;
+    case O_CONSUMER: c->consumer = v; return 0;
+    case O_POLL: return parse_int(v, 10, 30000, &c->poll_ms);
+    case O_PROGRESS: return parse_int(v, 0, 3600000, &c->progress_interval_ms);
+    case O_MAXSIDE: return parse_int(v, 32, 16384, &c->max_side);
+    case O_LOGLEVEL: return (*log_level = pa_log_level_from_name(v)) < 0 ? -1 : 0;
+    default: return -1;
+  }
+}
+
+static const struct { const char *var; int opt; } env_vars[] = {
+    {"PAELLA_QUEUE", O_QUEUE}, {"PAELLA_STORAGE", O_STORAGE}, {"PAELLA_MODELS", O_MODELS},
+    {"PAELLA_DEVICE", O_DEVICE}, {"PAELLA_MAX_BATCH", O_BATCH}, {"PAELLA_LEASE_MS", O_LEASE},
+    {"PAELLA_MAX_DELIVERIES", O_MAXDEL}, {"PAELLA_METRICS_PORT", O_METRICS}, {"PAELLA_CACHE_URL", O_CACHE_URL},
+    {"PAELLA_CACHE_TTL", O_CACHE_TTL}, {"PAELLA_CACHE_ENTRIES", O_CACHE_ENTRIES}, {"PAELLA_CACHE_MB", O_CACHE_MB},
+    {"PAELLA_WEBHOOK_ALLOW_PRIVATE", O_ALLOW_PRIVATE}, {"PAELLA_WEBHOOK_SECRETS", O_SECRETS},
+    {"PAELLA_CONSUMER", O_CONSUMER}, {"PAELLA_POLL_MS", O_POLL}, {"PAELLA_PROGRESS_MS", O_PROGRESS},
+    {"PAELLA_MAX_SIDE", O_MAXSIDE}, {"PAELLA_LOG_LEVEL", O_LOGLEVEL}};
+
+static int parse(int argc, char **argv, pa_worker_config *c, int *log_level) {
+  for (size_t i = 0; i < sizeof env_vars / sizeof env_vars[0]; i++) {
+    const char *v = getenv(env_vars[i].var);
+    if (v && *v && apply(c, env_vars[i].opt, v, log_level)) {
+      fprintf(stderr, "paella-worker: invalid value '%s' in %s\n", v, env_vars[i].var);
+      return 2;
+    }
+  }
+  int opt;
+  opterr = 0;
+  while ((opt = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
+    if (opt == 'h') return -1;
+    if (opt == O_ONCE) {
+      c->once = true;
+      continue;
+    }
+    if (opt == '?' || apply(c, opt, optarg, log_level)) {
+      fprintf(stderr, "paella-worker: invalid or unknown option '%s' (see --help)\n", argv[optind - 1]);
+      return 2;
+    }
+  }
+  if (optind != argc) {
+    fprintf(stderr, "paella-worker: unexpected argument '%s'\n", argv[optind]);
+    return 2;
+  }
+  if (!c->queue_url || !c->storage_url) {
+    fprintf(stderr, "paella-worker: --queue and --storage (or PAELLA_QUEUE, PAELLA_STORAGE) are required\n");
+    return 2;
+  }
+  return 0;
+}
+
+static void on_signal(int sig) {
+  (void)sig;
+  pa_worker_request_stop();
+}
+
+int main(int argc, char **argv) {
+  pa_worker_config c;
+  int log_level = PA_LOG_INFO;
+  pa_worker_config_default(&c);
+  int rc = parse(argc, argv, &c, &log_level);
+  if (rc == -1) {
+    usage(stdout);
+    return 0;
+  }
+  if (rc) return rc;
+  pa_log_set_level((pa_log_level)log_level);
+  char consumer[300];
+  if (!c.consumer) { /* named here so the logs and the consumer group agree */
+    char host[256] = "worker";
+    gethostname(host, sizeof host - 1);
+    snprintf(consumer, sizeof consumer, "%s-%d", host, (int)getpid());
+    c.consumer = consumer;
+  }
+  pa_log_set_worker(c.consumer);
+  struct sigaction sa = {0};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN); /* a closed socket is an error return, not a death */
+  if (pa_worker_run(&c)) {
+    pa_log(PA_LOG_ERROR, NULL, json_pack("{s:s}", "error", pa_errmsg()), "worker failed to start");
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,545 @@
+/* The Redis Streams transport (queue.h; every key in docs/queues.md).
+ *
+ * One consumer group on the job stream. claim() first takes over entries that another
+ * consumer left idle past the lease (XAUTOCLAIM: a crashed worker's jobs), then reads new
+ * ones (XREADGROUP ... >). The state changes that must not be split by a crash (the final
+ * status + result + event, a dead letter + its XACK) each run as one Lua script: atomic like
+ * MULTI, and able to skip the write when the job is already final, which keeps a re-run of a
+ * job whose result was recorded (the worker died before XACK) from recording it twice. */
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/proto.h"
+#include "worker/queue.h"
+#include "worker/url.h"
+
+#define RQ_MAX_ARGS 24
+#define RQ_IO_TIMEOUT_S 60 /* longer than any BLOCK we issue (claim caps it at 30 s) */
+#define RQ_MAX_BLOCK_MS 30000
+
+typedef struct {
+  redisContext *c;
+  pa_url url;
+  int db;
+  char stream[256], group[128], consumer[256], events[300], dead[300];
+  int lease_ms, max_deliveries;
+  long events_maxlen;
+  char cursor[64]; /* XAUTOCLAIM position, so successive claims walk the whole PEL */
+} rq;
+
+typedef struct {
+  int n;
+  const char *v[RQ_MAX_ARGS];
+  size_t l[RQ_MAX_ARGS];
+  char num[RQ_MAX_ARGS][24];
+} rq_args;
+
+static void arg_bin(rq_args *a, const void *s, size_t n) {
+  a->v[a->n] = s;
+  a->l[a->n++] = n;
+}
+static void arg(rq_args *a, const char *s) { arg_bin(a, s, strlen(s)); }
+static void arg_int(rq_args *a, long long x) {
+  snprintf(a->num[a->n], sizeof a->num[0], "%lld", x);
+  arg(a, a->num[a->n]);
+}
+
+static long long now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- connection --------------------------------------------------------------------- */
+
+static int rq_connect(rq *q) {
+  struct timeval ct = {5, 0}, io = {RQ_IO_TIMEOUT_S, 0};
+  const char *host = q->url.host[0] ? q->url.host : "127.0.0.1";
+  int port = q->url.port ? q->url.port : 6379;
+  redisContext *c = redisConnectWithTimeout(host, port, ct);
+  if (!c || c->err) {
+    int rc = pa_fail(PA_ERR_IO, "redis %s:%d: %s", host, port, c ? c->errstr : "out of memory");
+    if (c) redisFree(c);
+    return rc;
+  }
+  if (redisSetTimeout(c, io) != REDIS_OK) {
+    redisFree(c);
+    return pa_fail(PA_ERR_IO, "redis %s:%d: cannot set the socket timeout", host, port);
+  }
+  q->c = c;
+  return PA_OK;
+}
+
+static void rq_drop(rq *q) {
+  if (q->c) redisFree(q->c);
+  q->c = NULL;
+}
+
+static redisReply *raw_cmd(rq *q, const rq_args *a) {
+  return redisCommandArgv(q->c, a->n, (const char **)a->v, a->l);
+}
+
+/* AUTH and SELECT on a fresh connection */
+static int rq_login(rq *q) {
+  rq_args a = {0};
+  redisReply *r;
+  if (q->url.password[0]) {
+    arg(&a, "AUTH");
+    if (q->url.user[0]) arg(&a, q->url.user);
+    arg(&a, q->url.password);
+    r = raw_cmd(q, &a);
+    int bad = !r || r->type == REDIS_REPLY_ERROR;
+    int rc = bad ? pa_fail(PA_ERR_IO, "redis AUTH: %s", r ? r->str : q->c->errstr) : PA_OK;
+    freeReplyObject(r);
+    if (rc) return rc;
+  }
+  if (q->db) {
+    a.n = 0;
+    arg(&a, "SELECT");
+    arg_int(&a, q->db);
+    r = raw_cmd(q, &a);
+    int bad = !r || r->type == REDIS_REPLY_ERROR;
+    int rc = bad ? pa_fail(PA_ERR_IO, "redis SELECT %d: %s", q->db, r ? r->str : q->c->errstr) : PA_OK;
+    freeReplyObject(r);
+    if (rc) return rc;
+  }
+  return PA_OK;
+}
+
+/* Runs a command, reconnecting first when the previous one broke the connection (a Redis
+ * restart or failover must not kill the worker). Never retries a command whose fate is
+ * unknown. Returns the reply, or NULL with pa_fail set (I/O failure or an error reply). */
+static redisReply *rq_cmd(rq *q, const rq_args *a) {
+  if (!q->c) {
+    if (rq_connect(q)) return NULL;
+    if (rq_login(q)) {
+      rq_drop(q);
+      return NULL;
+    }
+  }
+  redisReply *r = raw_cmd(q, a);
+  if (!r) {
+    pa_fail(PA_ERR_IO, "redis %.*s: %s", (int)a->l[0], a->v[0], q->c->errstr);
+    rq_drop(q);
+    return NULL;
+  }
+  if (r->type == REDIS_REPLY_ERROR) {
+    pa_fail(PA_ERR_IO, "redis %.*s: %s", (int)a->l[0], a->v[0], r->str);
+    freeReplyObject(r);
+    return NULL;
+  }
+  return r;
+}
+
+static int rq_create_group(rq *q) {
+  rq_args a = {0};
+  arg(&a, "XGROUP");
+  arg(&a, "CREATE");
+  arg(&a, q->stream);
+  arg(&a, q->group);
+  arg(&a, "0"); /* entries added before the group existed are jobs too */
+  arg(&a, "MKSTREAM");
+  redisReply *r = rq_cmd(q, &a);
+  if (r) {
+    freeReplyObject(r);
+    return PA_OK;
+  }
+  return strstr(pa_errmsg(), "BUSYGROUP") ? PA_OK : PA_ERR_IO;
+}
+
+/* ---- entries ------------------------------------------------------------------------ */
+
+static const redisReply *field_value(const redisReply *fields, const char *name) {
+  if (!fields || fields->type != REDIS_REPLY_ARRAY) return NULL;
+  for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+    const redisReply *k = fields->element[i];
+    if (k->type == REDIS_REPLY_STRING && !strcmp(k->str, name)) return fields->element[i + 1];
+  }
+  return NULL;
+}
+
+/* [id, [field, value, ...]] -> delivery; an entry without a `job` field gets an empty payload
+ * (which fails to decode and goes to the dead letters like any other malformed job). */
+static int entry_to_delivery(const redisReply *e, int deliveries, pa_delivery *d) {
+  memset(d, 0, sizeof *d);
+  if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
+    return pa_fail(PA_ERR_FORMAT, "redis: unexpected stream entry shape");
+  const redisReply *id = e->element[0], *job = field_value(e->element[1], "job");
+  if (id->len >= sizeof d->handle) return pa_fail(PA_ERR_FORMAT, "redis: entry id too long");
+  memcpy(d->handle, id->str, id->len + 1);
+  size_t len = job && job->type == REDIS_REPLY_STRING ? job->len : 0;
+  if (!(d->payload = malloc(len ? len : 1))) return pa_fail(PA_ERR_NOMEM, "out of memory");
+  if (len) memcpy(d->payload, job->str, len);
+  d->len = len;
+  d->deliveries = deliveries;
+  return PA_OK;
+}
+
+/* XPENDING stream group id id 1 -> [[id, consumer, idle, count]] */
+static int delivery_count(rq *q, const char *id, int *count) {
+  rq_args a = {0};
+  arg(&a, "XPENDING");
+  arg(&a, q->stream);
+  arg(&a, q->group);
+  arg(&a, "IDLE");
+  arg(&a, "0");
+  arg(&a, id);
+  arg(&a, id);
+  arg(&a, "1");
+  redisReply *r = rq_cmd(q, &a);
+  if (!r) return PA_ERR_IO;
+  int rc = PA_OK;
+  if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || r->element[0]->type != REDIS_REPLY_ARRAY ||
+      r->element[0]->elements != 4 || r->element[0]->element[3]->type != REDIS_REPLY_INTEGER)
+    rc = pa_fail(PA_ERR_FORMAT, "redis XPENDING %s: entry not pending", id);
+  else
+    *count = (int)r->element[0]->element[3]->integer;
+  freeReplyObject(r);
+  return rc;
+}
+
+/* Appends the entries of an array reply (nil = an entry deleted while pending: skipped). */
+static int take_entries(rq *q, const redisReply *entries, int max, bool count_deliveries, pa_delivery *out, int *n) {
+  int rc = PA_OK;
+  for (size_t i = 0; i < entries->elements && *n < max; i++) {
+    const redisReply *e = entries->element[i];
+    if (e->type == REDIS_REPLY_NIL) continue;
+    int deliveries = 1; /* read with '>': never delivered before */
+    if (count_deliveries && e->type == REDIS_REPLY_ARRAY && e->elements == 2 &&
+        e->element[0]->type == REDIS_REPLY_STRING && (rc = delivery_count(q, e->element[0]->str, &deliveries)))
+      return rc;
+    PA_TRY(entry_to_delivery(e, deliveries, &out[*n]));
+    (*n)++;
+  }
+fail:
+  return rc;
+}
+
+/* XAUTOCLAIM stream group consumer lease cursor COUNT k -> [cursor, [entries], (deleted)] */
+static int rq_autoclaim(rq *q, int max, pa_delivery *out, int *n) {
+  rq_args a = {0};
+  arg(&a, "XAUTOCLAIM");
+  arg(&a, q->stream);
+  arg(&a, q->group);
+  arg(&a, q->consumer);
+  arg_int(&a, q->lease_ms);
+  arg(&a, q->cursor);
+  arg(&a, "COUNT");
+  arg_int(&a, max);
+  redisReply *r = rq_cmd(q, &a);
+  if (!r) return PA_ERR_IO;
+  int rc = PA_OK;
+  if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+      r->element[1]->type != REDIS_REPLY_ARRAY || r->element[0]->len >= sizeof q->cursor) {
+    rc = pa_fail(PA_ERR_FORMAT, "redis XAUTOCLAIM: unexpected reply");
+    goto fail;
+  }
+  memcpy(q->cursor, r->element[0]->str, r->element[0]->len + 1);
+  rc = take_entries(q, r->element[1], max, true, out, n);
+fail:
+  freeReplyObject(r);
+  return rc;
+}
+
+/* XREADGROUP GROUP g c COUNT k [BLOCK ms] STREAMS s > -> nil | [[stream, [entries]]] */
+static int rq_read_new(rq *q, int max, int block_ms, pa_delivery *out, int *n) {
+  rq_args a = {0};
+  arg(&a, "XREADGROUP");
+  arg(&a, "GROUP");
+  arg(&a, q->group);
+  arg(&a, q->consumer);
+  arg(&a, "COUNT");
+  arg_int(&a, max - *n);
+  if (block_ms > 0) {
+    arg(&a, "BLOCK");
+    arg_int(&a, block_ms > RQ_MAX_BLOCK_MS ? RQ_MAX_BLOCK_MS : block_ms);
+  }
+  arg(&a, "STREAMS");
+  arg(&a, q->stream);
+  arg(&a, ">");
+  redisReply *r = rq_cmd(q, &a);
+  if (!r) {
+    /* the stream or group was deleted under us (FLUSHALL, an operator): recreate it */
+    if (strstr(pa_errmsg(), "NOGROUP")) return rq_create_group(q);
+    return PA_ERR_IO;
+  }
+  int rc = PA_OK;
+  if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+      r->element[0]->elements == 2 && r->element[0]->element[1]->type == REDIS_REPLY_ARRAY)
+    rc = take_entries(q, r->element[0]->element[1], max, false, out, n);
+  else if (r->type != REDIS_REPLY_NIL)
+    rc = pa_fail(PA_ERR_FORMAT, "redis XREADGROUP: unexpected reply");
+  freeReplyObject(r);
+  return rc;
+}
+
+static int rq_claim(pa_queue *qq, int max, int block_ms, pa_delivery *out, int *n) {
+  rq *q = qq->impl;
+  *n = 0;
+  if (max < 1) return pa_fail(PA_ERR_INVALID, "claim: max must be >= 1");
+  int rc = rq_autoclaim(q, max, out, n);
+  if (!rc && *n < max) rc = rq_read_new(q, max, *n ? 0 : block_ms, out, n);
+  if (rc) {
+    for (int i = 0; i < *n; i++) pa_delivery_clear(&out[i]);
+    *n = 0; /* what we claimed stays pending and comes back after the lease */
+  }
+  return rc;
+}
+
+/* ---- scripts ------------------------------------------------------------------------ */
+
+/* Renews only an entry this consumer still owns: a plain XCLAIM would steal back an entry
+ * that another worker legitimately reclaimed while this one was stalled. */
+static const char renew_lua[] =
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
+    "if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end\n"
+    "redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')\n"
+    "return 1\n";
+
+/* KEYS: events, job hash. ARGV: type, job id, msg, worker, now, maxlen. A start event marks
+ * the job running unless a result is already recorded (a duplicate run after a crash). */
+static const char event_lua[] =
+    "redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[6], '*', 'type', ARGV[1], 'id', ARGV[2], 'msg', ARGV[3])\n"
+    "if ARGV[1] == 'start' then\n"
+    "  local s = redis.call('HGET', KEYS[2], 'status')\n"
+    "  if s ~= 'succeeded' and s ~= 'failed' and s ~= 'canceled' then\n"
+    "    redis.call('HSET', KEYS[2], 'status', 'running', 'worker', ARGV[4], 'updated_ms', ARGV[5])\n"
+    "  end\n"
+    "  redis.call('HINCRBY', KEYS[2], 'attempts', 1)\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS: job hash, events. ARGV: status, result, job id, worker, now, maxlen, event type.
+ * The first final result wins; later ones (re-runs) change nothing and add no event. */
+static const char result_lua[] =
+    "local s = redis.call('HGET', KEYS[1], 'status')\n"
+    "if s == 'succeeded' or s == 'failed' or s == 'canceled' then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'worker', ARGV[4], 'updated_ms', ARGV[5])\n"
+    "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'type', ARGV[7], 'id', ARGV[3], 'msg', ARGV[2])\n"
+    "return 1\n";
+
+/* KEYS: stream, dead. ARGV: group, entry id, job bytes, code, field, message, deliveries.
+ * XACK first: when another worker already acknowledged the entry, nothing is dead-lettered
+ * twice. The job id comes from the entry's `id` field (the bytes may not decode). */
+static const char dead_lua[] =
+    "if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
+    "local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])\n"
+    "local id = ''\n"
+    "if #e > 0 then local f = e[1][2]\n"
+    "  for i = 1, #f, 2 do if f[i] == 'id' then id = f[i + 1] end end end\n"
+    "redis.call('XADD', KEYS[2], '*', 'job', ARGV[3], 'id', id, 'code', ARGV[4], 'field', ARGV[5],\n"
+    "  'message', ARGV[6], 'deliveries', ARGV[7], 'entry', ARGV[2])\n"
+    "return 1\n";
+
+/* EVAL script nkeys keys... args...: the integer result in *ret */
+static int rq_eval(rq *q, rq_args *a, long long *ret) {
+  redisReply *r = rq_cmd(q, a);
+  if (!r) return PA_ERR_IO;
+  int rc = PA_OK;
+  if (r->type != REDIS_REPLY_INTEGER)
+    rc = pa_fail(PA_ERR_FORMAT, "redis EVAL: unexpected reply type %d", r->type);
+  else if (ret)
+    *ret = r->integer;
+  freeReplyObject(r);
+  return rc;
+}
+
+static void eval_head(rq_args *a, const char *script, int nkeys) {
+  arg(a, "EVAL");
+  arg(a, script);
+  arg_int(a, nkeys);
+}
+
+static void job_key(const char *job_id, char *buf, size_t cap) { snprintf(buf, cap, "paella:job:%s", job_id); }
+
+static int rq_renew(pa_queue *qq, const pa_delivery *d) {
+  rq *q = qq->impl;
+  rq_args a = {0};
+  long long owned = 0;
+  eval_head(&a, renew_lua, 1);
+  arg(&a, q->stream);
+  arg(&a, q->group);
+  arg(&a, q->consumer);
+  arg(&a, d->handle);
+  int rc = rq_eval(q, &a, &owned);
+  if (!rc && !owned) rc = pa_fail(PA_ERR_NOTFOUND, "lease of entry %s lost (reclaimed or acknowledged)", d->handle);
+  return rc;
+}
+
+static int rq_publish_event(pa_queue *qq, const char *job_id, const char *type, const uint8_t *msg, size_t len) {
+  rq *q = qq->impl;
+  rq_args a = {0};
+  char key[128];
+  job_key(job_id, key, sizeof key);
+  eval_head(&a, event_lua, 2);
+  arg(&a, q->events);
+  arg(&a, key);
+  arg(&a, type);
+  arg(&a, job_id);
+  arg_bin(&a, msg, len);
+  arg(&a, q->consumer);
+  arg_int(&a, now_ms());
+  arg_int(&a, q->events_maxlen);
+  return rq_eval(q, &a, NULL);
+}
+
+static int rq_record_result(pa_queue *qq, const char *job_id, const uint8_t *result, size_t len) {
+  rq *q = qq->impl;
+  pw_result res;
+  pw_error err;
+  if (pw_result_decode(result, len, &res, &err)) {
+    pw_result_free(&res);
+    return pa_fail(PA_ERR_INVALID, "record_result %s: invalid Result: %s at '%s': %s", job_id,
+                   pw_code_name(err.code), err.field, err.message);
+  }
+  const char *status = pw_status_name(res.status);
+  const char *event = res.status == PW_STATUS_SUCCEEDED ? "completed" : "failed";
+  pw_result_free(&res);
+  rq_args a = {0};
+  char key[128];
+  job_key(job_id, key, sizeof key);
+  eval_head(&a, result_lua, 2);
+  arg(&a, key);
+  arg(&a, q->events);
+  arg(&a, status);
+  arg_bin(&a, result, len);
+  arg(&a, job_id);
+  arg(&a, q->consumer);
+  arg_int(&a, now_ms());
+  arg_int(&a, q->events_maxlen);
+  arg(&a, event);
+  return rq_eval(q, &a, NULL);
+}
+
+static int rq_ack(pa_queue *qq, const pa_delivery *d) {
+  rq *q = qq->impl;
+  rq_args a = {0};
+  arg(&a, "XACK");
+  arg(&a, q->stream);
+  arg(&a, q->group);
+  arg(&a, d->handle);
+  redisReply *r = rq_cmd(q, &a);
+  if (!r) return PA_ERR_IO;
+  int rc = r->type == REDIS_REPLY_INTEGER ? PA_OK : pa_fail(PA_ERR_FORMAT, "redis XACK: unexpected reply");
+  freeReplyObject(r);
+  return rc;
+}
+
+static int rq_dead_letter(pa_queue *qq, const pa_delivery *d, const char *code, const char *field,
+                          const char *message) {
+  rq *q = qq->impl;
+  rq_args a = {0};
+  eval_head(&a, dead_lua, 2);
+  arg(&a, q->stream);
+  arg(&a, q->dead);
+  arg(&a, q->group);
+  arg(&a, d->handle);
+  arg_bin(&a, d->payload ? (const void *)d->payload : "", d->len);
+  arg(&a, code ? code : "");
+  arg(&a, field ? field : "");
+  arg(&a, message ? message : "");
+  arg_int(&a, d->deliveries);
+  return rq_eval(q, &a, NULL);
+}
+
+/* A failed lookup reads as "not canceled": the job keeps running rather than dying on a blip. */
+static bool rq_is_canceled(pa_queue *qq, const char *job_id) {
+  rq *q = qq->impl;
+  rq_args a = {0};
+  char key[128];
+  job_key(job_id, key, sizeof key);
+  arg(&a, "HGET");
+  arg(&a, key);
+  arg(&a, "cancel");
+  redisReply *r = rq_cmd(q, &a);
+  bool canceled = r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "1");
+  freeReplyObject(r);
+  return canceled;
+}
+
+static int rq_noop(pa_queue *qq) {
+  (void)qq;
+  return PA_OK;
+}
+
+static void rq_close(pa_queue *qq) {
+  if (!qq) return;
+  rq *q = qq->impl;
+  if (q) rq_drop(q);
+  free(q);
+  free(qq);
+}
+
+static const pa_queue_ops rq_ops = {
+    .claim = rq_claim, .renew = rq_renew, .publish_event = rq_publish_event, .record_result = rq_record_result,
+    .ack = rq_ack, .dead_letter = rq_dead_letter, .is_canceled = rq_is_canceled, .pause = rq_noop,
+    .resume = rq_noop, .close = rq_close};
+
+/* ---- open --------------------------------------------------------------------------- */
+
+static int query_or(const pa_url *u, const char *name, const char *def, char *out, size_t cap) {
+  int found = pa_url_query(u, name, out, cap);
+  if (found < 0) return pa_fail(PA_ERR_INVALID, "queue URL: %s is too long", name);
+  if (!found) snprintf(out, cap, "%s", def);
+  if (!out[0]) return pa_fail(PA_ERR_INVALID, "queue URL: %s is empty", name);
+  return PA_OK;
+}
+
+static int parse_config(rq *q, const char *url, const pa_queue_options *o) {
+  int rc = pa_url_parse(url, &q->url);
+  char num[32];
+  if (rc) return rc;
+  if (q->url.path[0] && strcmp(q->url.path, "/")) {
+    char *end;
+    long db = strtol(q->url.path + 1, &end, 10);
+    if (*end || db < 0 || db > 1000000) return pa_fail(PA_ERR_INVALID, "queue URL: bad database '%s'", q->url.path + 1);
+    q->db = (int)db;
+  }
+  if ((rc = query_or(&q->url, "stream", "paella:jobs", q->stream, sizeof q->stream))) return rc;
+  if ((rc = query_or(&q->url, "group", "workers", q->group, sizeof q->group))) return rc;
+  if ((rc = query_or(&q->url, "events_maxlen", "100000", num, sizeof num))) return rc;
+  q->events_maxlen = strtol(num, NULL, 10);
+  if (q->events_maxlen < 1) return pa_fail(PA_ERR_INVALID, "queue URL: events_maxlen must be >= 1");
+  snprintf(q->events, sizeof q->events, "%s:events", q->stream);
+  snprintf(q->dead, sizeof q->dead, "%s:dead", q->stream);
+  if (o && o->consumer && o->consumer[0]) {
+    snprintf(q->consumer, sizeof q->consumer, "%s", o->consumer);
+  } else {
+    char host[200] = "worker";
+    gethostname(host, sizeof host - 1);
+    snprintf(q->consumer, sizeof q->consumer, "%s-%d", host, (int)getpid());
+  }
+  q->lease_ms = o && o->lease_ms > 0 ? o->lease_ms : 60000;
+  q->max_deliveries = o && o->max_deliveries > 0 ? o->max_deliveries : 5;
+  snprintf(q->cursor, sizeof q->cursor, "0-0");
+  return PA_OK;
+}
+
+int pa_queue_open_redis(const char *url, const pa_queue_options *o, pa_queue **out) {
+  *out = NULL;
+  int rc = PA_OK;
+  pa_queue *qq = calloc(1, sizeof *qq);
+  rq *q = calloc(1, sizeof *q);
+  if (!qq || !q) {
+    rc = pa_fail(PA_ERR_NOMEM, "out of memory");
+    goto fail;
+  }
+  qq->ops = &rq_ops;
+  qq->impl = q;
+  PA_TRY(parse_config(q, url, o));
+  PA_TRY(rq_create_group(q));
+  *out = qq;
+  return PA_OK;
+fail:
+  if (qq && q) rq_close(qq);
+  else {
+    free(q);
+    free(qq);
+  }
+  return rc;
+}

@@ -1,0 +1,79 @@
+/* Shared between worker.c (the loop), worker_job.c (a job's inputs, request and outputs) and
+ * worker_notify.c (events and webhooks). Not part of the worker's interface. */
+#ifndef PAELLA_WORKER_WORKER_INTERNAL_H
+#define PAELLA_WORKER_WORKER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model/pipeline.h"
+#include "proto/proto.h"
+#include "worker/cache.h"
+#include "worker/metrics.h"
+#include "worker/queue.h"
+#include "worker/storage.h"
+#include "worker/worker.h"
+
+typedef struct pa_notifier pa_notifier;
+typedef struct worker worker;
+
+typedef enum { JOB_PENDING, JOB_DONE } job_state;
+
+typedef struct job_ctx {
+  worker *w;
+  pa_delivery d;
+  pw_job job;
+  job_state state;
+  uint64_t seed;
+  pa_image *image, *mask;
+  int n_runs;               /* pa_generate calls: interpolation frames, else 1 */
+  pa_gen_result *results;   /* n_runs */
+  /* failure, set before finishing */
+  bool failed, transient;
+  pw_code code;
+  char message[512];
+  /* cancellation / deadline noticed in the progress callback */
+  bool canceled, deadline;
+  double last_cancel_check, last_progress;
+  /* timing (monotonic seconds) */
+  double t_claim, overhead, model;
+  double enqueue_ms;        /* wall ms from the Redis entry id, NaN when unknown */
+  double timings_ms[PW_STAGE_COUNT];
+  double prior_first, prior_last;
+  int prior_total;
+} job_ctx;
+
+struct worker {
+  const pa_worker_config *cfg;
+  pa_queue *q;
+  pa_storage *store;
+  pa_pipeline *pipe;
+  pa_emb_cache *cache;
+  pa_metrics *metrics;
+  pa_notifier *notify;
+  job_ctx *batch;           /* the claimed batch (leases renewed while any runs) */
+  int n_batch;
+  double last_renew;
+};
+
+double pa_mono(void);
+int64_t pa_wall_ms(void);
+
+/* worker_job.c */
+int job_fetch_inputs(job_ctx *jc);                  /* fills image/mask or fails the job */
+int job_request(job_ctx *jc, int run, pa_gen_request *r);
+bool jobs_compatible(const pw_job *a, const pw_job *b);
+uint64_t job_default_seed(const char *job_id);
+int job_store_outputs(job_ctx *jc, pw_result *res); /* PNG + upload; fills res->outputs */
+void job_fail(job_ctx *jc, pw_code code, bool transient, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* worker_notify.c: events on the queue plus webhooks. Start/progress webhooks go through a
+ * background thread (best effort); final ones are delivered before the entry is acked. */
+int pa_notifier_new(const pa_worker_config *cfg, pa_notifier **out);
+void pa_notifier_free(pa_notifier *n); /* drains pending webhooks for a bounded time */
+void notify_start(worker *w, job_ctx *jc);
+void notify_progress(worker *w, job_ctx *jc, pw_stage stage, int step, int total);
+/* The Result's webhook (completed or failed), synchronous. */
+void notify_final(worker *w, job_ctx *jc, const pw_result *res);
+
+#endif

@@ -1,0 +1,277 @@
+/* One job's inputs (inline or fetched images), its pa_gen_request(s) and its outputs. */
+#include <curl/curl.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker/log.h"
+#include "worker/worker_internal.h"
+
+void job_fail(job_ctx *jc, pw_code code, bool transient, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(jc->message, sizeof jc->message, fmt, ap);
+  va_end(ap);
+  jc->failed = true;
+  jc->transient = transient;
+  jc->code = code;
+}
+
+/* Without a seed in the job, re-running it (after a crash) must still give the same images,
+ * so the seed derives from the job id rather than from a random source. */
+uint64_t job_default_seed(const char *job_id) {
+  unsigned char md[32];
+  unsigned len = 0;
+  uint64_t s = 0;
+  if (EVP_Digest(job_id, strlen(job_id), md, &len, EVP_sha256(), NULL))
+    for (int i = 0; i < 8; i++) s = s << 8 | md[i];
+  return s & (uint64_t)PW_SEED_MAX;
+}
+
+/* ---- input images ---------------------------------------------------------------------- */
+
+typedef struct {
+  uint8_t *buf;
+  size_t len, cap;
+  bool too_big;
+} grow_buf;
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *user) {
+  grow_buf *g = user;
+  size_t n = size * nmemb;
+  if (g->len + n > PW_MAX_IMAGE_BYTES) {
+    g->too_big = true;
+    return 0; /* aborts the transfer */
+  }
+  if (g->len + n > g->cap) {
+    size_t cap = (g->len + n) * 2;
+    uint8_t *b = realloc(g->buf, cap);
+    if (!b) return 0;
+    g->buf = b;
+    g->cap = cap;
+  }
+  memcpy(g->buf + g->len, data, n);
+  g->len += n;
+  return n;
+}
+
+/* GET url into *out (http/https only, size-capped, redirects limited). PW code on failure. */
+static pw_code fetch_url(job_ctx *jc, const char *url, grow_buf *g) {
+  if (strncmp(url, "http://", 7) && strncmp(url, "https://", 8)) {
+    job_fail(jc, PW_E_INPUT_FETCH, false, "input URL %.200s: only http and https are fetched by the worker", url);
+    return PW_E_INPUT_FETCH;
+  }
+  CURL *c = curl_easy_init();
+  if (!c) {
+    job_fail(jc, PW_E_NO_MEMORY, true, "curl_easy_init failed");
+    return PW_E_NO_MEMORY;
+  }
+  char err[CURL_ERROR_SIZE] = "";
+  long status = 0;
+  int ok = curl_easy_setopt(c, CURLOPT_URL, url) == CURLE_OK &&
+           curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
+           curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https") == CURLE_OK &&
+           curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L) == CURLE_OK &&
+           curl_easy_setopt(c, CURLOPT_MAXREDIRS, 3L) == CURLE_OK &&
+           curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)jc->w->cfg->fetch_timeout_ms) == CURLE_OK &&
+           curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
+           curl_easy_setopt(c, CURLOPT_ERRORBUFFER, err) == CURLE_OK &&
+           curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body) == CURLE_OK &&
+           curl_easy_setopt(c, CURLOPT_WRITEDATA, g) == CURLE_OK;
+  CURLcode cc = ok ? curl_easy_perform(c) : CURLE_FAILED_INIT;
+  if (cc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_cleanup(c);
+  if (g->too_big) {
+    job_fail(jc, PW_E_INPUT_FETCH, false, "GET %.200s: larger than %u bytes", url, PW_MAX_IMAGE_BYTES);
+    return PW_E_INPUT_FETCH;
+  }
+  if (cc != CURLE_OK || status < 200 || status > 299) {
+    /* 5xx and network errors may pass; 4xx will not */
+    bool transient = cc != CURLE_OK || status >= 500;
+    job_fail(jc, PW_E_INPUT_FETCH, transient, "GET %.200s: %s", url,
+             cc != CURLE_OK ? (err[0] ? err : curl_easy_strerror(cc)) : (status == 404 ? "404 not found" : "HTTP error"));
+    if (cc == CURLE_OK) snprintf(jc->message + strlen(jc->message), sizeof jc->message - strlen(jc->message),
+                                 " (status %ld)", status);
+    return PW_E_INPUT_FETCH;
+  }
+  return PW_OK;
+}
+
+static int load_image(job_ctx *jc, const pw_image *src, const char *what, pa_image **out) {
+  grow_buf g = {0};
+  const uint8_t *bytes = src->data;
+  size_t len = src->len;
+  if (!bytes) {
+    if (fetch_url(jc, src->url, &g) != PW_OK) {
+      free(g.buf);
+      return -1;
+    }
+    bytes = g.buf;
+    len = g.len;
+  }
+  int rc = pa_image_decode_png(bytes, len, out);
+  free(g.buf);
+  if (rc) job_fail(jc, PW_E_INVALID_IMAGE, false, "%s: %s (PNG is the supported input format)", what, pa_errmsg());
+  return rc ? -1 : 0;
+}
+
+/* Decodes the job's image and mask and sizes them as the kind needs (see pa_gen_request). */
+int job_fetch_inputs(job_ctx *jc) {
+  const pw_job *j = &jc->job;
+  pa_image *raw = NULL, *rawmask = NULL;
+  int rc = 0;
+  if (!j->image.present) return 0;
+  if (load_image(jc, &j->image, "image", &raw)) return -1;
+  if (j->kind == PW_KIND_INPAINT && load_image(jc, &j->mask, "mask", &rawmask)) {
+    pa_image_free(raw);
+    return -1;
+  }
+  if (j->kind == PW_KIND_OUTPAINT || j->kind == PW_KIND_VARIATION) {
+    jc->image = raw; /* outpaint places it as it is; CLIP preprocessing crops a variation's */
+    return 0;
+  }
+  if (pa_image_fit(raw, (int)j->width, (int)j->height, &jc->image) ||
+      (rawmask && pa_image_fit(rawmask, (int)j->width, (int)j->height, &jc->mask))) {
+    job_fail(jc, PW_E_INVALID_IMAGE, false, "resizing the input: %s", pa_errmsg());
+    rc = -1;
+  }
+  pa_image_free(raw);
+  pa_image_free(rawmask);
+  return rc;
+}
+
+/* ---- the request ------------------------------------------------------------------------- */
+
+static const pa_gen_mode kind_mode[PW_KIND_COUNT] = {
+    [PW_KIND_TXT2IMG] = PA_GEN_TXT2IMG, [PW_KIND_IMG2IMG] = PA_GEN_IMG2IMG, [PW_KIND_INPAINT] = PA_GEN_INPAINT,
+    [PW_KIND_OUTPAINT] = PA_GEN_OUTPAINT, [PW_KIND_VARIATION] = PA_GEN_VARIATION,
+    [PW_KIND_INTERPOLATE] = PA_GEN_TXT2IMG};
+
+/* Run `run` of the job (an interpolation frame, else 0). Progress goes to the job context. */
+int job_request(job_ctx *jc, int run, pa_gen_request *r) {
+  const pw_job *j = &jc->job;
+  *r = pa_gen_request_default();
+  r->mode = kind_mode[j->kind];
+  r->prompt = j->prompt ? j->prompt : "";
+  r->negative_prompt = j->negative_prompt;
+  r->width = (int)j->width;
+  r->height = (int)j->height;
+  r->batch = (int)j->batch;
+  r->seed = jc->seed;
+  r->sampler.steps = (int)j->steps;
+  r->sampler.renoise_steps = (int)j->renoise_steps;
+  r->sampler.cond_steps = (int)j->steps;
+  r->sampler.t_start = (float)j->t_start;
+  r->sampler.t_end = (float)j->t_end;
+  r->sampler.temp[0] = (float)j->temperature[0];
+  r->sampler.temp[1] = (float)j->temperature[1];
+  r->sampler.cfg[0] = (float)j->cfg[0];
+  r->sampler.cfg[1] = (float)j->cfg[1];
+  r->sampler.mode = j->sampling == PW_SAMPLING_ARGMAX ? PA_SAMPLE_ARGMAX : PA_SAMPLE_MULTINOMIAL;
+  r->prior_steps = (int)j->prior.steps;
+  r->prior_cfg = (float)j->prior.guidance;
+  r->prior_ddim = j->prior.sampler == PW_PRIOR_DDIM;
+  r->image = jc->image;
+  r->mask = jc->mask;
+  r->strength = (float)j->t_start; /* img2img: the noise level it starts from */
+  if (j->has_outpaint) {
+    r->offset_x = (int)j->outpaint.offset_x;
+    r->offset_y = (int)j->outpaint.offset_y;
+  }
+  if (j->kind == PW_KIND_INTERPOLATE) {
+    r->prompt2 = j->interpolate.prompt_to;
+    r->interpolate = true;
+    r->slerp = j->interpolate.mode == PW_INTERP_SLERP;
+    r->interp_t = (float)run / (float)(j->interpolate.frames - 1);
+    r->batch = 1;
+  }
+  r->progress_user = jc;
+  return pa_gen_request_check(jc->w->pipe, r);
+}
+
+/* Jobs that may share one pa_generate_many call: same geometry and sampler settings. */
+bool jobs_compatible(const pw_job *a, const pw_job *b) {
+  return a->width == b->width && a->height == b->height && a->steps == b->steps &&
+         a->renoise_steps == b->renoise_steps && a->cfg[0] == b->cfg[0] && a->cfg[1] == b->cfg[1] &&
+         a->temperature[0] == b->temperature[0] && a->temperature[1] == b->temperature[1] &&
+         a->t_start == b->t_start && a->t_end == b->t_end && a->sampling == b->sampling &&
+         a->prior.steps == b->prior.steps && a->prior.guidance == b->prior.guidance &&
+         a->prior.sampler == b->prior.sampler;
+}
+
+/* ---- outputs ----------------------------------------------------------------------------- */
+
+/* The job's own output target, when it names one. */
+static int open_job_store(job_ctx *jc, pa_storage **out) {
+  const pw_job *j = &jc->job;
+  char url[2048];
+  *out = NULL;
+  if (!j->has_output) return PA_OK;
+  if (j->output.dir)
+    snprintf(url, sizeof url, "file://%s%s", j->output.dir[0] == '/' ? "" : "/", j->output.dir);
+  else
+    snprintf(url, sizeof url, "s3://%s/%s", j->output.bucket, j->output.prefix ? j->output.prefix : "");
+  return pa_storage_open(url, NULL, out);
+}
+
+/* "s3://bucket/a/b.png" -> "a/b.png"; "file:///d/b.png" -> "/d/b.png" */
+static const char *location_key(const char *loc) {
+  if (!strncmp(loc, "file://", 7)) return loc + 7;
+  if (!strncmp(loc, "s3://", 5)) {
+    const char *slash = strchr(loc + 5, '/');
+    return slash ? slash + 1 : loc;
+  }
+  return loc;
+}
+
+static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index, pw_output *o) {
+  void *png = NULL;
+  size_t len = 0;
+  char key[128], *loc = NULL, *url = NULL;
+  snprintf(key, sizeof key, "%s/%d.png", jc->job.id, index); /* deterministic: a re-run overwrites */
+  int rc = pa_image_encode_png(img, &png, &len);
+  if (rc) {
+    job_fail(jc, PW_E_INTERNAL, false, "PNG encoding: %s", pa_errmsg());
+    return rc;
+  }
+  rc = pa_storage_put(s, key, png, len, "image/png", &loc, &url);
+  free(png);
+  if (rc) {
+    job_fail(jc, PW_E_STORAGE, true, "upload %s: %s", key, pa_errmsg());
+    return rc;
+  }
+  o->key = strdup(location_key(loc));
+  o->url = url && strlen(url) <= PW_MAX_URL_BYTES ? url : NULL;
+  if (o->url != url) free(url);
+  free(loc);
+  if (!o->key) {
+    job_fail(jc, PW_E_NO_MEMORY, true, "out of memory");
+    return PA_ERR_NOMEM;
+  }
+  return PA_OK;
+}
+
+int job_store_outputs(job_ctx *jc, pw_result *res) {
+  pa_storage *own = NULL;
+  int total = 0, rc = open_job_store(jc, &own);
+  if (rc) {
+    job_fail(jc, PW_E_STORAGE, false, "output target: %s", pa_errmsg());
+    return rc;
+  }
+  for (int f = 0; f < jc->n_runs; f++) total += jc->results[f].n;
+  if (!(res->outputs = calloc((size_t)total, sizeof *res->outputs))) {
+    pa_storage_free(own);
+    job_fail(jc, PW_E_NO_MEMORY, true, "out of memory");
+    return PA_ERR_NOMEM;
+  }
+  for (int f = 0, k = 0; f < jc->n_runs && !rc; f++)
+    for (int b = 0; b < jc->results[f].n && !rc; b++, k++) {
+      rc = put_image(jc, own ? own : jc->w->store, jc->results[f].images[b], k, &res->outputs[k]);
+      if (!rc) res->n_outputs = (size_t)k + 1;
+    }
+  pa_storage_free(own);
+  return rc;
+}
