@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "ops/error.h"
+#include "ops/ops.h"
+#include "ops/rng.h"
 
 pa_sampler_config pa_sampler_default_config(void) {
   return (pa_sampler_config){.steps = 12, .t_start = 1.0f, .t_end = 0.0f, .temp = {0.7f, 0.3f},
@@ -41,26 +43,9 @@ void pa_sampler_schedules(const pa_sampler_config *c, float *t, float *temp, flo
   if (cfg) pa_linspace_f32(c->cfg[0], c->cfg[1], c->steps, cfg);
 }
 
-/* ---- Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3") ------------ */
+/* ---- Philox4x32-10 (shared with the CUDA sampler kernel: ops/rng.h) -------------------------- */
 
-void pa_philox4x32(const uint32_t ctr[4], uint64_t key, uint32_t out[4]) {
-  uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
-  uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
-  for (int r = 0; r < 10; r++) {
-    uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-    c1 = (uint32_t)p1;
-    c3 = (uint32_t)p0;
-    c0 = n0;
-    c2 = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
-}
+void pa_philox4x32(const uint32_t ctr[4], uint64_t key, uint32_t out[4]) { pa_philox4x32_hd(ctr, key, out); }
 
 static uint32_t rng_u32(uint64_t seed, uint32_t purpose, uint32_t step, uint32_t pos, uint32_t sub) {
   uint32_t ctr[4] = {sub >> 2, pos, step, purpose}, out[4];
@@ -69,11 +54,11 @@ static uint32_t rng_u32(uint64_t seed, uint32_t purpose, uint32_t step, uint32_t
 }
 
 float pa_rng_uniform(uint64_t seed, uint32_t purpose, uint32_t step, uint32_t pos, uint32_t sub) {
-  return (float)(rng_u32(seed, purpose, step, pos, sub) >> 8) * 0x1p-24f;
+  return pa_u32_to_uniform(rng_u32(seed, purpose, step, pos, sub));
 }
 
 float pa_rng_uniform_open(uint64_t seed, uint32_t purpose, uint32_t step, uint32_t pos, uint32_t sub) {
-  return ((float)(rng_u32(seed, purpose, step, pos, sub) >> 8) + 0.5f) * 0x1p-24f;
+  return pa_u32_to_uniform_open(rng_u32(seed, purpose, step, pos, sub));
 }
 
 uint32_t pa_rng_below(uint64_t seed, uint32_t purpose, uint32_t step, uint32_t pos, uint32_t n) {
@@ -92,30 +77,118 @@ void pa_sampler_init_noise(uint64_t seed, int64_t n, int K, int64_t *tokens) {
 }
 
 void pa_sampler_cfg(float *cond, const float *uncond, int64_t n, float cfg) {
-  for (int64_t i = 0; i < n; i++) cond[i] = cond[i] * cfg + uncond[i] * (1.0f - cfg);
+  for (int64_t i = 0; i < n; i++) cond[i] = pa_cfg_combine(cond[i], uncond[i], cfg);
+}
+
+/* One position's token: the first class of the largest score; -inf (filtered) and NaN
+ * classes never win; all of them filtered gives class 0. The CUDA kernel reproduces this. */
+static int64_t draw_row(const float *row, int K, float temp, pa_sample_mode mode, uint64_t seed,
+                        int step, int64_t p) {
+  float best = -INFINITY;
+  int arg = 0;
+  for (int k = 0; k < K; k++) {
+    float v = row[k];
+    if (mode == PA_SAMPLE_MULTINOMIAL) {
+      if (v == -INFINITY) continue; /* filtered class: probability 0 */
+      float u = pa_rng_uniform_open(seed, PA_RNG_SAMPLE, (uint32_t)step, (uint32_t)p, (uint32_t)k);
+      v = pa_gumbel_score(v, temp, u); /* Gumbel-max: argmax ~ softmax(logits / temp) */
+    }
+    if (v > best) {
+      best = v;
+      arg = k;
+    }
+  }
+  return arg;
 }
 
 void pa_sampler_draw(const float *logits, int64_t n, int K, float temp, pa_sample_mode mode,
                      uint64_t seed, int step, int64_t *tokens) {
 #pragma omp parallel for schedule(static) if (n * K >= 32768)
-  for (int64_t p = 0; p < n; p++) {
-    const float *row = logits + p * K;
-    float best = -INFINITY;
-    int arg = 0;
-    for (int k = 0; k < K; k++) {
-      float v = row[k];
-      if (mode == PA_SAMPLE_MULTINOMIAL) {
-        if (v == -INFINITY) continue; /* filtered class: probability 0 */
-        float u = pa_rng_uniform_open(seed, PA_RNG_SAMPLE, (uint32_t)step, (uint32_t)p, (uint32_t)k);
-        v = v / temp - logf(-logf(u)); /* Gumbel-max: argmax ~ softmax(logits / temp) */
-      }
-      if (v > best) {
-        best = v;
-        arg = k;
-      }
-    }
-    tokens[p] = arg;
+  for (int64_t p = 0; p < n; p++) tokens[p] = draw_row(logits + p * K, K, temp, mode, seed, step, p);
+}
+
+/* ---- the fused step (host path) -------------------------------------------------------- */
+
+static int step_check(const pa_sample_params *p, int64_t *B, int64_t *n, int *K) {
+  const pa_tensor *c = p->cond, *t = p->tokens;
+  if (!c || c->dtype != PA_F32 || c->ndim < 2 || !t || t->dtype != PA_I64 || t->shape[0] != c->shape[0])
+    return pa_fail(PA_ERR_SHAPE, "sampler step: logits must be F32 (B, ..., K), tokens I64 (B, ...)");
+  *B = c->shape[0];
+  *K = (int)pa_last(c);
+  *n = pa_rows(c) / (*B ? *B : 1);
+  if (pa_numel(t) != *B * *n) return pa_fail(PA_ERR_SHAPE, "sampler step: tokens must hold B * positions");
+  if (p->uncond && (p->uncond->dtype != PA_F32 || !pa_same_shape(p->uncond, c)))
+    return pa_fail(PA_ERR_SHAPE, "sampler step: uncond logits differ in shape from cond");
+  if (p->renoise && (!p->init || p->init->dtype != PA_I64 || pa_numel(p->init) != *B * *n))
+    return pa_fail(PA_ERR_SHAPE, "sampler step: re-noising needs init noise I64 (B, positions)");
+  if (!p->pinned != !p->keep || (p->pinned && (p->pinned->dtype != PA_I64 || pa_numel(p->pinned) != *B * *n ||
+                                               p->keep->dtype != PA_U8 || pa_numel(p->keep) != *n)))
+    return pa_fail(PA_ERR_SHAPE, "sampler step: pinned I64 (B, positions) and keep U8 (positions) go together");
+  if (!(p->temp > 0) && !p->argmax) return pa_fail(PA_ERR_INVALID, "sampler step: temperature must be > 0");
+  return PA_OK;
+}
+
+/* Host tensors of the step (downloaded copies when the backend is a device); NULL stays NULL. */
+static int host_copy(pa_backend *be, const pa_tensor *t, pa_tensor **own, const pa_tensor **out) {
+  *own = NULL;
+  *out = t;
+  if (!t || be->device == PA_HOST) return PA_OK;
+  if (!(*own = pa_download(be, t))) return PA_ERR_NOMEM;
+  *out = *own;
+  return PA_OK;
+}
+
+static int step_host(pa_backend *be, const pa_sample_params *p, int64_t B, int64_t n, int K) {
+  int rc = PA_OK;
+  pa_tensor *own[5] = {0}, *tok_own = NULL;
+  const pa_tensor *c, *u, *init, *pin, *keep;
+  float *row = malloc((size_t)K * sizeof *row);
+  if (!row) return pa_fail(PA_ERR_NOMEM, "sampler step: out of memory");
+  PA_TRY(host_copy(be, p->cond, &own[0], &c));
+  PA_TRY(host_copy(be, p->uncond, &own[1], &u));
+  PA_TRY(host_copy(be, p->renoise ? p->init : NULL, &own[2], &init));
+  PA_TRY(host_copy(be, p->pinned, &own[3], &pin));
+  PA_TRY(host_copy(be, p->keep, &own[4], &keep));
+  int64_t *tok = p->tokens->data;
+  if (be->device != PA_HOST) {
+    if (!(tok_own = pa_tensor_new(PA_I64, p->tokens->ndim, p->tokens->shape))) goto nomem;
+    tok = tok_own->data;
   }
+  pa_sample_mode mode = p->argmax ? PA_SAMPLE_ARGMAX : PA_SAMPLE_MULTINOMIAL;
+  for (int64_t b = 0; b < B; b++) {
+    uint64_t seed = p->seed + (uint64_t)b;
+    for (int64_t q = 0; q < n; q++) {
+      const float *cr = (const float *)c->data + (b * n + q) * K;
+      if (u) {
+        const float *ur = (const float *)u->data + (b * n + q) * K;
+        for (int k = 0; k < K; k++) row[k] = pa_cfg_combine(cr[k], ur[k], p->cfg);
+        cr = row;
+      }
+      int64_t t = draw_row(cr, K, p->temp, mode, seed, p->step, q);
+      if (p->renoise && pa_rng_uniform(seed, PA_RNG_RENOISE, (uint32_t)p->step, (uint32_t)q, 0) <= p->renoise_t)
+        t = ((const int64_t *)init->data)[b * n + q];
+      if (pin && ((const uint8_t *)keep->data)[q]) t = ((const int64_t *)pin->data)[b * n + q];
+      tok[b * n + q] = t;
+    }
+  }
+  if (tok_own) rc = be->from_host(be, p->tokens, tok_own);
+  goto fail;
+nomem:
+  rc = PA_ERR_NOMEM;
+fail:
+  for (int i = 0; i < 5; i++) pa_tensor_free(own[i]);
+  pa_tensor_free(tok_own);
+  free(row);
+  return rc;
+}
+
+int pa_sampler_step(pa_backend *be, const pa_sample_params *p) {
+  int64_t B = 0, n = 0;
+  int K = 0;
+  int rc = step_check(p, &B, &n, &K);
+  if (rc) return rc;
+  if (B == 0 || n == 0) return PA_OK;
+  return be->sample ? be->sample(be, p) : step_host(be, p, B, n, K);
 }
 
 void pa_sampler_renoise(int64_t *tokens, const int64_t *init, int64_t n, float t, uint64_t seed, int step) {

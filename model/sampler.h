@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "ops/backend.h"
+
 typedef enum { PA_SAMPLE_MULTINOMIAL, PA_SAMPLE_ARGMAX } pa_sample_mode;
 
 typedef struct {
@@ -64,6 +66,11 @@ void pa_sampler_renoise(int64_t *tokens, const int64_t *init, int64_t n, float t
 /* add_noise with explicit uniforms: mask = u <= t; x = x*(1-mask) + random*mask. */
 void pa_add_noise(const int64_t *x, const float *u, const int64_t *random_x, float t, int64_t n,
                   int64_t *out, int64_t *mask);
+
+/* One fused sampler step on the backend (see pa_sample_params in ops/backend.h): the
+ * backend's `sample` kernel when it has one, else this host implementation (downloading
+ * from a device backend). Both draw the same tokens for the same logits (ops/rng.h). */
+int pa_sampler_step(pa_backend *be, const pa_sample_params *p);
 
 /* v1 typical filtering of one row of K logits: dropped classes become -inf; keep[K] (0/1)
  * optional. See docs/sampler.md for the exact rule. */

@@ -29,6 +29,27 @@ typedef struct {
   const pa_tensor *key_weight; /* (n,) multiplies the softmax of the last n keys, no renorm */
 } pa_attn_params;
 
+/* One fused sampler step over device logits (model/sampler.h: pa_sampler_step). Position p
+ * of image b: logits = cfg_combine(cond, uncond) (when uncond), token = argmax of
+ * logit/temp + Gumbel(Philox(seed + b, PA_RNG_SAMPLE, step, p, class)) (plain argmax when
+ * `argmax`), then re-noise (token = init where uniform(seed + b, PA_RNG_RENOISE, step, p)
+ * <= renoise_t) and the inpainting pin (token = pinned where keep[p]). Logits are only read;
+ * no probabilities are written. All tensors live on the backend. */
+typedef struct {
+  const pa_tensor *cond;   /* (B, ..., K) F32 */
+  const pa_tensor *uncond; /* same shape, or NULL (no guidance) */
+  float cfg, temp;
+  bool argmax;
+  uint64_t seed; /* image b uses seed + b */
+  int step;
+  bool renoise;
+  float renoise_t;
+  const pa_tensor *init;   /* (B, n) I64 initial noise; required when renoise */
+  const pa_tensor *pinned; /* (B, n) I64 or NULL */
+  const pa_tensor *keep;   /* (n) U8 or NULL: 1 where pinned wins */
+  pa_tensor *tokens;       /* (B, n) I64 out */
+} pa_sample_params;
+
 typedef struct pa_backend pa_backend;
 struct pa_backend {
   const char *name;
@@ -84,6 +105,12 @@ struct pa_backend {
   /* idx (N) int64 = argmin_k |z_n - e_k|^2 over codebook (K, C); z (N, C) */
   int (*vq_nearest)(pa_backend *be, pa_tensor *idx, const pa_tensor *z, const pa_tensor *codebook);
   int (*copy)(pa_backend *be, pa_tensor *y, const pa_tensor *x);
+
+  /* Optional (NULL = the generic path). upload_param makes a network parameter resident
+   * (pa_param; e.g. CUDA keeps a bf16 GEMM copy beside the F32 one). sample is the fused
+   * sampler step; shapes are checked by pa_sampler_step. */
+  pa_tensor *(*upload_param)(pa_backend *be, const pa_tensor *host);
+  int (*sample)(pa_backend *be, const pa_sample_params *p);
 };
 
 pa_backend *pa_cpu_backend(void);

@@ -54,7 +54,7 @@ int pa_param(pa_backend *be, pa_weights *w, pa_tensor **out, int ndim, const int
   if (be->device == PA_HOST) {
     *out = pa_tensor_wrap(host->dtype, host->ndim, host->shape, host->data);
   } else {
-    *out = pa_upload(be, host);
+    *out = be->upload_param ? be->upload_param(be, host) : pa_upload(be, host);
   }
   return *out ? PA_OK : PA_ERR_NOMEM;
 }
