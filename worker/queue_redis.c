@@ -263,11 +263,7 @@ static int rq_read_new(rq *q, int max, int block_ms, pa_delivery *out, int *n) {
   arg(&a, q->stream);
   arg(&a, ">");
   redisReply *r = rq_cmd(q, &a);
-  if (!r) {
-    /* the stream or group was deleted under us (FLUSHALL, an operator): recreate it */
-    if (strstr(pa_errmsg(), "NOGROUP")) return rq_create_group(q);
-    return PA_ERR_IO;
-  }
+  if (!r) return PA_ERR_IO;
   int rc = PA_OK;
   if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
       r->element[0]->elements == 2 && r->element[0]->element[1]->type == REDIS_REPLY_ARRAY)
@@ -284,6 +280,8 @@ static int rq_claim(pa_queue *qq, int max, int block_ms, pa_delivery *out, int *
   if (max < 1) return pa_fail(PA_ERR_INVALID, "claim: max must be >= 1");
   int rc = rq_autoclaim(q, max, out, n);
   if (!rc && *n < max) rc = rq_read_new(q, max, *n ? 0 : block_ms, out, n);
+  /* the stream or group was deleted under us (FLUSHALL, an operator): recreate it */
+  if (rc && !*n && strstr(pa_errmsg(), "NOGROUP")) return rq_create_group(q);
   if (rc) {
     for (int i = 0; i < *n; i++) pa_delivery_clear(&out[i]);
     *n = 0; /* what we claimed stays pending and comes back after the lease */

@@ -486,7 +486,12 @@ int pa_worker_run(const pa_worker_config *cfg) {
     if (cfg->once) break;
   }
   pa_metrics_set_healthy(w.metrics, false);
-  pa_log(PA_LOG_INFO, NULL, NULL, stop_requested ? "stop requested: batch finished, exiting" : "exiting");
+  pa_emb_cache_stats cs = {0};
+  if (w.cache) pa_emb_cache_get_stats(w.cache, &cs);
+  pa_log(PA_LOG_INFO, NULL,
+         json_pack("{s:I, s:I, s:I}", "cache_hits", (json_int_t)cs.hits, "cache_misses", (json_int_t)cs.misses,
+                   "cache_local_hits", (json_int_t)cs.local_hits),
+         stop_requested ? "stop requested: batch finished, exiting" : "exiting");
   free(batch);
   teardown(&w);
   return PA_OK;

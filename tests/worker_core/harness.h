@@ -1,0 +1,270 @@
+/* Test harness for the worker: a private redis-server on a free loopback port in a temporary
+ * directory (killed at exit, on a fatal signal, and by the kernel if this process dies:
+ * PR_SET_PDEATHSIG), paella-worker processes, job submission and polling helpers. */
+#ifndef PAELLA_TESTS_WORKER_CORE_HARNESS_H
+#define PAELLA_TESTS_WORKER_CORE_HARNESS_H
+
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proto/proto.h"
+
+#define H_MAX_CHILDREN 64
+
+static struct {
+  pid_t redis;
+  int port;
+  char dir[256];
+  pid_t children[H_MAX_CHILDREN];
+} h_;
+
+static inline double h_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static inline void h_sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* A port the kernel just handed out (bound then released: good enough on a test box). */
+static inline int h_free_port(void) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) || getsockname(s, (struct sockaddr *)&a, &len)) {
+    perror("free port");
+    exit(1);
+  }
+  close(s);
+  return ntohs(a.sin_port);
+}
+
+static inline void h_kill_all(void) {
+  for (int i = 0; i < H_MAX_CHILDREN; i++)
+    if (h_.children[i] > 0) {
+      kill(h_.children[i], SIGKILL);
+      waitpid(h_.children[i], NULL, 0);
+      h_.children[i] = 0;
+    }
+  if (h_.redis > 0) {
+    kill(h_.redis, SIGKILL);
+    waitpid(h_.redis, NULL, 0);
+    h_.redis = 0;
+  }
+  if (h_.dir[0]) {
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", h_.dir);
+    if (system(cmd)) {
+    }
+    h_.dir[0] = 0;
+  }
+}
+
+static inline void h_on_fatal(int sig) {
+  h_kill_all();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+static inline void h_track(pid_t pid) {
+  for (int i = 0; i < H_MAX_CHILDREN; i++)
+    if (h_.children[i] <= 0) {
+      h_.children[i] = pid;
+      return;
+    }
+}
+
+static inline void h_untrack(pid_t pid) {
+  for (int i = 0; i < H_MAX_CHILDREN; i++)
+    if (h_.children[i] == pid) h_.children[i] = 0;
+}
+
+/* fork + exec argv with stderr to `log` (NULL: inherited); the child dies with us. */
+static inline pid_t h_spawn(char *const argv[], const char *log) {
+  pid_t parent = getpid(), pid = fork();
+  if (pid < 0) {
+    perror("fork");
+    exit(1);
+  }
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    if (log) {
+      FILE *f = freopen(log, "a", stderr);
+      (void)f;
+    }
+    FILE *o = freopen("/dev/null", "w", stdout);
+    (void)o;
+    execvp(argv[0], argv);
+    _exit(127);
+  }
+  return pid;
+}
+
+static redisContext *h_connect(void) {
+  redisContext *c = redisConnect("127.0.0.1", h_.port);
+  if (!c || c->err) {
+    fprintf(stderr, "connect to test redis: %s\n", c ? c->errstr : "oom");
+    exit(1);
+  }
+  return c;
+}
+
+/* Starts the private Redis; returns its port. */
+static inline int h_redis_start(void) {
+  snprintf(h_.dir, sizeof h_.dir, "/tmp/paella-wtest-XXXXXX");
+  if (!mkdtemp(h_.dir)) {
+    perror("mkdtemp");
+    exit(1);
+  }
+  atexit(h_kill_all);
+  signal(SIGINT, h_on_fatal);
+  signal(SIGTERM, h_on_fatal);
+  signal(SIGSEGV, h_on_fatal);
+  signal(SIGABRT, h_on_fatal);
+  h_.port = h_free_port();
+  char port[16], log[300];
+  snprintf(port, sizeof port, "%d", h_.port);
+  snprintf(log, sizeof log, "%s/redis.log", h_.dir);
+  char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                  "--dir", h_.dir, "--daemonize", "no", NULL};
+  h_.redis = h_spawn(argv, log);
+  for (double t0 = h_now(); h_now() - t0 < 10; h_sleep_ms(20)) {
+    redisContext *c = redisConnect("127.0.0.1", h_.port);
+    redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
+    bool ok = r && r->type == REDIS_REPLY_STATUS;
+    freeReplyObject(r);
+    if (c) redisFree(c);
+    if (ok) return h_.port;
+  }
+  fprintf(stderr, "redis-server did not start (see %s)\n", log);
+  exit(1);
+}
+
+static inline const char *h_dir(void) { return h_.dir; }
+
+/* XADD stream * id <id> job <bytes>; returns the entry id in `entry` (may be NULL). */
+static inline void h_xadd(redisContext *c, const char *stream, const char *id, const void *job, size_t len, char *entry) {
+  redisReply *r = redisCommand(c, "XADD %s * id %s job %b", stream, id, job, len);
+  if (!r || r->type != REDIS_REPLY_STRING) {
+    fprintf(stderr, "XADD failed\n");
+    exit(1);
+  }
+  if (entry) snprintf(entry, 64, "%s", r->str);
+  freeReplyObject(r);
+}
+
+/* Encodes a JSON job and adds it to the stream. */
+static inline void h_submit_json(redisContext *c, const char *stream, const char *json) {
+  pw_job job;
+  pw_error err;
+  uint8_t *buf = NULL;
+  size_t len = 0;
+  if (pw_job_from_json(json, strlen(json), &job, &err) || pw_job_encode(&job, &buf, &len, &err)) {
+    fprintf(stderr, "bad test job %s: %s %s\n", json, err.field, err.message);
+    exit(1);
+  }
+  h_xadd(c, stream, job.id, buf, len, NULL);
+  free(buf);
+  pw_job_free(&job);
+}
+
+/* A tiny txt2img job (32x32, 2 steps, 1 prior step) with extra JSON fields appended. */
+static inline void h_submit_tiny(redisContext *c, const char *stream, const char *id, const char *extra) {
+  char json[2048];
+  snprintf(json, sizeof json,
+           "{\"id\":\"%s\",\"prompt\":\"a tiny fox %s\",\"width\":32,\"height\":32,\"steps\":2,"
+           "\"prior\":{\"steps\":1}%s%s}",
+           id, id, extra && *extra ? "," : "", extra ? extra : "");
+  h_submit_json(c, stream, json);
+}
+
+/* HGET as a malloc'd string (NULL when absent). */
+static char *h_hget(redisContext *c, const char *key, const char *field) {
+  redisReply *r = redisCommand(c, "HGET %s %s", key, field);
+  char *s = r && r->type == REDIS_REPLY_STRING ? strdup(r->str) : NULL;
+  freeReplyObject(r);
+  return s;
+}
+
+static char *h_status(redisContext *c, const char *job_id) {
+  char key[128];
+  snprintf(key, sizeof key, "paella:job:%s", job_id);
+  return h_hget(c, key, "status");
+}
+
+/* True when the job's status equals `want` before the timeout. */
+static inline bool h_wait_status(redisContext *c, const char *job_id, const char *want, double timeout_s) {
+  for (double t0 = h_now(); h_now() - t0 < timeout_s; h_sleep_ms(10)) {
+    char *s = h_status(c, job_id);
+    bool ok = s && !strcmp(s, want);
+    free(s);
+    if (ok) return true;
+  }
+  return false;
+}
+
+static inline long long h_int(redisContext *c, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  redisReply *r = redisvCommand(c, fmt, ap);
+  va_end(ap);
+  long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+  freeReplyObject(r);
+  return v;
+}
+
+/* Waits for a child; its exit status, or -1 on timeout (then it is killed). */
+static inline int h_wait_exit(pid_t pid, double timeout_s) {
+  for (double t0 = h_now(); h_now() - t0 < timeout_s; h_sleep_ms(10)) {
+    int st;
+    pid_t r = waitpid(pid, &st, WNOHANG);
+    if (r == pid) {
+      h_untrack(pid);
+      return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    }
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  h_untrack(pid);
+  return -1;
+}
+
+/* paella-worker with the test's Redis and file storage plus extra args (NULL-terminated). */
+static inline pid_t h_worker(const char *storage_dir, const char *log, ...) {
+  static char queue[128], storage[512];
+  char *argv[40];
+  int n = 0;
+  snprintf(queue, sizeof queue, "redis://127.0.0.1:%d/0", h_.port);
+  snprintf(storage, sizeof storage, "file://%s", storage_dir);
+  argv[n++] = PAELLA_BINARY_DIR "/paella-worker";
+  argv[n++] = "--queue";
+  argv[n++] = queue;
+  argv[n++] = "--storage";
+  argv[n++] = storage;
+  va_list ap;
+  va_start(ap, log);
+  for (char *a; n < 39 && (a = va_arg(ap, char *));) argv[n++] = a;
+  va_end(ap);
+  argv[n] = NULL;
+  pid_t pid = h_spawn(argv, log);
+  h_track(pid);
+  return pid;
+}
+
+#endif
