@@ -30,3 +30,11 @@ if [ "${#need_install[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_install[@]}"
 fi
 echo "install-deps: all packages present"
+
+# Test-only: s3rver, a local S3 API for the storage integration test (tests/worker), pinned by
+# tests/tools/package-lock.json. node and npm come with the machine image.
+tools_dir="$(cd "$(dirname "$0")/../tests/tools" && pwd)"
+if [ ! -x "$tools_dir/node_modules/.bin/s3rver" ]; then
+  (cd "$tools_dir" && npm ci --no-audit --no-fund)
+fi
+echo "install-deps: s3rver present"

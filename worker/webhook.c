@@ -164,31 +164,33 @@ static curl_socket_t open_socket(void *user, curlsocktype purpose, struct curl_s
   return socket(a->family, a->socktype, a->protocol);
 }
 
-/* Resolves host and picks the first acceptable address, as text for CURLOPT_RESOLVE. */
-static int resolve_checked(const char *host, bool allow_private, char *out, size_t cap, int *family) {
+/* Resolves host and lists every acceptable address as CURLOPT_RESOLVE wants them
+ * ("1.2.3.4,[2001:db8::1]"), so curl connects only to addresses checked here. */
+static int resolve_checked(const char *host, bool allow_private, char *out, size_t cap) {
   struct addrinfo hints = {0}, *res = NULL;
   hints.ai_socktype = SOCK_STREAM;
   int e = getaddrinfo(host, NULL, &hints, &res);
   if (e != 0) return pa_fail(PA_ERR_IO, "webhook: resolve %s: %s", host, gai_strerror(e));
   const char *why = NULL;
-  char first[INET6_ADDRSTRLEN] = "";
-  int rc = PA_ERR_INVALID;
+  char first[INET6_ADDRSTRLEN] = "", a[INET6_ADDRSTRLEN];
+  size_t len = 0;
+  out[0] = '\0';
   for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
     if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
     const char *w = addr_private(ai->ai_addr);
-    if (!w || allow_private) {
-      addr_text(ai->ai_addr, out, cap);
-      *family = ai->ai_family;
-      rc = PA_OK;
-      break;
+    if (w && !allow_private) {
+      if (!why) addr_text(ai->ai_addr, first, sizeof first);
+      if (!why) why = w;
+      continue;
     }
-    if (!why) {
-      why = w;
-      addr_text(ai->ai_addr, first, sizeof first);
-    }
+    addr_text(ai->ai_addr, a, sizeof a);
+    const char *fmt = ai->ai_family == AF_INET6 ? "%s[%s]" : "%s%s";
+    int n = snprintf(out + len, cap - len, fmt, len ? "," : "", a);
+    if (n < 0 || (size_t)n >= cap - len) break; /* enough addresses */
+    len += (size_t)n;
   }
   freeaddrinfo(res);
-  if (rc != PA_OK)
+  if (len == 0)
     return pa_fail(PA_ERR_INVALID, "webhook: refusing %s: it resolves to %s (%s); set "
                    "allow_private to permit internal targets", host, first[0] ? first : "nothing",
                    why ? why : "no IP address");
@@ -201,14 +203,14 @@ typedef struct {
   char *url;
   char host[256];             /* without IPv6 brackets */
   long port;
-  char resolve_line[600];     /* CURLOPT_RESOLVE pin, "" for IP literals */
+  char resolve_line[700];     /* CURLOPT_RESOLVE pin, "" for IP literals */
 } target;
 
 static int parse_target(const char *url, bool allow_private, target *t) {
   CURLU *u = curl_url();
   char *scheme = NULL, *host = NULL, *port = NULL;
-  int rc = PA_OK, family = 0;
-  char addr[INET6_ADDRSTRLEN];
+  int rc = PA_OK;
+  char addrs[400];
   if (!u) return pa_fail(PA_ERR_NOMEM, "webhook: out of memory");
   if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
       curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
@@ -229,13 +231,12 @@ static int parse_target(const char *url, bool allow_private, target *t) {
   }
   snprintf(t->host, sizeof t->host, "%.*s", (int)(hl - (bracketed ? 2 : 0)), host + bracketed);
   t->port = strtol(port, NULL, 10);
-  PA_TRY(resolve_checked(t->host, allow_private, addr, sizeof addr, &family));
+  PA_TRY(resolve_checked(t->host, allow_private, addrs, sizeof addrs));
   unsigned char tmp[16];
   bool literal = inet_pton(AF_INET, t->host, tmp) == 1 || inet_pton(AF_INET6, t->host, tmp) == 1;
   t->resolve_line[0] = '\0';
   if (!literal)
-    snprintf(t->resolve_line, sizeof t->resolve_line, family == AF_INET6 ? "%s:%ld:[%s]" : "%s:%ld:%s",
-             t->host, t->port, addr);
+    snprintf(t->resolve_line, sizeof t->resolve_line, "%s:%ld:%s", t->host, t->port, addrs);
   t->url = strdup(url);
   if (!t->url) rc = pa_fail(PA_ERR_NOMEM, "webhook: out of memory");
 fail:

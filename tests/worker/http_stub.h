@@ -46,7 +46,7 @@ typedef struct {
   pthread_mutex_t mu;
 } http_stub;
 
-static double stub_now_(const http_stub *s) {
+static inline double stub_now_(const http_stub *s) {
   struct timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
   return (double)(t.tv_sec - s->t0.tv_sec) + (double)(t.tv_nsec - s->t0.tv_nsec) * 1e-9;
@@ -54,7 +54,7 @@ static double stub_now_(const http_stub *s) {
 
 /* The value of header `name` in a recorded head (malloc'd, NULL when absent). `nth` picks
  * among repeated headers (0 = first). */
-static char *stub_header(const char *head, const char *name, int nth) {
+static inline char *stub_header(const char *head, const char *name, int nth) {
   size_t nl = strlen(name);
   for (const char *p = strstr(head, "\r\n"); p && p[2]; p = strstr(p + 2, "\r\n")) {
     const char *line = p + 2;
@@ -67,7 +67,7 @@ static char *stub_header(const char *head, const char *name, int nth) {
   return NULL;
 }
 
-static bool stub_read_request_(int c, stub_request *r) {
+static inline bool stub_read_request_(int c, stub_request *r) {
   size_t cap = 1 << 16, len = 0;
   char *buf = malloc(cap + 1), *end = NULL;
   if (!buf) return false;
@@ -107,7 +107,7 @@ bad:
   return false;
 }
 
-static void stub_answer_(int c, const stub_response *resp) {
+static inline void stub_answer_(int c, const stub_response *resp) {
   if (resp->delay_ms) {
     struct timespec d = {resp->delay_ms / 1000, (resp->delay_ms % 1000) * 1000000L};
     nanosleep(&d, NULL);
@@ -119,7 +119,7 @@ static void stub_answer_(int c, const stub_response *resp) {
   if (send(c, out, (size_t)n, MSG_NOSIGNAL) < 0) return;
 }
 
-static void *stub_loop_(void *arg) {
+static inline void *stub_loop_(void *arg) {
   http_stub *s = arg;
   while (!s->stop) {
     int c = accept(s->fd, NULL, NULL);
@@ -147,7 +147,7 @@ static void *stub_loop_(void *arg) {
 }
 
 /* Starts the stub with the scripted responses (at least one). */
-static int stub_start(http_stub *s, const stub_response *resp, int n_resp) {
+static inline int stub_start(http_stub *s, const stub_response *resp, int n_resp) {
   memset(s, 0, sizeof *s);
   pthread_mutex_init(&s->mu, NULL);
   clock_gettime(CLOCK_MONOTONIC, &s->t0);
@@ -165,7 +165,7 @@ static int stub_start(http_stub *s, const stub_response *resp, int n_resp) {
   return pthread_create(&s->thread, NULL, stub_loop_, s) == 0 ? 0 : -1;
 }
 
-static void stub_stop(http_stub *s) {
+static inline void stub_stop(http_stub *s) {
   s->stop = true;
   shutdown(s->fd, SHUT_RDWR); /* wakes accept() */
   pthread_join(s->thread, NULL);
@@ -173,7 +173,7 @@ static void stub_stop(http_stub *s) {
 }
 
 /* Frees the recorded requests (after stub_stop). */
-static void stub_free(http_stub *s) {
+static inline void stub_free(http_stub *s) {
   for (int i = 0; i < s->n_req; i++) {
     free(s->req[i].head);
     free(s->req[i].body);

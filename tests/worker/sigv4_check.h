@@ -14,7 +14,7 @@
 #define BOTOCORE_SCRIPT PAELLA_SOURCE_DIR "/tests/worker/botocore_sign.py"
 
 /* True when python3 can import botocore (installed by scripts/install-deps.sh). */
-static bool botocore_available(void) {
+static inline bool botocore_available(void) {
   static int cached = -1;
   if (cached < 0)
     cached = system("python3 -c 'import botocore.auth' >/dev/null 2>&1") == 0;
@@ -23,7 +23,7 @@ static bool botocore_available(void) {
 
 /* Runs botocore_sign.py with the arguments (each single-quoted; none may contain a quote) and
  * returns its stdout (malloc'd, trailing newline removed) or NULL. */
-static char *botocore_run(int argc, ...) {
+static inline char *botocore_run(int argc, ...) {
   char cmd[8192];
   size_t n = (size_t)snprintf(cmd, sizeof cmd, "python3 '%s'", BOTOCORE_SCRIPT);
   va_list ap;
@@ -46,7 +46,7 @@ static char *botocore_run(int argc, ...) {
 
 /* Re-signs a PUT captured by the stub with our signer, at the X-Amz-Date curl put on it, over
  * the headers curl says it signed; *ours gets our Authorization value, *theirs curl's. */
-static int resign_captured(const char *head, const char *access, const char *secret,
+static inline int resign_captured(const char *head, const char *access, const char *secret,
                            const char *region, char **ours, char **theirs) {
   static const char *names[] = {"content-type", "host", "x-amz-content-sha256", "x-amz-date",
                                 "x-amz-security-token"};
