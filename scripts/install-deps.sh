@@ -18,6 +18,7 @@ APT_PACKAGES=(
   libcurl4-openssl-dev           # S3 uploads (CURLOPT_AWS_SIGV4), webhooks
   libmicrohttpd-dev              # the scheduler's HTTP API, worker metrics
   python3-botocore               # test-only: reference SigV4 signatures
+  chromium wrk                   # test-only: dashboard screenshot (headless), scheduler load test
 )
 
 need_install=()

@@ -1,0 +1,232 @@
+/* Scheduler configuration: defaults, then environment variables, then flags (the worker's
+ * conventions: --queue redis://..., --storage file:///DIR). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "scheduler/sched.h"
+
+void sched_config_defaults(sched_config *c) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->redis_host, sizeof c->redis_host, "127.0.0.1");
+  c->redis_port = 6379;
+  snprintf(c->stream, sizeof c->stream, "paella:jobs");
+  snprintf(c->group, sizeof c->group, "workers");
+  snprintf(c->events_group, sizeof c->events_group, "scheduler");
+  snprintf(c->listen_host, sizeof c->listen_host, "127.0.0.1");
+  c->listen_port = 8080;
+  c->rate = 50000;
+  c->burst = 100000;
+  c->max_active = 100000;
+  c->max_body = 1u << 20;
+  c->max_batch_body = 64u << 20;
+  c->max_wait_s = 60;
+  c->max_attempts = 3;
+  c->backoff_ms = 1000;
+  c->job_timeout_s = 600;
+  c->shard_size = 100;
+  c->idempotency_ttl_s = 86400;
+  char host[64] = "scheduler";
+  gethostname(host, sizeof host - 1);
+  snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
+}
+
+/* Copies the value of `name=` from a query string "a=1&b=2" into out; 1 when found. */
+static int query_param(const char *q, const char *name, char *out, size_t cap) {
+  size_t n = strlen(name);
+  while (q && *q) {
+    const char *end = strchr(q, '&');
+    size_t len = end ? (size_t)(end - q) : strlen(q);
+    if (len > n && strncmp(q, name, n) == 0 && q[n] == '=') {
+      snprintf(out, cap, "%.*s", (int)(len - n - 1), q + n + 1);
+      return 1;
+    }
+    q = end ? end + 1 : NULL;
+  }
+  return 0;
+}
+
+int sched_config_set_queue(sched_config *c, const char *url) {
+  if (strncmp(url, "redis://", 8) != 0)
+    return pa_fail(PA_ERR_INVALID, "--queue %s: the scheduler keeps its registry in Redis "
+                   "(redis://HOST:PORT/DB?stream=...&group=...)", url);
+  const char *p = url + 8, *q = strchr(p, '?');
+  char hostport[256];
+  size_t hp = strcspn(p, "/?");
+  if (hp == 0 || hp >= sizeof hostport) return pa_fail(PA_ERR_INVALID, "--queue %s: no host", url);
+  memcpy(hostport, p, hp);
+  hostport[hp] = 0;
+  char *colon = strrchr(hostport, ':');
+  if (colon) {
+    *colon = 0;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port <= 0 || port > 65535) return pa_fail(PA_ERR_INVALID, "--queue %s: bad port", url);
+    c->redis_port = (int)port;
+  }
+  snprintf(c->redis_host, sizeof c->redis_host, "%s", hostport);
+  if (p[hp] == '/' && p[hp + 1] && p[hp + 1] != '?') c->redis_db = atoi(p + hp + 1);
+  if (q) {
+    query_param(q + 1, "stream", c->stream, sizeof c->stream);
+    query_param(q + 1, "group", c->group, sizeof c->group);
+    query_param(q + 1, "events_group", c->events_group, sizeof c->events_group);
+  }
+  return PA_OK;
+}
+
+int sched_config_set_storage(sched_config *c, const char *url) {
+  if (strncmp(url, "file://", 7) != 0 || url[7] != '/')
+    return pa_fail(PA_ERR_UNSUPPORTED, "--storage %s: only file:///DIR is supported for shards", url);
+  if (strlen(url + 7) >= sizeof c->storage_dir) return pa_fail(PA_ERR_INVALID, "--storage: path too long");
+  snprintf(c->storage_dir, sizeof c->storage_dir, "%s", url + 7);
+  return PA_OK;
+}
+
+static int hex_nibble(char ch) {
+  if (ch >= '0' && ch <= '9') return ch - '0';
+  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+  if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+  return -1;
+}
+
+static int add_key(sched_config *c, const char *spec, size_t len) {
+  char buf[256];
+  if (len >= sizeof buf) return pa_fail(PA_ERR_INVALID, "api key spec too long");
+  memcpy(buf, spec, len);
+  buf[len] = 0;
+  char *hex = strchr(buf, ':');
+  if (!hex || hex == buf || hex - buf >= 64) return pa_fail(PA_ERR_INVALID, "api key '%s': want NAME:SHA256HEX[:admin]", buf);
+  *hex++ = 0;
+  char *role = strchr(hex, ':');
+  if (role) *role++ = 0;
+  if (strlen(hex) != 64) return pa_fail(PA_ERR_INVALID, "api key %s: the hash must be 64 hex digits", buf);
+  if (c->n_keys == SCHED_MAX_KEYS) return pa_fail(PA_ERR_INVALID, "more than %d api keys", SCHED_MAX_KEYS);
+  sched_key *k = &c->keys[c->n_keys];
+  for (int i = 0; i < 32; i++) {
+    int hi = hex_nibble(hex[2 * i]), lo = hex_nibble(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return pa_fail(PA_ERR_INVALID, "api key %s: not hex", buf);
+    k->hash[i] = (unsigned char)(hi << 4 | lo);
+  }
+  if (role && strcmp(role, "admin") != 0) return pa_fail(PA_ERR_INVALID, "api key %s: unknown role %s", buf, role);
+  snprintf(k->name, sizeof k->name, "%.63s", buf);
+  k->admin = role != NULL;
+  c->n_keys++;
+  return PA_OK;
+}
+
+int sched_config_add_keys(sched_config *c, const char *spec) {
+  while (*spec) {
+    size_t len = strcspn(spec, ",");
+    if (len) {
+      int rc = add_key(c, spec, len);
+      if (rc) return rc;
+    }
+    spec += len + (spec[len] == ',');
+  }
+  return PA_OK;
+}
+
+static int set_listen(sched_config *c, const char *v) {
+  const char *colon = strrchr(v, ':');
+  if (!colon || colon == v || (size_t)(colon - v) >= sizeof c->listen_host)
+    return pa_fail(PA_ERR_INVALID, "--listen %s: want HOST:PORT", v);
+  char *end;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end || port < 0 || port > 65535) return pa_fail(PA_ERR_INVALID, "--listen %s: bad port", v);
+  snprintf(c->listen_host, sizeof c->listen_host, "%.*s", (int)(colon - v), v);
+  c->listen_port = (int)port;
+  return PA_OK;
+}
+
+static int parse_num(const char *flag, const char *v, double lo, double hi, double *out) {
+  char *end;
+  errno = 0;
+  double d = strtod(v, &end);
+  if (errno || end == v || *end || !(d >= lo && d <= hi))
+    return pa_fail(PA_ERR_INVALID, "%s %s: want a number in %g..%g", flag, v, lo, hi);
+  *out = d;
+  return PA_OK;
+}
+
+/* One option: name, value -> the config. Shared by flags and environment variables. */
+static int apply(sched_config *c, const char *name, const char *v) {
+  double d = 0;
+  int rc = PA_OK;
+#define NUM(flag, lo, hi, dst)                                         \
+  if (strcmp(name, flag) == 0) {                                       \
+    if ((rc = parse_num(flag, v, lo, hi, &d)) == PA_OK) dst = d;       \
+    return rc;                                                         \
+  }
+  if (strcmp(name, "--queue") == 0) return sched_config_set_queue(c, v);
+  if (strcmp(name, "--storage") == 0) return sched_config_set_storage(c, v);
+  if (strcmp(name, "--listen") == 0) return set_listen(c, v);
+  if (strcmp(name, "--api-key-hashes") == 0) return sched_config_add_keys(c, v);
+  NUM("--rate", 0.001, 1e9, c->rate);
+  NUM("--burst", 1, 1e9, c->burst);
+  NUM("--max-active", 1, 1e9, c->max_active);
+  NUM("--max-body", 1024, 1e9, c->max_body);
+  NUM("--max-batch-body", 1024, 4e9, c->max_batch_body);
+  NUM("--max-wait", 0, 3600, c->max_wait_s);
+  NUM("--max-attempts", 1, PW_ATTEMPT_MAX, c->max_attempts);
+  NUM("--backoff-ms", 0, 3.6e6, c->backoff_ms);
+  NUM("--job-timeout", 1, 86400 * 7, c->job_timeout_s);
+  NUM("--shard-size", 1, 1e6, c->shard_size);
+#undef NUM
+  return pa_fail(PA_ERR_INVALID, "unknown option %s", name);
+}
+
+static const struct { const char *env, *flag; } ENV[] = {
+    {"PAELLA_QUEUE", "--queue"},       {"PAELLA_STORAGE", "--storage"},
+    {"PAELLA_LISTEN", "--listen"},     {"PAELLA_API_KEY_HASHES", "--api-key-hashes"},
+    {"PAELLA_RATE", "--rate"},         {"PAELLA_BURST", "--burst"},
+    {"PAELLA_MAX_ACTIVE", "--max-active"}, {"PAELLA_MAX_ATTEMPTS", "--max-attempts"},
+    {"PAELLA_JOB_TIMEOUT", "--job-timeout"}, {"PAELLA_SHARD_SIZE", "--shard-size"},
+};
+
+void sched_config_usage(void) {
+  printf("usage: paella-scheduler [options]\n"
+         "  --queue redis://HOST:PORT/DB?stream=paella:jobs&group=workers   ($PAELLA_QUEUE)\n"
+         "  --storage file:///DIR        batch shards and manifests            ($PAELLA_STORAGE)\n"
+         "  --listen HOST:PORT           [127.0.0.1:8080]                      ($PAELLA_LISTEN)\n"
+         "  --api-key-hashes NAME:SHA256HEX[:admin],...  bearer keys, hashed ($PAELLA_API_KEY_HASHES)\n"
+         "                               (none: no authentication, for development)\n"
+         "  --rate R --burst B           per-key token bucket [50000/s, 100000]  ($PAELLA_RATE, $PAELLA_BURST)\n"
+         "  --max-active N               queued+running jobs per key [100000]  ($PAELLA_MAX_ACTIVE)\n"
+         "  --max-body BYTES --max-batch-body BYTES   request size limits [1 MiB, 64 MiB]\n"
+         "  --max-wait S                 cap of 'Prefer: wait=N' [60]\n"
+         "  --max-attempts N --backoff-ms MS   retries of failed jobs [3, 1000]\n"
+         "  --job-timeout S              running jobs are stopped after [600]\n"
+         "  --shard-size N               items per batch tar shard [100]\n");
+}
+
+int sched_config_parse(sched_config *c, int argc, char **argv, bool *help) {
+  *help = false;
+  for (size_t i = 0; i < sizeof ENV / sizeof ENV[0]; i++) {
+    const char *v = getenv(ENV[i].env);
+    if (v && *v) {
+      int rc = apply(c, ENV[i].flag, v);
+      if (rc) return pa_fail_context(rc, "$%s: ", ENV[i].env);
+    }
+  }
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      *help = true;
+      return PA_OK;
+    }
+    char name[64];
+    const char *eq = strchr(argv[i], '='), *v;
+    if (eq && (size_t)(eq - argv[i]) < sizeof name) {
+      snprintf(name, sizeof name, "%.*s", (int)(eq - argv[i]), argv[i]);
+      v = eq + 1;
+    } else {
+      if (i + 1 >= argc) return pa_fail(PA_ERR_INVALID, "%s needs a value", argv[i]);
+      snprintf(name, sizeof name, "%s", argv[i]);
+      v = argv[++i];
+    }
+    int rc = apply(c, name, v);
+    if (rc) return rc;
+  }
+  return PA_OK;
+}

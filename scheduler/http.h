@@ -1,0 +1,45 @@
+/* The HTTP plumbing shared by the scheduler's handlers (http.c: server, bodies, replies;
+ * api.c: the /v1 routes; batch_api.c: batches). */
+#ifndef PAELLA_SCHEDULER_HTTP_H
+#define PAELLA_SCHEDULER_HTTP_H
+
+#include <microhttpd.h>
+
+#include "scheduler/sched.h"
+
+typedef struct {
+  char *body;
+  size_t len, cap, limit;
+  bool too_large;
+} http_req;
+
+typedef struct {
+  const sched_config *c;
+  struct MHD_Connection *conn;
+  const char *method, *url;
+  http_req *rq;
+  const sched_key *key; /* NULL in open mode */
+  const char *owner;    /* key name, "anonymous" in open mode */
+  bool admin;
+} http_ctx;
+
+extern atomic_bool http_stopping;
+
+enum MHD_Result http_reply(struct MHD_Connection *conn, unsigned status, const char *content_type,
+                           const char *body, size_t len);
+enum MHD_Result http_json(struct MHD_Connection *conn, unsigned status, const char *json);
+/* {"error":{"code","message","field"}} */
+enum MHD_Result http_error(struct MHD_Connection *conn, unsigned status, const char *code,
+                           const char *field, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* A proto validation failure: 400 for unreadable messages, 422 for invalid fields. */
+enum MHD_Result http_proto_error(struct MHD_Connection *conn, const pw_error *err, const char *field_prefix);
+/* 503 for Redis failures, 404/409/422 for the other pa_status codes. */
+enum MHD_Result http_status_error(struct MHD_Connection *conn, int rc);
+const char *http_header(struct MHD_Connection *conn, const char *name);
+const char *http_arg(struct MHD_Connection *conn, const char *name);
+bool http_content_type_is(struct MHD_Connection *conn, const char *type);
+
+enum MHD_Result api_route(http_ctx *h);
+enum MHD_Result api_batches(http_ctx *h, const char *rest);
+
+#endif

@@ -1,0 +1,18 @@
+/* Helpers shared by the scheduler's registry code (jobs.c, tracker.c, batch.c, deadletters.c). */
+#ifndef PAELLA_SCHEDULER_JOBS_INTERNAL_H
+#define PAELLA_SCHEDULER_JOBS_INTERNAL_H
+
+#include <jansson.h>
+
+#include "scheduler/sched.h"
+
+int64_t now_ms(void);
+/* HGETALL paella:job:{id}; PA_ERR_NOTFOUND when absent. */
+int jobs_fetch(const sched_config *c, const char *id, redisReply **out);
+/* A field of an HGETALL reply, NULL when absent. */
+const char *jobs_field(const redisReply *h, const char *name, size_t *len);
+json_t *jobs_resource(const char *id, const redisReply *h);
+/* A final Result (msgpack) for jobs the scheduler ends itself (cancel, deadline). */
+int jobs_final_result(const char *id, pw_status st, pw_code code, const char *msg, uint8_t **mp, size_t *len);
+
+#endif

@@ -1,0 +1,193 @@
+/* The scheduler: an HTTP/JSON API in front of the Redis job registry that the workers share
+ * (docs/queues.md), a tracker that consumes the workers' events, a reaper that enforces
+ * deadlines, timeouts and retries, bulk batches written as tar shards, metrics and a
+ * dashboard. docs/api.md describes every endpoint.
+ *
+ * Threads: libmicrohttpd runs one thread per connection (requests that wait for a result or
+ * stream Server-Sent Events simply block their own thread); each thread owns one hiredis
+ * connection (sched_redis()). The tracker, the fan-out reader and the reaper each own one
+ * more. Library code returns pa_status codes (ops/error.h) and never exits. */
+#ifndef PAELLA_SCHEDULER_SCHED_H
+#define PAELLA_SCHEDULER_SCHED_H
+
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ops/error.h"
+#include "proto/proto.h"
+
+/* ---- configuration (config.c) ------------------------------------------------------- */
+#define SCHED_MAX_KEYS 64
+
+typedef struct {
+  char name[64];
+  unsigned char hash[32]; /* SHA-256 of the bearer token: the token itself is never stored */
+  bool admin;             /* may read/requeue dead letters and set job `output` */
+} sched_key;
+
+typedef struct {
+  char redis_host[256];
+  int redis_port;
+  int redis_db;
+  char stream[128];       /* jobs stream; {stream}:events and {stream}:dead derive from it */
+  char group[64];         /* the workers' consumer group (metrics read its lag) */
+  char events_group[64];  /* the schedulers' consumer group on {stream}:events */
+  char storage_dir[1024]; /* file:///DIR: batches' shards and manifests, dashboard images */
+  char listen_host[64];
+  int listen_port;
+  sched_key keys[SCHED_MAX_KEYS];
+  int n_keys;             /* 0: no authentication (development only) */
+  double rate;            /* requests per second per key (token bucket refill) */
+  double burst;           /* bucket size */
+  int max_active;         /* queued + running jobs per key */
+  size_t max_body;        /* bytes of a POST /v1/jobs body */
+  size_t max_batch_body;  /* bytes of a POST /v1/batches body */
+  int max_wait_s;         /* cap of Prefer: wait=N */
+  int max_attempts;       /* failed attempts before a job goes to the dead letters */
+  int backoff_ms;         /* first retry delay, doubled per attempt */
+  int job_timeout_s;      /* a running job older than this is stopped and retried */
+  int shard_size;         /* default items per batch tar shard */
+  int idempotency_ttl_s;
+  char consumer[128];     /* this scheduler's name in events_group */
+} sched_config;
+
+void sched_config_defaults(sched_config *c);
+/* Flags override environment variables (PAELLA_QUEUE, PAELLA_STORAGE, PAELLA_LISTEN,
+ * PAELLA_API_KEY_HASHES, ...). Returns PA_ERR_INVALID with a message on a bad value;
+ * *help is set when --help was given. */
+int sched_config_parse(sched_config *c, int argc, char **argv, bool *help);
+int sched_config_set_queue(sched_config *c, const char *url);
+int sched_config_set_storage(sched_config *c, const char *url);
+/* "NAME:SHA256HEX[:admin]", several separated by commas. */
+int sched_config_add_keys(sched_config *c, const char *spec);
+void sched_config_usage(void);
+
+/* ---- redis (redis.c) ---------------------------------------------------------------- */
+/* The calling thread's connection (made on first use, remade after an error). NULL with
+ * pa_errmsg() set when Redis cannot be reached. */
+redisContext *sched_redis(const sched_config *c);
+/* Drops the calling thread's connection (after an I/O error, so the next call reconnects). */
+void sched_redis_drop(void);
+/* redisCommandArgv with error checking: NULL (and the connection dropped on I/O errors)
+ * unless Redis answered; an error reply is returned as a reply (type REDIS_REPLY_ERROR). */
+redisReply *sched_cmd(const sched_config *c, int argc, const char **argv, const size_t *lens);
+redisReply *sched_cmdf(const sched_config *c, const char *fmt, ...);
+/* EVALSHA with a fallback to EVAL when the script is not cached yet. */
+redisReply *sched_eval(const sched_config *c, const char *script, int nkeys, int nargs,
+                       const char **args, const size_t *lens);
+/* Connects a dedicated (blocking reader) connection. */
+redisContext *sched_redis_connect(const sched_config *c, int timeout_ms);
+
+/* ---- metrics (metrics.c) ------------------------------------------------------------ */
+typedef enum { SCHED_M_SUCCEEDED, SCHED_M_FAILED, SCHED_M_CANCELED, SCHED_M_SUBMITTED,
+               SCHED_M_RETRIED, SCHED_M_DEAD, SCHED_M_COUNT } sched_metric_status;
+void sched_metrics_count(sched_metric_status s);
+/* One observation of a stage duration (pw_stage, or PW_STAGE_COUNT for the total). */
+void sched_metrics_observe(int stage, double seconds);
+/* Prometheus text exposition; malloc'd. Reads queue gauges from Redis. */
+char *sched_metrics_render(const sched_config *c);
+
+/* ---- event fan-out (hub.c) ---------------------------------------------------------- */
+/* Every event any worker publishes reaches every scheduler replica through a plain XREAD
+ * (no group), then the local waiters: SSE streams and Prefer: wait requests. */
+typedef struct {
+  char type[16];  /* start, progress, completed, failed, status */
+  char *data;     /* JSON: Progress or Result */
+} hub_event;
+
+uint64_t hub_cursor(void); /* the sequence number of the next event */
+void hub_publish(const char *job_id, const char *type, const char *json);
+/* Waits up to timeout_ms for an event of `job_id` after *cursor; 1 with *out filled
+ * (free out->data), 0 on timeout. */
+int hub_wait(uint64_t *cursor, const char *job_id, int timeout_ms, hub_event *out);
+void hub_shutdown(void);
+
+/* ---- jobs (jobs.c) ------------------------------------------------------------------ */
+typedef enum {
+  SUBMIT_CREATED, SUBMIT_EXISTING, SUBMIT_IDEM_CONFLICT, SUBMIT_QUOTA
+} submit_outcome;
+
+/* Registers a validated job (id set) and enqueues it, atomically: the idempotency key
+ * (scoped by owner), the owner's active-job quota, the hash, the index and the stream entry.
+ * With an existing idempotency key *existing_id names the first job. */
+int jobs_submit(const sched_config *c, const pw_job *job, const char *owner, int max_active,
+                const char *body_sha, const char *batch, long index, submit_outcome *outcome,
+                char *existing_id, size_t existing_cap);
+/* The job resource as JSON (malloc'd); PA_ERR_NOTFOUND when unknown or owned by another
+ * key (owner NULL: any). */
+int jobs_render(const sched_config *c, const char *id, const char *owner, char **json,
+                char *status, size_t status_cap);
+/* Cancels: queued -> canceled at once (the stream entry is deleted, so no worker runs it);
+ * running -> the cancel flag is set and the worker stops at its next step. *state gets the
+ * status after the call; PA_ERR_INVALID when already final. */
+int jobs_cancel(const sched_config *c, const char *id, const char *owner, char *state, size_t cap);
+/* One page, newest first: cursor "" or the previous page's next_cursor. */
+int jobs_list(const sched_config *c, const char *owner, const char *status, const char *cursor,
+              int limit, char **json);
+bool jobs_is_final(const char *status);
+void jobs_new_id(char *out, size_t cap); /* "j-" + 26 hex chars of random */
+
+/* ---- tracker and reaper (tracker.c) ------------------------------------------------- */
+typedef struct sched_tracker sched_tracker;
+int tracker_start(const sched_config *c, sched_tracker **out);
+void tracker_stop(sched_tracker *t);
+/* One reaper pass (deadlines, timeouts, due retries); exposed for tests. */
+int tracker_reap(const sched_config *c);
+
+/* ---- dead letters (deadletters.c) --------------------------------------------------- */
+int dlq_list(const sched_config *c, const char *cursor, int limit, char **json);
+/* Puts the dead entry's job back on the stream with its attempts reset. */
+int dlq_requeue(const sched_config *c, const char *entry_id, char *job_id, size_t cap);
+/* Moves a job that used up its attempts to {stream}:dead. */
+int dlq_bury(const sched_config *c, const char *job_id, const char *code, const char *message);
+
+/* ---- batches (batch.c) -------------------------------------------------------------- */
+typedef struct {
+  char *settings_json; /* the shared job settings (a Job without id/prompt), may be NULL */
+  char *items;         /* JSONL: {"prompt": ..., "seed": ...} or plain strings per line */
+  size_t items_len;
+  char name[129];      /* client-chosen batch id ("" = derived from the content) */
+  int shard_size;      /* 0: the configured default */
+} batch_request;
+
+/* Validates every item through proto, registers the batch and enqueues what is missing.
+ * Returns PA_ERR_INVALID with *err filled (field "items[N].prompt"...) on a bad item. */
+int batch_submit(const sched_config *c, const batch_request *r, const char *owner,
+                 char *batch_id, size_t cap, pw_error *err, char **json);
+int batch_render(const sched_config *c, const char *batch_id, const char *owner, char **json);
+/* Called by the tracker when a batch item reached a final state. */
+int batch_item_done(const sched_config *c, const char *batch_id, long index, bool succeeded);
+/* Writes every shard whose items are all final (tracker thread, and at submit). */
+int batch_write_ready_shards(const sched_config *c, const char *batch_id);
+
+/* ---- tar (tar.c) -------------------------------------------------------------------- */
+typedef struct {
+  FILE *f;
+  char path[1100], tmp[1100];
+} tar_writer;
+int tar_open(tar_writer *w, const char *path);
+int tar_add(tar_writer *w, const char *name, const void *data, size_t len, int64_t mtime);
+/* Ends the archive and renames it into place (atomic: a crash never leaves half a shard). */
+int tar_close(tar_writer *w);
+void tar_abort(tar_writer *w);
+
+/* ---- auth and limits (auth.c) ------------------------------------------------------- */
+typedef enum { AUTH_OK, AUTH_MISSING, AUTH_INVALID } auth_result;
+/* Looks the bearer token up by its SHA-256; *key is NULL in open mode. */
+auth_result auth_check(const sched_config *c, const char *authorization, const sched_key **key);
+/* Token bucket per key name: true when a request may proceed; *retry_after_s otherwise. */
+bool ratelimit_take(const sched_config *c, const char *key_name, double *retry_after_s);
+void sha256_hex(const void *data, size_t len, char out[65]);
+
+/* ---- HTTP server (http.c, api.c, dashboard.c) ---------------------------------------- */
+typedef struct sched_server sched_server;
+int sched_server_start(const sched_config *c, sched_server **out);
+int sched_server_port(const sched_server *s); /* the bound port (listen port 0 = any) */
+void sched_server_stop(sched_server *s);
+extern const char sched_dashboard_html[];
+
+#endif

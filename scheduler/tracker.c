@@ -1,0 +1,444 @@
+/* The tracker: consumes the workers' events ({stream}:events, consumer group events_group),
+ * keeps the job state machine in the hashes, retries failed attempts with exponential
+ * backoff, dead-letters jobs that used up their attempts, and a reaper that enforces
+ * deadlines and running-time limits. A second reader fans every event out to this process's
+ * waiters (SSE, Prefer: wait) without a group, so every replica sees every event.
+ *
+ * State machine (status field; "cancel" and "cancel_reason" ride along):
+ *   queued -> running            start event (the worker also writes it)
+ *   queued -> canceled           POST cancel: the stream entry is deleted, no worker runs it
+ *   queued -> failed             deadline passed before a worker took it
+ *   running -> succeeded|failed|canceled   the worker's Result
+ *   failed (retryable) -> queued attempts < max_attempts, after backoff_ms * 2^attempts
+ *   failed (retryable, last) -> failed + an entry in {stream}:dead
+ * A job is settled when finished_ms is set: the tracker did its bookkeeping. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "scheduler/jobs_internal.h"
+
+struct sched_tracker {
+  const sched_config *c;
+  pthread_t consumer, fanout, reaper;
+  int started; /* threads started, for stop */
+  atomic_bool stop;
+};
+
+static bool retryable(pw_code code) {
+  return code == PW_E_IO || code == PW_E_STORAGE || code == PW_E_GPU || code == PW_E_INTERNAL ||
+         code == PW_E_NO_MEMORY || code == PW_E_INPUT_FETCH;
+}
+
+/* ---- state transitions (Lua) -------------------------------------------------------- */
+
+/* KEYS: job hash, running zset. ARGV: now, id. */
+static const char START_LUA[] =
+    "local s = redis.call('HGET', KEYS[1], 'status')\n"
+    "if s ~= 'queued' and s ~= 'running' then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'status', 'running', 'updated_ms', ARGV[1])\n"
+    "redis.call('HSETNX', KEYS[1], 'started_ms', ARGV[1])\n"
+    "redis.call('ZADD', KEYS[2], 'NX', ARGV[1], ARGV[2])\n"
+    "return 1\n";
+
+/* KEYS: job hash. ARGV: now, stage, step, total. */
+static const char PROGRESS_LUA[] =
+    "local s = redis.call('HGET', KEYS[1], 'status')\n"
+    "if s ~= 'queued' and s ~= 'running' then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'updated_ms', ARGV[1], 'stage', ARGV[2], 'step', ARGV[3], 'total', ARGV[4])\n"
+    "return 1\n";
+
+/* KEYS: job hash, retry zset, running zset. ARGV: now, id, due, attempts. Only a job that
+ * is still final (not canceled/requeued meanwhile) goes back to queued. */
+static const char RETRY_LUA[] =
+    "local s = redis.call('HGET', KEYS[1], 'status')\n"
+    "if s ~= 'failed' and s ~= 'canceled' then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', ARGV[4], 'updated_ms', ARGV[1],\n"
+    "  'cancel', '0', 'cancel_reason', '', 'retry_at_ms', ARGV[3])\n"
+    "redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])\n"
+    "redis.call('ZREM', KEYS[3], ARGV[2])\n"
+    "return 1\n";
+
+/* KEYS: job hash, running, deadlines, retry, owner active set (or "-").
+ * ARGV: now, id, rewritten status ('' = keep), rewritten result. */
+static const char FINAL_LUA[] =
+    "if redis.call('HEXISTS', KEYS[1], 'finished_ms') == 1 then return 0 end\n"
+    "if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4]) end\n"
+    "redis.call('HSET', KEYS[1], 'finished_ms', ARGV[1], 'updated_ms', ARGV[1])\n"
+    "redis.call('ZREM', KEYS[2], ARGV[2])\n"
+    "redis.call('ZREM', KEYS[3], ARGV[2])\n"
+    "redis.call('ZREM', KEYS[4], ARGV[2])\n"
+    "if KEYS[5] ~= '-' then redis.call('SREM', KEYS[5], ARGV[2]) end\n"
+    "return 1\n";
+
+static int eval_int(const sched_config *c, const char *script, int nkeys, int nargs, const char **args,
+                    const size_t *lens, long long *out) {
+  redisReply *r = sched_eval(c, script, nkeys, nargs, args, lens);
+  if (!r) return PA_ERR_IO;
+  int rc = r->type == REDIS_REPLY_INTEGER ? PA_OK : PA_ERR_IO;
+  if (out && rc == PA_OK) *out = r->integer;
+  freeReplyObject(r);
+  return rc;
+}
+
+static void on_start(const sched_config *c, const char *id) {
+  char key[160], now[24];
+  snprintf(key, sizeof key, "paella:job:%s", id);
+  snprintf(now, sizeof now, "%" PRId64, now_ms());
+  const char *args[] = {key, "paella:sched:running", now, id};
+  eval_int(c, START_LUA, 2, 2, args, NULL, NULL);
+}
+
+static void on_progress(const sched_config *c, const char *id, const char *msg, size_t len) {
+  pw_progress p;
+  pw_error err;
+  pw_progress_init(&p);
+  if (pw_progress_decode(msg, len, &p, &err) == 0) {
+    char key[160], now[24], step[24], total[24];
+    snprintf(key, sizeof key, "paella:job:%s", id);
+    snprintf(now, sizeof now, "%" PRId64, now_ms());
+    snprintf(step, sizeof step, "%" PRId64, p.step);
+    snprintf(total, sizeof total, "%" PRId64, p.total);
+    const char *args[] = {key, now, pw_stage_name(p.stage), step, total};
+    eval_int(c, PROGRESS_LUA, 1, 4, args, NULL, NULL);
+  }
+  pw_progress_free(&p);
+}
+
+static void observe(const pw_result *r) {
+  for (int s = 0; s < PW_STAGE_COUNT; s++)
+    if (r->timings_ms[s] == r->timings_ms[s]) sched_metrics_observe(s, r->timings_ms[s] / 1000.0);
+  if (r->total_ms == r->total_ms) sched_metrics_observe(PW_STAGE_COUNT, r->total_ms / 1000.0);
+}
+
+static int schedule_retry(const sched_config *c, const char *id, long attempts) {
+  char key[160], now[24], due[24], att[24];
+  int64_t t = now_ms();
+  int64_t delay = (int64_t)c->backoff_ms << (attempts - 1 < 20 ? attempts - 1 : 20);
+  snprintf(key, sizeof key, "paella:job:%s", id);
+  snprintf(now, sizeof now, "%" PRId64, t);
+  snprintf(due, sizeof due, "%" PRId64, t + delay);
+  snprintf(att, sizeof att, "%ld", attempts);
+  const char *args[] = {key, "paella:sched:retry", "paella:sched:running", now, id, due, att};
+  long long ok = 0;
+  int rc = eval_int(c, RETRY_LUA, 3, 4, args, NULL, &ok);
+  if (rc == PA_OK && ok) sched_metrics_count(SCHED_M_RETRIED);
+  return rc;
+}
+
+/* Records the end of a job: the bookkeeping, a rewritten Result when the scheduler decides
+ * the outcome (deadline, attempts used up), metrics and the batch's shard accounting. */
+static void settle(const sched_config *c, const char *id, const redisReply *h, const pw_result *res,
+                   pw_status status, pw_code code, const char *message) {
+  uint8_t *mp = NULL;
+  size_t mp_len = 0;
+  bool rewrite = code != PW_OK;
+  if (rewrite && jobs_final_result(id, status, code, message, &mp, &mp_len)) return;
+  const char *owner = jobs_field(h, "owner", NULL);
+  char key[160], active[200], now[24];
+  snprintf(key, sizeof key, "paella:job:%s", id);
+  if (owner) snprintf(active, sizeof active, "paella:owner:%s:active", owner);
+  else snprintf(active, sizeof active, "-");
+  snprintf(now, sizeof now, "%" PRId64, now_ms());
+  const char *args[] = {key, "paella:sched:running", "paella:sched:deadlines", "paella:sched:retry", active,
+                        now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : ""};
+  size_t lens[9];
+  for (int i = 0; i < 9; i++) lens[i] = strlen(args[i]);
+  lens[8] = rewrite ? mp_len : 0;
+  long long first = 0;
+  if (eval_int(c, FINAL_LUA, 5, 4, args, lens, &first) == PA_OK && first) {
+    sched_metrics_count(status == PW_STATUS_SUCCEEDED ? SCHED_M_SUCCEEDED
+                        : status == PW_STATUS_FAILED  ? SCHED_M_FAILED
+                                                      : SCHED_M_CANCELED);
+    if (res) observe(res);
+    const char *batch = jobs_field(h, "batch", NULL), *index = jobs_field(h, "index", NULL);
+    if (batch && *batch && index) batch_item_done(c, batch, strtol(index, NULL, 10), status == PW_STATUS_SUCCEEDED);
+  }
+  free(mp);
+}
+
+static void on_final(const sched_config *c, const char *id, const char *msg, size_t len) {
+  pw_result res;
+  pw_error err;
+  redisReply *h = NULL;
+  pw_result_init(&res);
+  if (pw_result_decode(msg, len, &res, &err) != 0 || jobs_fetch(c, id, &h) != PA_OK) goto done;
+  if (jobs_field(h, "finished_ms", NULL)) goto done; /* a duplicate event: already settled */
+  const char *reason = jobs_field(h, "cancel_reason", NULL), *att = jobs_field(h, "attempts", NULL);
+  long attempts = att ? strtol(att, NULL, 10) + 1 : 1;
+  reason = reason ? reason : "";
+  if (res.status == PW_STATUS_CANCELED && !strcmp(reason, "deadline")) {
+    settle(c, id, h, &res, PW_STATUS_FAILED, PW_E_DEADLINE, "the job's deadline passed while it ran");
+  } else if ((res.status == PW_STATUS_FAILED && res.has_error && retryable(res.error_code)) ||
+             (res.status == PW_STATUS_CANCELED && !strcmp(reason, "timeout"))) {
+    if (attempts < c->max_attempts) {
+      schedule_retry(c, id, attempts);
+    } else {
+      char m[PW_MAX_MESSAGE_TEXT];
+      snprintf(m, sizeof m, "gave up after %ld attempts: %.900s", attempts,
+               res.error_message ? res.error_message : "timed out");
+      if (dlq_bury(c, id, pw_code_name(PW_E_TOO_MANY_ATTEMPTS), m) == PA_OK) sched_metrics_count(SCHED_M_DEAD);
+      settle(c, id, h, &res, PW_STATUS_FAILED, PW_E_TOO_MANY_ATTEMPTS, m);
+    }
+  } else {
+    settle(c, id, h, &res, res.status, PW_OK, NULL);
+  }
+done:
+  if (h) freeReplyObject(h);
+  pw_result_free(&res);
+}
+
+/* ---- the group consumer ------------------------------------------------------------- */
+
+static const char *entry_field(const redisReply *fields, const char *name, size_t *len) {
+  for (size_t i = 0; i + 1 < fields->elements; i += 2)
+    if (!strcmp(fields->element[i]->str, name)) {
+      if (len) *len = fields->element[i + 1]->len;
+      return fields->element[i + 1]->str;
+    }
+  return NULL;
+}
+
+static void process_entry(const sched_config *c, const redisReply *fields) {
+  size_t len = 0;
+  const char *type = entry_field(fields, "type", NULL), *id = entry_field(fields, "id", NULL);
+  const char *msg = entry_field(fields, "msg", &len);
+  if (!type || !id || strlen(id) > PW_MAX_ID_BYTES) return;
+  if (!strcmp(type, "start")) on_start(c, id);
+  else if (!strcmp(type, "progress") && msg) on_progress(c, id, msg, len);
+  else if ((!strcmp(type, "completed") || !strcmp(type, "failed")) && msg) on_final(c, id, msg, len);
+}
+
+static void ensure_group(const sched_config *c, const char *events) {
+  redisReply *r = sched_cmdf(c, "XGROUP CREATE %s %s 0 MKSTREAM", events, c->events_group);
+  if (r) freeReplyObject(r); /* BUSYGROUP: it exists */
+}
+
+/* Reads one batch: first this consumer's own pending entries ("0": left by a crash of a
+ * scheduler with the same name), then new ones (">"). Returns the entries handled. */
+static int consume_once(const sched_config *c, const char *events, const char *from) {
+  redisReply *r = sched_cmdf(c, "XREADGROUP GROUP %s %s COUNT 256 BLOCK 500 STREAMS %s %s", c->events_group,
+                             c->consumer, events, from);
+  if (!r) return -1;
+  int n = 0;
+  if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "NOGROUP")) ensure_group(c, events);
+  if (r->type == REDIS_REPLY_ARRAY && r->elements == 1) {
+    const redisReply *entries = r->element[0]->element[1];
+    for (size_t i = 0; i < entries->elements; i++) {
+      const redisReply *e = entries->element[i];
+      if (e->elements == 2 && e->element[1]->type == REDIS_REPLY_ARRAY) process_entry(c, e->element[1]);
+      redisReply *ack = sched_cmdf(c, "XACK %s %s %s", events, c->events_group, e->element[0]->str);
+      if (ack) freeReplyObject(ack);
+      n++;
+    }
+  }
+  freeReplyObject(r);
+  return n;
+}
+
+static void *consumer_main(void *arg) {
+  sched_tracker *t = arg;
+  char events[160];
+  snprintf(events, sizeof events, "%s:events", t->c->stream);
+  ensure_group(t->c, events);
+  while (!t->stop && consume_once(t->c, events, "0") > 0) {}
+  while (!t->stop)
+    if (consume_once(t->c, events, ">") < 0) usleep(200000); /* Redis away: retry */
+  sched_redis_drop();
+  return NULL;
+}
+
+/* ---- fan-out ------------------------------------------------------------------------ */
+
+static char *event_json(const char *type, const char *msg, size_t len) {
+  char *out = NULL;
+  pw_error err;
+  if (!strcmp(type, "completed") || !strcmp(type, "failed")) {
+    pw_result r;
+    pw_result_init(&r);
+    if (pw_result_decode(msg, len, &r, &err) == 0) pw_result_to_json(&r, 0, &out, &err);
+    pw_result_free(&r);
+  } else {
+    pw_progress p;
+    pw_progress_init(&p);
+    if (pw_progress_decode(msg, len, &p, &err) == 0) pw_progress_to_json(&p, 0, &out, &err);
+    pw_progress_free(&p);
+  }
+  return out;
+}
+
+static void *fanout_main(void *arg) {
+  sched_tracker *t = arg;
+  char events[160], last[64] = "$";
+  snprintf(events, sizeof events, "%s:events", t->c->stream);
+  while (!t->stop) {
+    redisReply *r = sched_cmdf(t->c, "XREAD COUNT 512 BLOCK 500 STREAMS %s %s", events, last);
+    if (!r) {
+      usleep(200000);
+      continue;
+    }
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1) {
+      const redisReply *entries = r->element[0]->element[1];
+      for (size_t i = 0; i < entries->elements; i++) {
+        const redisReply *e = entries->element[i];
+        snprintf(last, sizeof last, "%s", e->element[0]->str);
+        size_t len = 0;
+        const char *type = entry_field(e->element[1], "type", NULL), *id = entry_field(e->element[1], "id", NULL);
+        const char *msg = entry_field(e->element[1], "msg", &len);
+        if (!type || !id) continue;
+        char *json = msg ? event_json(type, msg, len) : NULL;
+        hub_publish(id, type, json);
+        free(json);
+      }
+    }
+    freeReplyObject(r);
+  }
+  sched_redis_drop();
+  return NULL;
+}
+
+/* ---- reaper ------------------------------------------------------------------------- */
+
+/* KEYS: job hash, stream, retry zset. ARGV: id, job msgpack, now. */
+static const char REQUEUE_LUA[] =
+    "redis.call('ZREM', KEYS[3], ARGV[1])\n"
+    "if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end\n"
+    "local e = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2], 'id', ARGV[1])\n"
+    "redis.call('HSET', KEYS[1], 'entry', e, 'job', ARGV[2], 'updated_ms', ARGV[3])\n"
+    "return 1\n";
+
+/* KEYS: job hash, stream, events, deadlines, retry. ARGV: id, now, failed result msgpack. */
+static const char DEADLINE_LUA[] =
+    "redis.call('ZREM', KEYS[4], ARGV[1])\n"
+    "local h = redis.call('HMGET', KEYS[1], 'status', 'entry')\n"
+    "if h[1] == 'queued' then\n"
+    "  if h[2] then redis.call('XDEL', KEYS[2], h[2]) end\n"
+    "  redis.call('ZREM', KEYS[5], ARGV[1])\n"
+    "  redis.call('HSET', KEYS[1], 'status', 'failed', 'result', ARGV[3], 'updated_ms', ARGV[2])\n"
+    "  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 'type', 'failed', 'id', ARGV[1], 'msg', ARGV[3])\n"
+    "  return 1\n"
+    "elseif h[1] == 'running' then\n"
+    "  redis.call('HSET', KEYS[1], 'cancel', '1', 'cancel_reason', 'deadline', 'updated_ms', ARGV[2])\n"
+    "  return 2\n"
+    "end\n"
+    "return 0\n";
+
+/* KEYS: job hash, running zset. ARGV: id, now. */
+static const char TIMEOUT_LUA[] =
+    "redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'cancel', '1', 'cancel_reason', 'timeout', 'updated_ms', ARGV[2])\n"
+    "return 1\n";
+
+static redisReply *due(const sched_config *c, const char *zset, int64_t until) {
+  redisReply *r = sched_cmdf(c, "ZRANGEBYSCORE %s -inf %" PRId64 " LIMIT 0 256", zset, until);
+  if (r && r->type != REDIS_REPLY_ARRAY) {
+    freeReplyObject(r);
+    r = NULL;
+  }
+  return r;
+}
+
+static void requeue_one(const sched_config *c, const char *id, const char *now) {
+  redisReply *h = NULL;
+  uint8_t *mp = NULL;
+  size_t len = 0, mp_len = 0;
+  pw_job job;
+  pw_error err;
+  pw_job_init(&job);
+  char key[160];
+  snprintf(key, sizeof key, "paella:job:%s", id);
+  if (jobs_fetch(c, id, &h) == PA_OK) {
+    const char *bytes = jobs_field(h, "job", &len), *att = jobs_field(h, "attempts", NULL);
+    if (bytes && pw_job_decode(bytes, len, &job, &err) == 0) {
+      job.attempt = att ? strtol(att, NULL, 10) : 0;
+      if (job.attempt > PW_ATTEMPT_MAX) job.attempt = PW_ATTEMPT_MAX;
+      pw_job_encode(&job, &mp, &mp_len, &err);
+    }
+  }
+  const char *args[] = {key, c->stream, "paella:sched:retry", id, mp ? (const char *)mp : "", now};
+  size_t lens[] = {strlen(key), strlen(c->stream), 18, strlen(id), mp ? mp_len : 0, strlen(now)};
+  if (mp) eval_int(c, REQUEUE_LUA, 3, 3, args, lens, NULL);
+  else {
+    redisReply *r = sched_cmdf(c, "ZREM paella:sched:retry %s", id); /* unreadable: drop */
+    if (r) freeReplyObject(r);
+  }
+  free(mp);
+  pw_job_free(&job);
+  if (h) freeReplyObject(h);
+}
+
+static void deadline_one(const sched_config *c, const char *id, const char *now) {
+  uint8_t *mp = NULL;
+  size_t mp_len = 0;
+  if (jobs_final_result(id, PW_STATUS_FAILED, PW_E_DEADLINE, "the job's deadline passed before it ran", &mp, &mp_len))
+    return;
+  char key[160], events[160];
+  snprintf(key, sizeof key, "paella:job:%s", id);
+  snprintf(events, sizeof events, "%s:events", c->stream);
+  const char *args[] = {key, c->stream, events, "paella:sched:deadlines", "paella:sched:retry", id, now, (const char *)mp};
+  size_t lens[8];
+  for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
+  lens[7] = mp_len;
+  eval_int(c, DEADLINE_LUA, 5, 3, args, lens, NULL);
+  free(mp);
+}
+
+int tracker_reap(const sched_config *c) {
+  int64_t t = now_ms();
+  char now[24];
+  snprintf(now, sizeof now, "%" PRId64, t);
+  redisReply *r = due(c, "paella:sched:retry", t);
+  if (!r) return PA_ERR_IO;
+  for (size_t i = 0; i < r->elements; i++) requeue_one(c, r->element[i]->str, now);
+  freeReplyObject(r);
+  if (!(r = due(c, "paella:sched:deadlines", t))) return PA_ERR_IO;
+  for (size_t i = 0; i < r->elements; i++) deadline_one(c, r->element[i]->str, now);
+  freeReplyObject(r);
+  if (!(r = due(c, "paella:sched:running", t - (int64_t)c->job_timeout_s * 1000))) return PA_ERR_IO;
+  for (size_t i = 0; i < r->elements; i++) {
+    char key[160];
+    snprintf(key, sizeof key, "paella:job:%s", r->element[i]->str);
+    const char *args[] = {key, "paella:sched:running", r->element[i]->str, now};
+    eval_int(c, TIMEOUT_LUA, 2, 2, args, NULL, NULL);
+  }
+  freeReplyObject(r);
+  return PA_OK;
+}
+
+static void *reaper_main(void *arg) {
+  sched_tracker *t = arg;
+  while (!t->stop) {
+    tracker_reap(t->c);
+    for (int i = 0; i < 4 && !t->stop; i++) usleep(50000); /* 200 ms between passes */
+  }
+  sched_redis_drop();
+  return NULL;
+}
+
+int tracker_start(const sched_config *c, sched_tracker **out) {
+  sched_tracker *t = calloc(1, sizeof *t);
+  if (!t) return pa_fail(PA_ERR_NOMEM, "tracker");
+  t->c = c;
+  void *(*mains[3])(void *) = {consumer_main, fanout_main, reaper_main};
+  pthread_t *threads[3] = {&t->consumer, &t->fanout, &t->reaper};
+  for (int i = 0; i < 3; i++) {
+    if (pthread_create(threads[i], NULL, mains[i], t) != 0) {
+      tracker_stop(t);
+      return pa_fail(PA_ERR_NOMEM, "tracker: pthread_create failed");
+    }
+    t->started++;
+  }
+  *out = t;
+  return PA_OK;
+}
+
+void tracker_stop(sched_tracker *t) {
+  if (!t) return;
+  t->stop = true;
+  pthread_t *threads[3] = {&t->consumer, &t->fanout, &t->reaper};
+  for (int i = 0; i < t->started; i++) pthread_join(*threads[i], NULL);
+  free(t);
+}
