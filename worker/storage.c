@@ -401,6 +401,9 @@ int pa_storage_put(pa_storage *s, const char *key, const void *data, size_t len,
   if (location) *location = NULL;
   if (url) *url = NULL;
   if (!data && len) return pa_fail(PA_ERR_INVALID, "storage: no data");
+  for (const char *p = content_type ? content_type : ""; *p; p++)
+    if ((unsigned char)*p < 0x20 || *p == 0x7f) /* it goes into a header line verbatim */
+      return pa_fail(PA_ERR_INVALID, "storage: content type has a control byte");
   PA_TRY(full_key(s, key, &fk));
   if (s->local) {
     PA_TRY(put_local(s, fk, data, len, &path));

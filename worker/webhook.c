@@ -425,6 +425,12 @@ int pa_webhook_deliver(const char *url, const char *secret, const char *msg_id, 
     goto fail;
   }
   PA_TRY(pa_webhook_sign(secret, msg_id, 0, "", 0, sig, sizeof sig)); /* bad secret: no attempts */
+  for (const char *p = msg_id; *p; p++) {
+    if ((unsigned char)*p < 0x21 || *p == 0x7f) { /* it goes into a header line verbatim */
+      rc = pa_fail(PA_ERR_INVALID, "webhook: message id has a space or control byte");
+      goto fail;
+    }
+  }
   PA_TRY(parse_target(url, o.allow_private, &t));
   if (t.resolve_line[0] && !(pin = curl_slist_append(NULL, t.resolve_line))) {
     rc = pa_fail(PA_ERR_NOMEM, "webhook: out of memory");

@@ -73,6 +73,7 @@ static void test_file(const char *tmp) {
                               "a\\..\\b", "a/\n/b", "a/.."};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
     CHECK_MSG(pa_storage_put(s, bad[i], "x", 1, NULL, NULL, NULL) == PA_ERR_INVALID, "key %s", bad[i]);
+  CHECK(pa_storage_put(s, "ok.png", "x", 1, "image/png\r\nX-Evil: 1", NULL, NULL) == PA_ERR_INVALID);
   snprintf(path, sizeof path, "%s/escape.png", tmp);
   CHECK(access(path, F_OK) != 0);
   pa_storage_free(s);

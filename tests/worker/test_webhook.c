@@ -178,6 +178,7 @@ static void test_ssrf_guard(void) {
   CHECK(pa_webhook_deliver("gopher://example.com/", SECRET, "j", "{}", &o, &rep) == PA_ERR_INVALID);
   CHECK(pa_webhook_deliver("http://example.com/", "nope!", "j", "{}", &o, &rep) == PA_ERR_INVALID);
   CHECK(rep.attempts == 0);
+  CHECK(pa_webhook_deliver("http://example.com/", SECRET, "j\r\nX-Evil: 1", "{}", &o, &rep) == PA_ERR_INVALID);
   /* With allow_private the same loopback receiver is reached. */
   stub_response ok = {204, NULL, 0};
   http_stub s;
