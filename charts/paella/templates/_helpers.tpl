@@ -1,0 +1,147 @@
+{{/* Names: <release>-paella unless the release name already contains the chart's name. */}}
+{{- define "paella.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "paella.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<fullname>-<component>", kept within the 63 characters of a DNS label. */}}
+{{- define "paella.componentName" -}}
+{{- printf "%s-%s" (include "paella.fullname" .root | trunc 52 | trimSuffix "-") .component }}
+{{- end }}
+
+{{- define "paella.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "paella.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: paella
+{{- end }}
+
+{{/* Selector labels of one component: {root, component}. Never change them after a release:
+     a Deployment's selector is immutable. */}}
+{{- define "paella.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "paella.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "paella.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "paella.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "paella.image" -}}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/* The Secret holding credentials: the user's, or the chart's own. */}}
+{{- define "paella.secretName" -}}
+{{- default (include "paella.componentName" (dict "root" . "component" "credentials")) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{- define "paella.webhookSecretName" -}}
+{{- default (include "paella.componentName" (dict "root" . "component" "webhooks")) .Values.webhooks.existingSecret }}
+{{- end }}
+
+{{- define "paella.webhooksEnabled" -}}
+{{- if or .Values.webhooks.existingSecret .Values.webhooks.secrets }}true{{ end }}
+{{- end }}
+
+{{- define "paella.redisAuth" -}}
+{{- if or .Values.secrets.existingSecret .Values.queue.redis.password }}true{{ end }}
+{{- end }}
+
+{{/* A setting's value as the binaries read it. Helm holds YAML numbers as float64, which
+     print as 1e+06 from a million on: integers are printed as integers. */}}
+{{- define "paella.scalar" -}}
+{{- if and (kindIs "float64" .) (eq (floor .) .) }}{{ int64 . }}
+{{- else }}{{ . }}
+{{- end }}
+{{- end }}
+
+{{/* The queue URL of docs/queues.md. The Redis password is not written here: it comes from
+     the Secret as $(PAELLA_REDIS_PASSWORD), which Kubernetes expands in env values. */}}
+{{- define "paella.queueURL" -}}
+{{- $q := .Values.queue }}
+{{- if eq $q.type "kafka" }}
+{{- printf "kafka://%s?topic=%s&group=%s" (required "queue.kafka.brokers is required with queue.type=kafka" $q.kafka.brokers) $q.kafka.topic $q.kafka.group }}
+{{- else }}
+{{- $auth := ternary ":$(PAELLA_REDIS_PASSWORD)@" "" (eq (include "paella.redisAuth" .) "true") }}
+{{- printf "redis://%s%s/%s?stream=%s&group=%s" $auth (required "queue.redis.address is required" $q.redis.address) (include "paella.scalar" $q.redis.db) $q.redis.stream $q.redis.group }}
+{{- end }}
+{{- end }}
+
+{{/* The Redis password as an env var, for the queue URL's $(PAELLA_REDIS_PASSWORD). */}}
+{{- define "paella.redisPasswordEnv" -}}
+{{- if eq (include "paella.redisAuth" .) "true" }}
+- name: PAELLA_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "paella.secretName" . }}
+      key: redis-password
+      {{- if .Values.secrets.existingSecret }}
+      optional: true
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Settings that paella-scheduler takes only as flags (no PAELLA_* variable in its --help).
+     Everything else in scheduler.config goes into the ConfigMap as PAELLA_<SNAKE_CASE>.
+     tests/deploy/check.sh fails when this list and --help disagree. */}}
+{{- define "paella.scheduler.flagOnly" -}}
+maxBody maxBatchBody maxWait backoffMs
+{{- end }}
+{{- define "paella.worker.flagOnly" -}}
+once
+{{- end }}
+
+{{/* ConfigMap data from a config map of settings: {config, flagOnly}. */}}
+{{- define "paella.configEnv" -}}
+{{- $flagOnly := splitList " " .flagOnly }}
+{{- range $key, $value := .config }}
+{{- if and (not (kindIs "invalid" $value)) (not (has $key $flagOnly)) }}
+PAELLA_{{ snakecase $key | upper }}: {{ include "paella.scalar" $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Container args for the flag-only settings: {config, flagOnly}. Booleans are bare flags. */}}
+{{- define "paella.configArgs" -}}
+{{- $flagOnly := splitList " " .flagOnly }}
+{{- range $key, $value := .config }}
+{{- if and (not (kindIs "invalid" $value)) (has $key $flagOnly) }}
+{{- if kindIs "bool" $value }}
+{{- if $value }}
+- --{{ kebabcase $key }}
+{{- end }}
+{{- else }}
+- --{{ kebabcase $key }}={{ include "paella.scalar" $value }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "paella.terminationGracePeriodSeconds" -}}
+{{- $w := .Values.worker }}
+{{- $grace := default (add (int64 $w.longestJobSeconds) 60) $w.terminationGracePeriodSeconds | int64 }}
+{{- if le $grace (int64 $w.longestJobSeconds) }}
+{{- fail (printf "worker.terminationGracePeriodSeconds (%d) must exceed worker.longestJobSeconds (%d): a stopping worker finishes its batch first" $grace (int64 $w.longestJobSeconds)) }}
+{{- end }}
+{{- $grace }}
+{{- end }}
