@@ -185,22 +185,24 @@ static void finish_job(worker *w, job_ctx *jc) {
     pa_log(PA_LOG_ERROR, jc->job.id, json_pack("{s:s}", "error", pa_errmsg()), "result not recorded: left for redelivery");
   } else {
     notify_final(w, jc, &res);
-    if (w->q->ops->ack(w->q, &jc->d))
+    if (jc->failed && jc->code == PW_E_TOO_MANY_ATTEMPTS)
+      acked = true; /* the dead letter that follows acknowledges it, atomically with its XADD */
+    else if (w->q->ops->ack(w->q, &jc->d))
       pa_log(PA_LOG_WARN, jc->job.id, json_pack("{s:s}", "error", pa_errmsg()), "ack failed (result is recorded)");
     else
       acked = true;
   }
   free(buf);
-  res.job_id = NULL;
-  res.error_message = NULL;
-  pw_result_free(&res);
   jc->overhead += pa_mono() - t;
   for (int s = 0; s < PW_STAGE_COUNT; s++)
-    if (!isnan(jc->timings_ms[s])) pa_metrics_stage(w->metrics, s, jc->timings_ms[s] / 1e3);
+    if (!isnan(res.timings_ms[s])) pa_metrics_stage(w->metrics, s, res.timings_ms[s] / 1e3);
   pa_metrics_overhead(w->metrics, jc->overhead);
   pa_job_outcome o = !jc->failed ? PA_JOB_SUCCEEDED : jc->code == PW_E_CANCELED ? PA_JOB_CANCELED : PA_JOB_FAILED;
   pa_metrics_job(w->metrics, o, pa_mono() - jc->t_claim);
   log_finished(w, jc, pw_status_name(res.status), acked);
+  res.job_id = NULL;
+  res.error_message = NULL;
+  pw_result_free(&res);
 }
 
 static void dead_letter(worker *w, job_ctx *jc, const char *code, const char *field, const char *message) {

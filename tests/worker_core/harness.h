@@ -268,3 +268,95 @@ static inline pid_t h_worker(const char *storage_dir, const char *log, ...) {
 }
 
 #endif
+
+/* ---- a webhook receiver (libmicrohttpd) that records every delivery -------------------- */
+#include <microhttpd.h>
+#include <pthread.h>
+
+#define H_MAX_HOOKS 4096
+
+typedef struct {
+  char id[160], ts[32], sig[256];
+  char *body;
+} h_hook;
+
+static struct {
+  struct MHD_Daemon *d;
+  int port;
+  pthread_mutex_t mu;
+  h_hook hooks[H_MAX_HOOKS];
+  int n;
+} h_rx_ = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+typedef struct {
+  char *buf;
+  size_t len;
+} h_upload;
+
+static enum MHD_Result h_rx_handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                   const char *version, const char *data, size_t *size, void **con_cls) {
+  (void)cls, (void)url, (void)method, (void)version;
+  h_upload *u = *con_cls;
+  if (!u) {
+    *con_cls = calloc(1, sizeof *u);
+    return *con_cls ? MHD_YES : MHD_NO;
+  }
+  if (*size) {
+    char *b = realloc(u->buf, u->len + *size + 1);
+    if (!b) return MHD_NO;
+    memcpy(b + u->len, data, *size);
+    u->buf = b;
+    u->len += *size;
+    u->buf[u->len] = 0;
+    *size = 0;
+    return MHD_YES;
+  }
+  const char *id = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "webhook-id");
+  const char *ts = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "webhook-timestamp");
+  const char *sig = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "webhook-signature");
+  pthread_mutex_lock(&h_rx_.mu);
+  if (h_rx_.n < H_MAX_HOOKS) {
+    h_hook *h = &h_rx_.hooks[h_rx_.n++];
+    snprintf(h->id, sizeof h->id, "%s", id ? id : "");
+    snprintf(h->ts, sizeof h->ts, "%s", ts ? ts : "");
+    snprintf(h->sig, sizeof h->sig, "%s", sig ? sig : "");
+    h->body = u->buf ? u->buf : strdup("");
+    u->buf = NULL;
+  }
+  pthread_mutex_unlock(&h_rx_.mu);
+  free(u->buf);
+  free(u);
+  *con_cls = NULL;
+  static char ok[] = "ok";
+  struct MHD_Response *r = MHD_create_response_from_buffer(2, ok, MHD_RESPMEM_PERSISTENT);
+  enum MHD_Result ret = MHD_queue_response(conn, 200, r);
+  MHD_destroy_response(r);
+  return ret;
+}
+
+static inline int h_receiver_start(void) {
+  h_rx_.port = h_free_port();
+  h_rx_.d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)h_rx_.port, NULL, NULL, h_rx_handle, NULL,
+                             MHD_OPTION_END);
+  if (!h_rx_.d) {
+    fprintf(stderr, "webhook receiver did not start\n");
+    exit(1);
+  }
+  return h_rx_.port;
+}
+
+static inline void h_receiver_stop(void) {
+  if (h_rx_.d) MHD_stop_daemon(h_rx_.d);
+  h_rx_.d = NULL;
+  for (int i = 0; i < h_rx_.n; i++) free(h_rx_.hooks[i].body);
+  h_rx_.n = 0;
+}
+
+/* Deliveries whose webhook-id equals id. */
+static inline int h_hooks_with_id(const char *id) {
+  int n = 0;
+  pthread_mutex_lock(&h_rx_.mu);
+  for (int i = 0; i < h_rx_.n; i++) n += !strcmp(h_rx_.hooks[i].id, id);
+  pthread_mutex_unlock(&h_rx_.mu);
+  return n;
+}
