@@ -96,6 +96,8 @@ static inline void h_untrack(pid_t pid) {
 
 /* fork + exec argv with stderr to `log` (NULL: inherited); the child dies with us. */
 static inline pid_t h_spawn(char *const argv[], const char *log) {
+  fflush(stdout); /* else the child flushes our buffered output a second time */
+  fflush(stderr);
   pid_t parent = getpid(), pid = fork();
   if (pid < 0) {
     perror("fork");
