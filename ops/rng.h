@@ -64,14 +64,16 @@ PA_HD void pa_philox4x32_hd(const uint32_t ctr[4], uint64_t key, uint32_t out[4]
   out[3] = c3;
 }
 
-/* 24-bit uniforms from one 32-bit draw: [0, 1) and the open (0, 1). Exact in float. */
+/* Uniforms from one 32-bit draw, exact in float: [0, 1) with 24 bits, and the open (0, 1)
+ * with 23 bits plus a half step, whose largest value 1 - 2^-24 is still below 1 (with 24
+ * bits the top value 1 - 2^-25 would round to 1.0f and give a Gumbel score of +inf). */
 PA_HD float pa_u32_to_uniform(uint32_t x) { return (float)(x >> 8) * 0x1p-24f; }
-PA_HD float pa_u32_to_uniform_open(uint32_t x) { return ((float)(x >> 8) + 0.5f) * 0x1p-24f; }
+PA_HD float pa_u32_to_uniform_open(uint32_t x) { return ((float)(x >> 9) + 0.5f) * 0x1p-23f; }
 
 /* Natural log of a positive normal double: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
  * log m = 2 atanh(s), s = (m-1)/(m+1), |s| < 0.172, 11 odd terms (truncation < 1e-17). */
 PA_HD double pa_log_portable(double x) {
-  if (!(x > 0)) return x == 0 ? -INFINITY : NAN; /* log(0): the u == 1 case below */
+  if (!(x > 0)) return x == 0 ? -INFINITY : NAN;
   int e;
   double m = frexp(x, &e); /* [0.5, 1) */
   if (m < 0.70710678118654752440) {
@@ -96,9 +98,8 @@ PA_HD double pa_log_portable(double x) {
   return PA_DADD(PA_DMUL((double)e, ln2_hi), PA_DADD(PA_DMUL((double)e, ln2_lo), logm));
 }
 
-/* Gumbel noise -log(-log(u)), rounded to float once. The top "open" uniform rounds to
- * exactly 1.0f (2^24 - 0.5 is not a float), giving +inf: that class wins, as it did with the
- * logf chain before. */
+/* Gumbel noise -log(-log(u)) for u in (0, 1), rounded to float once; finite for every
+ * value pa_u32_to_uniform_open returns. */
 PA_HD float pa_gumbel(float u) {
   double inner = -pa_log_portable((double)u); /* > 0 */
   return (float)-pa_log_portable(inner);

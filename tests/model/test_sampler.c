@@ -6,6 +6,7 @@
 
 #include "model/nn.h"
 #include "model/sampler.h"
+#include "ops/rng.h"
 #include "ops/weights.h"
 #include "tests/golden.h"
 #include "tests/test.h"
@@ -28,6 +29,14 @@ static void test_philox(void) {
     pa_philox4x32(kat[i].ctr, kat[i].key, out);
     CHECK_MSG(memcmp(out, kat[i].want, sizeof out) == 0, "philox KAT %d: %08x %08x %08x %08x", i, out[0], out[1], out[2], out[3]);
   }
+}
+
+/* The open uniforms stay inside (0, 1), so every Gumbel score is finite. */
+static void test_uniform_bounds(void) {
+  float lo = pa_u32_to_uniform_open(0), hi = pa_u32_to_uniform_open(0xffffffffu);
+  CHECK(lo > 0.0f && hi < 1.0f);
+  CHECK(isfinite(pa_gumbel(lo)) && isfinite(pa_gumbel(hi)));
+  CHECK(pa_u32_to_uniform(0xffffffffu) < 1.0f);
 }
 
 static void test_schedules(void) {
@@ -154,6 +163,7 @@ int main(void) {
   CHECK_OK(pa_safetensors_open(PAELLA_GOLDEN_DIR "/sampler_math.safetensors", &g));
   if (!g) TEST_END();
   test_philox();
+  test_uniform_bounds();
   test_schedules();
   test_cfg_softmax_typical();
   test_add_noise();
