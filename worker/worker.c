@@ -365,6 +365,7 @@ static void run_group(worker *w, job_ctx **group, int n) {
 /* ---- the batch and the loop ---------------------------------------------------------------- */
 
 static void process_batch(worker *w, job_ctx *batch, int n) {
+  if (n < 1) return;
   w->batch = batch;
   w->n_batch = n;
   for (int i = 0; i < n; i++) prepare_job(w, &batch[i]);
