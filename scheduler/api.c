@@ -9,6 +9,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "scheduler/http.h"
 #include "scheduler/jobs_internal.h"
 
@@ -32,6 +34,14 @@ static char *splice_id(const char *body, size_t len, const char *id, size_t *out
   *out_len = (size_t)n + len - i - 1;
   s[*out_len] = 0;
   return s;
+}
+
+/* Only on the error path: was the duplicate key the client's own "id"? */
+static bool client_sent_id(const char *body, size_t len) {
+  json_t *j = body ? json_loadb(body, len, 0, NULL) : NULL;
+  bool has = json_is_object(j) && json_object_get(j, "id");
+  json_decref(j);
+  return has;
 }
 
 /* Prefer: wait=N (RFC 7240), capped by --max-wait; 0 when absent. */
@@ -109,7 +119,7 @@ static enum MHD_Result submit_job(http_ctx *h) {
     goto done;
   }
   if (pw_job_from_json(text, text_len, &job, &err) || apply_idempotency_header(h, &job, &err)) {
-    if (err.code == PW_E_DUPLICATE_KEY && !strcmp(err.field, "id"))
+    if (err.code == PW_E_DUPLICATE_KEY && client_sent_id(h->rq->body, h->rq->len))
       ok = http_error(h->conn, 422, "invalid_value", "id", "the scheduler assigns job ids");
     else
       ok = http_proto_error(h->conn, &err, NULL);

@@ -74,14 +74,14 @@ int jobs_submit(const sched_config *c, const pw_job *job, const char *owner, int
   int rc = PA_OK;
   if (pw_job_encode(job, &mp, &mp_len, &perr))
     return pa_fail(PA_ERR_INVALID, "encode job: %s (%s)", perr.message, perr.field);
-  char k_job[160], k_idem[400], k_index[200], k_active[200], k_dead[160];
+  char k_job[160], k_idem[400], k_index[200], k_active[200], k_dead[192];
   char now[24], maxa[24], ttl[24], idx[24], deadline[24];
   snprintf(k_job, sizeof k_job, "paella:job:%s", job->id);
   if (job->idempotency_key) snprintf(k_idem, sizeof k_idem, "paella:idem:%s:%s", owner, job->idempotency_key);
   else snprintf(k_idem, sizeof k_idem, "-");
   snprintf(k_index, sizeof k_index, "paella:owner:%s:jobs", owner);
   snprintf(k_active, sizeof k_active, "paella:owner:%s:active", owner);
-  snprintf(k_dead, sizeof k_dead, "paella:sched:deadlines");
+  snprintf(k_dead, sizeof k_dead, "%s:sched:deadlines", c->stream);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   snprintf(maxa, sizeof maxa, "%d", max_active);
   snprintf(ttl, sizeof ttl, "%d", c->idempotency_ttl_s);
@@ -275,7 +275,8 @@ int jobs_cancel(const sched_config *c, const char *id, const char *owner, char *
   snprintf(k_job, sizeof k_job, "paella:job:%s", id);
   snprintf(k_events, sizeof k_events, "%s:events", c->stream);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
-  const char *args[] = {k_job, c->stream, k_events, "paella:sched:retry", now, owner ? owner : "", id, (const char *)mp};
+  sched_zsets z = sched_zsets_of(c);
+  const char *args[] = {k_job, c->stream, k_events, z.retry, now, owner ? owner : "", id, (const char *)mp};
   size_t lens[8];
   for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
   lens[7] = mp_len;

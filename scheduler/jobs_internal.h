@@ -3,10 +3,27 @@
 #define PAELLA_SCHEDULER_JOBS_INTERNAL_H
 
 #include <jansson.h>
+#include <stdio.h>
 
 #include "scheduler/sched.h"
 
 int64_t now_ms(void);
+
+/* The scheduler's own sorted sets, namespaced by the jobs stream so that two deployments
+ * (or tests) sharing one Redis never reap each other's jobs. */
+typedef struct {
+  char retry[192];     /* job id by the time its retry is due */
+  char running[192];   /* job id by the time it started */
+  char deadlines[192]; /* job id by its deadline_ms */
+} sched_zsets;
+
+static inline sched_zsets sched_zsets_of(const sched_config *c) {
+  sched_zsets z;
+  snprintf(z.retry, sizeof z.retry, "%s:sched:retry", c->stream);
+  snprintf(z.running, sizeof z.running, "%s:sched:running", c->stream);
+  snprintf(z.deadlines, sizeof z.deadlines, "%s:sched:deadlines", c->stream);
+  return z;
+}
 /* HGETALL paella:job:{id}; PA_ERR_NOTFOUND when absent. */
 int jobs_fetch(const sched_config *c, const char *id, redisReply **out);
 /* A field of an HGETALL reply, NULL when absent. */

@@ -121,7 +121,7 @@ static void queue_gauges(const sched_config *c, text *t) {
   put(t, "# HELP paella_oldest_queued_seconds Age of the oldest undelivered job.\n"
          "# TYPE paella_oldest_queued_seconds gauge\npaella_oldest_queued_seconds %.3f\n", oldest);
   long long inflight = 0;
-  r = sched_cmdf(c, "ZCARD paella:sched:running");
+  r = sched_cmdf(c, "ZCARD %s:sched:running", c->stream);
   if (r && r->type == REDIS_REPLY_INTEGER) inflight = r->integer;
   if (r) freeReplyObject(r);
   put(t, "# HELP paella_jobs_inflight Jobs a worker is running.\n"

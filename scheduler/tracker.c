@@ -50,12 +50,12 @@ static const char PROGRESS_LUA[] =
     "redis.call('HSET', KEYS[1], 'updated_ms', ARGV[1], 'stage', ARGV[2], 'step', ARGV[3], 'total', ARGV[4])\n"
     "return 1\n";
 
-/* KEYS: job hash, retry zset, running zset. ARGV: now, id, due, attempts. Only a job that
+/* KEYS: job hash, retry zset, running zset. ARGV: now, id, due. Only a job that
  * is still final (not canceled/requeued meanwhile) goes back to queued. */
 static const char RETRY_LUA[] =
     "local s = redis.call('HGET', KEYS[1], 'status')\n"
     "if s ~= 'failed' and s ~= 'canceled' then return 0 end\n"
-    "redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', ARGV[4], 'updated_ms', ARGV[1],\n"
+    "redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_ms', ARGV[1],\n"
     "  'cancel', '0', 'cancel_reason', '', 'retry_at_ms', ARGV[3])\n"
     "redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])\n"
     "redis.call('ZREM', KEYS[3], ARGV[2])\n"
@@ -84,10 +84,11 @@ static int eval_int(const sched_config *c, const char *script, int nkeys, int na
 }
 
 static void on_start(const sched_config *c, const char *id) {
+  sched_zsets z = sched_zsets_of(c);
   char key[160], now[24];
   snprintf(key, sizeof key, "paella:job:%s", id);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
-  const char *args[] = {key, "paella:sched:running", now, id};
+  const char *args[] = {key, z.running, now, id};
   eval_int(c, START_LUA, 2, 2, args, NULL, NULL);
 }
 
@@ -114,16 +115,16 @@ static void observe(const pw_result *r) {
 }
 
 static int schedule_retry(const sched_config *c, const char *id, long attempts) {
-  char key[160], now[24], due[24], att[24];
+  sched_zsets z = sched_zsets_of(c);
+  char key[160], now[24], due[24];
   int64_t t = now_ms();
   int64_t delay = (int64_t)c->backoff_ms << (attempts - 1 < 20 ? attempts - 1 : 20);
   snprintf(key, sizeof key, "paella:job:%s", id);
   snprintf(now, sizeof now, "%" PRId64, t);
   snprintf(due, sizeof due, "%" PRId64, t + delay);
-  snprintf(att, sizeof att, "%ld", attempts);
-  const char *args[] = {key, "paella:sched:retry", "paella:sched:running", now, id, due, att};
+  const char *args[] = {key, z.retry, z.running, now, id, due};
   long long ok = 0;
-  int rc = eval_int(c, RETRY_LUA, 3, 4, args, NULL, &ok);
+  int rc = eval_int(c, RETRY_LUA, 3, 3, args, NULL, &ok);
   if (rc == PA_OK && ok) sched_metrics_count(SCHED_M_RETRIED);
   return rc;
 }
@@ -132,6 +133,7 @@ static int schedule_retry(const sched_config *c, const char *id, long attempts) 
  * the outcome (deadline, attempts used up), metrics and the batch's shard accounting. */
 static void settle(const sched_config *c, const char *id, const redisReply *h, const pw_result *res,
                    pw_status status, pw_code code, const char *message) {
+  sched_zsets z = sched_zsets_of(c);
   uint8_t *mp = NULL;
   size_t mp_len = 0;
   bool rewrite = code != PW_OK;
@@ -142,7 +144,7 @@ static void settle(const sched_config *c, const char *id, const redisReply *h, c
   if (owner) snprintf(active, sizeof active, "paella:owner:%s:active", owner);
   else snprintf(active, sizeof active, "-");
   snprintf(now, sizeof now, "%" PRId64, now_ms());
-  const char *args[] = {key, "paella:sched:running", "paella:sched:deadlines", "paella:sched:retry", active,
+  const char *args[] = {key, z.running, z.deadlines, z.retry, active,
                         now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : ""};
   size_t lens[9];
   for (int i = 0; i < 9; i++) lens[i] = strlen(args[i]);
@@ -167,7 +169,9 @@ static void on_final(const sched_config *c, const char *id, const char *msg, siz
   if (pw_result_decode(msg, len, &res, &err) != 0 || jobs_fetch(c, id, &h) != PA_OK) goto done;
   if (jobs_field(h, "finished_ms", NULL)) goto done; /* a duplicate event: already settled */
   const char *reason = jobs_field(h, "cancel_reason", NULL), *att = jobs_field(h, "attempts", NULL);
-  long attempts = att ? strtol(att, NULL, 10) + 1 : 1;
+  /* Workers count attempts: each start event increments the field (docs/queues.md). */
+  long attempts = att ? strtol(att, NULL, 10) : 1;
+  if (attempts < 1) attempts = 1;
   reason = reason ? reason : "";
   if (res.status == PW_STATUS_CANCELED && !strcmp(reason, "deadline")) {
     settle(c, id, h, &res, PW_STATUS_FAILED, PW_E_DEADLINE, "the job's deadline passed while it ran");
@@ -342,6 +346,7 @@ static redisReply *due(const sched_config *c, const char *zset, int64_t until) {
 }
 
 static void requeue_one(const sched_config *c, const char *id, const char *now) {
+  sched_zsets z = sched_zsets_of(c);
   redisReply *h = NULL;
   uint8_t *mp = NULL;
   size_t len = 0, mp_len = 0;
@@ -358,11 +363,11 @@ static void requeue_one(const sched_config *c, const char *id, const char *now) 
       pw_job_encode(&job, &mp, &mp_len, &err);
     }
   }
-  const char *args[] = {key, c->stream, "paella:sched:retry", id, mp ? (const char *)mp : "", now};
-  size_t lens[] = {strlen(key), strlen(c->stream), 18, strlen(id), mp ? mp_len : 0, strlen(now)};
+  const char *args[] = {key, c->stream, z.retry, id, mp ? (const char *)mp : "", now};
+  size_t lens[] = {strlen(key), strlen(c->stream), strlen(z.retry), strlen(id), mp ? mp_len : 0, strlen(now)};
   if (mp) eval_int(c, REQUEUE_LUA, 3, 3, args, lens, NULL);
   else {
-    redisReply *r = sched_cmdf(c, "ZREM paella:sched:retry %s", id); /* unreadable: drop */
+    redisReply *r = sched_cmdf(c, "ZREM %s %s", z.retry, id); /* unreadable: drop */
     if (r) freeReplyObject(r);
   }
   free(mp);
@@ -371,6 +376,7 @@ static void requeue_one(const sched_config *c, const char *id, const char *now) 
 }
 
 static void deadline_one(const sched_config *c, const char *id, const char *now) {
+  sched_zsets z = sched_zsets_of(c);
   uint8_t *mp = NULL;
   size_t mp_len = 0;
   if (jobs_final_result(id, PW_STATUS_FAILED, PW_E_DEADLINE, "the job's deadline passed before it ran", &mp, &mp_len))
@@ -378,7 +384,7 @@ static void deadline_one(const sched_config *c, const char *id, const char *now)
   char key[160], events[160];
   snprintf(key, sizeof key, "paella:job:%s", id);
   snprintf(events, sizeof events, "%s:events", c->stream);
-  const char *args[] = {key, c->stream, events, "paella:sched:deadlines", "paella:sched:retry", id, now, (const char *)mp};
+  const char *args[] = {key, c->stream, events, z.deadlines, z.retry, id, now, (const char *)mp};
   size_t lens[8];
   for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
   lens[7] = mp_len;
@@ -387,21 +393,22 @@ static void deadline_one(const sched_config *c, const char *id, const char *now)
 }
 
 int tracker_reap(const sched_config *c) {
+  sched_zsets z = sched_zsets_of(c);
   int64_t t = now_ms();
   char now[24];
   snprintf(now, sizeof now, "%" PRId64, t);
-  redisReply *r = due(c, "paella:sched:retry", t);
+  redisReply *r = due(c, z.retry, t);
   if (!r) return PA_ERR_IO;
   for (size_t i = 0; i < r->elements; i++) requeue_one(c, r->element[i]->str, now);
   freeReplyObject(r);
-  if (!(r = due(c, "paella:sched:deadlines", t))) return PA_ERR_IO;
+  if (!(r = due(c, z.deadlines, t))) return PA_ERR_IO;
   for (size_t i = 0; i < r->elements; i++) deadline_one(c, r->element[i]->str, now);
   freeReplyObject(r);
-  if (!(r = due(c, "paella:sched:running", t - (int64_t)c->job_timeout_s * 1000))) return PA_ERR_IO;
+  if (!(r = due(c, z.running, t - (int64_t)c->job_timeout_s * 1000))) return PA_ERR_IO;
   for (size_t i = 0; i < r->elements; i++) {
     char key[160];
     snprintf(key, sizeof key, "paella:job:%s", r->element[i]->str);
-    const char *args[] = {key, "paella:sched:running", r->element[i]->str, now};
+    const char *args[] = {key, z.running, r->element[i]->str, now};
     eval_int(c, TIMEOUT_LUA, 2, 2, args, NULL, NULL);
   }
   freeReplyObject(r);

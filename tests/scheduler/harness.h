@@ -1,0 +1,228 @@
+/* Scheduler test harness: a private redis-server, the scheduler in this process, the real
+ * paella-worker as a child, and a minimal HTTP/1.1 client. Every child gets
+ * PR_SET_PDEATHSIG, and harness_cleanup (atexit) stops them, so a failing or killed test
+ * leaves no process behind. */
+#ifndef PAELLA_TESTS_SCHEDULER_HARNESS_H
+#define PAELLA_TESTS_SCHEDULER_HARNESS_H
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "scheduler/sched.h"
+#include "tests/test.h"
+
+static pid_t h_redis_pid, h_worker_pid;
+static char h_dir[256];
+static int h_redis_port;
+
+__attribute__((unused)) static double h_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+__attribute__((unused)) static int h_free_port(void) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) || getsockname(s, (struct sockaddr *)&a, &len)) {
+    if (s >= 0) close(s);
+    return -1;
+  }
+  close(s);
+  return ntohs(a.sin_port);
+}
+
+__attribute__((unused)) static pid_t h_spawn(char *const argv[], const char *log) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    FILE *f = log ? freopen(log, "w", stdout) : NULL;
+    if (f) dup2(fileno(f), 2);
+    setenv("OMP_NUM_THREADS", "1", 1);
+    execvp(argv[0], argv);
+    _exit(127);
+  }
+  return pid;
+}
+
+__attribute__((unused)) static void h_kill(pid_t *pid) {
+  if (*pid <= 0) return;
+  kill(*pid, SIGTERM);
+  for (int i = 0; i < 50; i++) {
+    if (waitpid(*pid, NULL, WNOHANG) == *pid) {
+      *pid = 0;
+      return;
+    }
+    usleep(100000);
+  }
+  kill(*pid, SIGKILL);
+  waitpid(*pid, NULL, 0);
+  *pid = 0;
+}
+
+__attribute__((unused)) static int h_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+  (void)st, (void)flag, (void)ftw;
+  return remove(path);
+}
+
+__attribute__((unused)) static void harness_cleanup(void) {
+  h_kill(&h_worker_pid);
+  h_kill(&h_redis_pid);
+  if (h_dir[0] && !getenv("PAELLA_KEEP_TMP")) nftw(h_dir, h_rm, 16, FTW_DEPTH | FTW_PHYS);
+  h_dir[0] = 0;
+}
+
+__attribute__((unused)) static void h_on_signal(int sig) {
+  harness_cleanup();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+/* Starts redis-server (AOF on, as production must run) in a fresh temp dir. */
+__attribute__((unused)) static int harness_start_redis(void) {
+  snprintf(h_dir, sizeof h_dir, "/tmp/paella-sched-XXXXXX");
+  if (!mkdtemp(h_dir)) return -1;
+  atexit(harness_cleanup);
+  signal(SIGINT, h_on_signal);
+  signal(SIGTERM, h_on_signal);
+  signal(SIGABRT, h_on_signal);
+  signal(SIGPIPE, SIG_IGN);
+  for (int attempt = 0; attempt < 5; attempt++) {
+    h_redis_port = h_free_port();
+    char port[16], log[300];
+    snprintf(port, sizeof port, "%d", h_redis_port);
+    snprintf(log, sizeof log, "%s/redis.log", h_dir);
+    char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", h_dir, "--save", "",
+                    "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--daemonize", "no", NULL};
+    h_redis_pid = h_spawn(argv, log);
+    for (int i = 0; i < 100; i++) {
+      struct timeval tv = {0, 200000};
+      redisContext *c = redisConnectWithTimeout("127.0.0.1", h_redis_port, tv);
+      bool ok = c && !c->err;
+      redisReply *r = ok ? redisCommand(c, "PING") : NULL;
+      ok = r && r->type == REDIS_REPLY_STATUS;
+      if (r) freeReplyObject(r);
+      if (c) redisFree(c);
+      if (ok) return 0;
+      if (waitpid(h_redis_pid, NULL, WNOHANG) == h_redis_pid) break; /* port taken: retry */
+      usleep(50000);
+    }
+    h_kill(&h_redis_pid);
+  }
+  return -1;
+}
+
+__attribute__((unused)) static void harness_config(sched_config *c) {
+  sched_config_defaults(c);
+  c->redis_port = h_redis_port;
+  c->listen_port = 0;
+  snprintf(c->storage_dir, sizeof c->storage_dir, "%s/shards", h_dir);
+  mkdir(c->storage_dir, 0755);
+}
+
+__attribute__((unused)) static int harness_start_worker(const char *extra_flag) {
+  char queue[128], storage[400], log[300];
+  snprintf(queue, sizeof queue, "redis://127.0.0.1:%d/0", h_redis_port);
+  snprintf(storage, sizeof storage, "file://%s/outputs", h_dir);
+  snprintf(log, sizeof log, "%s/worker.log", h_dir);
+  char *argv[] = {PAELLA_BINARY_DIR "/paella-worker", "--queue", queue, "--storage", storage, "--lease-ms", "5000",
+                  (char *)extra_flag, NULL};
+  h_worker_pid = h_spawn(argv, log);
+  return h_worker_pid > 0 ? 0 : -1;
+}
+
+/* ---- HTTP client -------------------------------------------------------------------- */
+typedef struct {
+  int status;
+  char *head; /* status line + headers */
+  char *body;
+  json_t *json; /* parsed body (NULL when not JSON) */
+} h_resp;
+
+__attribute__((unused)) static void h_resp_free(h_resp *r) {
+  free(r->head);
+  free(r->body);
+  json_decref(r->json);
+  memset(r, 0, sizeof *r);
+}
+
+/* One request on a fresh connection (Connection: close); reads until EOF or timeout_s. */
+__attribute__((unused)) static int h_http(int port, const char *method, const char *path, const char *headers, const char *body,
+                  size_t body_len, double timeout_s, h_resp *out) {
+  memset(out, 0, sizeof *out);
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a)) {
+    if (s >= 0) close(s);
+    return -1;
+  }
+  struct timeval tv = {(time_t)timeout_s, (suseconds_t)((timeout_s - (time_t)timeout_s) * 1e6)};
+  setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  size_t cap = 512 + (headers ? strlen(headers) : 0);
+  char *req = malloc(cap + body_len);
+  int n = snprintf(req, cap, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%sContent-Length: %zu\r\n\r\n",
+                   method, path, headers ? headers : "", body_len);
+  if (body_len) memcpy(req + n, body, body_len);
+  size_t total = (size_t)n + body_len, sent = 0;
+  while (sent < total) {
+    ssize_t w = send(s, req + sent, total - sent, MSG_NOSIGNAL);
+    if (w <= 0) break; /* the server may answer (413) before reading everything */
+    sent += (size_t)w;
+  }
+  free(req);
+  size_t len = 0, rcap = 65536;
+  char *buf = malloc(rcap);
+  double until = h_now() + timeout_s;
+  for (;;) {
+    if (len + 4096 > rcap) buf = realloc(buf, rcap *= 2);
+    ssize_t r = recv(s, buf + len, rcap - len - 1, 0);
+    if (r <= 0 || h_now() > until) break;
+    len += (size_t)r;
+  }
+  close(s);
+  buf[len] = 0;
+  char *sep = strstr(buf, "\r\n\r\n");
+  if (!sep || sscanf(buf, "HTTP/1.%*d %d", &out->status) != 1) {
+    free(buf);
+    return -1;
+  }
+  out->head = strndup(buf, (size_t)(sep - buf));
+  out->body = strdup(sep + 4);
+  out->json = json_loads(out->body, JSON_DECODE_ANY, NULL);
+  free(buf);
+  return 0;
+}
+
+__attribute__((unused)) static const char *h_str(const json_t *j, const char *path) {
+  /* "a.b.c" into nested objects */
+  char key[128];
+  const json_t *cur = j;
+  while (cur && *path) {
+    size_t n = strcspn(path, ".");
+    snprintf(key, sizeof key, "%.*s", (int)n, path);
+    cur = json_object_get(cur, key);
+    path += n + (path[n] == '.');
+  }
+  return json_is_string(cur) ? json_string_value(cur) : NULL;
+}
+
+__attribute__((unused)) static bool h_str_is(const json_t *j, const char *path, const char *want) {
+  const char *v = h_str(j, path);
+  return v && !strcmp(v, want);
+}
+
+#endif
