@@ -39,3 +39,17 @@ if [ ! -x "$tools_dir/node_modules/.bin/s3rver" ]; then
   (cd "$tools_dir" && npm ci --no-audit --no-fund)
 fi
 echo "install-deps: s3rver present"
+
+# Test-only: the deployment checks (tests/deploy): docker-compose validates
+# docker-compose.yml, Go + sprig build charts/render (Debian has no helm), python3-yaml and
+# python3-jsonschema check the rendered chart and values.schema.json.
+DEPLOY_CHECK_PACKAGES=(docker-compose golang-go golang-github-masterminds-sprig-dev python3-yaml python3-jsonschema)
+deploy_missing=()
+for p in "${DEPLOY_CHECK_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || deploy_missing+=("$p")
+done
+if [ "${#deploy_missing[@]}" -gt 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${deploy_missing[@]}"
+fi
+echo "install-deps: deployment check tools present"

@@ -101,11 +101,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Settings that paella-scheduler takes only as flags (no PAELLA_* variable in its --help).
-     Everything else in scheduler.config goes into the ConfigMap as PAELLA_<SNAKE_CASE>.
-     tests/deploy/check.sh fails when this list and --help disagree. */}}
+{{/* Settings passed as flags because `paella-scheduler --help` names no PAELLA_* variable
+     for them; everything else in scheduler.config goes into the ConfigMap as
+     PAELLA_<SNAKE_CASE>. tests/deploy/check.sh fails when this list and --help disagree. */}}
 {{- define "paella.scheduler.flagOnly" -}}
-maxBody maxBatchBody maxWait backoffMs
+maxBody maxBatchBody maxWait maxAttempts backoffMs jobTimeout shardSize
 {{- end }}
 {{- define "paella.worker.flagOnly" -}}
 once

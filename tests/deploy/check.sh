@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Deployment checks without a cluster or a Docker engine (docs/deploy.md, "CI checks"):
+# docker-compose.yml through `docker-compose config`, the Dockerfiles parsed, the Helm chart
+# rendered by charts/render (Helm's template engine rebuilt from Debian's Go packages) for
+# three values files and the output checked, values files against values.schema.json, and
+# every setting of paella-worker/paella-scheduler --help reachable from the chart and compose.
+# usage: check.sh [WORK_DIR]   (PAELLA_WORKER_BIN, PAELLA_SCHEDULER_BIN: the binaries)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+work=${1:-$(mktemp -d)}
+mkdir -p "$work"
+chart=$root/charts/paella
+# Debian's python3-yaml/python3-jsonschema, whatever python3 is first on PATH.
+py=/usr/bin/python3
+check() { "$py" "$root/tests/deploy/check_deploy.py" "$@"; }
+failed=0
+step() { # name, command...
+  local name=$1
+  shift
+  echo "== $name"
+  if "$@"; then echo "-- $name: ok"; else echo "-- $name: FAILED"; failed=$((failed + 1)); fi
+}
+
+compose_config() {
+  # Every profile, so the GPU and CPU workers and Kafka are validated too; `config` needs
+  # no Docker engine.
+  (cd "$root" && docker-compose -f docker-compose.yml --profile gpu --profile cpu --profile kafka config -q)
+  # The durability settings docs/queues.md requires of Redis.
+  (cd "$root" && docker-compose -f docker-compose.yml config) >"$work/compose.yml"
+  grep -q -- '--appendonly' "$work/compose.yml" && grep -q -- 'noeviction' "$work/compose.yml"
+}
+
+build_renderer() {
+  # Offline, GOPATH mode against /usr/share/gocode (golang-github-masterminds-sprig-dev).
+  (cd "$root/charts/render" && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$work/gocache" \
+    GOFLAGS= go build -o "$work/render" .)
+}
+
+render() { # name, render args...
+  local name=$1
+  shift
+  "$work/render" -name paella -namespace paella "$@" "$chart" >"$work/$name.yaml" || return 1
+  echo "$work/$name.yaml: $(grep -c '^kind:' "$work/$name.yaml") objects"
+}
+
+render_all() {
+  render default &&
+    render kafka -f "$chart/ci/kafka-scale-to-zero-values.yaml" &&
+    render redis-full -f "$chart/ci/redis-full-values.yaml"
+}
+
+render_refusals() {
+  # The chart's own guards (beyond the schema) must stop a bad install.
+  local bad=0
+  if "$work/render" --set worker.terminationGracePeriodSeconds=300 "$chart" >/dev/null 2>"$work/err"; then
+    echo "a grace period shorter than the longest job was accepted"; bad=1
+  else grep -q "must exceed" "$work/err" || { cat "$work/err"; bad=1; }; fi
+  if "$work/render" --set queue.type=kafka --set queue.kafka.brokers=k:9092 "$chart" >/dev/null 2>"$work/err"; then
+    echo "the Redis-only scheduler was rendered on Kafka"; bad=1
+  else grep -q "Redis stream only" "$work/err" || { cat "$work/err"; bad=1; }; fi
+  return $bad
+}
+
+help_texts() {
+  local w=${PAELLA_WORKER_BIN:-} s=${PAELLA_SCHEDULER_BIN:-}
+  if [ ! -x "$w" ] || [ ! -x "$s" ]; then
+    echo "paella-worker/paella-scheduler not built (PAELLA_WORKER_BIN, PAELLA_SCHEDULER_BIN)"
+    return 1
+  fi
+  "$w" --help >"$work/worker-help.txt"
+  "$s" --help >"$work/scheduler-help.txt"
+}
+
+step "docker-compose config" compose_config
+step "Dockerfiles" check dockerfiles
+step "values.schema.json" check schema
+if step "build charts/render" build_renderer && step "render the chart" render_all; then
+  step "rendered: default values" check rendered "$work/default.yaml" default
+  step "rendered: Kafka + scale to zero" check rendered "$work/kafka.yaml" kafka
+  step "rendered: Redis with auth, CPU worker, ingress" check rendered "$work/redis-full.yaml" redis-full
+  step "chart refuses bad settings" render_refusals
+  if step "binaries' --help" help_texts; then
+    step "every setting reachable" check settings "$work/worker-help.txt" "$work/scheduler-help.txt" \
+      "$work/kafka.yaml" "$work/redis-full.yaml"
+  fi
+fi
+echo "deploy checks: $failed failed"
+[ "$failed" -eq 0 ]

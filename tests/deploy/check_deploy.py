@@ -1,0 +1,441 @@
+"""Checks of the deployment files that need no cluster and no Docker engine (docs/deploy.md).
+
+Run by check.sh, which renders the chart first. Subcommands:
+  rendered FILE SCENARIO   the chart's output: valid YAML, the expected kinds and contents
+  schema                   values files against values.schema.json (and a bad one refused)
+  dockerfiles              every stage has FROM, USER non-root, HEALTHCHECK, COPY --from
+  settings HELP_W HELP_S RENDER_W RENDER_S
+                           every flag/variable of the binaries' --help reachable from the
+                           chart (rendered) and from docker-compose.yml
+Exits non-zero with one line per failure.
+"""
+import copy
+import json
+import re
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "paella"
+failures = []
+
+
+def fail(msg):
+    failures.append(msg)
+    print("FAIL:", msg)
+
+
+def finish(what):
+    if failures:
+        print(f"{what}: {len(failures)} failure(s)")
+        sys.exit(1)
+    print(f"{what}: ok")
+
+
+def load_docs(path):
+    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
+    for d in docs:
+        if not isinstance(d, dict) or "kind" not in d or "apiVersion" not in d:
+            raise SystemExit(f"{path}: a document without kind/apiVersion: {str(d)[:200]}")
+    return docs
+
+
+def by_kind(docs, kind, component=None):
+    out = [d for d in docs if d["kind"] == kind]
+    if component:
+        out = [d for d in out
+               if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component]
+    return out
+
+
+def one(docs, kind, component=None):
+    found = by_kind(docs, kind, component)
+    if len(found) != 1:
+        fail(f"expected one {kind} {component or ''}, found {len(found)}")
+        return {}
+    return found[0]
+
+
+def container(deploy):
+    return deploy.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0]
+
+
+# ---- rendered chart ------------------------------------------------------------------------
+def check_common(docs):
+    names = set()
+    for d in docs:
+        key = (d["kind"], d["metadata"]["name"])
+        if key in names:
+            fail(f"duplicate {key}")
+        names.add(key)
+        if len(d["metadata"]["name"]) > 63:
+            fail(f"{key}: name longer than 63")
+    for dep in by_kind(docs, "Deployment"):
+        spec = dep["spec"]
+        tmpl = spec["template"]
+        sel = spec["selector"]["matchLabels"]
+        if any(tmpl["metadata"]["labels"].get(k) != v for k, v in sel.items()):
+            fail(f"{dep['metadata']['name']}: selector does not match the pod labels")
+        pod = tmpl["spec"]
+        if not pod.get("securityContext", {}).get("runAsNonRoot"):
+            fail(f"{dep['metadata']['name']}: pods not runAsNonRoot")
+        c = container(dep)
+        for probe in ("livenessProbe", "readinessProbe"):
+            if probe not in c:
+                fail(f"{dep['metadata']['name']}: no {probe}")
+        ports = {p["name"] for p in c.get("ports", [])}
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            port = c.get(probe, {}).get("httpGet", {}).get("port")
+            if port is not None and port not in ports:
+                fail(f"{dep['metadata']['name']}: {probe} on unknown port {port}")
+        cms = {d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")}
+        for ref in c.get("envFrom", []):
+            cm = ref.get("configMapRef")
+            if cm and cm["name"] not in cms:
+                fail(f"{dep['metadata']['name']}: envFrom a ConfigMap the chart does not render: {cm['name']}")
+    for svc in by_kind(docs, "Service") + by_kind(docs, "PodDisruptionBudget"):
+        sel = svc["spec"]["selector"]
+        sel = sel.get("matchLabels", sel)
+        if not any(all(dep["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in sel.items())
+                   for dep in by_kind(docs, "Deployment")):
+            fail(f"{svc['kind']} {svc['metadata']['name']} selects no Deployment's pods")
+
+
+def check_worker(docs, queue, gpu=True):
+    dep = one(docs, "Deployment", "worker")
+    if not dep:
+        return
+    pod = dep["spec"]["template"]["spec"]
+    c = container(dep)
+    env = {e["name"]: e for e in c.get("env", [])}
+    q = env.get("PAELLA_QUEUE", {}).get("value", "")
+    if not q.startswith(queue + "://"):
+        fail(f"worker PAELLA_QUEUE is {q!r}, want {queue}://")
+    if env.get("PAELLA_CONSUMER", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+        fail("worker consumer name is not the pod's name")
+    limits = c.get("resources", {}).get("limits", {})
+    grace = pod.get("terminationGracePeriodSeconds", 0)
+    if gpu:
+        if limits.get("nvidia.com/gpu") != 1:
+            fail(f"worker does not request nvidia.com/gpu: {limits}")
+        if not any(t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule"
+                   for t in pod.get("tolerations", [])):
+            fail("worker has no nvidia.com/gpu toleration")
+        if "nvidia.com/gpu.present" not in pod.get("nodeSelector", {}):
+            fail("worker has no GPU node selector")
+    elif "nvidia.com/gpu" in limits or pod.get("tolerations"):
+        fail("CPU worker asks for a GPU")
+    if not isinstance(grace, int) or grace <= 600:
+        fail(f"worker terminationGracePeriodSeconds {grace} not above the 600 s job timeout")
+    if "checksum/config" not in dep["spec"]["template"]["metadata"].get("annotations", {}):
+        fail("worker pods do not roll on config changes")
+
+
+def check_scaledobject(docs, queue, to_zero):
+    so = one(docs, "ScaledObject", "worker")
+    if not so:
+        return
+    spec = so["spec"]
+    dep = one(docs, "Deployment", "worker")
+    if spec["scaleTargetRef"]["name"] != dep["metadata"]["name"]:
+        fail("ScaledObject targets another Deployment")
+    if "replicas" in dep["spec"]:
+        fail("worker Deployment sets replicas although KEDA scales it")
+    if (spec["minReplicaCount"] == 0) != to_zero:
+        fail(f"minReplicaCount {spec['minReplicaCount']} (scale to zero: {to_zero})")
+    triggers = spec["triggers"]
+    if queue == "redis":
+        types = {t["type"] for t in triggers}
+        lag = [t for t in triggers if "lagCount" in t["metadata"]]
+        if types != {"redis-streams"} or len(lag) != 1:
+            fail(f"want a redis-streams trigger with lagCount: {triggers}")
+        for t in triggers:
+            m = t["metadata"]
+            for k in ("address", "stream", "consumerGroup"):
+                if not m.get(k):
+                    fail(f"redis-streams trigger without {k}")
+    else:
+        if len(triggers) != 1 or triggers[0]["type"] != "kafka":
+            fail(f"want one kafka trigger: {triggers}")
+        else:
+            m = triggers[0]["metadata"]
+            for k in ("bootstrapServers", "consumerGroup", "topic", "lagThreshold"):
+                if not m.get(k):
+                    fail(f"kafka trigger without {k}")
+    for t in triggers:  # KEDA wants every metadata value as a string
+        for k, v in t["metadata"].items():
+            if not isinstance(v, str):
+                fail(f"trigger metadata {k} is {type(v).__name__}, KEDA wants strings")
+
+
+def rendered(path, scenario):
+    docs = load_docs(path)
+    kinds = sorted({d["kind"] for d in docs})
+    print(f"{scenario}: {len(docs)} documents: {', '.join(kinds)}")
+    check_common(docs)
+    if scenario == "default":
+        want = {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject",
+                "ServiceAccount"}
+        check_worker(docs, "redis")
+        check_scaledobject(docs, "redis", to_zero=False)
+        one(docs, "Deployment", "scheduler")
+        one(docs, "Service", "scheduler")
+    elif scenario == "kafka":
+        want = {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "ScaledObject",
+                "ServiceMonitor", "Secret"}
+        check_worker(docs, "kafka")
+        check_scaledobject(docs, "kafka", to_zero=True)
+        if by_kind(docs, "Deployment", "scheduler"):
+            fail("scheduler rendered with scheduler.enabled=false")
+        if len(by_kind(docs, "ServiceMonitor")) != 1:
+            fail("want the workers' ServiceMonitor")
+        c = container(one(docs, "Deployment", "worker"))
+        if "--once" not in c.get("args", []):
+            fail("worker.config.once did not become --once")
+        mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+        if "/etc/paella/webhook-secrets" not in mounts:
+            fail("webhook secrets not mounted")
+    elif scenario == "redis-full":
+        want = {"ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "Secret", "Ingress"}
+        check_worker(docs, "redis", gpu=False)
+        if by_kind(docs, "ScaledObject"):
+            fail("ScaledObject rendered with autoscaling.enabled=false")
+        if one(docs, "Deployment", "worker").get("spec", {}).get("replicas") != 1:
+            fail("fixed worker replicas missing without autoscaling")
+        env = {e["name"]: e for e in container(one(docs, "Deployment", "scheduler")).get("env", [])}
+        if "$(PAELLA_REDIS_PASSWORD)@" not in env.get("PAELLA_QUEUE", {}).get("value", ""):
+            fail("scheduler queue URL does not take the Redis password from the Secret")
+        secret = one(docs, "Secret")
+        if "redis-password" not in secret.get("stringData", {}):
+            fail("Redis password not in the Secret")
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+    missing = want - set(kinds)
+    if missing:
+        fail(f"{scenario}: kinds missing: {sorted(missing)}")
+    finish(f"rendered {scenario}")
+
+
+# ---- values.schema.json --------------------------------------------------------------------
+def merged(base, overlay):
+    out = copy.deepcopy(base)
+    for k, v in overlay.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merged(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def schema():
+    sch = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(sch)
+    validator = jsonschema.Draft7Validator(sch)
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    files = [("values.yaml", {})] + [(f"ci/{p.name}", yaml.safe_load(p.read_text()))
+                                     for p in sorted((CHART / "ci").glob("*-values.yaml"))]
+    for name, overlay in files:
+        # Helm validates the merged values, not the file alone.
+        errors = list(validator.iter_errors(merged(defaults, overlay)))
+        bad = name.startswith("ci/bad-")
+        if bad and not errors:
+            fail(f"{name} was accepted")
+        elif bad:
+            found = {"/".join(map(str, e.absolute_path)) or e.message for e in errors}
+            print(f"{name}: rejected, {len(errors)} errors: {sorted(found)}")
+            for want in ("queue/type", "worker/config", "worker/config/leaseMs", "storage/url"):
+                if not any(f == want or (want == "worker/config" and "maxBtach" in f) for f in found | {
+                        e.message for e in errors}):
+                    fail(f"{name}: no error for {want}")
+        elif errors:
+            for e in errors:
+                fail(f"{name}: {'/'.join(map(str, e.absolute_path))}: {e.message}")
+        else:
+            print(f"{name}: valid")
+    finish("schema")
+
+
+# ---- Dockerfiles ---------------------------------------------------------------------------
+def dockerfile_instructions(text):
+    """(instruction, arguments) with continuations joined and comments dropped."""
+    out, cur = [], ""
+    for line in text.splitlines():
+        s = line.strip()
+        if not cur and (not s or s.startswith("#")):
+            continue
+        if cur and s.startswith("#"):
+            continue
+        if s.endswith("\\"):
+            cur += s[:-1] + " "
+            continue
+        cur += s
+        word, _, rest = cur.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        cur = ""
+    if cur:
+        fail("Dockerfile ends in a line continuation")
+    return out
+
+
+def dockerfiles():
+    files = sorted((ROOT / "deploy").glob("Dockerfile.*"))
+    if {f.name for f in files} != {"Dockerfile.worker", "Dockerfile.scheduler"}:
+        fail(f"deploy/ holds {[f.name for f in files]}")
+    known = {"FROM", "RUN", "COPY", "ADD", "ENV", "ARG", "WORKDIR", "USER", "EXPOSE", "VOLUME",
+             "HEALTHCHECK", "ENTRYPOINT", "CMD", "LABEL", "STOPSIGNAL", "SHELL", "ONBUILD"}
+    for f in files:
+        ins = dockerfile_instructions(f.read_text())
+        stages, current = [], None
+        for word, rest in ins:
+            if word not in known:
+                fail(f"{f.name}: unknown instruction {word}")
+            if word == "FROM":
+                m = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", rest, re.I)
+                if not m:
+                    fail(f"{f.name}: FROM {rest}")
+                    continue
+                current = {"image": m.group(1), "name": (m.group(2) or "").lower(), "ins": []}
+                stages.append(current)
+                continue
+            if current is None:
+                if word != "ARG":
+                    fail(f"{f.name}: {word} before the first FROM")
+                continue
+            current["ins"].append((word, rest))
+        names = [s["name"] for s in stages]
+        for i, st in enumerate(stages):
+            if not st["name"]:
+                fail(f"{f.name}: stage {i} ({st['image']}) has no name")
+            for word, rest in st["ins"]:
+                m = re.search(r"--from=(\S+)", rest)
+                if word == "COPY" and m and m.group(1).lower() not in names[:i]:
+                    fail(f"{f.name}: COPY --from={m.group(1)} is not an earlier stage")
+                if word in ("ENTRYPOINT", "CMD") and rest.startswith("["):
+                    json.loads(rest)  # exec form must be valid JSON
+        final = stages[-1]
+        words = [w for w, _ in final["ins"]]
+        users = [r for w, r in final["ins"] if w == "USER"]
+        if not users or users[-1].split(":")[0] in ("root", "0"):
+            fail(f"{f.name}: the final stage does not switch to a non-root USER")
+        if "HEALTHCHECK" not in words:
+            fail(f"{f.name}: no HEALTHCHECK in the final stage")
+        if "ENTRYPOINT" not in words:
+            fail(f"{f.name}: no ENTRYPOINT")
+        if not any(st["image"].startswith("debian:bookworm") for st in stages):
+            fail(f"{f.name}: no Debian bookworm stage")
+        if not any("install-deps.sh" in r for st in stages for w, r in st["ins"] if w == "RUN"):
+            fail(f"{f.name}: does not build with scripts/install-deps.sh")
+        if f.name == "Dockerfile.worker":
+            if not any(st["image"].startswith("nvidia/cuda:") and "devel" in st["image"] for st in stages):
+                fail("Dockerfile.worker: no nvidia/cuda devel stage")
+            text = f.read_text()
+            for want in ("-DPAELLA_CUDA=", "libcublasLt", "VOLUME /models"):
+                if want not in text:
+                    fail(f"Dockerfile.worker: no {want}")
+        print(f"{f.name}: stages {', '.join(names)}; runs as {users[-1] if users else '?'}")
+    finish("dockerfiles")
+
+
+# ---- settings reachability -----------------------------------------------------------------
+def help_options(text):
+    """{flag: env-or-None} and the extra variables (AWS_*) from a --help text."""
+    blocks, cur = [], None
+    for line in text.splitlines():
+        if re.match(r"\s{1,4}(-\w, )?--[a-z]", line):
+            cur = [line]
+            blocks.append(cur)
+        elif cur is not None and line.startswith("      "):
+            cur.append(line)
+        else:
+            cur = None
+    options, extra = {}, set()
+    for b in blocks:
+        text = " ".join(b)
+        flags = re.findall(r"(?<![\w-])--([a-z][a-z0-9-]*)", text)
+        envs = set(re.findall(r"\b(PAELLA_[A-Z0-9_]*[A-Z0-9])\b", text))
+        extra |= set(re.findall(r"\b(AWS_[A-Z_]*[A-Z])\b", text))
+        for fl in dict.fromkeys(flags):
+            if fl == "help":
+                continue
+            want = "PAELLA_" + fl.upper().replace("-", "_")
+            options[fl] = want if want in envs else None
+    return options, extra
+
+
+def chart_settings(path, component):
+    """Variables and flags the chart sets for one component's container (ConfigMap, Secret,
+    env, args)."""
+    docs = load_docs(path)
+    dep = one(docs, "Deployment", component)
+    c = container(dep)
+    names = {e["name"] for e in c.get("env", [])}
+    cms = {d["metadata"]["name"]: d for d in by_kind(docs, "ConfigMap")}
+    secrets = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
+    for ref in c.get("envFrom", []):
+        if "configMapRef" in ref:
+            names |= set(cms.get(ref["configMapRef"]["name"], {}).get("data", {}))
+        if "secretRef" in ref:
+            names |= set(secrets.get(ref["secretRef"]["name"], {}).get("stringData", {}))
+    flags = {a.split("=")[0][2:] for a in c.get("args", []) if a.startswith("--")}
+    return names, flags
+
+
+def compose_settings(service):
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    svc = doc["services"][service]
+    env = svc.get("environment", {})
+    names = set(env if isinstance(env, dict) else (e.split("=")[0] for e in env))
+    cmd = svc.get("command", [])
+    cmd = cmd if isinstance(cmd, list) else cmd.split()
+    flags = {a.split("=")[0][2:] for a in cmd if a.startswith("--")}
+    return names, flags, (ROOT / "docker-compose.yml").read_text()
+
+
+def settings(help_worker, help_scheduler, render_worker, render_scheduler):
+    for binary, help_file, render, component, service in (
+            ("paella-worker", help_worker, render_worker, "worker", "worker"),
+            ("paella-scheduler", help_scheduler, render_scheduler, "scheduler", "scheduler")):
+        options, extra = help_options(Path(help_file).read_text())
+        if not options:
+            fail(f"{binary}: no options found in its --help")
+            continue
+        known_env = {e for e in options.values() if e} | extra
+        c_names, c_flags = chart_settings(render, component)
+        d_names, d_flags, d_text = compose_settings(service)
+        for fl, env in sorted(options.items()):
+            if env:
+                if env not in c_names and fl not in c_flags:
+                    fail(f"{binary} --{fl} ({env}): not set by the chart")
+                if env not in d_names and fl not in d_flags:
+                    fail(f"{binary} --{fl} ({env}): not in docker-compose.yml's {service} service")
+            else:
+                if fl not in c_flags:
+                    fail(f"{binary} --{fl} (flag only): not passed as an argument by the chart")
+                if fl not in d_flags and f"--{fl}" not in d_text:
+                    fail(f"{binary} --{fl} (flag only): not reachable in docker-compose.yml")
+        for env in sorted(extra):
+            if env not in c_names:
+                fail(f"{binary} {env}: not set by the chart")
+            if env not in d_names:
+                fail(f"{binary} {env}: not in docker-compose.yml's {service} service")
+        # The other way round: every variable or flag the chart passes must exist, or the
+        # setting would be silently ignored.
+        for env in sorted(n for n in c_names | d_names if n.startswith(("PAELLA_", "AWS_"))):
+            if env not in known_env and env != "PAELLA_REDIS_PASSWORD":
+                fail(f"{binary}: the chart or compose file sets {env}, which --help does not list")
+        for fl in sorted(c_flags | d_flags):
+            if fl not in options:
+                fail(f"{binary}: the chart or compose file passes --{fl}, which --help does not list")
+        print(f"{binary}: {len(options)} options ({sum(1 for e in options.values() if e)} with a "
+              f"variable), {len(extra)} AWS variables")
+    finish("settings")
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"rendered": rendered, "schema": schema, "dockerfiles": dockerfiles, "settings": settings}[cmd](*args)
