@@ -14,6 +14,10 @@ static const command commands[] = {
     {"generate", cmd_generate, "text to image (and editing) in one process"},
     {"eval", cmd_eval, "run one network on a golden-convention safetensors file"},
     {"job", cmd_job, "encode / decode / validate wire-protocol jobs"},
+    {"submit", cmd_submit, "submit a job to a scheduler (--url, --api-key)"},
+    {"status", cmd_status, "show a job of a scheduler"},
+    {"wait", cmd_wait, "wait for a job of a scheduler to finish"},
+    {"batch", cmd_batch, "submit / follow a bulk batch on a scheduler"},
     {"tokenize", cmd_tokenize, "print ByT5 or CLIP token ids of a text"},
 };
 
