@@ -88,7 +88,8 @@ def check_common(docs):
                 fail(f"{dep['metadata']['name']}: no {probe}")
         ports = {p["name"] for p in c.get("ports", [])}
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-            port = c.get(probe, {}).get("httpGet", {}).get("port")
+            spec = c.get(probe, {})
+            port = spec.get("httpGet", spec.get("tcpSocket", {})).get("port")
             if port is not None and port not in ports:
                 fail(f"{dep['metadata']['name']}: {probe} on unknown port {port}")
         cms = {d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")}
