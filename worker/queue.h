@@ -54,6 +54,9 @@ typedef struct {
   int (*pause)(pa_queue *q);
   int (*resume)(pa_queue *q);
   void (*close)(pa_queue *q);
+  /* Optional (NULL when the transport has no shared registry): adds deltas to fleet-wide
+   * counters the scheduler exports (Redis: HINCRBY on the paella:metrics hash). */
+  int (*add_counters)(pa_queue *q, const char *const *names, const long long *deltas, int n);
 } pa_queue_ops;
 
 struct pa_queue {

@@ -460,6 +460,24 @@ static bool rq_is_canceled(pa_queue *qq, const char *job_id) {
   return canceled;
 }
 
+static int rq_add_counters(pa_queue *qq, const char *const *names, const long long *deltas, int n) {
+  rq *q = qq->impl;
+  for (int i = 0; i < n; i++) {
+    if (!deltas[i]) continue;
+    rq_args a = {0};
+    arg(&a, "HINCRBY");
+    arg(&a, "paella:metrics");
+    arg(&a, names[i]);
+    arg_int(&a, deltas[i]);
+    redisReply *r = rq_cmd(q, &a);
+    if (!r) return PA_ERR_IO;
+    bool ok = r->type == REDIS_REPLY_INTEGER;
+    freeReplyObject(r);
+    if (!ok) return pa_fail(PA_ERR_IO, "redis: HINCRBY paella:metrics %s failed", names[i]);
+  }
+  return PA_OK;
+}
+
 static int rq_noop(pa_queue *qq) {
   (void)qq;
   return PA_OK;
@@ -476,7 +494,7 @@ static void rq_close(pa_queue *qq) {
 static const pa_queue_ops rq_ops = {
     .claim = rq_claim, .renew = rq_renew, .publish_event = rq_publish_event, .record_result = rq_record_result,
     .ack = rq_ack, .dead_letter = rq_dead_letter, .is_canceled = rq_is_canceled, .pause = rq_noop,
-    .resume = rq_noop, .close = rq_close};
+    .resume = rq_noop, .close = rq_close, .add_counters = rq_add_counters};
 
 /* ---- open --------------------------------------------------------------------------- */
 

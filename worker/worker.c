@@ -142,6 +142,24 @@ static void log_finished(worker *w, job_ctx *jc, const char *status, bool acked)
   (void)w;
 }
 
+/* Fleet-wide counters the scheduler exports (webhook outcomes, embedding-cache hits): the
+ * deltas since the last job go to the transport's shared registry, when it has one. */
+static void share_counters(worker *w) {
+  if (!w->q->ops->add_counters) return;
+  long long ok, failed, hits = 0;
+  pa_notifier_take_counts(&ok, &failed);
+  if (w->cache) {
+    pa_emb_cache_stats st;
+    pa_emb_cache_get_stats(w->cache, &st);
+    hits = (long long)st.hits - w->shared_cache_hits;
+    w->shared_cache_hits = (long long)st.hits;
+  }
+  const char *names[] = {"webhook_deliveries:ok", "webhook_deliveries:failed", "embedding_cache_hits"};
+  long long deltas[] = {ok, failed, hits};
+  if (w->q->ops->add_counters(w->q, names, deltas, 3))
+    pa_log(PA_LOG_WARN, NULL, json_pack("{s:s}", "error", pa_errmsg()), "shared counters not updated");
+}
+
 /* Records the job's Result, sends the final webhook, acknowledges. A transient failure
  * (or a failure to record) leaves the entry pending for another try. */
 static void finish_job(worker *w, job_ctx *jc) {
@@ -199,6 +217,7 @@ static void finish_job(worker *w, job_ctx *jc) {
   pa_metrics_overhead(w->metrics, jc->overhead);
   pa_job_outcome o = !jc->failed ? PA_JOB_SUCCEEDED : jc->code == PW_E_CANCELED ? PA_JOB_CANCELED : PA_JOB_FAILED;
   pa_metrics_job(w->metrics, o, pa_mono() - jc->t_claim);
+  share_counters(w);
   log_finished(w, jc, pw_status_name(res.status), acked);
   res.job_id = NULL;
   res.error_message = NULL;

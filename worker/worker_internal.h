@@ -51,6 +51,7 @@ struct worker {
   pa_emb_cache *cache;
   pa_metrics *metrics;
   pa_notifier *notify;
+  long long shared_cache_hits; /* cache hits already added to the shared registry */
   job_ctx *batch;           /* the claimed batch (leases renewed while any runs) */
   int n_batch;
   double last_renew;
@@ -71,6 +72,8 @@ void job_fail(job_ctx *jc, pw_code code, bool transient, const char *fmt, ...) _
  * background thread (best effort); final ones are delivered before the entry is acked. */
 int pa_notifier_new(const pa_worker_config *cfg, pa_notifier **out);
 void pa_notifier_free(pa_notifier *n); /* drains pending webhooks for a bounded time */
+/* Webhooks delivered / given up since the previous call (process-wide). */
+void pa_notifier_take_counts(long long *ok, long long *failed);
 void notify_start(worker *w, job_ctx *jc);
 void notify_progress(worker *w, job_ctx *jc, pw_stage stage, int step, int total);
 /* The Result's webhook (completed or failed), synchronous. */

@@ -11,6 +11,7 @@
  * job's entry is acknowledged, after the background queue has drained, so it arrives last. */
 #include <ctype.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,11 +47,20 @@ static void hook_msg_free(hook_msg *m) {
   memset(m, 0, sizeof *m);
 }
 
+/* Webhook outcomes since the last pa_notifier_take_counts (both threads deliver). */
+static _Atomic long long hooks_ok, hooks_failed;
+
+void pa_notifier_take_counts(long long *ok, long long *failed) {
+  *ok = atomic_exchange(&hooks_ok, 0);
+  *failed = atomic_exchange(&hooks_failed, 0);
+}
+
 static void deliver(const pa_worker_config *cfg, const hook_msg *m, int attempts) {
   pa_webhook_options o = {.max_attempts = attempts, .allow_private = cfg->webhook_allow_private,
                           .max_delay_ms = 8000};
   pa_webhook_report rep = {0};
   int rc = pa_webhook_deliver(m->url, m->secret, m->msg_id, m->body, &o, &rep);
+  atomic_fetch_add(rc || !rep.delivered ? &hooks_failed : &hooks_ok, 1);
   if (rc || !rep.delivered)
     pa_log(PA_LOG_WARN, NULL,
            json_pack("{s:s, s:i, s:i, s:s}", "webhook_id", m->msg_id, "attempts", rep.attempts, "status",

@@ -184,6 +184,14 @@ static void last_cache_stats(const char *path, long long *hits, long long *misse
   if (f) fclose(f);
 }
 
+/* A counter of the fleet-wide paella:metrics hash the scheduler exports (0 when absent). */
+static long long shared_counter(redisContext *c, const char *field) {
+  redisReply *r = redisCommand(c, "HGET paella:metrics %s", field);
+  long long v = r && r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
+  if (r) freeReplyObject(r);
+  return v;
+}
+
 static void test_cache_two_workers(redisContext *c) {
   char la[320], lb[320];
   long long hits, misses;
@@ -202,6 +210,9 @@ static void test_cache_two_workers(redisContext *c) {
   last_cache_stats(lb, &hits, &misses);
   CHECK_MSG(hits >= hits_a + 2 && misses == 0, "worker b: %lld hits, %lld misses", hits, misses);
   CHECK(h_wait_status(c, "ca2", "succeeded", 1));
+  /* both workers added their hits to the shared registry */
+  CHECK_MSG(shared_counter(c, "embedding_cache_hits") >= hits_a + hits, "shared hits %lld",
+            shared_counter(c, "embedding_cache_hits"));
 }
 
 static size_t to_buf(char *d, size_t s, size_t n, void *u) {
@@ -269,8 +280,10 @@ static void test_webhooks(redisContext *c) {
            "{\"id\":\"wh1\",\"prompt\":\"hooked\",\"width\":32,\"height\":32,\"steps\":2,\"prior\":{\"steps\":1},"
            "\"webhook\":{\"url\":\"http://127.0.0.1:%d/hook\",\"secret_id\":\"wh-1\",\"events\":[\"start\",\"completed\"]}}",
            port);
+  long long ok_before = shared_counter(c, "webhook_deliveries:ok");
   h_submit_json(c, "paella:jobs", json);
   CHECK(h_wait_exit(h_worker(out_dir, log_path, "--once", "--webhook-allow-private", NULL), 60) == 0);
+  CHECK(shared_counter(c, "webhook_deliveries:ok") >= ok_before + 1); /* the completed hook, at least */
   CHECK(h_hooks_with_id("wh1.start") == 1);
   CHECK(h_hooks_with_id("wh1.completed") == 1);
   CHECK(h_rx_.n == 2); /* no progress: not subscribed */
