@@ -622,9 +622,13 @@ static int keepalive(kq *k) {
 }
 
 static int wait_delivery(kq *k, kq_dr *dr, const char *what, const char *id) {
-  /* librdkafka always reports within message.timeout.ms, so this loop ends. */
+  /* librdkafka always reports within message.timeout.ms, so this loop ends. flush (not poll)
+   * because it sends at once instead of waiting out linger.ms; it also waits for the progress
+   * events queued before, which is harmless. */
   while (!dr->done) {
-    rd_kafka_poll(k->producer, 50);
+    rd_kafka_resp_err_t err = rd_kafka_flush(k->producer, 100);
+    if (err && err != RD_KAFKA_RESP_ERR__TIMED_OUT)
+      return pa_fail(PA_ERR_IO, "kafka: flush: %s", rd_kafka_err2str(err));
     int rc = keepalive(k);
     if (rc != PA_OK) return rc;
   }
