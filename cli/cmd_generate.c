@@ -10,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "model/pipeline.h"
+#include "ops/parse.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -111,15 +112,6 @@ static int parse_pair(const char *s, float *a, float *b) {
   return *end ? -1 : 0;
 }
 
-static int parse_int(const char *s, long lo, long hi, int *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (end == s || *end || errno || v < lo || v > hi) return -1;
-  *out = (int)v;
-  return 0;
-}
-
 enum {
   O_JSON = 256, O_BATCH, O_MAXSIZE, O_STEPS, O_CFG, O_TEMP, O_TSTART, O_TEND, O_RENOISE, O_CONDSTEPS,
   O_ARGMAX, O_TYPICAL, O_ATTNW, O_PSTEPS, O_PCFG, O_PSAMPLER, O_IMAGE, O_STRENGTH, O_MASK, O_OUTPAINT,
@@ -159,9 +151,9 @@ static int parse_args(int argc, char **argv, gen_opts *o) {
       case 'o': o->output = v; break;
       case O_JSON: o->json = true; break;
       case 'q': o->quiet = true; break;
-      case 'W': bad = parse_int(v, 1, 65536, &w); o->size_given = true; break;
-      case 'H': bad = parse_int(v, 1, 65536, &h); o->size_given = true; break;
-      case O_BATCH: bad = parse_int(v, 1, 64, &r->batch); break;
+      case 'W': bad = pa_parse_int(v, 1, 65536, &w); o->size_given = true; break;
+      case 'H': bad = pa_parse_int(v, 1, 65536, &h); o->size_given = true; break;
+      case O_BATCH: bad = pa_parse_int(v, 1, 64, &r->batch); break;
       case 's': {
         char *end;
         errno = 0;
@@ -169,21 +161,21 @@ static int parse_args(int argc, char **argv, gen_opts *o) {
         bad = end == v || *end || errno || v[0] == '-';
         break;
       }
-      case O_MAXSIZE: bad = parse_int(v, 32, 16384, &o->max_side); break;
-      case O_STEPS: bad = parse_int(v, 1, 1000, &r->sampler.steps); steps_given = 1; break;
+      case O_MAXSIZE: bad = pa_parse_int(v, 32, 16384, &o->max_side); break;
+      case O_STEPS: bad = pa_parse_int(v, 1, 1000, &r->sampler.steps); steps_given = 1; break;
       case O_CFG: bad = parse_pair(v, &r->sampler.cfg[0], &r->sampler.cfg[1]); break;
       case O_TEMP: bad = parse_pair(v, &r->sampler.temp[0], &r->sampler.temp[1]); break;
       case O_TSTART: bad = parse_pair(v, &r->sampler.t_start, &a); break;
       case O_TEND: bad = parse_pair(v, &r->sampler.t_end, &a); break;
-      case O_RENOISE: bad = parse_int(v, 0, 1000, &r->sampler.renoise_steps); renoise_given = 1; break;
-      case O_CONDSTEPS: bad = parse_int(v, 0, 1000, &r->sampler.cond_steps); cond_given = 1; break;
+      case O_RENOISE: bad = pa_parse_int(v, 0, 1000, &r->sampler.renoise_steps); renoise_given = 1; break;
+      case O_CONDSTEPS: bad = pa_parse_int(v, 0, 1000, &r->sampler.cond_steps); cond_given = 1; break;
       case O_ARGMAX: r->sampler.mode = PA_SAMPLE_ARGMAX; break;
       case O_TYPICAL: bad = parse_pair(v, &r->sampler.typical_mass, &a) || !(a > 0 && a <= 1); break;
       case 'n': r->negative_prompt = v; break;
       case O_ATTNW:
         bad = sscanf(v, "%f,%f,%f", &r->attn_weight[0], &r->attn_weight[1], &r->attn_weight[2]) != 3;
         break;
-      case O_PSTEPS: bad = parse_int(v, 0, 1000, &r->prior_steps); break;
+      case O_PSTEPS: bad = pa_parse_int(v, 0, 1000, &r->prior_steps); break;
       case O_PCFG: bad = parse_pair(v, &r->prior_cfg, &a); break;
       case O_PSAMPLER:
         bad = strcmp(v, "ddpm") && strcmp(v, "ddim");
@@ -198,7 +190,7 @@ static int parse_args(int argc, char **argv, gen_opts *o) {
         break;
       case O_VARIATION: o->variation = true; break;
       case O_INTERP: r->prompt2 = v; r->interpolate = true; break;
-      case O_FRAMES: bad = parse_int(v, 2, 1000, &o->frames); break;
+      case O_FRAMES: bad = pa_parse_int(v, 2, 1000, &o->frames); break;
       case O_SLERP: r->slerp = true; break;
       case O_RIGHT: r->prompt2 = v; r->regions = PA_REGIONS_LEFT_RIGHT; break;
       case O_BOTTOM: r->prompt2 = v; r->regions = PA_REGIONS_TOP_BOTTOM; break;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "ops/error.h"
+#include "ops/parse.h"
 #include "worker/log.h"
 #include "worker/worker.h"
 
@@ -75,15 +76,6 @@ static const struct option long_opts[] = {
     {"log-level", required_argument, 0, O_LOGLEVEL}, {"once", no_argument, 0, O_ONCE},
     {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 
-static int parse_int(const char *s, long lo, long hi, int *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (end == s || *end || errno || v < lo || v > hi) return -1;
-  *out = (int)v;
-  return 0;
-}
-
 static bool truthy(const char *v) { return v && (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes")); }
 
 /* One option's value, from a flag or an environment variable: 0 ok, -1 invalid. */
@@ -94,20 +86,20 @@ static int apply(pa_worker_config *c, int opt, const char *v, int *log_level) {
     case O_STORAGE: c->storage_url = v; return 0;
     case O_MODELS: c->models_dir = v; return 0;
     case O_DEVICE: c->device = v; return strcmp(v, "cpu") && strcmp(v, "cuda") ? -1 : 0;
-    case O_BATCH: return parse_int(v, 1, 64, &c->max_batch);
-    case O_LEASE: return parse_int(v, 100, 86400000, &c->lease_ms);
-    case O_MAXDEL: return parse_int(v, 1, 1000, &c->max_deliveries);
-    case O_METRICS: return parse_int(v, 0, 65535, &c->metrics_port);
+    case O_BATCH: return pa_parse_int(v, 1, 64, &c->max_batch);
+    case O_LEASE: return pa_parse_int(v, 100, 86400000, &c->lease_ms);
+    case O_MAXDEL: return pa_parse_int(v, 1, 1000, &c->max_deliveries);
+    case O_METRICS: return pa_parse_int(v, 0, 65535, &c->metrics_port);
     case O_CACHE_URL: c->cache_url = v; return 0;
-    case O_CACHE_TTL: return parse_int(v, 1, 365 * 86400, &c->cache_ttl_s);
-    case O_CACHE_ENTRIES: if (parse_int(v, 0, 1000000, &x)) return -1; c->cache_max_entries = (size_t)x; return 0;
-    case O_CACHE_MB: if (parse_int(v, 1, 1 << 20, &x)) return -1; c->cache_max_bytes = (size_t)x << 20; return 0;
+    case O_CACHE_TTL: return pa_parse_int(v, 1, 365 * 86400, &c->cache_ttl_s);
+    case O_CACHE_ENTRIES: if (pa_parse_int(v, 0, 1000000, &x)) return -1; c->cache_max_entries = (size_t)x; return 0;
+    case O_CACHE_MB: if (pa_parse_int(v, 1, 1 << 20, &x)) return -1; c->cache_max_bytes = (size_t)x << 20; return 0;
     case O_ALLOW_PRIVATE: c->webhook_allow_private = v ? truthy(v) : true; return 0;
     case O_SECRETS: c->webhook_secrets_dir = v; return 0;
     case O_CONSUMER: c->consumer = v; return 0;
-    case O_POLL: return parse_int(v, 10, 30000, &c->poll_ms);
-    case O_PROGRESS: return parse_int(v, 0, 3600000, &c->progress_interval_ms);
-    case O_MAXSIDE: return parse_int(v, 32, 16384, &c->max_side);
+    case O_POLL: return pa_parse_int(v, 10, 30000, &c->poll_ms);
+    case O_PROGRESS: return pa_parse_int(v, 0, 3600000, &c->progress_interval_ms);
+    case O_MAXSIDE: return pa_parse_int(v, 32, 16384, &c->max_side);
     case O_LOGLEVEL: return (*log_level = pa_log_level_from_name(v)) < 0 ? -1 : 0;
     default: return -1;
   }

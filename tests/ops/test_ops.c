@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ops/ops.h"
+#include "ops/parse.h"
 #include "tests/test.h"
 
 static pa_backend *be;
@@ -340,8 +341,19 @@ static void test_tensor_conversions(void) {
   pa_tensor_free(x), pa_tensor_free(n), pa_tensor_free(back);
 }
 
+static void test_parse(void) {
+  int v = 7;
+  CHECK(pa_parse_int("42", 0, 100, &v) == 0 && v == 42);
+  CHECK(pa_parse_int("-3", -5, 5, &v) == 0 && v == -3);
+  CHECK(pa_parse_int("101", 0, 100, &v) == -1 && v == -3);
+  CHECK(pa_parse_int("4x", 0, 100, &v) == -1);
+  CHECK(pa_parse_int("", 0, 100, &v) == -1);
+  CHECK(pa_parse_int("99999999999999999999", 0, 100, &v) == -1);
+}
+
 int main(void) {
   be = pa_cpu_backend();
+  test_parse();
   test_linear_activation();
   test_norms();
   test_conv();
