@@ -13,11 +13,15 @@
 
 #define BOTOCORE_SCRIPT PAELLA_SOURCE_DIR "/tests/worker/botocore_sign.py"
 
-/* True when python3 can import botocore (installed by scripts/install-deps.sh). */
+/* Debian's interpreter, where scripts/install-deps.sh installs python3-botocore, rather than
+ * whatever python3 comes first on PATH (a pyenv build may lack botocore). */
+#define BOTOCORE_PYTHON "/usr/bin/python3"
+
+/* True when the interpreter can import botocore. */
 static inline bool botocore_available(void) {
   static int cached = -1;
   if (cached < 0)
-    cached = system("python3 -c 'import botocore.auth' >/dev/null 2>&1") == 0;
+    cached = system(BOTOCORE_PYTHON " -c 'import botocore.auth' >/dev/null 2>&1") == 0;
   return cached == 1;
 }
 
@@ -25,7 +29,7 @@ static inline bool botocore_available(void) {
  * returns its stdout (malloc'd, trailing newline removed) or NULL. */
 static inline char *botocore_run(int argc, ...) {
   char cmd[8192];
-  size_t n = (size_t)snprintf(cmd, sizeof cmd, "python3 '%s'", BOTOCORE_SCRIPT);
+  size_t n = (size_t)snprintf(cmd, sizeof cmd, BOTOCORE_PYTHON " '%s'", BOTOCORE_SCRIPT);
   va_list ap;
   va_start(ap, argc);
   for (int i = 0; i < argc && n < sizeof cmd; i++)
