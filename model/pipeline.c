@@ -53,7 +53,8 @@ static int open_embedded(pa_pipeline *p) {
   pa_weights **ws[] = {&p->w_t5, &p->w_clip, &p->w_prior, &p->w_vqgan, &p->w_paella};
   for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
     if (!(*ws[i] = pa_weights_new("embedded default model"))) return PA_ERR_NOMEM;
-    pa_weights_set_autocreate(*ws[i], EMBEDDED_SEED + i, 0.1f);
+    /* the VQGAN at a larger scale, so its (untrained) output spans the pixel range visibly */
+    pa_weights_set_autocreate(*ws[i], EMBEDDED_SEED + i, ws[i] == &p->w_vqgan ? 0.5f : 0.1f);
   }
   PA_TRY(pa_t5_load(p->be, p->w_t5, &t5, &p->t5));
   PA_TRY(pa_clip_load(p->be, p->w_clip, &ct, false, &p->clip_text));
