@@ -470,6 +470,7 @@ typedef struct {
   int64_t *init_noise;                   /* (B, h*w) */
   int64_t *pinned;                       /* (B, h*w) tokens kept where keep[p], or NULL */
   uint8_t *keep;                         /* (h*w) */
+  double seconds_prior;                  /* spent in the prior (or the CLIP image encoder) */
 } sample_ctx;
 
 static double now_seconds(void) {
@@ -648,10 +649,14 @@ static int build_conditions(pa_pipeline *p, const pa_gen_request *r, sample_ctx 
     pad = la > lb ? la : lb; /* both padded with ByT5's pad id, as in a training batch */
   }
   PA_TRY(embed_text(p, r->prompt, pad, &a));
+  double t0 = now_seconds();
   PA_TRY(image_condition(p, r, a.clip, &ci_a));
+  s->seconds_prior += now_seconds() - t0;
   if (r->prompt2 && (r->interpolate || r->regions != PA_REGIONS_NONE)) {
     PA_TRY(embed_text(p, r->prompt2, pad, &b));
+    t0 = now_seconds();
     PA_TRY(image_condition(p, r, b.clip, &ci_b));
+    s->seconds_prior += now_seconds() - t0;
   }
   if (r->interpolate) {
     mix(a.byt5->data, a.byt5->data, b.byt5->data, pa_numel(a.byt5), r->interp_t, r->slerp);
@@ -790,7 +795,8 @@ int pa_generate(pa_pipeline *p, const pa_gen_request *r, pa_gen_result *out) {
   double t2 = now_seconds();
   PA_TRY(decode_images(p, &s, tokens, out));
   double t3 = now_seconds();
-  out->seconds_encode = t1 - t0; /* text encoders + prior */
+  out->seconds_prior = s.seconds_prior;
+  out->seconds_encode = t1 - t0 - s.seconds_prior; /* tokenizers and text encoders */
   out->seconds_denoise = t2 - t1;
   out->seconds_decode = t3 - t2;
   out->tokens = tokens;

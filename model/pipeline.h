@@ -93,7 +93,9 @@ typedef struct {
   int n;
   int64_t *tokens;   /* (n, h, w) final token grid */
   int grid_h, grid_w;
-  double seconds_encode, seconds_prior, seconds_denoise, seconds_decode;
+  double seconds_encode; /* tokenizers + text encoders */
+  double seconds_prior;  /* the prior (or the CLIP image encoder for variations) */
+  double seconds_denoise, seconds_decode;
 } pa_gen_result;
 
 int pa_generate(pa_pipeline *p, const pa_gen_request *r, pa_gen_result *out);

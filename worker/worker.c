@@ -74,11 +74,6 @@ static bool on_progress(void *user, const char *stage, int step, int total) {
   worker *w = jc->w;
   double now = pa_mono();
   pw_stage st = stage_of(stage);
-  if (st == PW_STAGE_PRIOR) {
-    if (step == 1) jc->prior_first = now;
-    jc->prior_last = now;
-    jc->prior_total = total;
-  }
   renew_leases(w, false);
   if (jc->job.deadline_ms && pa_wall_ms() > jc->job.deadline_ms) {
     jc->deadline = true;
@@ -103,21 +98,16 @@ static bool on_progress(void *user, const char *stage, int step, int total) {
 /* ---- finishing a job ---------------------------------------------------------------------- */
 
 static void fill_timings(job_ctx *jc, pw_result *res) {
-  double enc = 0, den = 0, dec = 0;
+  double enc = 0, prior = 0, den = 0, dec = 0;
   for (int f = 0; f < jc->n_runs && jc->results; f++) {
     enc += jc->results[f].seconds_encode;
+    prior += jc->results[f].seconds_prior;
     den += jc->results[f].seconds_denoise;
     dec += jc->results[f].seconds_decode;
   }
-  /* seconds_encode covers text encoders + prior; the prior's share is estimated from its
-   * step callbacks (first to last step, scaled to all steps) */
-  double prior = 0;
-  if (jc->prior_total > 1 && jc->prior_last > jc->prior_first)
-    prior = (jc->prior_last - jc->prior_first) * jc->prior_total / (jc->prior_total - 1) * jc->n_runs;
-  if (prior > enc) prior = enc;
   for (int s = 0; s < PW_STAGE_COUNT; s++) res->timings_ms[s] = jc->timings_ms[s];
   if (jc->results) {
-    res->timings_ms[PW_STAGE_TEXT_ENCODE] = (enc - prior) * 1e3;
+    res->timings_ms[PW_STAGE_TEXT_ENCODE] = enc * 1e3;
     res->timings_ms[PW_STAGE_PRIOR] = prior * 1e3;
     res->timings_ms[PW_STAGE_DENOISE] = den * 1e3;
     res->timings_ms[PW_STAGE_VQ_DECODE] = dec * 1e3;

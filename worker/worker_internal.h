@@ -39,8 +39,6 @@ typedef struct job_ctx {
   double t_claim, overhead, model;
   double enqueue_ms;        /* wall ms from the Redis entry id, NaN when unknown */
   double timings_ms[PW_STAGE_COUNT];
-  double prior_first, prior_last;
-  int prior_total;
 } job_ctx;
 
 struct worker {

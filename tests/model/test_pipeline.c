@@ -51,6 +51,7 @@ static void test_determinism_and_batch(void) {
   for (int64_t q = 0; td && ta && q < N; q++) agree0 += td[q] == ta[q];
   CHECK(agree0 >= N * 99 / 100);
   CHECK(a.n == 1 && a.images[0]->width == S && a.images[0]->height == S);
+  CHECK(a.seconds_prior > 0 && a.seconds_encode > 0 && a.seconds_denoise > 0 && a.seconds_decode > 0);
   pa_gen_result_free(&a);
   pa_gen_result_free(&b);
   pa_gen_result_free(&c);
