@@ -281,14 +281,14 @@ static void output_name(const char *base, int index, bool numbered, char *buf, s
   snprintf(buf, cap, "%.*s-%d%s", (int)(dot - base), base, index, dot);
 }
 
-static void print_json(const gen_opts *o, const pa_pipeline *p, json_t *outputs, double t_load, double enc,
-                       double den, double dec) {
+/* t: seconds in the text encoders, the prior, denoising and decoding (all runs summed) */
+static void print_json(const gen_opts *o, const pa_pipeline *p, json_t *outputs, double t_load, const double *t) {
   const pa_gen_request *r = &o->req;
-  json_t *j = json_pack("{s:s, s:I, s:i, s:i, s:i, s:i, s:b, s:o, s:{s:f, s:f, s:f, s:f}}", "prompt", r->prompt,
-                        "seed", (json_int_t)r->seed, "width", r->width, "height", r->height, "batch", r->batch,
-                        "steps", r->sampler.steps, "untrained_model", pa_pipeline_untrained(p), "outputs",
-                        json_incref(outputs), "seconds", "load", t_load, "encode", enc, "denoise", den,
-                        "decode", dec);
+  json_t *j = json_pack("{s:s, s:I, s:i, s:i, s:i, s:i, s:b, s:o, s:{s:f, s:f, s:f, s:f, s:f}}", "prompt",
+                        r->prompt, "seed", (json_int_t)r->seed, "width", r->width, "height", r->height, "batch",
+                        r->batch, "steps", r->sampler.steps, "untrained_model", pa_pipeline_untrained(p), "outputs",
+                        json_incref(outputs), "seconds", "load", t_load, "encode", t[0], "prior", t[1], "denoise",
+                        t[2], "decode", t[3]);
   char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
   if (s) printf("%s\n", s);
   free(s);
@@ -304,8 +304,9 @@ static int run_all(gen_opts *o, pa_pipeline *p, pa_gen_result *results, int n_ru
     if (r.interpolate) r.interp_t = (float)f / (float)(n_runs - 1);
     PA_TRY(pa_generate(p, &r, &results[f]));
     t[0] += results[f].seconds_encode;
-    t[1] += results[f].seconds_denoise;
-    t[2] += results[f].seconds_decode;
+    t[1] += results[f].seconds_prior;
+    t[2] += results[f].seconds_denoise;
+    t[3] += results[f].seconds_decode;
   }
 fail:
   return rc;
@@ -358,7 +359,7 @@ int cmd_generate(int argc, char **argv) {
   int n_runs = o.req.interpolate ? o.frames : 1;
   pa_gen_result *results = calloc((size_t)n_runs, sizeof *results);
   json_t *outputs = json_array();
-  double t_load = now(), t[3] = {0};
+  double t_load = now(), t[4] = {0};
   pa_pipeline_options po = {.models_dir = o.models, .be = be, .max_side = o.max_side};
   if (!results || !outputs) {
     rc = pa_fail(PA_ERR_NOMEM, "out of memory");
@@ -376,7 +377,7 @@ int cmd_generate(int argc, char **argv) {
   PA_TRY(run_all(&o, p, results, n_runs, t));
   PA_TRY(write_all(&o, results, n_runs, outputs));
   if (o.json)
-    print_json(&o, p, outputs, t_load, t[0], t[1], t[2]);
+    print_json(&o, p, outputs, t_load, t);
   else if (!o.quiet)
     for (size_t i = 0; i < json_array_size(outputs); i++)
       fprintf(stderr, "wrote %s\n", json_string_value(json_array_get(outputs, i)));
