@@ -30,6 +30,7 @@ struct pa_pipeline {
   const pa_clip_tokenizer *tok;
   const pa_embed_cache *cache;
   char t5_id[160], clip_id[160]; /* encoder identities for cache keys */
+  long long forwards;            /* Paella forwards run (a batch counts once) */
 };
 
 /* ---- opening ----------------------------------------------------------------------------- */
@@ -201,6 +202,8 @@ int pa_pipeline_size_multiple(const pa_pipeline *p) {
 
 int pa_pipeline_max_side(const pa_pipeline *p) { return p->max_side; }
 
+long long pa_pipeline_forwards(const pa_pipeline *p) { return p->forwards; }
+
 /* ---- requests ---------------------------------------------------------------------------- */
 
 pa_gen_request pa_gen_request_default(void) {
@@ -366,16 +369,26 @@ static void mix(float *out, const float *a, const float *b, int64_t n, float t, 
   for (int64_t i = 0; i < n; i++) out[i] = (float)(wa * a[i] + wb * b[i]);
 }
 
+/* Host rows of several requests stacked along dim 0: parts[i] is (1, ...) (repeated reps[i]
+ * times) or (reps[i], ...) (copied); all parts agree on the other dims. */
+static pa_tensor *stack_rows(const pa_tensor *const *parts, const int *reps, int n) {
+  int64_t shape[PA_MAX_DIMS], rows = 0;
+  memcpy(shape, parts[0]->shape, sizeof shape);
+  for (int i = 0; i < n; i++) rows += reps[i];
+  shape[0] = rows;
+  pa_tensor *out = pa_tensor_new(PA_F32, parts[0]->ndim, shape);
+  if (!out) return NULL;
+  size_t row = pa_nbytes(parts[0]) / (size_t)parts[0]->shape[0], off = 0;
+  for (int i = 0; i < n; i++)
+    for (int b = 0; b < reps[i]; b++, off += row)
+      memcpy((char *)out->data + off, (const char *)parts[i]->data + (parts[i]->shape[0] == 1 ? 0 : b * row), row);
+  return out;
+}
+
 /* Repeats a host (1, ...) tensor B times along dim 0 on the device. */
 static pa_tensor *upload_repeat(pa_backend *be, const pa_tensor *h, int B) {
-  int64_t shape[PA_MAX_DIMS];
-  memcpy(shape, h->shape, sizeof shape);
-  shape[0] = B;
-  pa_tensor *rep = pa_tensor_new(PA_F32, h->ndim, shape);
-  if (!rep) return NULL;
-  size_t one = pa_nbytes(h);
-  for (int b = 0; b < B; b++) memcpy((char *)rep->data + b * one, h->data, one);
-  pa_tensor *d = pa_upload(be, rep);
+  pa_tensor *rep = stack_rows(&h, &B, 1);
+  pa_tensor *d = rep ? pa_upload(be, rep) : NULL;
   pa_tensor_free(rep);
   return d;
 }
@@ -471,6 +484,9 @@ typedef struct {
   int64_t *pinned;                       /* (B, h*w) tokens kept where keep[p], or NULL */
   uint8_t *keep;                         /* (h*w) */
   double seconds_prior;                  /* spent in the prior (or the CLIP image encoder) */
+  uint64_t *seeds;                       /* (B) the seed of each image */
+  pa_progress_fn progress;               /* per denoising step; false cancels */
+  void *progress_user;
 } sample_ctx;
 
 static double now_seconds(void) {
@@ -482,6 +498,7 @@ static double now_seconds(void) {
 /* One Paella forward into host logits (B, h, w, K). */
 static int forward(pa_pipeline *p, const pa_paella_cond *c, const pa_tensor *tok_dev, const float *r,
                    const pa_tensor *aw, pa_tensor *logits_dev, pa_tensor *logits_host) {
+  p->forwards++;
   int rc = pa_paella_forward(p->paella, c, tok_dev, r, aw, logits_dev);
   return rc ? rc : p->be->to_host(p->be, logits_host, logits_dev);
 }
@@ -539,13 +556,13 @@ static int sample_tokens(pa_pipeline *p, const pa_gen_request *r, const pa_sampl
       for (int64_t q = 0; q < B * n; q++)
         PA_TRY(pa_typical_filter((float *)lg->data + q * s->K, s->K, sc->typical_mass, sc->typical_min_tokens, NULL));
     for (int b = 0; b < B; b++) {
-      uint64_t seed = r->seed + (uint64_t)b;
+      uint64_t seed = s->seeds[b];
       pa_sampler_draw((float *)lg->data + b * n * s->K, n, s->K, temps[i], sc->mode, seed, i, tokens + b * n);
       if (i < sc->renoise_steps)
         pa_sampler_renoise(tokens + b * n, s->init_noise + b * n, n, t_list[i + 1], seed, i);
     }
     pin_tokens(tokens, s);
-    if (r->progress && !r->progress(r->progress_user, "denoise", i + 1, steps)) {
+    if (s->progress && !s->progress(s->progress_user, "denoise", i + 1, steps)) {
       rc = pa_fail(PA_ERR_CANCELED, "canceled at denoising step %d of %d", i + 1, steps);
       goto fail;
     }
@@ -590,20 +607,34 @@ fail:
   return rc;
 }
 
-/* Paella conditioning for a batch: byt5/clip host (1, ...) repeated, clip_image host (B, Dc)
- * or NULL. */
-static int make_cond(pa_pipeline *p, int B, const text_embed *te, const pa_tensor *clip_image, pa_paella_cond **out) {
+/* Paella conditioning from host rows: byt5 (B, L, D), clip (B, Dc), clip_image (B, Dc) or NULL. */
+static int make_cond_rows(pa_pipeline *p, const pa_tensor *byt5_h, const pa_tensor *clip_h,
+                          const pa_tensor *ci_h, pa_paella_cond **out) {
   pa_backend *be = p->be;
   int rc = PA_OK;
-  pa_tensor *byt5 = upload_repeat(be, te->byt5, B), *clip = upload_repeat(be, te->clip, B);
-  pa_tensor *ci = clip_image ? pa_upload(be, clip_image) : NULL;
-  if (!byt5 || !clip || (clip_image && !ci))
+  pa_tensor *byt5 = pa_upload(be, byt5_h), *clip = pa_upload(be, clip_h);
+  pa_tensor *ci = ci_h ? pa_upload(be, ci_h) : NULL;
+  if (!byt5 || !clip || (ci_h && !ci))
     rc = PA_ERR_NOMEM;
   else
     rc = pa_paella_cond_new(p->paella, byt5, clip, ci, out);
   pa_release(be, byt5);
   pa_release(be, clip);
   pa_release(be, ci);
+  return rc;
+}
+
+/* Conditioning of n requests' texts (reps[i] images each) and their CLIP image rows (or NULL). */
+static int make_cond(pa_pipeline *p, const text_embed *te, const pa_tensor *const *ci, const int *reps, int n,
+                     pa_paella_cond **out) {
+  const pa_tensor *b_parts[PA_GEN_MAX_GROUP], *c_parts[PA_GEN_MAX_GROUP];
+  for (int i = 0; i < n; i++) b_parts[i] = te[i].byt5, c_parts[i] = te[i].clip;
+  pa_tensor *byt5 = stack_rows(b_parts, reps, n), *clip = stack_rows(c_parts, reps, n);
+  pa_tensor *cim = ci && ci[0] ? stack_rows(ci, reps, n) : NULL;
+  int rc = !byt5 || !clip || (ci && ci[0] && !cim) ? PA_ERR_NOMEM : make_cond_rows(p, byt5, clip, cim, out);
+  pa_tensor_free(byt5);
+  pa_tensor_free(clip);
+  pa_tensor_free(cim);
   return rc;
 }
 
@@ -663,10 +694,11 @@ static int build_conditions(pa_pipeline *p, const pa_gen_request *r, sample_ctx 
     mix(a.clip->data, a.clip->data, b.clip->data, pa_numel(a.clip), r->interp_t, r->slerp);
     if (ci_a) mix(ci_a->data, ci_a->data, ci_b->data, pa_numel(ci_a), r->interp_t, r->slerp);
   }
-  PA_TRY(make_cond(p, r->batch, &a, ci_a, &s->cond));
-  if (r->regions != PA_REGIONS_NONE) PA_TRY(make_cond(p, r->batch, &b, ci_b, &s->cond2));
+  const pa_tensor *cia = ci_a, *cib = ci_b;
+  PA_TRY(make_cond(p, &a, &cia, &r->batch, 1, &s->cond));
+  if (r->regions != PA_REGIONS_NONE) PA_TRY(make_cond(p, &b, &cib, &r->batch, 1, &s->cond2));
   PA_TRY(embed_text(p, r->negative_prompt ? r->negative_prompt : "", 0, &u));
-  PA_TRY(make_cond(p, r->batch, &u, NULL, &s->uncond)); /* upstream: clip_image None */
+  PA_TRY(make_cond(p, &u, NULL, &r->batch, 1, &s->uncond)); /* upstream: clip_image None */
   PA_TRY(attn_weights(p, r, (int)a.byt5->shape[1], ci_a != NULL, &s->attn_w));
 fail:
   text_embed_free(&a);
@@ -684,7 +716,7 @@ static int prepare_tokens(pa_pipeline *p, const pa_gen_request *r, sample_ctx *s
   int rc = PA_OK, f = pa_vqgan_factor(p->vqgan);
   int64_t n = (int64_t)s->h * s->w;
   *sc = r->sampler;
-  for (int b = 0; b < s->B; b++) pa_sampler_init_noise(r->seed + b, n, s->K, s->init_noise + b * n);
+  for (int b = 0; b < s->B; b++) pa_sampler_init_noise(s->seeds[b], n, s->K, s->init_noise + b * n);
   memcpy(tokens, s->init_noise, (size_t)(s->B * n) * sizeof *tokens);
   if (r->mode != PA_GEN_IMG2IMG && r->mode != PA_GEN_INPAINT && r->mode != PA_GEN_OUTPAINT) return PA_OK;
   int64_t *x0 = malloc((size_t)n * sizeof *x0);
@@ -733,7 +765,7 @@ static int prepare_tokens(pa_pipeline *p, const pa_gen_request *r, sample_ctx *s
     if (sc->cond_steps > sc->steps) sc->cond_steps = sc->steps;
     for (int b = 0; b < s->B; b++)
       for (int64_t q = 0; q < n; q++) {
-        float u = pa_rng_uniform(r->seed + b, PA_RNG_RENOISE, 0xffffffffu, (uint32_t)q, 0);
+        float u = pa_rng_uniform(s->seeds[b], PA_RNG_RENOISE, 0xffffffffu, (uint32_t)q, 0);
         tokens[b * n + q] = u <= r->strength && sc->steps > 0 ? s->init_noise[b * n + q] : x0[q];
       }
     free(s->keep);
@@ -782,10 +814,14 @@ int pa_generate(pa_pipeline *p, const pa_gen_request *r, pa_gen_result *out) {
   int64_t n = (int64_t)s.h * s.w;
   int64_t *tokens = malloc((size_t)(s.B * n) * sizeof *tokens);
   s.init_noise = malloc((size_t)(s.B * n) * sizeof *s.init_noise);
-  if (!tokens || !s.init_noise) {
+  s.seeds = malloc((size_t)s.B * sizeof *s.seeds);
+  if (!tokens || !s.init_noise || !s.seeds) {
     rc = pa_fail(PA_ERR_NOMEM, "out of memory");
     goto fail;
   }
+  for (int b = 0; b < s.B; b++) s.seeds[b] = r->seed + (uint64_t)b;
+  s.progress = r->progress;
+  s.progress_user = r->progress_user;
   double t0 = now_seconds();
   PA_TRY(build_conditions(p, r, &s));
   double t1 = now_seconds();
@@ -807,6 +843,7 @@ fail:
   if (rc) pa_gen_result_free(out);
   free(tokens);
   free(s.init_noise);
+  free(s.seeds);
   free(s.pinned);
   free(s.keep);
   pa_paella_cond_free(p->paella, s.cond);
@@ -816,15 +853,171 @@ fail:
   return rc;
 }
 
-int pa_generate_many(pa_pipeline *p, const pa_gen_request *reqs, int n, pa_gen_result *out, int *failed) {
-  /* one request after another: items with different ByT5 lengths cannot share a forward
-   * without padding, which would change their images */
-  *failed = -1;
+/* ---- batches of requests ----------------------------------------------------------------- */
+
+static bool same_sampler(const pa_sampler_config *a, const pa_sampler_config *b) {
+  return a->steps == b->steps && a->t_start == b->t_start && a->t_end == b->t_end && a->temp[0] == b->temp[0] &&
+         a->temp[1] == b->temp[1] && a->cfg[0] == b->cfg[0] && a->cfg[1] == b->cfg[1] &&
+         a->renoise_steps == b->renoise_steps && a->cond_steps == b->cond_steps && a->mode == b->mode &&
+         a->typical_mass == b->typical_mass && a->typical_min_tokens == b->typical_min_tokens;
+}
+
+static bool plain_txt2img(const pa_gen_request *r) {
+  return r->mode == PA_GEN_TXT2IMG && r->regions == PA_REGIONS_NONE && !r->interpolate && r->attn_weight[0] == 1 &&
+         r->attn_weight[1] == 1 && r->attn_weight[2] == 1;
+}
+
+static const char *negative_of(const pa_gen_request *r) { return r->negative_prompt ? r->negative_prompt : ""; }
+
+/* Requests that can share every forward: the same shapes everywhere (no padding, which would
+ * change their images) and the same schedules. */
+static bool batchable(const pa_gen_request *a, const pa_gen_request *b) {
+  return plain_txt2img(a) && plain_txt2img(b) && a->width == b->width && a->height == b->height &&
+         same_sampler(&a->sampler, &b->sampler) && a->prior_steps == b->prior_steps &&
+         a->prior_cfg == b->prior_cfg && a->prior_ddim == b->prior_ddim &&
+         byt5_length(a->prompt) == byt5_length(b->prompt) &&
+         byt5_length(negative_of(a)) == byt5_length(negative_of(b));
+}
+
+/* Denoising progress of a group: every request hears each step; any of them can cancel. */
+typedef struct {
+  const pa_gen_request *reqs;
+  int n;
+} group_progress;
+
+static bool group_step(void *user, const char *stage, int step, int total) {
+  const group_progress *g = user;
+  bool go_on = true;
+  for (int i = 0; i < g->n; i++)
+    if (g->reqs[i].progress && !g->reqs[i].progress(g->reqs[i].progress_user, stage, step, total)) go_on = false;
+  return go_on;
+}
+
+/* Conditions of a group: each request's texts and prior, stacked image by image. */
+static int group_conditions(pa_pipeline *p, const pa_gen_request *reqs, int n, sample_ctx *s) {
+  int rc = PA_OK, reps[PA_GEN_MAX_GROUP] = {0};
+  text_embed te[PA_GEN_MAX_GROUP] = {{0}}, un[PA_GEN_MAX_GROUP] = {{0}};
+  pa_tensor *ci[PA_GEN_MAX_GROUP] = {0};
   for (int i = 0; i < n; i++) {
-    int rc = pa_generate(p, &reqs[i], &out[i]);
-    if (rc) {
-      *failed = i;
-      return rc;
+    reps[i] = reqs[i].batch;
+    PA_TRY(embed_text(p, reqs[i].prompt, 0, &te[i]));
+    PA_TRY(embed_text(p, negative_of(&reqs[i]), 0, &un[i]));
+    double t0 = now_seconds();
+    PA_TRY(image_condition(p, &reqs[i], te[i].clip, &ci[i]));
+    s->seconds_prior += now_seconds() - t0;
+  }
+  PA_TRY(make_cond(p, te, ci[0] ? (const pa_tensor *const *)ci : NULL, reps, n, &s->cond));
+  PA_TRY(make_cond(p, un, NULL, reps, n, &s->uncond));
+fail:
+  for (int i = 0; i < n; i++) {
+    text_embed_free(&te[i]);
+    text_embed_free(&un[i]);
+    pa_tensor_free(ci[i]);
+  }
+  return rc;
+}
+
+/* Hands image rows [first, first + r->batch) of a finished batch to one request's result. */
+static int split_result(pa_gen_result *all, int first, const pa_gen_request *r, double share, pa_gen_result *out) {
+  int64_t n = (int64_t)all->grid_h * all->grid_w;
+  memset(out, 0, sizeof *out);
+  out->images = calloc((size_t)r->batch, sizeof *out->images);
+  out->tokens = malloc((size_t)(r->batch * n) * sizeof *out->tokens);
+  if (!out->images || !out->tokens) {
+    pa_gen_result_free(out);
+    return pa_fail(PA_ERR_NOMEM, "out of memory");
+  }
+  for (int b = 0; b < r->batch; b++) {
+    out->images[b] = all->images[first + b];
+    all->images[first + b] = NULL;
+  }
+  out->n = r->batch;
+  memcpy(out->tokens, all->tokens + first * n, (size_t)(r->batch * n) * sizeof *out->tokens);
+  out->grid_h = all->grid_h;
+  out->grid_w = all->grid_w;
+  out->seconds_encode = all->seconds_encode * share;
+  out->seconds_prior = all->seconds_prior * share;
+  out->seconds_denoise = all->seconds_denoise * share;
+  out->seconds_decode = all->seconds_decode * share;
+  return PA_OK;
+}
+
+/* n >= 2 batchable, valid requests as one batch; out[i] all filled, or none on failure. */
+static int generate_group(pa_pipeline *p, const pa_gen_request *reqs, int n, pa_gen_result *out) {
+  int f = pa_vqgan_factor(p->vqgan), rc = PA_OK, B = 0;
+  for (int i = 0; i < n; i++) B += reqs[i].batch;
+  group_progress gp = {reqs, n};
+  sample_ctx s = {.B = B, .h = reqs[0].height / f, .w = reqs[0].width / f,
+                  .K = pa_paella_cfg(p->paella)->num_labels, .progress = group_step, .progress_user = &gp};
+  int64_t np = (int64_t)s.h * s.w;
+  pa_gen_result all = {0};
+  int64_t *tokens = malloc((size_t)(B * np) * sizeof *tokens);
+  s.init_noise = malloc((size_t)(B * np) * sizeof *s.init_noise);
+  s.seeds = malloc((size_t)B * sizeof *s.seeds);
+  if (!tokens || !s.init_noise || !s.seeds) {
+    rc = pa_fail(PA_ERR_NOMEM, "out of memory");
+    goto fail;
+  }
+  for (int i = 0, k = 0; i < n; i++)
+    for (int b = 0; b < reqs[i].batch; b++) s.seeds[k++] = reqs[i].seed + (uint64_t)b;
+  double t0 = now_seconds();
+  PA_TRY(group_conditions(p, reqs, n, &s));
+  double t1 = now_seconds();
+  pa_sampler_config sc;
+  PA_TRY(prepare_tokens(p, &reqs[0], &s, tokens, &sc));
+  if (sc.steps > 0) PA_TRY(sample_tokens(p, &reqs[0], &sc, &s, tokens));
+  double t2 = now_seconds();
+  PA_TRY(decode_images(p, &s, tokens, &all));
+  all.tokens = tokens;
+  tokens = NULL;
+  all.grid_h = s.h;
+  all.grid_w = s.w;
+  all.seconds_prior = s.seconds_prior;
+  all.seconds_encode = t1 - t0 - s.seconds_prior;
+  all.seconds_denoise = t2 - t1;
+  all.seconds_decode = now_seconds() - t2;
+  for (int i = 0, first = 0; i < n; first += reqs[i].batch, i++) {
+    if ((rc = split_result(&all, first, &reqs[i], (double)reqs[i].batch / B, &out[i]))) {
+      for (int k = 0; k < i; k++) pa_gen_result_free(&out[k]);
+      goto fail;
+    }
+  }
+fail:
+  pa_gen_result_free(&all);
+  free(tokens);
+  free(s.init_noise);
+  free(s.seeds);
+  pa_paella_cond_free(p->paella, s.cond);
+  pa_paella_cond_free(p->paella, s.uncond);
+  return rc;
+}
+
+/* The end of the run of batchable requests starting at `start`. */
+static int group_end(const pa_pipeline *p, const pa_gen_request *reqs, int n, int start) {
+  int end = start + 1, images = reqs[start].batch;
+  if (pa_gen_request_check(p, &reqs[start])) return end;
+  while (end < n && end - start < PA_GEN_MAX_GROUP && images + reqs[end].batch <= 64 &&
+         pa_gen_request_check(p, &reqs[end]) == PA_OK && batchable(&reqs[start], &reqs[end]))
+    images += reqs[end++].batch;
+  return end;
+}
+
+int pa_generate_many(pa_pipeline *p, const pa_gen_request *reqs, int n, pa_gen_result *out, int *failed) {
+  *failed = -1;
+  for (int i = 0; i < n;) {
+    int end = group_end(p, reqs, n, i);
+    /* a group that fails (one of its requests was canceled, say) runs again one by one, so
+     * that the failure is charged to the right request and the others still finish */
+    if (end - i >= 2 && generate_group(p, reqs + i, end - i, out + i) == PA_OK) {
+      i = end;
+      continue;
+    }
+    for (; i < end; i++) {
+      int rc = pa_generate(p, &reqs[i], &out[i]);
+      if (rc) {
+        *failed = i;
+        return rc;
+      }
     }
   }
   return PA_OK;

@@ -33,6 +33,8 @@ bool pa_pipeline_untrained(const pa_pipeline *p);
 /* Image sides must be multiples of this (32 for the published models). */
 int pa_pipeline_size_multiple(const pa_pipeline *p);
 int pa_pipeline_max_side(const pa_pipeline *p);
+/* Paella forwards run so far (one per batch, conditional and unconditional counted apart). */
+long long pa_pipeline_forwards(const pa_pipeline *p);
 
 typedef enum {
   PA_GEN_TXT2IMG,   /* text to image */
@@ -99,8 +101,13 @@ typedef struct {
 } pa_gen_result;
 
 int pa_generate(pa_pipeline *p, const pa_gen_request *r, pa_gen_result *out);
-/* Several requests of one geometry (a worker's claimed batch); out[i] for reqs[i]. Stops at
- * the first failure, returning its index in *failed (-1 when all succeeded). */
+/* Several requests (a worker's claimed batch); out[i] for reqs[i]. Consecutive text-to-image
+ * requests that agree on size, sampler and prior settings and on their ByT5 lengths (prompt and
+ * negative prompt) run as one batch of up to PA_GEN_MAX_GROUP requests - every image the same
+ * as its own pa_generate would give, up to floating-point reassociation; the others run one by
+ * one. Stops at the first failure, returning its index in *failed (-1 when all succeeded); the
+ * results before it are valid. */
+#define PA_GEN_MAX_GROUP 16
 int pa_generate_many(pa_pipeline *p, const pa_gen_request *reqs, int n, pa_gen_result *out, int *failed);
 void pa_gen_result_free(pa_gen_result *r);
 

@@ -272,6 +272,47 @@ static void test_cache_and_cancel(void) {
   CHECK(a.images == NULL);
 }
 
+static int agree(const int64_t *a, const int64_t *b, int64_t n) {
+  int k = 0;
+  for (int64_t q = 0; a && b && q < n; q++) k += a[q] == b[q];
+  return k;
+}
+
+/* A worker's claimed batch: compatible neighbours share every forward, each image as if alone. */
+static void test_generate_many(void) {
+  pa_gen_request r[4] = {req("a red fox", 1), req("a big cat", 5), req("a sailboat at dawn", 3), req("a big dog", 9)};
+  r[1].batch = 2; /* "a red fox", "a big cat", "a big dog": 9 bytes each; the sailboat breaks the run */
+  pa_gen_result many[4], one[4];
+  int failed = 0;
+  long long f0 = pa_pipeline_forwards(p);
+  CHECK_OK(pa_generate_many(p, r, 4, many, &failed));
+  long long used = pa_pipeline_forwards(p) - f0;
+  CHECK(failed == -1);
+  for (int i = 0; i < 4; i++) gen(&r[i], &one[i]);
+  /* 4 steps x (cond + uncond): one group of two requests, then two alone = 3 runs x 8 forwards */
+  printf("generate_many: %lld forwards for 4 requests (one at a time: 32)\n", used);
+  CHECK(used == 24);
+  for (int i = 0; i < 4; i++) {
+    int64_t n = N * r[i].batch;
+    int k = agree(many[i].tokens, one[i].tokens, n);
+    printf("  request %d: %d / %lld tokens as when run alone\n", i, k, (long long)n);
+    CHECK(many[i].n == r[i].batch && many[i].images[0]->width == S);
+    CHECK(k >= n * 99 / 100);
+  }
+  for (int i = 0; i < 4; i++) pa_gen_result_free(&many[i]), pa_gen_result_free(&one[i]);
+  /* a request canceled inside a group: charged to it, the one before it still finishes */
+  pa_gen_request c[2] = {req("a red fox", 1), req("a big cat", 5)};
+  c[1].progress = cancel_at_2;
+  pa_gen_result cm[2] = {{0}};
+  CHECK(pa_generate_many(p, c, 2, cm, &failed) == PA_ERR_CANCELED);
+  CHECK(failed == 1 && cm[0].n == 1 && cm[1].images == NULL);
+  pa_gen_result solo;
+  gen(&c[0], &solo);
+  CHECK(agree(cm[0].tokens, solo.tokens, N) >= N * 99 / 100);
+  pa_gen_result_free(&cm[0]);
+  pa_gen_result_free(&solo);
+}
+
 int main(void) {
   pa_pipeline_options o = {.models_dir = NULL, .be = pa_cpu_backend()};
   CHECK_OK(pa_pipeline_open(&o, &p));
@@ -283,6 +324,7 @@ int main(void) {
   test_interpolation_regions_cfg();
   test_bad_requests();
   test_cache_and_cancel();
+  test_generate_many();
   pa_pipeline_free(p);
   TEST_END();
 }
