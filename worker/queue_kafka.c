@@ -373,10 +373,14 @@ static void rebalance_assign(kq *k, rd_kafka_t *rk, rd_kafka_topic_partition_lis
 
 static void rebalance_revoke(kq *k, rd_kafka_t *rk, rd_kafka_topic_partition_list_t *l, bool coop) {
   /* Commit what was acknowledged before the partitions move: auto-commit runs on a timer, and
-   * without this the next owner would re-run jobs whose results are already recorded. Fails
-   * harmlessly when nothing is stored or the member was already expelled from the group. */
-  rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
-  if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET) report_rebalance_error(k, "commit on revoke", rd_kafka_err2str(cerr));
+   * without this the next owner would re-run jobs whose results are already recorded. Not when
+   * the assignment was lost (expelled from the group): the commit can only fail, and waiting
+   * on it holds up the rejoin. */
+  if (!rd_kafka_assignment_lost(rk)) {
+    rd_kafka_resp_err_t cerr = rd_kafka_commit(rk, NULL, 0);
+    if (cerr && cerr != RD_KAFKA_RESP_ERR__NO_OFFSET)
+      report_rebalance_error(k, "commit on revoke", rd_kafka_err2str(cerr));
+  }
   forget_partitions(k, l);
   if (coop) {
     rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, l);
