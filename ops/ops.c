@@ -10,15 +10,6 @@ pa_tensor *pa_alloc(pa_backend *be, pa_dtype dt, int ndim, const int64_t *shape)
   return be->alloc(be, dt, ndim, shape);
 }
 
-pa_tensor *pa_alloc_f32(pa_backend *be, int ndim, ...) {
-  int64_t shape[PA_MAX_DIMS];
-  va_list ap;
-  va_start(ap, ndim);
-  for (int i = 0; i < ndim && i < PA_MAX_DIMS; i++) shape[i] = va_arg(ap, int64_t);
-  va_end(ap);
-  return be->alloc(be, PA_F32, ndim, shape);
-}
-
 void pa_release(pa_backend *be, pa_tensor *t) {
   if (t) be->release(be, t);
 }

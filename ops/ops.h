@@ -9,7 +9,10 @@
 
 /* Device tensors. pa_alloc returns NULL with the error set on failure. */
 pa_tensor *pa_alloc(pa_backend *be, pa_dtype dt, int ndim, const int64_t *shape);
-pa_tensor *pa_alloc_f32(pa_backend *be, int ndim, ...); /* pa_alloc_f32(be, 3, B, L, C) */
+/* pa_alloc_f32(be, 3, B, L, C): the sizes go through an int64_t array literal, so each is
+ * converted (an int argument is safe, unlike through varargs) and more than PA_MAX_DIMS of
+ * them do not compile. */
+#define pa_alloc_f32(be, ndim, ...) pa_alloc((be), PA_F32, (ndim), (const int64_t[PA_MAX_DIMS]){__VA_ARGS__})
 void pa_release(pa_backend *be, pa_tensor *t);
 /* Upload a host tensor (new device tensor); on CPU, a copy. */
 pa_tensor *pa_upload(pa_backend *be, const pa_tensor *host);
