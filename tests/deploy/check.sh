@@ -46,7 +46,9 @@ render() { # name, render args...
 render_all() {
   render default &&
     render kafka -f "$chart/ci/kafka-scale-to-zero-values.yaml" &&
-    render redis-full -f "$chart/ci/redis-full-values.yaml"
+    render redis-full -f "$chart/ci/redis-full-values.yaml" &&
+    render production -f "$chart/ci/production-values.yaml" &&
+    render legacy-secret --set secrets.existingSecret=paella-credentials
 }
 
 render_refusals() {
@@ -58,6 +60,15 @@ render_refusals() {
   if "$work/render" --set queue.type=kafka --set queue.kafka.brokers=k:9092 "$chart" >/dev/null 2>"$work/err"; then
     echo "the Redis-only scheduler was rendered on Kafka"; bad=1
   else grep -q "Redis stream only" "$work/err" || { cat "$work/err"; bad=1; }; fi
+  # KEDA activates on lag > threshold: with scale to zero anything above 0 strands jobs.
+  local activation
+  for activation in "redis.activationLagCount" "kafka.activationLagThreshold"; do
+    if "$work/render" --set autoscaling.scaleToZero=true --set "autoscaling.$activation=1" \
+      --set queue.type="${activation%%.*}" --set queue.kafka.brokers=k:9092 \
+      --set scheduler.enabled=false "$chart" >/dev/null 2>"$work/err"; then
+      echo "scale to zero with $activation=1 was accepted: one job would never wake the workers"; bad=1
+    else grep -q "would never run" "$work/err" || { cat "$work/err"; bad=1; }; fi
+  done
   return $bad
 }
 
@@ -78,6 +89,10 @@ if step "build charts/render" build_renderer && step "render the chart" render_a
   step "rendered: default values" check rendered "$work/default.yaml" default
   step "rendered: Kafka + scale to zero" check rendered "$work/kafka.yaml" kafka
   step "rendered: Redis with auth, CPU worker, ingress" check rendered "$work/redis-full.yaml" redis-full
+  step "rendered: chart's Redis, scale to zero, NetworkPolicy, split Secrets" \
+    check rendered "$work/production.yaml" production
+  step "rendered: one shared existingSecret (before the split)" \
+    check rendered "$work/legacy-secret.yaml" legacy-secret
   step "chart refuses bad settings" render_refusals
   if step "binaries' --help" help_texts; then
     step "every setting reachable" check settings "$work/worker-help.txt" "$work/scheduler-help.txt" \
