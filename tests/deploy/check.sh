@@ -2,8 +2,11 @@
 # Deployment checks without a cluster or a Docker engine (docs/deploy.md, "CI checks"):
 # docker-compose.yml through `docker-compose config`, the Dockerfiles parsed, the Helm chart
 # rendered by charts/render (Helm's template engine rebuilt from Debian's Go packages) for
-# three values files and the output checked, values files against values.schema.json, and
-# every setting of paella-worker/paella-scheduler --help reachable from the chart and compose.
+# the default values, ci/*-values.yaml and a shared-Secret install, and the output checked;
+# the chart's own Redis run from its rendered command with redis-server and KEDA's activation
+# rule applied to one queued job; values files against values.schema.json; the README's
+# values table complete and current; and every setting of paella-worker/paella-scheduler
+# --help reachable from the chart and compose.
 # usage: check.sh [WORK_DIR]   (PAELLA_WORKER_BIN, PAELLA_SCHEDULER_BIN: the binaries)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -94,6 +97,8 @@ if step "build charts/render" build_renderer && step "render the chart" render_a
   step "rendered: one shared existingSecret (before the split)" \
     check rendered "$work/legacy-secret.yaml" legacy-secret
   step "chart refuses bad settings" render_refusals
+  # The rendered Redis command on Debian's redis-server; one job through KEDA's lag reading.
+  step "the chart's Redis run, one job wakes the workers" check redis "$work/production.yaml"
   if step "binaries' --help" help_texts; then
     step "every setting reachable" check settings "$work/worker-help.txt" "$work/scheduler-help.txt" \
       "$work/kafka.yaml" "$work/redis-full.yaml"

@@ -4,6 +4,9 @@ Run by check.sh, which renders the chart first. Subcommands:
   rendered FILE SCENARIO   the chart's output: valid YAML, the expected kinds and contents
   schema                   values files against values.schema.json (and a bad one refused)
   dockerfiles              every stage has FROM, USER non-root, HEALTHCHECK, COPY --from
+  redis RENDER             the chart's own Redis container run as rendered (real
+                           redis-server), then one job queued the way the scheduler does it:
+                           KEDA's reading of the lag and activation with the rendered triggers
   settings HELP_W HELP_S RENDER_W RENDER_S
                            every flag/variable of the binaries' --help reachable from the
                            chart (rendered) and from docker-compose.yml
@@ -11,8 +14,14 @@ Exits non-zero with one line per failure.
 """
 import copy
 import json
+import os
 import re
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import jsonschema
@@ -394,6 +403,122 @@ def check_production(docs):
             fail(f"{component} NetworkPolicy peers {peers}, want the {ns} namespace")
 
 
+# ---- the chart's Redis, run -----------------------------------------------------------------
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RenderedRedis:
+    """The chart's Redis container's command, run here with Debian's redis-server: only the
+    data directory and the port differ from the pod (/data and 6379 are not ours to take)."""
+
+    def __init__(self, statefulset, password):
+        c = container(statefulset)
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="paella-redis-")
+        script = " ".join(c["command"][2:] + c["args"])
+        if "--dir /data" not in script:
+            raise SystemExit(f"the Redis command does not keep its data in /data: {script}")
+        script = script.replace("--dir /data", f"--dir {self.dir}") + f" --port {self.port} --bind 127.0.0.1"
+        self.env = dict(os.environ, PAELLA_REDIS_PASSWORD=password)
+        self.log = open(Path(self.dir) / "redis.log", "w")
+        self.proc = subprocess.Popen([c["command"][0], c["command"][1], script], env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.probe = [a.replace("redis-cli", f"redis-cli -p {self.port}")
+                      for a in c["readinessProbe"]["exec"]["command"]]
+
+    def probe_ok(self, password):
+        env = dict(os.environ, PAELLA_REDIS_PASSWORD=password)
+        return subprocess.run(self.probe, env=env, capture_output=True, timeout=30).returncode == 0
+
+    def cli(self, *args):
+        env = dict(os.environ, REDISCLI_AUTH=self.env["PAELLA_REDIS_PASSWORD"])
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], env=env,
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode != 0 or out.stdout.startswith(("ERR", "NOAUTH", "WRONGPASS")):
+            raise RuntimeError(f"redis-cli {' '.join(args)}: {out.stdout}{out.stderr}")
+        return out.stdout.splitlines()
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def group_lag(r, stream, group):
+    """XINFO GROUPS' lag of one group, as KEDA's lagCount reads it: 0 without the stream, the
+    stream's length while the group does not exist yet, a null lag read as no lag."""
+    if r.cli("EXISTS", stream) == ["0"]:
+        return 0
+    lines = r.cli("XINFO", "GROUPS", stream)
+    for i in range(0, len(lines) - 1):
+        if lines[i] == "name" and lines[i + 1] == group:
+            fields = dict(zip(lines[i::2], lines[i + 1::2]))
+            return int(fields.get("lag") or 0)
+    return int(r.cli("XLEN", stream)[0])
+
+
+def redis(path):
+    docs = load_docs(path)
+    statefulset = one(docs, "StatefulSet", "redis")
+    triggers = one(docs, "ScaledObject").get("spec", {}).get("triggers", [])
+    lag_trigger = next(t for t in triggers if "lagCount" in t["metadata"])
+    pending_trigger = next(t for t in triggers if "pendingEntriesCount" in t["metadata"])
+    stream, group = lag_trigger["metadata"]["stream"], lag_trigger["metadata"]["consumerGroup"]
+    password = "ci-redis-password"
+    r = RenderedRedis(statefulset, password)
+    try:
+        deadline = time.monotonic() + 60
+        while not r.probe_ok(password):
+            if r.proc.poll() is not None or time.monotonic() > deadline:
+                fail(f"the chart's Redis did not become ready: {(Path(r.dir) / 'redis.log').read_text()[-2000:]}")
+                return finish("redis")
+            time.sleep(0.2)
+        if r.probe_ok("wrong-password") or r.probe_ok(""):
+            fail("the Redis readiness probe passes without the right password")
+        config = {}
+        for key in ("appendonly", "appendfsync", "maxmemory-policy", "maxmemory"):
+            name, value = r.cli("CONFIG", "GET", key)
+            config[name] = value
+        want = {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction",
+                "maxmemory": str(4 * 1024 ** 3)}
+        if config != want:
+            fail(f"the chart's Redis runs with {config}, want {want}")
+        print(f"redis-server {r.cli('INFO', 'server')[1:3]}: {config}")
+
+        # Scaled to zero, nothing queued: no trigger may be active.
+        if keda_active(lag_trigger, group_lag(r, stream, group)):
+            fail("an empty queue activates the lag trigger")
+        # One job submitted before any worker ever ran (the group does not exist yet).
+        r.cli("XADD", stream, "*", "job", "{}")
+        lag = group_lag(r, stream, group)
+        print(f"one job, no consumer group yet: lag {lag}, active {keda_active(lag_trigger, lag)}")
+        if lag != 1 or not keda_active(lag_trigger, lag):
+            fail(f"one queued job (lag {lag}) does not wake the workers from zero")
+        # The first worker creates the group from the stream's start, as worker/queue_redis.c.
+        r.cli("XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
+        lag = group_lag(r, stream, group)
+        if lag != 1 or not keda_active(lag_trigger, lag):
+            fail(f"one queued job after the group's creation: lag {lag}, not active")
+        r.cli("XREADGROUP", "GROUP", group, "worker-0", "COUNT", "1", "STREAMS", stream, ">")
+        lag = group_lag(r, stream, group)
+        pending = int(r.cli("XPENDING", stream, group)[0])
+        print(f"claimed: lag {lag}, pending {pending}, active {keda_active(pending_trigger, pending)}")
+        if keda_active(lag_trigger, lag) or not keda_active(pending_trigger, pending):
+            fail(f"a claimed, unfinished job: lag {lag} / pending {pending} do not keep exactly the pending trigger active")
+        entry = r.cli("XRANGE", stream, "-", "+")[0]
+        r.cli("XACK", stream, group, entry)
+        lag, pending = group_lag(r, stream, group), int(r.cli("XPENDING", stream, group)[0])
+        if keda_active(lag_trigger, lag) or keda_active(pending_trigger, pending):
+            fail(f"an acknowledged job keeps the workers up: lag {lag}, pending {pending}")
+    finally:
+        r.close()
+    finish("redis")
+
+
 # ---- values.schema.json --------------------------------------------------------------------
 def merged(base, overlay):
     out = copy.deepcopy(base)
@@ -613,4 +738,5 @@ def settings(help_worker, help_scheduler, render_worker, render_scheduler):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"rendered": rendered, "schema": schema, "dockerfiles": dockerfiles, "settings": settings}[cmd](*args)
+    {"rendered": rendered, "schema": schema, "dockerfiles": dockerfiles, "settings": settings,
+     "redis": redis}[cmd](*args)
