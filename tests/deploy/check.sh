@@ -88,6 +88,7 @@ help_texts() {
 step "docker-compose config" compose_config
 step "Dockerfiles" check dockerfiles
 step "values.schema.json" check schema
+step "README.md values table" "$py" "$root/tests/deploy/values_table.py" --check
 if step "build charts/render" build_renderer && step "render the chart" render_all; then
   step "rendered: default values" check rendered "$work/default.yaml" default
   step "rendered: Kafka + scale to zero" check rendered "$work/kafka.yaml" kafka
