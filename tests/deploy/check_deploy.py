@@ -548,7 +548,8 @@ def schema():
         elif bad:
             found = {"/".join(map(str, e.absolute_path)) or e.message for e in errors}
             print(f"{name}: rejected, {len(errors)} errors: {sorted(found)}")
-            for want in ("queue/type", "worker/config", "worker/config/leaseMs", "storage/url"):
+            for want in ("queue/type", "worker/config", "worker/config/leaseMs", "storage/url",
+                         "scheduler/topologySpreadConstraints/0", "scheduler/extraEnv/0"):
                 if not any(f == want or (want == "worker/config" and "maxBtach" in f) for f in found | {
                         e.message for e in errors}):
                     fail(f"{name}: no error for {want}")
