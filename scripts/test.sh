@@ -49,6 +49,19 @@ else
 fi
 rm -f "$cuda_log"
 
+# The GPU bundle (docs/gpu.md): built from this tree, every library proved with ldd (~30 s).
+echo "== gpu bundle (scripts/gpu-bundle.sh --check) =="
+bundle_log=$(mktemp)
+if bash scripts/gpu-bundle.sh --check >"$bundle_log" 2>&1; then
+  tail -2 "$bundle_log"
+  passed=$((passed + 1))
+else
+  tail -60 "$bundle_log"
+  echo "gpu bundle: FAILED"
+  failed=$((failed + 1))
+fi
+rm -f "$bundle_log"
+
 if [ -f scripts/fuzz.sh ]; then
   echo "== fuzz (${FUZZ_SECONDS:-30} s per target) =="
   if FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash scripts/fuzz.sh; then
