@@ -34,9 +34,10 @@ unpack_libs() {
   local tmp
   tmp=$(mktemp -d "${TMPDIR:-/tmp}/paella-gpu-lib.XXXXXX") || return 1
   if command -v xz >/dev/null; then
-    tar -C "$tmp" -xJf "$archive" || return 1
+    tar -C "$tmp" -xJf "$archive" || { rm -rf "$tmp"; return 1; }
   else # no xz-utils: Python's tarfile reads xz too
-    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$archive" "$tmp" || return 1
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$archive" "$tmp" ||
+      { rm -rf "$tmp"; return 1; }
   fi
   mv -T "$tmp/lib" "$libdir" 2>/dev/null || true # another run.sh won the race: its copy is identical
   rm -rf "$tmp"
