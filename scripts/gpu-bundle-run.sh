@@ -136,6 +136,7 @@ fi
 ((cuda_missing)) && exit 4
 prog="$1"
 shift
-[[ -x $bundle/bin/$prog ]] || { say "no bin/$prog in $bundle"; exit 2; }
+[[ -f $bundle/bin/$prog ]] || { say "no bin/$prog in $bundle"; exit 2; }
+[[ -x $bundle/bin/$prog ]] || chmod +x "$bundle/bin/$prog" # a copy that lost the mode bits
 cd "$bundle" || exit 2 # test_cuda reads its goldens from ./golden
 exec "$bundle/bin/$prog" "$@"

@@ -39,12 +39,12 @@ fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ -n ${1:-} ]]; then
   bundle="$1"
-elif [[ -x $here/run.sh && -d $here/bin ]]; then
+elif [[ -f $here/run.sh && -d $here/bin ]]; then
   bundle="$here"
 else
   bundle="$PWD/gpu-bundle"
 fi
-if [[ ! -x $bundle/run.sh ]]; then
+if [[ ! -f $bundle/run.sh ]]; then
   echo "gpu-check: no GPU bundle at $bundle: build it first with  bash scripts/gpu-bundle.sh gpu-bundle" >&2
   exit 2
 fi
@@ -107,19 +107,23 @@ step() {
   echo "gpu-check $(date -u +%FT%TZ), bundle $bundle, limit ${total}s"
   sed 's/^/  /' "$bundle/BUILD-INFO" 2>/dev/null
   echo "  host $(uname -n), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), glibc $(getconf GNU_LIBC_VERSION | cut -d' ' -f2)"
-  echo "  gpu $(timeout 15 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+  if command -v nvidia-smi >/dev/null; then
+    echo "  gpu $(timeout 15 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+  else
+    echo "  gpu: no nvidia-smi on PATH"
+  fi
 } | tee "$summary"
 timeout 15 nvidia-smi >"$logs/nvidia-smi.log" 2>&1
 
 # ---- libraries, then parity (if there is no device, nothing else can run) ----------------------
-step libs 30 required "$bundle/run.sh" --libs
+step libs 30 required bash "$bundle/run.sh" --libs
 sed -n 's/^run.sh: /    /p' "$logs/libs.log" | tee -a "$summary" # where the CUDA libraries came from
 if [[ $verdict != ok ]]; then
   echo "gpu-check: the bundle cannot run here (see libs above)" | tee -a "$summary"
   pack
   exit 4
 fi
-step test_cuda 170 required "$bundle/run.sh" test_cuda
+step test_cuda 170 required bash "$bundle/run.sh" test_cuda
 parity=$verdict
 if [[ $parity == NO-DEVICE || $parity == NO-CUDA-LIBS ]]; then
   echo "gpu-check: $parity: no check ran on a GPU; the benchmarks are not run" | tee -a "$summary"
@@ -129,14 +133,14 @@ if [[ $parity == NO-DEVICE || $parity == NO-CUDA-LIBS ]]; then
 fi
 
 # ---- benchmarks, most wanted first -----------------------------------------------------------
-step bench_paella 90 required "$bundle/run.sh" bench_cuda paella
-step bench_sample 120 required "$bundle/run.sh" bench_cuda sample
-step bench_prior 40 optional "$bundle/run.sh" bench_cuda prior
-step bench_vqgan 30 optional "$bundle/run.sh" bench_cuda vqgan
-step bench_clip 60 optional "$bundle/run.sh" bench_cuda clip
-step bench_t5 120 optional "$bundle/run.sh" bench_cuda t5
+step bench_paella 90 required bash "$bundle/run.sh" bench_cuda paella
+step bench_sample 120 required bash "$bundle/run.sh" bench_cuda sample
+step bench_prior 40 optional bash "$bundle/run.sh" bench_cuda prior
+step bench_vqgan 30 optional bash "$bundle/run.sh" bench_cuda vqgan
+step bench_clip 60 optional bash "$bundle/run.sh" bench_cuda clip
+step bench_t5 120 optional bash "$bundle/run.sh" bench_cuda t5
 if [[ $parity != ok ]]; then
-  step test_cuda_fp32 600 optional env PAELLA_CUDA_PRECISION=fp32 "$bundle/run.sh" test_cuda
+  step test_cuda_fp32 600 optional env PAELLA_CUDA_PRECISION=fp32 bash "$bundle/run.sh" test_cuda
 fi
 
 echo "gpu-check: $( ((failed)) && echo 'FAILED' || echo 'all checks passed') in $((SECONDS))s; logs in $archive" |

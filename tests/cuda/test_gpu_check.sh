@@ -69,6 +69,11 @@ check "all pass: no fp32 rerun" bash -c '! grep -q test_cuda_fp32 <<<"$1"' _ "$s
 check "all pass: one archive with every log" bash -c 'for f in libs test_cuda bench_paella bench_sample bench_prior bench_vqgan bench_clip bench_t5; do tar -tzf "$1" | grep -qx "gpu-check/$f.log" || exit 1; done' _ "$out/gpu-check-logs.tar.gz"
 check "all pass: only the summary and the archive in OUT" bash -c '[[ $(ls "$1" | wc -l) -eq 2 ]]' _ "$out"
 
+chmod -x "$bundle/run.sh" "$bundle/gpu-check.sh" # a copy that lost its mode bits
+run_check no_mode_bits
+check "no mode bits: exit 0" test "$rc" -eq 0
+chmod +x "$bundle/run.sh" "$bundle/gpu-check.sh"
+
 run_check no_device FAKE_TEST_CUDA=skip
 check "no device: exit 3" test "$rc" -eq 3
 check "no device: said so" has "^test_cuda +NO-DEVICE"
