@@ -5,7 +5,7 @@
 #
 # FIRST, in a session that has a GPU, from the root of the checkout that session started in
 # (the device tool sends that checkout, plus the carried paths):
-#   bash scripts/gpu-bundle.sh gpu-bundle                      (here; about 30 s, 11 MB)
+#   bash scripts/gpu-bundle.sh gpu-bundle          (here; 30-75 s on the 2-core VM, 11 MB)
 #   device tool: run  carry ["gpu-bundle"]  timeout_s 600  command "bash gpu-bundle/gpu-check.sh"
 # Results come back from $OUT: summary.txt (one block per step, appended as each step ends) and
 # gpu-check-logs.tar.gz (every log, the full parity table, device and build info; repacked
