@@ -1,6 +1,10 @@
-/* `paella generate PROMPT [options]`: the whole pipeline in one process, no services. */
+/* `paella generate PROMPT [options]`: the whole pipeline in one process, no services.
+ * The options fill a wire-protocol job (proto/), so the defaults, limits and the mapping to
+ * the pipeline are the API's own: the same settings and seed give the same image here and
+ * through the scheduler and a worker. Exit status: 0 ok, 1 runtime failure, 2 usage error. */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,8 +13,15 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "cli/opts.h"
+#include "cli/output.h"
 #include "model/pipeline.h"
-#include "ops/parse.h"
+#include "proto/proto.h"
+#include "worker/job_map.h"
+
+#define CMD "paella generate"
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -18,23 +29,36 @@ static void usage(FILE *f) {
       "\n"
       "Text to image with Paella v3 (ByT5-XL + CLIP-H conditioning, CLIP prior, VQGAN f4).\n"
       "With no models configured, runs a small built-in model with random weights (noise).\n"
+      "Defaults and limits are the HTTP API's (docs/protocol.md): the same settings and seed\n"
+      "give the same image here and through a scheduler and worker.\n"
+      "Exit status: 0 done, 1 failed while running, 2 bad command line.\n"
       "\n"
       "output:\n"
-      "  -o, --output FILE       PNG to write (default paella.png); with several images\n"
-      "                          FILE-<i>.png, interpolation frames FILE-<frame>.png\n"
+      "  -o, --output FILE       image to write (default paella.png); - writes it to stdout.\n"
+      "                          Several images are FILE-00.png, FILE-01.png ... (numbered\n"
+      "                          from 0, zero-padded, the extension kept). An existing FILE\n"
+      "                          must be a regular file; devices, FIFOs, directories are refused\n"
+      "      --format png|jpeg|webp   (default: from FILE's extension, else png)\n"
+      "      --quality N         JPEG and WebP quality, " STR(PW_QUALITY_MIN) ".." STR(PW_QUALITY_MAX)
+      " (default " STR(PW_DEFAULT_OUTPUT_QUALITY) ")\n"
+      "                          Every image embeds its generation parameters (PNG iTXt\n"
+      "                          'parameters', JPEG comment, WebP XMP) as a job JSON\n"
       "      --json              print a JSON summary (seed, timings, outputs) on stdout\n"
       "  -q, --quiet             no progress bar\n"
       "image:\n"
-      "  -W, --width N, -H, --height N   size in pixels, multiples of 32 (default 256, or\n"
-      "                          the input image's size cropped to a multiple of 32)\n"
-      "      --batch N           images per run (image i uses seed + i) (default 1)\n"
-      "  -s, --seed N            random seed (default 0)\n"
+      "  -W, --width N, -H, --height N   size in pixels, multiples of " STR(PW_SIZE_MULTIPLE) ", "
+      STR(PW_SIZE_MIN) ".." STR(PW_SIZE_MAX) "\n"
+      "                          (default " STR(PW_DEFAULT_SIZE) ", or the input image's size cropped to a multiple of 32)\n"
+      "      --batch N           images per run, 1.." STR(PW_BATCH_MAX) " (image i uses seed + i) (default 1)\n"
+      "  -s, --seed N            random seed, 0..2^53-1 (default 0)\n"
       "      --max-size N        largest side accepted (default 1024)\n"
       "sampler:\n"
-      "      --steps N           denoising steps (default 12)\n"
-      "      --cfg A[,B]         guidance scale, linear from A to B (default 8)\n"
-      "      --temp A[,B]        temperature, linear from A to B (default 0.7,0.3)\n"
-      "      --t-start T, --t-end T   noise levels (default 1, 0)\n"
+      "      --steps N           denoising steps, 1.." STR(PW_STEPS_MAX) " (default " STR(PW_DEFAULT_STEPS) ")\n"
+      "      --cfg A[,B]         guidance scale, linear from A to B, " STR(PW_CFG_MIN) ".." STR(PW_CFG_MAX)
+      " (default " STR(PW_DEFAULT_CFG) ")\n"
+      "      --temp A[,B]        temperature, linear from A to B, " STR(PW_TEMP_MIN) ".." STR(PW_TEMP_MAX)
+      " (default " STR(PW_DEFAULT_TEMP_START) "," STR(PW_DEFAULT_TEMP_END) ")\n"
+      "      --t-start T, --t-end T   noise levels, 0..1, t-end < t-start (default 1, 0)\n"
       "      --renoise-steps N   steps re-noised toward the initial noise (default steps-1)\n"
       "      --cond-steps N      steps that apply guidance (default steps)\n"
       "      --argmax            take the most likely token instead of sampling\n"
@@ -43,16 +67,21 @@ static void usage(FILE *f) {
       "      --attn-weights B,C,I   attention re-weighting of the ByT5, CLIP text and CLIP\n"
       "                          image conditioning tokens (default 1,1,1)\n"
       "prior (CLIP text -> CLIP image embedding):\n"
-      "      --prior-steps N     0 disables the prior (default 60)\n"
-      "      --prior-cfg F       (default 3)\n"
+      "      --prior-steps N     1.." STR(PW_PRIOR_STEPS_MAX) "; 0 disables the prior (default "
+      STR(PW_DEFAULT_PRIOR_STEPS) ")\n"
+      "      --prior-cfg F       0.." STR(PW_PRIOR_GUIDANCE_MAX) " (default " STR(PW_DEFAULT_PRIOR_GUIDANCE) ")\n"
       "      --prior-sampler ddpm|ddim   (default ddpm)\n"
       "editing:\n"
-      "      --image FILE        input PNG: image-to-image unless --mask/--outpaint/--variation\n"
-      "      --strength S        image-to-image: noise level to start from, 0..1 (default 0.5)\n"
+      "      --image FILE        input PNG, JPEG or WebP: image-to-image unless\n"
+      "                          --mask/--outpaint/--variation\n"
+      "      --strength S        image-to-image: noise level to start from, 0..1 (default "
+      STR(PW_DEFAULT_T_START_IMG2IMG) ")\n"
       "      --mask FILE         inpainting: white = regenerate (same size as --image)\n"
       "      --outpaint X,Y      place --image at (X, Y) on the --width x --height canvas\n"
       "      --variation         condition on the CLIP embedding of --image\n"
-      "      --interpolate TEXT  frames from PROMPT to TEXT (--frames N, default 5; --slerp)\n"
+      "      --interpolate TEXT  frames from PROMPT to TEXT (--frames N, 2.." STR(PW_FRAMES_MAX) ", default "
+      STR(PW_DEFAULT_FRAMES) ";\n"
+      "                          --slerp (default) or --lerp)\n"
       "      --right TEXT        PROMPT on the left half, TEXT on the right half\n"
       "      --bottom TEXT       PROMPT on the top half, TEXT on the bottom half\n"
       "models:\n"
@@ -61,11 +90,20 @@ static void usage(FILE *f) {
       "      --device cpu|cuda   backend (default cpu)\n");
 }
 
+/* The job holds every setting the API has; the rest are this command's own. */
 typedef struct {
-  pa_gen_request req;
+  pw_job job;
   const char *output, *image_path, *mask_path, *models, *device;
-  int frames, max_side;
-  bool json, quiet, size_given, outpaint, variation;
+  int max_side;
+  bool json, quiet, size_given, format_given, outpaint, variation, strength_given;
+  double strength;
+  /* settings the API does not have */
+  bool no_prior;
+  int64_t cond_steps; /* -1: steps */
+  double typical_mass;
+  float attn_weight[3];
+  pa_regions regions;
+  const char *region_prompt;
 } gen_opts;
 
 typedef struct {
@@ -98,28 +136,15 @@ static bool progress(void *user, const char *stage, int step, int total) {
   return true;
 }
 
-static int parse_pair(const char *s, float *a, float *b) {
-  char *end;
-  errno = 0;
-  *a = strtof(s, &end);
-  *b = *a;
-  if (end == s || errno) return -1;
-  if (*end == ',') {
-    const char *t = end + 1;
-    *b = strtof(t, &end);
-    if (end == t || errno) return -1;
-  }
-  return *end ? -1 : 0;
-}
-
 enum {
   O_JSON = 256, O_BATCH, O_MAXSIZE, O_STEPS, O_CFG, O_TEMP, O_TSTART, O_TEND, O_RENOISE, O_CONDSTEPS,
   O_ARGMAX, O_TYPICAL, O_ATTNW, O_PSTEPS, O_PCFG, O_PSAMPLER, O_IMAGE, O_STRENGTH, O_MASK, O_OUTPAINT,
-  O_VARIATION, O_INTERP, O_FRAMES, O_SLERP, O_RIGHT, O_BOTTOM, O_MODELS, O_DEVICE
+  O_VARIATION, O_INTERP, O_FRAMES, O_SLERP, O_LERP, O_RIGHT, O_BOTTOM, O_MODELS, O_DEVICE, O_FORMAT, O_QUALITY
 };
 
 static const struct option long_opts[] = {
     {"output", required_argument, 0, 'o'}, {"json", no_argument, 0, O_JSON}, {"quiet", no_argument, 0, 'q'},
+    {"format", required_argument, 0, O_FORMAT}, {"quality", required_argument, 0, O_QUALITY},
     {"width", required_argument, 0, 'W'}, {"height", required_argument, 0, 'H'},
     {"batch", required_argument, 0, O_BATCH}, {"seed", required_argument, 0, 's'},
     {"max-size", required_argument, 0, O_MAXSIZE}, {"steps", required_argument, 0, O_STEPS},
@@ -133,162 +158,253 @@ static const struct option long_opts[] = {
     {"strength", required_argument, 0, O_STRENGTH}, {"mask", required_argument, 0, O_MASK},
     {"outpaint", required_argument, 0, O_OUTPAINT}, {"variation", no_argument, 0, O_VARIATION},
     {"interpolate", required_argument, 0, O_INTERP}, {"frames", required_argument, 0, O_FRAMES},
-    {"slerp", no_argument, 0, O_SLERP}, {"right", required_argument, 0, O_RIGHT},
+    {"slerp", no_argument, 0, O_SLERP}, {"lerp", no_argument, 0, O_LERP}, {"right", required_argument, 0, O_RIGHT},
     {"bottom", required_argument, 0, O_BOTTOM}, {"models", required_argument, 0, O_MODELS},
     {"device", required_argument, 0, O_DEVICE}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 
-/* Returns 0 ok, 2 usage error (message printed), -1 for --help. */
-static int parse_args(int argc, char **argv, gen_opts *o) {
-  pa_gen_request *r = &o->req;
-  int c, steps_given = 0, renoise_given = 0, cond_given = 0, w = 0, h = 0;
-  float a, b;
-  opterr = 0;
-  optind = 1;
-  while ((c = getopt_long(argc, argv, "o:qW:H:s:n:h", long_opts, NULL)) != -1) {
-    const char *v = optarg;
-    int bad = 0;
-    switch (c) {
-      case 'o': o->output = v; break;
-      case O_JSON: o->json = true; break;
-      case 'q': o->quiet = true; break;
-      case 'W': bad = pa_parse_int(v, 1, 65536, &w); o->size_given = true; break;
-      case 'H': bad = pa_parse_int(v, 1, 65536, &h); o->size_given = true; break;
-      case O_BATCH: bad = pa_parse_int(v, 1, 64, &r->batch); break;
-      case 's': {
-        char *end;
-        errno = 0;
-        r->seed = strtoull(v, &end, 10);
-        bad = end == v || *end || errno || v[0] == '-';
-        break;
-      }
-      case O_MAXSIZE: bad = pa_parse_int(v, 32, 16384, &o->max_side); break;
-      case O_STEPS: bad = pa_parse_int(v, 1, 1000, &r->sampler.steps); steps_given = 1; break;
-      case O_CFG: bad = parse_pair(v, &r->sampler.cfg[0], &r->sampler.cfg[1]); break;
-      case O_TEMP: bad = parse_pair(v, &r->sampler.temp[0], &r->sampler.temp[1]); break;
-      case O_TSTART: bad = parse_pair(v, &r->sampler.t_start, &a); break;
-      case O_TEND: bad = parse_pair(v, &r->sampler.t_end, &a); break;
-      case O_RENOISE: bad = pa_parse_int(v, 0, 1000, &r->sampler.renoise_steps); renoise_given = 1; break;
-      case O_CONDSTEPS: bad = pa_parse_int(v, 0, 1000, &r->sampler.cond_steps); cond_given = 1; break;
-      case O_ARGMAX: r->sampler.mode = PA_SAMPLE_ARGMAX; break;
-      case O_TYPICAL: bad = parse_pair(v, &r->sampler.typical_mass, &a) || !(a > 0 && a <= 1); break;
-      case 'n': r->negative_prompt = v; break;
-      case O_ATTNW:
-        bad = sscanf(v, "%f,%f,%f", &r->attn_weight[0], &r->attn_weight[1], &r->attn_weight[2]) != 3;
-        break;
-      case O_PSTEPS: bad = pa_parse_int(v, 0, 1000, &r->prior_steps); break;
-      case O_PCFG: bad = parse_pair(v, &r->prior_cfg, &a); break;
-      case O_PSAMPLER:
-        bad = strcmp(v, "ddpm") && strcmp(v, "ddim");
-        r->prior_ddim = !strcmp(v, "ddim");
-        break;
-      case O_IMAGE: o->image_path = v; break;
-      case O_STRENGTH: bad = parse_pair(v, &r->strength, &a) || r->strength < 0 || r->strength > 1; break;
-      case O_MASK: o->mask_path = v; break;
-      case O_OUTPAINT:
-        bad = sscanf(v, "%d,%d", &r->offset_x, &r->offset_y) != 2;
-        o->outpaint = true;
-        break;
-      case O_VARIATION: o->variation = true; break;
-      case O_INTERP: r->prompt2 = v; r->interpolate = true; break;
-      case O_FRAMES: bad = pa_parse_int(v, 2, 1000, &o->frames); break;
-      case O_SLERP: r->slerp = true; break;
-      case O_RIGHT: r->prompt2 = v; r->regions = PA_REGIONS_LEFT_RIGHT; break;
-      case O_BOTTOM: r->prompt2 = v; r->regions = PA_REGIONS_TOP_BOTTOM; break;
-      case O_MODELS: o->models = v; break;
-      case O_DEVICE: o->device = v; break;
-      case 'h': return -1;
-      default:
-        fprintf(stderr, "paella generate: unknown or incomplete option '%s' (see --help)\n", argv[optind - 1]);
-        return 2;
-    }
-    (void)b;
-    if (bad) {
-      fprintf(stderr, "paella generate: invalid value '%s' for %s\n", v ? v : "", argv[optind - 1]);
-      return 2;
-    }
+static int set_text(char **dst, const char *v) {
+  free(*dst);
+  *dst = strdup(v);
+  return *dst ? 0 : cli_usage_error(CMD, NULL, "out of memory");
+}
+
+/* One option into the job or the command's own settings; 0 or CLI_EXIT_USAGE. */
+static int apply_option(gen_opts *o, int c, const char *opt, const char *v) {
+  pw_job *j = &o->job;
+  int64_t x;
+  int idx, rc = 0;
+  switch (c) {
+    case 'o': o->output = v; return 0;
+    case O_JSON: o->json = true; return 0;
+    case 'q': o->quiet = true; return 0;
+    case O_FORMAT:
+      o->format_given = true;
+      if ((rc = cli_opt_name(CMD, opt, !strcmp(v, "jpg") ? "jpeg" : v, (const char *const[]){"png", "jpeg", "webp"},
+                             PW_FORMAT_COUNT, &idx)))
+        return rc;
+      j->output_format = (pw_output_format)idx;
+      return 0;
+    case O_QUALITY: return cli_opt_int(CMD, opt, v, PW_QUALITY_MIN, PW_QUALITY_MAX, &j->output_quality);
+    case 'W': o->size_given = true; return cli_opt_int(CMD, opt, v, PW_SIZE_MIN, PW_SIZE_MAX, &j->width);
+    case 'H': o->size_given = true; return cli_opt_int(CMD, opt, v, PW_SIZE_MIN, PW_SIZE_MAX, &j->height);
+    case O_BATCH: return cli_opt_int(CMD, opt, v, 1, PW_BATCH_MAX, &j->batch);
+    case 's': j->has_seed = 1; return cli_opt_int(CMD, opt, v, 0, PW_SEED_MAX, &j->seed);
+    case O_MAXSIZE: rc = cli_opt_int(CMD, opt, v, PW_SIZE_MIN, PW_SIZE_MAX, &x); o->max_side = (int)x; return rc;
+    case O_STEPS: return cli_opt_int(CMD, opt, v, 1, PW_STEPS_MAX, &j->steps);
+    case O_RENOISE: return cli_opt_int(CMD, opt, v, 0, PW_STEPS_MAX - 1, &j->renoise_steps);
+    case O_CONDSTEPS: return cli_opt_int(CMD, opt, v, 0, PW_STEPS_MAX, &o->cond_steps);
+    case O_CFG: return cli_opt_pair(CMD, opt, v, PW_CFG_MIN, PW_CFG_MAX, j->cfg);
+    case O_TEMP: return cli_opt_pair(CMD, opt, v, PW_TEMP_MIN, PW_TEMP_MAX, j->temperature);
+    case O_TSTART: return cli_opt_num(CMD, opt, v, 0, 1, &j->t_start);
+    case O_TEND: return cli_opt_num(CMD, opt, v, 0, 1, &j->t_end);
+    case O_ARGMAX: j->sampling = PW_SAMPLING_ARGMAX; return 0;
+    case O_TYPICAL:
+      if ((rc = cli_opt_num(CMD, opt, v, 0, 1, &o->typical_mass))) return rc;
+      return o->typical_mass > 0 ? 0 : cli_usage_error(CMD, opt, "%s is out of range (0, 1]", v);
+    case 'n': return set_text(&j->negative_prompt, v);
+    case O_ATTNW:
+      if (sscanf(v, "%f,%f,%f%n", &o->attn_weight[0], &o->attn_weight[1], &o->attn_weight[2], &idx) != 3 || v[idx])
+        return cli_usage_error(CMD, opt, "'%s': expected three numbers B,C,I", v);
+      return 0;
+    case O_PSTEPS:
+      if ((rc = cli_opt_int(CMD, opt, v, 0, PW_PRIOR_STEPS_MAX, &x))) return rc;
+      o->no_prior = x == 0;
+      if (x) j->prior.steps = x;
+      return 0;
+    case O_PCFG: return cli_opt_num(CMD, opt, v, 0, PW_PRIOR_GUIDANCE_MAX, &j->prior.guidance);
+    case O_PSAMPLER:
+      rc = cli_opt_name(CMD, opt, v, (const char *const[]){"ddpm", "ddim"}, PW_PRIOR_SAMPLER_COUNT, &idx);
+      j->prior.sampler = (pw_prior_sampler)idx;
+      return rc;
+    case O_IMAGE: o->image_path = v; return 0;
+    case O_STRENGTH: o->strength_given = true; return cli_opt_num(CMD, opt, v, 0, 1, &o->strength);
+    case O_MASK: o->mask_path = v; return 0;
+    case O_OUTPAINT:
+      o->outpaint = true;
+      j->has_outpaint = 1;
+      if (sscanf(v, "%" SCNd64 ",%" SCNd64 "%n", &j->outpaint.offset_x, &j->outpaint.offset_y, &idx) != 2 || v[idx])
+        return cli_usage_error(CMD, opt, "'%s': expected X,Y in pixels", v);
+      return 0;
+    case O_VARIATION: o->variation = true; return 0;
+    case O_INTERP: j->has_interpolate = true; return set_text(&j->interpolate.prompt_to, v);
+    case O_FRAMES: return cli_opt_int(CMD, opt, v, PW_FRAMES_MIN, PW_FRAMES_MAX, &j->interpolate.frames);
+    case O_SLERP: j->interpolate.mode = PW_INTERP_SLERP; return 0;
+    case O_LERP: j->interpolate.mode = PW_INTERP_LERP; return 0;
+    case O_RIGHT: o->region_prompt = v; o->regions = PA_REGIONS_LEFT_RIGHT; return 0;
+    case O_BOTTOM: o->region_prompt = v; o->regions = PA_REGIONS_TOP_BOTTOM; return 0;
+    case O_MODELS: o->models = v; return 0;
+    case O_DEVICE: o->device = v; return 0;
   }
-  if (optind != argc - 1) {
-    fprintf(stderr, "paella generate: expected exactly one PROMPT argument (see --help)\n");
-    return 2;
+  return cli_usage_error(CMD, opt, "unknown option (see --help)");
+}
+
+/* The job field a proto validation error names -> the option that sets it. */
+static const char *option_of_field(const char *field) {
+  static const char *const map[][2] = {
+      {"prompt", "PROMPT"}, {"negative_prompt", "--negative"}, {"width", "--width"}, {"height", "--height"},
+      {"batch", "--batch"}, {"steps", "--steps"}, {"renoise_steps", "--renoise-steps"}, {"cfg", "--cfg"},
+      {"temperature", "--temp"}, {"t_start", "--t-start/--strength"}, {"t_end", "--t-end"},
+      {"prior", "--prior-*"}, {"image", "--image"}, {"mask", "--mask"}, {"outpaint", "--outpaint"},
+      {"interpolate.prompt_to", "--interpolate"}, {"interpolate.frames", "--frames"}, {"interpolate", "--interpolate"},
+      {"output_quality", "--quality"}, {"output_format", "--format"}, {"seed", "--seed"}};
+  for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+    if (!strncmp(field, map[i][0], strlen(map[i][0]))) return map[i][1];
+  return field;
+}
+
+/* The API's own rules: what the scheduler would refuse is refused here, naming the option. */
+static int validate_job(gen_opts *o) {
+  pw_error err;
+  pw_job_apply_defaults(&o->job);
+  if (pw_job_validate(&o->job, &err) == 0) return 0;
+  return cli_usage_error(CMD, option_of_field(err.field), "%s", err.message);
+}
+
+/* Reads an input image's bytes into the job (the proto's size limit applies). */
+static int attach_image(pw_image *dst, const char *path, const char *opt) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return fprintf(stderr, CMD ": %s %s: %s\n", opt, path, strerror(errno)), CLI_EXIT_FAILURE;
+  uint8_t *buf = malloc(PW_MAX_IMAGE_BYTES + 1);
+  size_t n = buf ? fread(buf, 1, PW_MAX_IMAGE_BYTES + 1, f) : 0;
+  fclose(f);
+  if (!buf || n > PW_MAX_IMAGE_BYTES) {
+    free(buf);
+    return fprintf(stderr, CMD ": %s %s: larger than %u bytes\n", opt, path, PW_MAX_IMAGE_BYTES), CLI_EXIT_FAILURE;
   }
-  r->prompt = argv[optind];
-  if (steps_given && !renoise_given) r->sampler.renoise_steps = r->sampler.steps - 1;
-  if (steps_given && !cond_given) r->sampler.cond_steps = r->sampler.steps;
-  if (w) r->width = w;
-  if (h) r->height = h;
-  if ((o->mask_path || o->outpaint || o->variation) && !o->image_path) {
-    fprintf(stderr, "paella generate: --mask, --outpaint and --variation need --image\n");
-    return 2;
-  }
-  if ((o->mask_path != NULL) + o->outpaint + o->variation > 1) {
-    fprintf(stderr, "paella generate: choose one of --mask, --outpaint, --variation\n");
-    return 2;
-  }
+  dst->present = 1;
+  dst->data = buf;
+  dst->len = n;
   return 0;
 }
 
-/* Loads the input image (and mask) and sizes the request as documented in --help. */
+/* Kind, output format and input images from the options (after getopt). */
+static int shape_job(gen_opts *o) {
+  pw_job *j = &o->job;
+  int rc;
+  pa_image_format f;
+  if ((o->mask_path || o->outpaint || o->variation) && !o->image_path)
+    return cli_usage_error(CMD, NULL, "--mask, --outpaint and --variation need --image");
+  if ((o->mask_path != NULL) + o->outpaint + o->variation > 1)
+    return cli_usage_error(CMD, NULL, "choose one of --mask, --outpaint, --variation");
+  if (o->regions && j->has_interpolate) return cli_usage_error(CMD, NULL, "--right/--bottom and --interpolate do not combine");
+  j->kind = o->outpaint ? PW_KIND_OUTPAINT : o->variation ? PW_KIND_VARIATION : o->mask_path ? PW_KIND_INPAINT
+          : o->image_path ? PW_KIND_IMG2IMG : j->has_interpolate ? PW_KIND_INTERPOLATE : PW_KIND_TXT2IMG;
+  if (o->strength_given && j->kind == PW_KIND_IMG2IMG) j->t_start = o->strength;
+  int by_ext = strcmp(o->output, "-") ? pa_image_format_from_path(o->output, &f) : 0;
+  if (by_ext < 0 && !o->format_given)
+    return cli_usage_error(CMD, "-o", "%s: unknown image extension (.png, .jpg, .jpeg, .webp; or give --format)", o->output);
+  if (by_ext > 0 && !o->format_given) j->output_format = f == PA_IMAGE_JPEG ? PW_FORMAT_JPEG : f == PA_IMAGE_WEBP ? PW_FORMAT_WEBP : PW_FORMAT_PNG;
+  if (by_ext > 0 && o->format_given && pa_image_format_of_job(j) != f)
+    return cli_usage_error(CMD, "--format", "%s does not match the extension of %s", pw_output_format_name(j->output_format), o->output);
+  if (o->image_path && (rc = attach_image(&j->image, o->image_path, "--image"))) return rc;
+  if (o->mask_path && (rc = attach_image(&j->mask, o->mask_path, "--mask"))) return rc;
+  return 0;
+}
+
+/* Returns 0 ok, 2 usage error (message printed), -1 for --help. */
+static int parse_args(int argc, char **argv, gen_opts *o) {
+  int c, rc;
+  opterr = 0;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "o:qW:H:s:n:h", long_opts, NULL)) != -1) {
+    if (c == 'h') return -1;
+    const char *opt = argv[optind - 1];
+    if (c == '?' || c == ':') return cli_usage_error(CMD, opt, "unknown option or missing value (see --help)");
+    static char name[64]; /* "--steps=101" -> "--steps" */
+    if (optarg && opt == optarg) opt = argv[optind - 2];
+    else if (optarg && !strncmp(opt, "--", 2) && strchr(opt, '='))
+      opt = (snprintf(name, sizeof name, "%.*s", (int)(strchr(opt, '=') - opt), opt), name);
+    if ((rc = apply_option(o, c, opt, optarg))) return rc;
+  }
+  if (optind != argc - 1) return cli_usage_error(CMD, NULL, "expected exactly one PROMPT argument (see --help)");
+  if ((rc = set_text(&o->job.prompt, argv[optind])) || (rc = shape_job(o))) return rc;
+  int total = (int)(o->job.has_interpolate ? o->job.interpolate.frames : o->job.batch);
+  if (!strcmp(o->output, "-") && total > 1) return cli_usage_error(CMD, "-o", "- writes one image; this run makes %d", total);
+  if (!strcmp(o->output, "-") && o->json) return cli_usage_error(CMD, "--json", "cannot share stdout with -o -");
+  return validate_job(o);
+}
+
+/* Loads the input image (and mask) and sizes the job as documented in --help. */
 static int load_inputs(gen_opts *o, const pa_pipeline *p, pa_image **image, pa_image **mask) {
-  pa_gen_request *r = &o->req;
+  pw_job *j = &o->job;
   int rc = PA_OK, m = pa_pipeline_size_multiple(p);
   pa_image *raw = NULL, *rawmask = NULL;
-  if (!o->image_path) return PA_OK;
-  PA_TRY(pa_image_read_png(o->image_path, &raw));
-  if (o->mask_path) {
-    PA_TRY(pa_image_read_png(o->mask_path, &rawmask));
-    if (rawmask->width != raw->width || rawmask->height != raw->height) {
-      rc = pa_fail(PA_ERR_INVALID, "mask %s is %dx%d but the image is %dx%d", o->mask_path, rawmask->width,
-                   rawmask->height, raw->width, raw->height);
-      goto fail;
-    }
-  }
-  if (o->outpaint) { /* placed as it is; the canvas is --width x --height */
-    *image = raw;
-    raw = NULL;
-    r->mode = PA_GEN_OUTPAINT;
+  if (!j->image.present) return PA_OK;
+  if ((rc = pa_image_decode(j->image.data, j->image.len, &raw))) return pa_fail_context(rc, "%s: ", o->image_path);
+  if (j->mask.present && (rc = pa_image_decode(j->mask.data, j->mask.len, &rawmask))) {
+    pa_fail_context(rc, "%s: ", o->mask_path);
     goto fail;
   }
-  r->mode = o->mask_path ? PA_GEN_INPAINT : (o->variation ? PA_GEN_VARIATION : PA_GEN_IMG2IMG);
-  if (!o->size_given && r->mode != PA_GEN_VARIATION) {
-    r->width = raw->width / m * m;
-    r->height = raw->height / m * m;
-    if (r->width == 0 || r->height == 0) {
+  if (rawmask && (rawmask->width != raw->width || rawmask->height != raw->height)) {
+    rc = pa_fail(PA_ERR_INVALID, "mask %s is %dx%d but the image is %dx%d", o->mask_path, rawmask->width,
+                 rawmask->height, raw->width, raw->height);
+    goto fail;
+  }
+  if (!o->size_given && j->kind != PW_KIND_OUTPAINT && j->kind != PW_KIND_VARIATION) {
+    j->width = raw->width / m * m;
+    j->height = raw->height / m * m;
+    if (j->width == 0 || j->height == 0) {
       rc = pa_fail(PA_ERR_INVALID, "input image %dx%d is smaller than %d pixels", raw->width, raw->height, m);
       goto fail;
     }
   }
-  if (r->mode == PA_GEN_VARIATION) {
-    *image = raw; /* CLIP preprocessing resizes and crops it */
+  if (j->kind == PW_KIND_OUTPAINT || j->kind == PW_KIND_VARIATION) {
+    *image = raw; /* outpaint places it as it is; CLIP preprocessing crops a variation's */
     raw = NULL;
     goto fail;
   }
-  PA_TRY(pa_image_fit(raw, r->width, r->height, image));
-  if (rawmask) PA_TRY(pa_image_fit(rawmask, r->width, r->height, mask));
+  PA_TRY(pa_image_fit(raw, (int)j->width, (int)j->height, image));
+  if (rawmask) PA_TRY(pa_image_fit(rawmask, (int)j->width, (int)j->height, mask));
 fail:
   pa_image_free(raw);
   pa_image_free(rawmask);
   return rc;
 }
 
-/* "fox.png" -> "fox-3.png" */
-static void output_name(const char *base, int index, bool numbered, char *buf, size_t cap) {
-  if (!numbered) {
-    snprintf(buf, cap, "%s", base);
-    return;
+/* The pipeline request of run `run`: the job's mapping (the worker's own), then the
+ * settings only this command has. */
+static void make_request(const gen_opts *o, int run, pa_gen_request *r) {
+  pa_request_from_job(&o->job, run, (uint64_t)o->job.seed, r);
+  if (o->cond_steps >= 0) r->sampler.cond_steps = (int)o->cond_steps;
+  r->sampler.typical_mass = (float)o->typical_mass;
+  memcpy(r->attn_weight, o->attn_weight, sizeof r->attn_weight);
+  if (o->regions) {
+    r->regions = o->regions;
+    r->prompt2 = o->region_prompt;
   }
-  const char *dot = strrchr(base, '.'), *slash = strrchr(base, '/');
-  if (!dot || (slash && dot < slash)) dot = base + strlen(base);
-  snprintf(buf, cap, "%.*s-%d%s", (int)(dot - base), base, index, dot);
+  if (o->no_prior) r->prior_steps = 0;
+}
+
+/* The job JSON of image `index` plus this command's own settings when they are not the
+ * defaults, so that the embedded parameters regenerate the image. malloc'd. */
+static char *image_params(const gen_opts *o, uint64_t seed, int frame) {
+  char *base = pa_job_params_json(&o->job, seed);
+  json_t *j = base ? json_loads(base, 0, NULL) : NULL;
+  free(base);
+  if (!j) return NULL;
+  if (o->job.kind == PW_KIND_INTERPOLATE) json_object_set_new(j, "frame", json_integer(frame));
+  if (o->cond_steps >= 0) json_object_set_new(j, "cond_steps", json_integer(o->cond_steps));
+  if (o->typical_mass > 0) json_object_set_new(j, "typical_mass", json_real(o->typical_mass));
+  if (o->attn_weight[0] != 1 || o->attn_weight[1] != 1 || o->attn_weight[2] != 1)
+    json_object_set_new(j, "attn_weights", json_pack("[f,f,f]", o->attn_weight[0], o->attn_weight[1], o->attn_weight[2]));
+  if (o->regions)
+    json_object_set_new(j, "regions", json_pack("{s:s,s:s}", "layout", o->regions == PA_REGIONS_LEFT_RIGHT ? "left_right" : "top_bottom",
+                                                 "prompt_to", o->region_prompt));
+  if (o->no_prior) json_object_set_new(j, "prior", json_null());
+  char *s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(9));
+  json_decref(j);
+  return s;
 }
 
 /* t: seconds in the text encoders, the prior, denoising and decoding (all runs summed) */
 static void print_json(const gen_opts *o, const pa_pipeline *p, json_t *outputs, double t_load, const double *t) {
-  const pa_gen_request *r = &o->req;
-  json_t *j = json_pack("{s:s, s:I, s:i, s:i, s:i, s:i, s:b, s:o, s:{s:f, s:f, s:f, s:f, s:f}}", "prompt",
-                        r->prompt, "seed", (json_int_t)r->seed, "width", r->width, "height", r->height, "batch",
-                        r->batch, "steps", r->sampler.steps, "untrained_model", pa_pipeline_untrained(p), "outputs",
-                        json_incref(outputs), "seconds", "load", t_load, "encode", t[0], "prior", t[1], "denoise",
-                        t[2], "decode", t[3]);
+  const pw_job *r = &o->job;
+  json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s, s:b, s:o, s:{s:f, s:f, s:f, s:f, s:f}}", "prompt",
+                        r->prompt, "seed", (json_int_t)r->seed, "width", (json_int_t)r->width, "height",
+                        (json_int_t)r->height, "batch", (json_int_t)r->batch, "steps", (json_int_t)r->steps,
+                        "format", pw_output_format_name(r->output_format), "untrained_model", pa_pipeline_untrained(p),
+                        "outputs", json_incref(outputs), "seconds", "load", t_load, "encode", t[0], "prior", t[1],
+                        "denoise", t[2], "decode", t[3]);
   char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
   if (s) printf("%s\n", s);
   free(s);
@@ -297,11 +413,16 @@ static void print_json(const gen_opts *o, const pa_pipeline *p, json_t *outputs,
 
 /* Runs every frame (or the one image) and keeps the images in memory, so that nothing is
  * written unless the whole run succeeds. */
-static int run_all(gen_opts *o, pa_pipeline *p, pa_gen_result *results, int n_runs, double *t) {
+static int run_all(gen_opts *o, pa_pipeline *p, const pa_image *image, const pa_image *mask, progress_state *ps,
+                   pa_gen_result *results, int n_runs, double *t) {
   int rc = PA_OK;
   for (int f = 0; f < n_runs; f++) {
-    pa_gen_request r = o->req;
-    if (r.interpolate) r.interp_t = (float)f / (float)(n_runs - 1);
+    pa_gen_request r;
+    make_request(o, f, &r);
+    r.image = image;
+    r.mask = mask;
+    r.progress = progress;
+    r.progress_user = ps;
     PA_TRY(pa_generate(p, &r, &results[f]));
     t[0] += results[f].seconds_encode;
     t[1] += results[f].seconds_prior;
@@ -312,6 +433,34 @@ fail:
   return rc;
 }
 
+static int total_images(const gen_opts *o) {
+  return (int)(o->job.kind == PW_KIND_INTERPOLATE ? o->job.interpolate.frames : o->job.batch);
+}
+
+/* Every output name, checked before any compute: a refused -o costs nothing. */
+static int check_outputs(const gen_opts *o) {
+  int total = total_images(o), rc = PA_OK;
+  char name[4200];
+  for (int k = 0; k < total && !rc; k++) {
+    cli_output_name(o->output, pa_image_format_extension(pa_image_format_of_job(&o->job)), k, total, name, sizeof name);
+    rc = cli_output_check(name);
+  }
+  return rc;
+}
+
+static int encode_and_write(const gen_opts *o, const pa_image *img, int k, int frame, const char *name) {
+  bool interp = o->job.kind == PW_KIND_INTERPOLATE;
+  char *params = image_params(o, (uint64_t)o->job.seed + (interp ? 0 : (uint64_t)k), frame);
+  pa_image_encoding enc = {pa_image_format_of_job(&o->job), (int)o->job.output_quality, params};
+  void *buf = NULL;
+  size_t len = 0;
+  int rc = params ? pa_image_encode(img, &enc, &buf, &len) : pa_fail(PA_ERR_NOMEM, "out of memory");
+  if (rc == PA_OK) rc = cli_output_write(name, buf, len);
+  free(buf);
+  free(params);
+  return rc;
+}
+
 static int write_all(const gen_opts *o, pa_gen_result *results, int n_runs, json_t *outputs) {
   int total = 0, rc = PA_OK, written = 0;
   for (int f = 0; f < n_runs; f++) total += results[f].n;
@@ -319,44 +468,67 @@ static int write_all(const gen_opts *o, pa_gen_result *results, int n_runs, json
   if (!names) return pa_fail(PA_ERR_NOMEM, "out of memory");
   for (int f = 0, k = 0; f < n_runs; f++)
     for (int b = 0; b < results[f].n; b++, k++) {
-      char buf[4096];
-      output_name(o->output, k, total > 1, buf, sizeof buf);
+      char buf[4200];
+      cli_output_name(o->output, pa_image_format_extension(pa_image_format_of_job(&o->job)), k, total, buf, sizeof buf);
       if (!(names[k] = strdup(buf))) {
         rc = pa_fail(PA_ERR_NOMEM, "out of memory");
         goto fail;
       }
-      PA_TRY(pa_image_write_png(names[k], results[f].images[b]));
+      PA_TRY(encode_and_write(o, results[f].images[b], k, f, names[k]));
       written = k + 1;
       json_array_append_new(outputs, json_string(names[k]));
     }
 fail:
   if (rc)
-    for (int k = 0; k < written; k++) unlink(names[k]); /* no partial output */
+    for (int k = 0; k < written; k++)
+      if (strcmp(names[k], "-")) unlink(names[k]); /* no partial output */
   for (int k = 0; k < total; k++) free(names[k]);
   free(names);
   return rc;
 }
 
+static void opts_init(gen_opts *o) {
+  memset(o, 0, sizeof *o);
+  pw_job_init(&o->job);
+  o->job.id = strdup("cli");
+  o->job.has_seed = 1; /* seed 0 unless given: a run is reproducible by default */
+  o->output = "paella.png";
+  o->device = "cpu";
+  o->cond_steps = -1;
+  o->attn_weight[0] = o->attn_weight[1] = o->attn_weight[2] = 1;
+}
+
+/* After load_inputs may have taken the size from the input image: the API's rules, then
+ * the pipeline's, before any compute. */
+static int revalidate(gen_opts *o, const pa_pipeline *p, const pa_image *image, const pa_image *mask) {
+  pw_error err;
+  pa_gen_request r;
+  if (pw_job_validate(&o->job, &err)) return pa_fail(PA_ERR_INVALID, "%s: %s", option_of_field(err.field), err.message);
+  make_request(o, 0, &r);
+  r.image = image;
+  r.mask = mask;
+  return pa_gen_request_check(p, &r);
+}
+
 int cmd_generate(int argc, char **argv) {
-  gen_opts o = {.req = pa_gen_request_default(), .output = "paella.png", .frames = 5, .device = "cpu"};
+  gen_opts o;
+  opts_init(&o);
   int rc = parse_args(argc, argv, &o);
-  if (rc == -1) {
-    usage(stdout);
-    return 0;
+  if (rc == -1) usage(stdout);
+  if (rc) {
+    pw_job_free(&o.job);
+    return rc == -1 ? CLI_EXIT_OK : rc;
   }
-  if (rc) return rc;
   if (!o.models) o.models = getenv("PAELLA_MODELS");
   pa_backend *be = pa_backend_by_name(o.device);
   if (!be) {
-    fprintf(stderr, "paella generate: %s\n", pa_errmsg());
-    return 2;
+    pw_job_free(&o.job);
+    return cli_usage_error(CMD, "--device", "%s", pa_errmsg());
   }
   progress_state ps = {.show = !o.quiet && !o.json && isatty(2)};
-  o.req.progress = progress;
-  o.req.progress_user = &ps;
   pa_pipeline *p = NULL;
   pa_image *image = NULL, *mask = NULL;
-  int n_runs = o.req.interpolate ? o.frames : 1;
+  int n_runs = o.job.kind == PW_KIND_INTERPOLATE ? (int)o.job.interpolate.frames : 1;
   pa_gen_result *results = calloc((size_t)n_runs, sizeof *results);
   json_t *outputs = json_array();
   double t_load = now(), t[4] = {0};
@@ -365,22 +537,22 @@ int cmd_generate(int argc, char **argv) {
     rc = pa_fail(PA_ERR_NOMEM, "out of memory");
     goto fail;
   }
+  PA_TRY(check_outputs(&o));
   PA_TRY(pa_pipeline_open(&po, &p));
   t_load = now() - t_load;
   PA_TRY(load_inputs(&o, p, &image, &mask));
-  o.req.image = image;
-  o.req.mask = mask;
-  PA_TRY(pa_gen_request_check(p, &o.req)); /* fail before any compute */
+  PA_TRY(revalidate(&o, p, image, mask));
   if (pa_pipeline_untrained(p))
     fprintf(stderr, "paella: WARNING: no models configured (--models DIR or PAELLA_MODELS): using the embedded "
                     "model with untrained random weights; its output is noise\n");
-  PA_TRY(run_all(&o, p, results, n_runs, t));
+  PA_TRY(run_all(&o, p, image, mask, &ps, results, n_runs, t));
   PA_TRY(write_all(&o, results, n_runs, outputs));
   if (o.json)
     print_json(&o, p, outputs, t_load, t);
   else if (!o.quiet)
     for (size_t i = 0; i < json_array_size(outputs); i++)
-      fprintf(stderr, "wrote %s\n", json_string_value(json_array_get(outputs, i)));
+      if (strcmp(json_string_value(json_array_get(outputs, i)), "-"))
+        fprintf(stderr, "wrote %s\n", json_string_value(json_array_get(outputs, i)));
 fail:
   for (int f = 0; results && f < n_runs; f++) pa_gen_result_free(&results[f]);
   free(results);
@@ -388,10 +560,11 @@ fail:
   pa_image_free(image);
   pa_image_free(mask);
   pa_pipeline_free(p);
+  pw_job_free(&o.job);
   if (rc) {
     if (ps.show) fputc('\n', stderr);
-    fprintf(stderr, "paella generate: %s\n", pa_errmsg());
-    return 1;
+    fprintf(stderr, CMD ": %s\n", pa_errmsg());
+    return CLI_EXIT_FAILURE;
   }
-  return 0;
+  return CLI_EXIT_OK;
 }

@@ -7,6 +7,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_job(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_info(int argc, char **argv);
 /* cli/cmd_submit.c: clients of a running scheduler (docs/api.md) */
 int cmd_submit(int argc, char **argv);
 int cmd_status(int argc, char **argv);

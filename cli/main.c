@@ -12,6 +12,7 @@ typedef struct {
 
 static const command commands[] = {
     {"generate", cmd_generate, "text to image (and editing) in one process"},
+    {"info", cmd_info, "print the generation parameters embedded in an image"},
     {"eval", cmd_eval, "run one network on a golden-convention safetensors file"},
     {"job", cmd_job, "encode / decode / validate wire-protocol jobs"},
     {"submit", cmd_submit, "submit a job to a scheduler (--url, --api-key)"},

@@ -11,6 +11,8 @@ APT_PACKAGES=(
   libicu-dev                 # CLIP tokenizer: Unicode categories and Python-exact lowercasing
   libmsgpack-dev             # wire protocol (msgpack-c)
   libspng-dev libpng-dev     # PNG in/out
+  libjpeg62-turbo-dev        # JPEG in/out (libjpeg-turbo)
+  libwebp-dev                # WebP in/out, XMP chunk through libwebpmux
   libssl-dev                 # SHA-256, HMAC
   clang llvm libclang-rt-14-dev  # libFuzzer targets, sanitizer runtimes
   libhiredis-dev redis-server    # Redis queue, job registry, embedding cache (+ the test server)
