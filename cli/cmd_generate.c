@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "cli/job_opts.h"
 #include "cli/opts.h"
 #include "cli/output.h"
 #include "model/pipeline.h"
@@ -92,11 +93,10 @@ static void usage(FILE *f) {
 
 /* The job holds every setting the API has; the rest are this command's own. */
 typedef struct {
-  pw_job job;
-  const char *output, *image_path, *mask_path, *models, *device;
+  cli_job cj; /* the API's settings */
+  const char *output, *models, *device;
   int max_side;
-  bool json, quiet, size_given, format_given, outpaint, variation, strength_given;
-  double strength;
+  bool json, quiet;
   /* settings the API does not have */
   bool no_prior;
   int64_t cond_steps; /* -1: steps */
@@ -136,211 +136,92 @@ static bool progress(void *user, const char *stage, int step, int total) {
   return true;
 }
 
-enum {
-  O_JSON = 256, O_BATCH, O_MAXSIZE, O_STEPS, O_CFG, O_TEMP, O_TSTART, O_TEND, O_RENOISE, O_CONDSTEPS,
-  O_ARGMAX, O_TYPICAL, O_ATTNW, O_PSTEPS, O_PCFG, O_PSAMPLER, O_IMAGE, O_STRENGTH, O_MASK, O_OUTPAINT,
-  O_VARIATION, O_INTERP, O_FRAMES, O_SLERP, O_LERP, O_RIGHT, O_BOTTOM, O_MODELS, O_DEVICE, O_FORMAT, O_QUALITY
-};
+enum { O_JSON = 256, O_MAXSIZE, O_CONDSTEPS, O_TYPICAL, O_ATTNW, O_PSTEPS, O_RIGHT, O_BOTTOM, O_MODELS, O_DEVICE };
 
-static const struct option long_opts[] = {
+/* This command's own options; the job options (cli/job_opts.h) are added to them. */
+static const struct option own_opts[] = {
     {"output", required_argument, 0, 'o'}, {"json", no_argument, 0, O_JSON}, {"quiet", no_argument, 0, 'q'},
-    {"format", required_argument, 0, O_FORMAT}, {"quality", required_argument, 0, O_QUALITY},
-    {"width", required_argument, 0, 'W'}, {"height", required_argument, 0, 'H'},
-    {"batch", required_argument, 0, O_BATCH}, {"seed", required_argument, 0, 's'},
-    {"max-size", required_argument, 0, O_MAXSIZE}, {"steps", required_argument, 0, O_STEPS},
-    {"cfg", required_argument, 0, O_CFG}, {"temp", required_argument, 0, O_TEMP},
-    {"t-start", required_argument, 0, O_TSTART}, {"t-end", required_argument, 0, O_TEND},
-    {"renoise-steps", required_argument, 0, O_RENOISE}, {"cond-steps", required_argument, 0, O_CONDSTEPS},
-    {"argmax", no_argument, 0, O_ARGMAX}, {"typical", required_argument, 0, O_TYPICAL},
-    {"negative", required_argument, 0, 'n'}, {"attn-weights", required_argument, 0, O_ATTNW},
-    {"prior-steps", required_argument, 0, O_PSTEPS}, {"prior-cfg", required_argument, 0, O_PCFG},
-    {"prior-sampler", required_argument, 0, O_PSAMPLER}, {"image", required_argument, 0, O_IMAGE},
-    {"strength", required_argument, 0, O_STRENGTH}, {"mask", required_argument, 0, O_MASK},
-    {"outpaint", required_argument, 0, O_OUTPAINT}, {"variation", no_argument, 0, O_VARIATION},
-    {"interpolate", required_argument, 0, O_INTERP}, {"frames", required_argument, 0, O_FRAMES},
-    {"slerp", no_argument, 0, O_SLERP}, {"lerp", no_argument, 0, O_LERP}, {"right", required_argument, 0, O_RIGHT},
-    {"bottom", required_argument, 0, O_BOTTOM}, {"models", required_argument, 0, O_MODELS},
-    {"device", required_argument, 0, O_DEVICE}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    {"max-size", required_argument, 0, O_MAXSIZE}, {"cond-steps", required_argument, 0, O_CONDSTEPS},
+    {"typical", required_argument, 0, O_TYPICAL}, {"attn-weights", required_argument, 0, O_ATTNW},
+    {"prior-steps", required_argument, 0, O_PSTEPS}, /* before the job's: 0 turns the prior off here */
+    {"right", required_argument, 0, O_RIGHT}, {"bottom", required_argument, 0, O_BOTTOM},
+    {"models", required_argument, 0, O_MODELS}, {"device", required_argument, 0, O_DEVICE},
+    {"help", no_argument, 0, 'h'}};
 
-static int set_text(char **dst, const char *v) {
-  free(*dst);
-  *dst = strdup(v);
-  return *dst ? 0 : cli_usage_error(CMD, NULL, "out of memory");
-}
-
-/* One option into the job or the command's own settings; 0 or CLI_EXIT_USAGE. */
-static int apply_option(gen_opts *o, int c, const char *opt, const char *v) {
-  pw_job *j = &o->job;
+/* One option of this command's own; 0, CLI_EXIT_USAGE, or -1 when it is a job option. */
+static int own_option(gen_opts *o, int c, const char *opt, const char *v) {
   int64_t x;
-  int idx, rc = 0;
+  int n = 0, rc;
   switch (c) {
     case 'o': o->output = v; return 0;
     case O_JSON: o->json = true; return 0;
     case 'q': o->quiet = true; return 0;
-    case O_FORMAT:
-      o->format_given = true;
-      if ((rc = cli_opt_name(CMD, opt, !strcmp(v, "jpg") ? "jpeg" : v, (const char *const[]){"png", "jpeg", "webp"},
-                             PW_FORMAT_COUNT, &idx)))
-        return rc;
-      j->output_format = (pw_output_format)idx;
-      return 0;
-    case O_QUALITY: return cli_opt_int(CMD, opt, v, PW_QUALITY_MIN, PW_QUALITY_MAX, &j->output_quality);
-    case 'W': o->size_given = true; return cli_opt_int(CMD, opt, v, PW_SIZE_MIN, PW_SIZE_MAX, &j->width);
-    case 'H': o->size_given = true; return cli_opt_int(CMD, opt, v, PW_SIZE_MIN, PW_SIZE_MAX, &j->height);
-    case O_BATCH: return cli_opt_int(CMD, opt, v, 1, PW_BATCH_MAX, &j->batch);
-    case 's': j->has_seed = 1; return cli_opt_int(CMD, opt, v, 0, PW_SEED_MAX, &j->seed);
     case O_MAXSIZE: rc = cli_opt_int(CMD, opt, v, PW_SIZE_MIN, PW_SIZE_MAX, &x); o->max_side = (int)x; return rc;
-    case O_STEPS: return cli_opt_int(CMD, opt, v, 1, PW_STEPS_MAX, &j->steps);
-    case O_RENOISE: return cli_opt_int(CMD, opt, v, 0, PW_STEPS_MAX - 1, &j->renoise_steps);
     case O_CONDSTEPS: return cli_opt_int(CMD, opt, v, 0, PW_STEPS_MAX, &o->cond_steps);
-    case O_CFG: return cli_opt_pair(CMD, opt, v, PW_CFG_MIN, PW_CFG_MAX, j->cfg);
-    case O_TEMP: return cli_opt_pair(CMD, opt, v, PW_TEMP_MIN, PW_TEMP_MAX, j->temperature);
-    case O_TSTART: return cli_opt_num(CMD, opt, v, 0, 1, &j->t_start);
-    case O_TEND: return cli_opt_num(CMD, opt, v, 0, 1, &j->t_end);
-    case O_ARGMAX: j->sampling = PW_SAMPLING_ARGMAX; return 0;
     case O_TYPICAL:
       if ((rc = cli_opt_num(CMD, opt, v, 0, 1, &o->typical_mass))) return rc;
       return o->typical_mass > 0 ? 0 : cli_usage_error(CMD, opt, "%s is out of range (0, 1]", v);
-    case 'n': return set_text(&j->negative_prompt, v);
     case O_ATTNW:
-      if (sscanf(v, "%f,%f,%f%n", &o->attn_weight[0], &o->attn_weight[1], &o->attn_weight[2], &idx) != 3 || v[idx])
+      if (sscanf(v, "%f,%f,%f%n", &o->attn_weight[0], &o->attn_weight[1], &o->attn_weight[2], &n) != 3 || v[n])
         return cli_usage_error(CMD, opt, "'%s': expected three numbers B,C,I", v);
       return 0;
     case O_PSTEPS:
       if ((rc = cli_opt_int(CMD, opt, v, 0, PW_PRIOR_STEPS_MAX, &x))) return rc;
       o->no_prior = x == 0;
-      if (x) j->prior.steps = x;
+      if (x) o->cj.job.prior.steps = x;
       return 0;
-    case O_PCFG: return cli_opt_num(CMD, opt, v, 0, PW_PRIOR_GUIDANCE_MAX, &j->prior.guidance);
-    case O_PSAMPLER:
-      rc = cli_opt_name(CMD, opt, v, (const char *const[]){"ddpm", "ddim"}, PW_PRIOR_SAMPLER_COUNT, &idx);
-      j->prior.sampler = (pw_prior_sampler)idx;
-      return rc;
-    case O_IMAGE: o->image_path = v; return 0;
-    case O_STRENGTH: o->strength_given = true; return cli_opt_num(CMD, opt, v, 0, 1, &o->strength);
-    case O_MASK: o->mask_path = v; return 0;
-    case O_OUTPAINT:
-      o->outpaint = true;
-      j->has_outpaint = 1;
-      if (sscanf(v, "%" SCNd64 ",%" SCNd64 "%n", &j->outpaint.offset_x, &j->outpaint.offset_y, &idx) != 2 || v[idx])
-        return cli_usage_error(CMD, opt, "'%s': expected X,Y in pixels", v);
-      return 0;
-    case O_VARIATION: o->variation = true; return 0;
-    case O_INTERP: j->has_interpolate = true; return set_text(&j->interpolate.prompt_to, v);
-    case O_FRAMES: return cli_opt_int(CMD, opt, v, PW_FRAMES_MIN, PW_FRAMES_MAX, &j->interpolate.frames);
-    case O_SLERP: j->interpolate.mode = PW_INTERP_SLERP; return 0;
-    case O_LERP: j->interpolate.mode = PW_INTERP_LERP; return 0;
     case O_RIGHT: o->region_prompt = v; o->regions = PA_REGIONS_LEFT_RIGHT; return 0;
     case O_BOTTOM: o->region_prompt = v; o->regions = PA_REGIONS_TOP_BOTTOM; return 0;
     case O_MODELS: o->models = v; return 0;
     case O_DEVICE: o->device = v; return 0;
   }
-  return cli_usage_error(CMD, opt, "unknown option (see --help)");
+  return -1;
 }
 
-/* The job field a proto validation error names -> the option that sets it. */
-static const char *option_of_field(const char *field) {
-  static const char *const map[][2] = {
-      {"prompt", "PROMPT"}, {"negative_prompt", "--negative"}, {"width", "--width"}, {"height", "--height"},
-      {"batch", "--batch"}, {"steps", "--steps"}, {"renoise_steps", "--renoise-steps"}, {"cfg", "--cfg"},
-      {"temperature", "--temp"}, {"t_start", "--t-start/--strength"}, {"t_end", "--t-end"},
-      {"prior", "--prior-*"}, {"image", "--image"}, {"mask", "--mask"}, {"outpaint", "--outpaint"},
-      {"interpolate.prompt_to", "--interpolate"}, {"interpolate.frames", "--frames"}, {"interpolate", "--interpolate"},
-      {"output_quality", "--quality"}, {"output_format", "--format"}, {"seed", "--seed"}};
-  for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-    if (!strncmp(field, map[i][0], strlen(map[i][0]))) return map[i][1];
-  return field;
-}
-
-/* The API's own rules: what the scheduler would refuse is refused here, naming the option. */
-static int validate_job(gen_opts *o) {
-  pw_error err;
-  pw_job_apply_defaults(&o->job);
-  if (pw_job_validate(&o->job, &err) == 0) return 0;
-  return cli_usage_error(CMD, option_of_field(err.field), "%s", err.message);
-}
-
-/* Reads an input image's bytes into the job (the proto's size limit applies). */
-static int attach_image(pw_image *dst, const char *path, const char *opt) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return fprintf(stderr, CMD ": %s %s: %s\n", opt, path, strerror(errno)), CLI_EXIT_FAILURE;
-  uint8_t *buf = malloc(PW_MAX_IMAGE_BYTES + 1);
-  size_t n = buf ? fread(buf, 1, PW_MAX_IMAGE_BYTES + 1, f) : 0;
-  fclose(f);
-  if (!buf || n > PW_MAX_IMAGE_BYTES) {
-    free(buf);
-    return fprintf(stderr, CMD ": %s %s: larger than %u bytes\n", opt, path, PW_MAX_IMAGE_BYTES), CLI_EXIT_FAILURE;
-  }
-  dst->present = 1;
-  dst->data = buf;
-  dst->len = n;
-  return 0;
-}
-
-/* Kind, output format and input images from the options (after getopt). */
-static int shape_job(gen_opts *o) {
-  pw_job *j = &o->job;
-  int rc;
-  pa_image_format f;
-  if ((o->mask_path || o->outpaint || o->variation) && !o->image_path)
-    return cli_usage_error(CMD, NULL, "--mask, --outpaint and --variation need --image");
-  if ((o->mask_path != NULL) + o->outpaint + o->variation > 1)
-    return cli_usage_error(CMD, NULL, "choose one of --mask, --outpaint, --variation");
-  if (o->regions && j->has_interpolate) return cli_usage_error(CMD, NULL, "--right/--bottom and --interpolate do not combine");
-  j->kind = o->outpaint ? PW_KIND_OUTPAINT : o->variation ? PW_KIND_VARIATION : o->mask_path ? PW_KIND_INPAINT
-          : o->image_path ? PW_KIND_IMG2IMG : j->has_interpolate ? PW_KIND_INTERPOLATE : PW_KIND_TXT2IMG;
-  if (o->strength_given && j->kind == PW_KIND_IMG2IMG) j->t_start = o->strength;
-  int by_ext = strcmp(o->output, "-") ? pa_image_format_from_path(o->output, &f) : 0;
-  if (by_ext < 0 && !o->format_given)
-    return cli_usage_error(CMD, "-o", "%s: unknown image extension (.png, .jpg, .jpeg, .webp; or give --format)", o->output);
-  if (by_ext > 0 && !o->format_given) j->output_format = f == PA_IMAGE_JPEG ? PW_FORMAT_JPEG : f == PA_IMAGE_WEBP ? PW_FORMAT_WEBP : PW_FORMAT_PNG;
-  if (by_ext > 0 && o->format_given && pa_image_format_of_job(j) != f)
-    return cli_usage_error(CMD, "--format", "%s does not match the extension of %s", pw_output_format_name(j->output_format), o->output);
-  if (o->image_path && (rc = attach_image(&j->image, o->image_path, "--image"))) return rc;
-  if (o->mask_path && (rc = attach_image(&j->mask, o->mask_path, "--mask"))) return rc;
-  return 0;
-}
-
-/* Returns 0 ok, 2 usage error (message printed), -1 for --help. */
+/* Returns 0 ok, 1 or 2 (message printed), -1 for --help. */
 static int parse_args(int argc, char **argv, gen_opts *o) {
+  enum { N_OWN = sizeof own_opts / sizeof own_opts[0] };
+  struct option all[N_OWN + 64] = {{0}};
+  memcpy(all, own_opts, sizeof own_opts);
+  memcpy(all + N_OWN, cli_job_opts, (size_t)cli_job_n_opts * sizeof *cli_job_opts);
   int c, rc;
   opterr = 0;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "o:qW:H:s:n:h", long_opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "o:qh" CLI_JOB_SHORT_OPTS, all, NULL)) != -1) {
     if (c == 'h') return -1;
-    const char *opt = argv[optind - 1];
-    if (c == '?' || c == ':') return cli_usage_error(CMD, opt, "unknown option or missing value (see --help)");
-    static char name[64]; /* "--steps=101" -> "--steps" */
-    if (optarg && opt == optarg) opt = argv[optind - 2];
-    else if (optarg && !strncmp(opt, "--", 2) && strchr(opt, '='))
-      opt = (snprintf(name, sizeof name, "%.*s", (int)(strchr(opt, '=') - opt), opt), name);
-    if ((rc = apply_option(o, c, opt, optarg))) return rc;
+    if (c == '?' || c == ':') return cli_usage_error(CMD, argv[optind - 1], "unknown option or missing value (see --help)");
+    const char *opt = cli_job_option_name(argv, optind, optarg);
+    if ((rc = own_option(o, c, opt, optarg)) == -1) rc = cli_job_option(CMD, &o->cj, c, opt, optarg);
+    if (rc) return rc;
   }
   if (optind != argc - 1) return cli_usage_error(CMD, NULL, "expected exactly one PROMPT argument (see --help)");
-  if ((rc = set_text(&o->job.prompt, argv[optind])) || (rc = shape_job(o))) return rc;
-  int total = (int)(o->job.has_interpolate ? o->job.interpolate.frames : o->job.batch);
+  pw_job *j = &o->cj.job;
+  if (!(j->prompt = strdup(argv[optind]))) return cli_usage_error(CMD, NULL, "out of memory");
+  if (o->regions && j->has_interpolate) return cli_usage_error(CMD, NULL, "--right/--bottom and --interpolate do not combine");
+  if ((rc = cli_job_finish(CMD, &o->cj, o->output))) return rc;
+  int total = (int)(j->kind == PW_KIND_INTERPOLATE ? j->interpolate.frames : j->batch);
   if (!strcmp(o->output, "-") && total > 1) return cli_usage_error(CMD, "-o", "- writes one image; this run makes %d", total);
   if (!strcmp(o->output, "-") && o->json) return cli_usage_error(CMD, "--json", "cannot share stdout with -o -");
-  return validate_job(o);
+  return 0;
 }
 
 /* Loads the input image (and mask) and sizes the job as documented in --help. */
 static int load_inputs(gen_opts *o, const pa_pipeline *p, pa_image **image, pa_image **mask) {
-  pw_job *j = &o->job;
+  pw_job *j = &o->cj.job;
   int rc = PA_OK, m = pa_pipeline_size_multiple(p);
   pa_image *raw = NULL, *rawmask = NULL;
   if (!j->image.present) return PA_OK;
-  if ((rc = pa_image_decode(j->image.data, j->image.len, &raw))) return pa_fail_context(rc, "%s: ", o->image_path);
+  if ((rc = pa_image_decode(j->image.data, j->image.len, &raw))) return pa_fail_context(rc, "%s: ", o->cj.image_path);
   if (j->mask.present && (rc = pa_image_decode(j->mask.data, j->mask.len, &rawmask))) {
-    pa_fail_context(rc, "%s: ", o->mask_path);
+    pa_fail_context(rc, "%s: ", o->cj.mask_path);
     goto fail;
   }
   if (rawmask && (rawmask->width != raw->width || rawmask->height != raw->height)) {
-    rc = pa_fail(PA_ERR_INVALID, "mask %s is %dx%d but the image is %dx%d", o->mask_path, rawmask->width,
+    rc = pa_fail(PA_ERR_INVALID, "mask %s is %dx%d but the image is %dx%d", o->cj.mask_path, rawmask->width,
                  rawmask->height, raw->width, raw->height);
     goto fail;
   }
-  if (!o->size_given && j->kind != PW_KIND_OUTPAINT && j->kind != PW_KIND_VARIATION) {
+  if (!o->cj.size_given && j->kind != PW_KIND_OUTPAINT && j->kind != PW_KIND_VARIATION) {
     j->width = raw->width / m * m;
     j->height = raw->height / m * m;
     if (j->width == 0 || j->height == 0) {
@@ -364,7 +245,7 @@ fail:
 /* The pipeline request of run `run`: the job's mapping (the worker's own), then the
  * settings only this command has. */
 static void make_request(const gen_opts *o, int run, pa_gen_request *r) {
-  pa_request_from_job(&o->job, run, (uint64_t)o->job.seed, r);
+  pa_request_from_job(&o->cj.job, run, (uint64_t)o->cj.job.seed, r);
   if (o->cond_steps >= 0) r->sampler.cond_steps = (int)o->cond_steps;
   r->sampler.typical_mass = (float)o->typical_mass;
   memcpy(r->attn_weight, o->attn_weight, sizeof r->attn_weight);
@@ -378,11 +259,11 @@ static void make_request(const gen_opts *o, int run, pa_gen_request *r) {
 /* The job JSON of image `index` plus this command's own settings when they are not the
  * defaults, so that the embedded parameters regenerate the image. malloc'd. */
 static char *image_params(const gen_opts *o, uint64_t seed, int frame) {
-  char *base = pa_job_params_json(&o->job, seed);
+  char *base = pa_job_params_json(&o->cj.job, seed);
   json_t *j = base ? json_loads(base, 0, NULL) : NULL;
   free(base);
   if (!j) return NULL;
-  if (o->job.kind == PW_KIND_INTERPOLATE) json_object_set_new(j, "frame", json_integer(frame));
+  if (o->cj.job.kind == PW_KIND_INTERPOLATE) json_object_set_new(j, "frame", json_integer(frame));
   if (o->cond_steps >= 0) json_object_set_new(j, "cond_steps", json_integer(o->cond_steps));
   if (o->typical_mass > 0) json_object_set_new(j, "typical_mass", json_real(o->typical_mass));
   if (o->attn_weight[0] != 1 || o->attn_weight[1] != 1 || o->attn_weight[2] != 1)
@@ -398,7 +279,7 @@ static char *image_params(const gen_opts *o, uint64_t seed, int frame) {
 
 /* t: seconds in the text encoders, the prior, denoising and decoding (all runs summed) */
 static void print_json(const gen_opts *o, const pa_pipeline *p, json_t *outputs, double t_load, const double *t) {
-  const pw_job *r = &o->job;
+  const pw_job *r = &o->cj.job;
   json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s, s:b, s:o, s:{s:f, s:f, s:f, s:f, s:f}}", "prompt",
                         r->prompt, "seed", (json_int_t)r->seed, "width", (json_int_t)r->width, "height",
                         (json_int_t)r->height, "batch", (json_int_t)r->batch, "steps", (json_int_t)r->steps,
@@ -434,7 +315,7 @@ fail:
 }
 
 static int total_images(const gen_opts *o) {
-  return (int)(o->job.kind == PW_KIND_INTERPOLATE ? o->job.interpolate.frames : o->job.batch);
+  return (int)(o->cj.job.kind == PW_KIND_INTERPOLATE ? o->cj.job.interpolate.frames : o->cj.job.batch);
 }
 
 /* Every output name, checked before any compute: a refused -o costs nothing. */
@@ -442,16 +323,16 @@ static int check_outputs(const gen_opts *o) {
   int total = total_images(o), rc = PA_OK;
   char name[4200];
   for (int k = 0; k < total && !rc; k++) {
-    cli_output_name(o->output, pa_image_format_extension(pa_image_format_of_job(&o->job)), k, total, name, sizeof name);
+    cli_output_name(o->output, pa_image_format_extension(pa_image_format_of_job(&o->cj.job)), k, total, name, sizeof name);
     rc = cli_output_check(name);
   }
   return rc;
 }
 
 static int encode_and_write(const gen_opts *o, const pa_image *img, int k, int frame, const char *name) {
-  bool interp = o->job.kind == PW_KIND_INTERPOLATE;
-  char *params = image_params(o, (uint64_t)o->job.seed + (interp ? 0 : (uint64_t)k), frame);
-  pa_image_encoding enc = {pa_image_format_of_job(&o->job), (int)o->job.output_quality, params};
+  bool interp = o->cj.job.kind == PW_KIND_INTERPOLATE;
+  char *params = image_params(o, (uint64_t)o->cj.job.seed + (interp ? 0 : (uint64_t)k), frame);
+  pa_image_encoding enc = {pa_image_format_of_job(&o->cj.job), (int)o->cj.job.output_quality, params};
   void *buf = NULL;
   size_t len = 0;
   int rc = params ? pa_image_encode(img, &enc, &buf, &len) : pa_fail(PA_ERR_NOMEM, "out of memory");
@@ -469,7 +350,7 @@ static int write_all(const gen_opts *o, pa_gen_result *results, int n_runs, json
   for (int f = 0, k = 0; f < n_runs; f++)
     for (int b = 0; b < results[f].n; b++, k++) {
       char buf[4200];
-      cli_output_name(o->output, pa_image_format_extension(pa_image_format_of_job(&o->job)), k, total, buf, sizeof buf);
+      cli_output_name(o->output, pa_image_format_extension(pa_image_format_of_job(&o->cj.job)), k, total, buf, sizeof buf);
       if (!(names[k] = strdup(buf))) {
         rc = pa_fail(PA_ERR_NOMEM, "out of memory");
         goto fail;
@@ -489,9 +370,7 @@ fail:
 
 static void opts_init(gen_opts *o) {
   memset(o, 0, sizeof *o);
-  pw_job_init(&o->job);
-  o->job.id = strdup("cli");
-  o->job.has_seed = 1; /* seed 0 unless given: a run is reproducible by default */
+  cli_job_init(&o->cj);
   o->output = "paella.png";
   o->device = "cpu";
   o->cond_steps = -1;
@@ -503,7 +382,7 @@ static void opts_init(gen_opts *o) {
 static int revalidate(gen_opts *o, const pa_pipeline *p, const pa_image *image, const pa_image *mask) {
   pw_error err;
   pa_gen_request r;
-  if (pw_job_validate(&o->job, &err)) return pa_fail(PA_ERR_INVALID, "%s: %s", option_of_field(err.field), err.message);
+  if (pw_job_validate(&o->cj.job, &err)) return pa_fail(PA_ERR_INVALID, "%s: %s", cli_job_option_of_field(err.field), err.message);
   make_request(o, 0, &r);
   r.image = image;
   r.mask = mask;
@@ -516,19 +395,19 @@ int cmd_generate(int argc, char **argv) {
   int rc = parse_args(argc, argv, &o);
   if (rc == -1) usage(stdout);
   if (rc) {
-    pw_job_free(&o.job);
+    cli_job_free(&o.cj);
     return rc == -1 ? CLI_EXIT_OK : rc;
   }
   if (!o.models) o.models = getenv("PAELLA_MODELS");
   pa_backend *be = pa_backend_by_name(o.device);
   if (!be) {
-    pw_job_free(&o.job);
+    cli_job_free(&o.cj);
     return cli_usage_error(CMD, "--device", "%s", pa_errmsg());
   }
   progress_state ps = {.show = !o.quiet && !o.json && isatty(2)};
   pa_pipeline *p = NULL;
   pa_image *image = NULL, *mask = NULL;
-  int n_runs = o.job.kind == PW_KIND_INTERPOLATE ? (int)o.job.interpolate.frames : 1;
+  int n_runs = o.cj.job.kind == PW_KIND_INTERPOLATE ? (int)o.cj.job.interpolate.frames : 1;
   pa_gen_result *results = calloc((size_t)n_runs, sizeof *results);
   json_t *outputs = json_array();
   double t_load = now(), t[4] = {0};
@@ -560,7 +439,7 @@ fail:
   pa_image_free(image);
   pa_image_free(mask);
   pa_pipeline_free(p);
-  pw_job_free(&o.job);
+  cli_job_free(&o.cj);
   if (rc) {
     if (ps.show) fputc('\n', stderr);
     fprintf(stderr, CMD ": %s\n", pa_errmsg());
