@@ -6,6 +6,7 @@ description the scheduler serves at /openapi.json. Run with /usr/bin/python3."""
 import http.server
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -195,9 +196,12 @@ def test_signature_vector():
 
 
 def test_pip_install(tmp):
-    target = os.path.join(tmp, "site")
+    """pip installs the folder (a copy: setuptools writes build/ and *.egg-info beside the
+    sources) and the installed module imports."""
+    src, target = os.path.join(tmp, "src"), os.path.join(tmp, "site")
+    shutil.copytree(os.path.dirname(HERE), src, ignore=shutil.ignore_patterns("tests", "__pycache__", "build", "*.egg-info"))
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation", "--no-deps",
-                        "--no-index", "--target", target, os.path.dirname(HERE)], capture_output=True, text=True)
+                        "--no-index", "--target", target, src], capture_output=True, text=True)
     check(r.returncode == 0, f"pip install: {r.stderr[-500:]}")
     r = subprocess.run([sys.executable, "-c", "import paella_client, sys; print(paella_client.__file__)"],
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=target), cwd=tmp)
