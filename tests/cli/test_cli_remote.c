@@ -87,6 +87,21 @@ static void submit_wait_fetch(void) {
   snprintf(pb, sizeof pb, "%s/local.webp", h_dir);
   char *a = slurp(pa, &a_len), *b = slurp(pb, &b_len);
   CHECK_MSG(a_len > 100 && a_len == b_len && !memcmp(a, b, a_len), "worker %zu bytes vs CLI %zu bytes differ", a_len, b_len);
+  free(b);
+
+  /* the embedded parameters regenerate the image: paella info -> paella submit -> the same bytes */
+  snprintf(args, sizeof args, "info %s/fetched/0.webp >%s/job.json && PAELLA_URL=http://127.0.0.1:%d %s/paella submit "
+                              "%s/job.json --wait 120", h_dir, h_dir, port, PAELLA_BINARY_DIR, h_dir);
+  CHECK_MSG(paella(args) == 0, "regenerate: %s", slurp("err", NULL));
+  CHECK(file_has("out", "\"status\": \"succeeded\""));
+  printed_id(again, sizeof again);
+  snprintf(args, sizeof args, "fetch %s -o %s/regen", again, h_dir);
+  snprintf(dir, sizeof dir, "%s/regen", h_dir);
+  mkdir(dir, 0755);
+  CHECK_MSG(paella(args) == 0, "fetch: %s", slurp("err", NULL));
+  snprintf(pb, sizeof pb, "%s/regen/0.webp", h_dir);
+  b = slurp(pb, &b_len);
+  CHECK_MSG(a_len == b_len && !memcmp(a, b, a_len), "regenerated %zu bytes vs %zu", b_len, a_len);
   free(a);
   free(b);
 }
