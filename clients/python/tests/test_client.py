@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -131,10 +132,21 @@ def test_errors(c, spec):
 
 
 def test_batch(c, spec):
-    b = c.submit_batch(["fox 1", {"prompt": "fox 2", "seed": 9}], settings=FAST, name="py-batch", shard_size=10)
+    b = c.submit_batch(["fox 1", {"prompt": "fox 2", "seed": 9}], settings=dict(FAST, output_format="webp"),
+                       name="py-batch", shard_size=10)
     check(spec.valid("Batch", b) and b["total"] == 2, f"batch submit {b}")
     done = c.wait_batch(b["id"], timeout=180)
     check(done["status"] == "completed" and done["succeeded"] == 2 and spec.valid("Batch", done), f"batch {done}")
+    # the shard holds the images in the batch's output format
+    manifest_path = done["manifest"][len("file://"):]
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    shard = os.path.join(os.path.dirname(manifest_path), manifest["shards"][0]["name"])
+    with tarfile.open(shard) as t:
+        names = sorted(t.getnames())
+        first = t.extractfile("000000.webp").read() if "000000.webp" in names else b""
+    check(names == ["000000.json", "000000.webp", "000001.json", "000001.webp"], f"shard members {names}")
+    check(first[:4] == b"RIFF" and b"paella:parameters" in first, "shard images are WebP with parameters")
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
