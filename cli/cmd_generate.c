@@ -178,22 +178,15 @@ static int own_option(gen_opts *o, int c, const char *opt, const char *v) {
   return -1;
 }
 
+static int own_option_cb(void *user, int code, const char *opt, const char *value) {
+  return own_option(user, code, opt, value);
+}
+
 /* Returns 0 ok, 1 or 2 (message printed), -1 for --help. */
 static int parse_args(int argc, char **argv, gen_opts *o) {
-  enum { N_OWN = sizeof own_opts / sizeof own_opts[0] };
-  struct option all[N_OWN + 64] = {{0}};
-  memcpy(all, own_opts, sizeof own_opts);
-  memcpy(all + N_OWN, cli_job_opts, (size_t)cli_job_n_opts * sizeof *cli_job_opts);
-  int c, rc;
-  opterr = 0;
-  optind = 1;
-  while ((c = getopt_long(argc, argv, "o:qh" CLI_JOB_SHORT_OPTS, all, NULL)) != -1) {
-    if (c == 'h') return -1;
-    if (c == '?' || c == ':') return cli_usage_error(CMD, argv[optind - 1], "unknown option or missing value (see --help)");
-    const char *opt = cli_job_option_name(argv, optind, optarg);
-    if ((rc = own_option(o, c, opt, optarg)) == -1) rc = cli_job_option(CMD, &o->cj, c, opt, optarg);
-    if (rc) return rc;
-  }
+  int rc = cli_job_parse(CMD, argc, argv, "o:qh", own_opts, (int)(sizeof own_opts / sizeof own_opts[0]), own_option_cb,
+                         o, &o->cj);
+  if (rc) return rc;
   if (optind != argc - 1) return cli_usage_error(CMD, NULL, "expected exactly one PROMPT argument (see --help)");
   pw_job *j = &o->cj.job;
   if (!(j->prompt = strdup(argv[optind]))) return cli_usage_error(CMD, NULL, "out of memory");

@@ -106,29 +106,24 @@ static bool is_json_name(const char *s) {
   return n > 5 && !strcmp(s + n - 5, ".json");
 }
 
-static int parse_args(int argc, char **argv, submit_opts *s) {
-  enum { N_OWN = sizeof own_opts / sizeof own_opts[0] };
-  struct option all[N_OWN + 64] = {{0}};
-  memcpy(all, own_opts, sizeof own_opts);
-  memcpy(all + N_OWN, cli_job_opts, (size_t)cli_job_n_opts * sizeof *cli_job_opts);
-  int c, rc;
-  opterr = 0;
-  optind = 1;
-  while ((c = getopt_long(argc, argv, "-" CLI_JOB_SHORT_OPTS, all, NULL)) != -1) {
-    if (c == '?' || c == ':') return cli_usage_error(CMD, argv[optind - 1], "unknown option or missing value (see --help)");
-    if (c == 1) { /* a positional argument: the job file, or the prompt */
-      if (s->file || s->cj.job.prompt) return cli_usage_error(CMD, NULL, "unexpected argument '%s' (see --help)", optarg);
-      if (!strcmp(optarg, "-") || is_json_name(optarg)) s->file = optarg;
-      else if ((rc = set_str(&s->cj.job.prompt, optarg))) return rc;
-      continue;
-    }
-    const char *opt = cli_job_option_name(argv, optind, optarg);
-    if ((rc = own_option(s, c, opt, optarg)) == -1) {
-      s->job_options++;
-      rc = cli_job_option(CMD, &s->cj, c, opt, optarg);
-    }
-    if (rc) return rc;
+/* Submit's own options and positional argument (the job file, or the prompt). */
+static int submit_option(void *user, int c, const char *opt, const char *v) {
+  submit_opts *s = user;
+  if (c == 1) {
+    if (s->file || s->cj.job.prompt) return cli_usage_error(CMD, NULL, "unexpected argument '%s' (see --help)", v);
+    if (!strcmp(v, "-") || is_json_name(v)) s->file = v;
+    else return set_str(&s->cj.job.prompt, v);
+    return 0;
   }
+  int rc = own_option(s, c, opt, v);
+  if (rc == -1) s->job_options++; /* a job option: not allowed with JOB.json */
+  return rc;
+}
+
+static int parse_args(int argc, char **argv, submit_opts *s) {
+  int rc = cli_job_parse(CMD, argc, argv, "-", own_opts, (int)(sizeof own_opts / sizeof own_opts[0]), submit_option, s,
+                         &s->cj);
+  if (rc) return rc;
   if (s->file && (s->job_options || s->cj.job.prompt)) return cli_usage_error(CMD, NULL, "give JOB.json or job options, not both");
   if (!s->file && !s->cj.job.prompt && !s->cj.image_path)
     return cli_usage_error(CMD, NULL, "nothing to submit: give a prompt (--prompt TEXT) or JOB.json (see --help)");

@@ -55,6 +55,27 @@ const char *cli_job_option_name(char **argv, int optind_now, const char *optarg_
   return opt;
 }
 
+int cli_job_parse(const char *cmd, int argc, char **argv, const char *own_short, const struct option *own, int n_own,
+                  cli_own_option_fn fn, void *user, cli_job *cj) {
+  struct option all[64] = {{0}};
+  char shorts[64];
+  int c, rc;
+  if (n_own + cli_job_n_opts >= (int)(sizeof all / sizeof all[0])) return cli_usage_error(cmd, NULL, "too many options");
+  memcpy(all, own, (size_t)n_own * sizeof *own);
+  memcpy(all + n_own, cli_job_opts, (size_t)cli_job_n_opts * sizeof *cli_job_opts);
+  snprintf(shorts, sizeof shorts, "%s" CLI_JOB_SHORT_OPTS, own_short);
+  opterr = 0;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, shorts, all, NULL)) != -1) {
+    if (c == 'h') return CLI_WANTS_HELP;
+    if (c == '?' || c == ':') return cli_usage_error(cmd, argv[optind - 1], "unknown option or missing value (see --help)");
+    const char *opt = c == 1 ? NULL : cli_job_option_name(argv, optind, optarg);
+    if ((rc = fn(user, c, opt, optarg)) == -1) rc = cli_job_option(cmd, cj, c, opt, optarg);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 static int set_text(const char *cmd, char **dst, const char *v) {
   free(*dst);
   *dst = strdup(v);

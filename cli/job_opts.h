@@ -34,6 +34,16 @@ int cli_job_option(const char *cmd, cli_job *c, int code, const char *opt, const
 int cli_job_finish(const char *cmd, cli_job *c, const char *output);
 /* The option that sets a job field, for messages ("steps" -> "--steps"). */
 const char *cli_job_option_of_field(const char *field);
+/* A command's own options: 0 handled, CLI_EXIT_USAGE, or -1 when `code` is not one of them
+ * (it is then tried as a job option). Positional arguments arrive as code 1 when the short
+ * options start with "-". */
+typedef int (*cli_own_option_fn)(void *user, int code, const char *opt, const char *value);
+#define CLI_WANTS_HELP (-1)
+/* getopt_long over the command's own options (n_own of them, taking precedence) and the job
+ * options. 0 when all were applied (optind is then the first positional argument left),
+ * CLI_EXIT_USAGE (message printed), or CLI_WANTS_HELP for -h/--help when `own` lists it. */
+int cli_job_parse(const char *cmd, int argc, char **argv, const char *own_short, const struct option *own, int n_own,
+                  cli_own_option_fn fn, void *user, cli_job *c);
 /* getopt's view of the current option: "--steps" for "--steps 5", "--steps=5" and "-s5". */
 const char *cli_job_option_name(char **argv, int optind_now, const char *optarg_now);
 

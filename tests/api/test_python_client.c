@@ -10,16 +10,10 @@
 
 int main(void) {
   setenv("PAELLA_WEBHOOK_SECRET", WEBHOOK_SECRET, 1); /* inherited by the worker */
-  if (harness_start_redis()) {
-    fprintf(stderr, "cannot start redis-server\n");
-    return 1;
-  }
   sched_config c;
-  harness_config(&c);
-  sched_tracker *t = NULL;
-  sched_server *s = NULL;
-  CHECK(tracker_start(&c, &t) == PA_OK && sched_server_start(&c, &s) == PA_OK);
-  CHECK(harness_start_worker("--webhook-allow-private") == 0);
+  sched_tracker *t;
+  sched_server *s;
+  CHECK(harness_start_stack(&c, &t, &s, "--webhook-allow-private") == 0);
   if (s && t) {
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
@@ -30,10 +24,6 @@ int main(void) {
     CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "test_client.py exited %d (worker log: %s/worker.log)",
               WIFEXITED(st) ? WEXITSTATUS(st) : -1, h_dir);
   }
-  sched_server_stop(s);
-  tracker_stop(t);
-  sched_redis_drop();
-  harness_cleanup();
-  hub_shutdown();
+  harness_stop_stack(t, s);
   TEST_END();
 }

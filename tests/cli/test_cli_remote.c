@@ -129,25 +129,15 @@ static void errors_and_help(void) {
 }
 
 int main(void) {
-  if (harness_start_redis()) {
-    fprintf(stderr, "cannot start redis-server\n");
-    return 1;
-  }
   sched_config c;
-  harness_config(&c);
-  sched_tracker *t = NULL;
-  sched_server *s = NULL;
-  CHECK(tracker_start(&c, &t) == PA_OK && sched_server_start(&c, &s) == PA_OK);
-  CHECK(harness_start_worker(NULL) == 0);
+  sched_tracker *t;
+  sched_server *s;
+  CHECK(harness_start_stack(&c, &t, &s, NULL) == 0);
   if (s && t) {
     port = sched_server_port(s);
     errors_and_help();
     submit_wait_fetch();
   }
-  sched_server_stop(s);
-  tracker_stop(t);
-  sched_redis_drop();
-  harness_cleanup();
-  hub_shutdown();
+  harness_stop_stack(t, s);
   TEST_END();
 }
