@@ -8,6 +8,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_job(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_models(int argc, char **argv);
 /* cli/cmd_submit.c, cli/cmd_remote.c: clients of a running scheduler (docs/api.md) */
 int cmd_submit(int argc, char **argv);
 int cmd_status(int argc, char **argv);

@@ -14,6 +14,7 @@ typedef struct {
 
 static const command commands[] = {
     {"generate", cmd_generate, "text to image (and editing) in one process"},
+    {"models", cmd_models, "download the published checkpoints (models pull [--dir DIR])"},
     {"info", cmd_info, "print the generation parameters embedded in an image"},
     {"eval", cmd_eval, "run one network on a golden-convention safetensors file"},
     {"job", cmd_job, "encode / decode / validate wire-protocol jobs"},
