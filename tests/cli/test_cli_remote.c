@@ -89,6 +89,15 @@ static void submit_wait_fetch(void) {
   CHECK_MSG(a_len > 100 && a_len == b_len && !memcmp(a, b, a_len), "worker %zu bytes vs CLI %zu bytes differ", a_len, b_len);
   free(b);
 
+  /* JPEG and WebP inputs reach the worker and decode there (img2img from the WebP, inpainting
+   * with a JPEG mask) */
+  snprintf(args, sizeof args, "generate 'a mask' -W 64 -H 64 --steps 2 --prior-steps 1 -q -o %s/mask.jpg", h_dir);
+  CHECK(paella(args) == 0);
+  snprintf(args, sizeof args, "submit --prompt 'a fox' --image %s/fetched/0.webp --mask %s/mask.jpg --steps 2 "
+                              "--prior-steps 1 --wait 120", h_dir, h_dir);
+  CHECK_MSG(paella(args) == 0, "inpaint from WebP + JPEG: %s", slurp("err", NULL));
+  CHECK(file_has("out", "\"status\": \"succeeded\""));
+
   /* the embedded parameters regenerate the image: paella info -> paella submit -> the same bytes */
   snprintf(args, sizeof args, "info %s/fetched/0.webp >%s/job.json && PAELLA_URL=http://127.0.0.1:%d %s/paella submit "
                               "%s/job.json --wait 120", h_dir, h_dir, port, PAELLA_BINARY_DIR, h_dir);
