@@ -182,6 +182,10 @@ static int own_option_cb(void *user, int code, const char *opt, const char *valu
   return own_option(user, code, opt, value);
 }
 
+static int total_images(const gen_opts *o) {
+  return (int)(o->cj.job.kind == PW_KIND_INTERPOLATE ? o->cj.job.interpolate.frames : o->cj.job.batch);
+}
+
 /* Returns 0 ok, 1 or 2 (message printed), -1 for --help. */
 static int parse_args(int argc, char **argv, gen_opts *o) {
   int rc = cli_job_parse(CMD, argc, argv, "o:qh", own_opts, (int)(sizeof own_opts / sizeof own_opts[0]), own_option_cb,
@@ -192,8 +196,8 @@ static int parse_args(int argc, char **argv, gen_opts *o) {
   if (!(j->prompt = strdup(argv[optind]))) return cli_usage_error(CMD, NULL, "out of memory");
   if (o->regions && j->has_interpolate) return cli_usage_error(CMD, NULL, "--right/--bottom and --interpolate do not combine");
   if ((rc = cli_job_finish(CMD, &o->cj, o->output))) return rc;
-  int total = (int)(j->kind == PW_KIND_INTERPOLATE ? j->interpolate.frames : j->batch);
-  if (!strcmp(o->output, "-") && total > 1) return cli_usage_error(CMD, "-o", "- writes one image; this run makes %d", total);
+  if (!strcmp(o->output, "-") && total_images(o) > 1)
+    return cli_usage_error(CMD, "-o", "- writes one image; this run makes %d", total_images(o));
   if (!strcmp(o->output, "-") && o->json) return cli_usage_error(CMD, "--json", "cannot share stdout with -o -");
   return 0;
 }
@@ -307,10 +311,6 @@ fail:
   return rc;
 }
 
-static int total_images(const gen_opts *o) {
-  return (int)(o->cj.job.kind == PW_KIND_INTERPOLATE ? o->cj.job.interpolate.frames : o->cj.job.batch);
-}
-
 /* Every output name, checked before any compute: a refused -o costs nothing. */
 static int check_outputs(const gen_opts *o) {
   int total = total_images(o), rc = PA_OK;
@@ -400,7 +400,7 @@ int cmd_generate(int argc, char **argv) {
   progress_state ps = {.show = !o.quiet && !o.json && isatty(2)};
   pa_pipeline *p = NULL;
   pa_image *image = NULL, *mask = NULL;
-  int n_runs = o.cj.job.kind == PW_KIND_INTERPOLATE ? (int)o.cj.job.interpolate.frames : 1;
+  int n_runs = o.cj.job.kind == PW_KIND_INTERPOLATE ? total_images(&o) : 1;
   pa_gen_result *results = calloc((size_t)n_runs, sizeof *results);
   json_t *outputs = json_array();
   double t_load = now(), t[4] = {0};
