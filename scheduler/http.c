@@ -133,7 +133,8 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
 /* ---- authentication, limits and dispatch -------------------------------------------- */
 
 static bool is_public(const char *url) {
-  return !strcmp(url, "/") || !strcmp(url, "/healthz") || !strcmp(url, "/readyz") || !strcmp(url, "/metrics");
+  return !strcmp(url, "/") || !strcmp(url, "/healthz") || !strcmp(url, "/readyz") || !strcmp(url, "/metrics") ||
+         !strcmp(url, "/openapi.json");
 }
 
 static enum MHD_Result authorize(http_ctx *h) {
@@ -173,6 +174,8 @@ static enum MHD_Result authorize(http_ctx *h) {
 static enum MHD_Result public_route(http_ctx *h) {
   if (!strcmp(h->url, "/")) return http_reply(h->conn, 200, "text/html; charset=utf-8", sched_dashboard_html, strlen(sched_dashboard_html));
   if (!strcmp(h->url, "/healthz")) return http_json(h->conn, 200, "{\"status\":\"ok\"}");
+  if (!strcmp(h->url, "/openapi.json")) /* docs/openapi.json, linked in (scheduler/CMakeLists.txt) */
+    return http_reply(h->conn, 200, "application/json", sched_openapi_json, (size_t)(sched_openapi_json_end - sched_openapi_json));
   if (!strcmp(h->url, "/readyz")) {
     redisReply *r = sched_cmdf(h->c, "PING");
     bool ok = r && r->type == REDIS_REPLY_STATUS;

@@ -189,5 +189,7 @@ int sched_server_start(const sched_config *c, sched_server **out);
 int sched_server_port(const sched_server *s); /* the bound port (listen port 0 = any) */
 void sched_server_stop(sched_server *s);
 extern const char sched_dashboard_html[];
+/* docs/openapi.json, served at /openapi.json: its bytes, from the first to one past the last. */
+extern const char sched_openapi_json[], sched_openapi_json_end[];
 
 #endif
