@@ -17,6 +17,7 @@ typedef struct {
   pa_tensor *dw_w, *dw_b, *fc1_w, *fc1_b, *grn_g, *grn_b, *fc2_w, *fc2_b;
   /* T */
   pa_tensor *map_w, *map_b;
+  int64_t map_off; /* its [a | m] columns in the concatenated mapper output */
   /* A */
   pa_tensor *in_w, *in_b, *out_w, *out_b, *kv_w, *kv_b;
 } block;
@@ -34,14 +35,22 @@ struct pa_paella {
   pa_tensor *emb_table, *embed_w, *embed_b, *clf_w, *clf_b, *out_w;
   level down[PAELLA_MAX_LEVELS], up[PAELLA_MAX_LEVELS];
   int n_attn;
+  /* every TimestepBlock's mapper as one (map_total, c_r) weight: all modulations of a noise
+   * level in one GEMM (pa_paella_time_new) */
+  pa_tensor *map_cat_w, *map_cat_b, *map_cat_host_w, *map_cat_host_b;
+  int64_t map_total;
   pa_paella_hook hook;
   void *hook_user;
 };
 
 struct pa_paella_cond {
   pa_tensor *c_embed; /* (B, L_c, c_cond) */
-  pa_tensor **kv;     /* per attention block: (B, L_c, c) */
+  pa_tensor **kv;     /* per attention block: (B, L_c, 2c) its in_proj keys | values of the
+                       * kv_mapper output: computed once, read by every forward */
   int n_kv;
+  pa_tensor *key_pad; /* (B) I32: padded positions at the end of each row's sequence, or NULL */
+  int32_t *pads;      /* the same on the host (stacking a stacked conditioning reads it) */
+  bool is_view;       /* tensors borrowed from another cond (pa_paella_cond_rows) */
 };
 
 /* ---- configuration ----------------------------------------------------------------------- */
@@ -351,6 +360,8 @@ void pa_paella_free(pa_paella *m) {
 
 const pa_paella_config *pa_paella_cfg(const pa_paella *m) { return &m->cfg; }
 
+pa_backend *pa_paella_backend(const pa_paella *m) { return m->be; }
+
 void pa_paella_set_hook(pa_paella *m, pa_paella_hook hook, void *user) {
   m->hook = hook;
   m->hook_user = user;
@@ -391,6 +402,29 @@ fail:
   return rc;
 }
 
+/* Keys | values (B, Lc, 2c) of one attention block over the conditioning: kv_mapper, then
+ * rows [c, 3c) of in_proj (the key and value projections) in one GEMM. */
+static int cond_keys(pa_paella *m, block *b, const pa_tensor *act, pa_tensor **out) {
+  pa_backend *be = m->be;
+  int rc = PA_OK;
+  int64_t B = act->shape[0], Lc = act->shape[1];
+  pa_tensor *mapped = pa_alloc_f32(be, 3, B, Lc, (int64_t)b->c);
+  pa_tensor *kv = pa_alloc_f32(be, 3, B, Lc, (int64_t)2 * b->c);
+  if (!mapped || !kv) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
+  PA_TRY(pa_linear(be, mapped, act, b->kv_w, b->kv_b, PA_ACT_NONE));
+  pa_tensor w_kv = pa_view_rows(b->in_w, b->c, 3 * (int64_t)b->c), b_kv = pa_view_rows(b->in_b, b->c, 3 * (int64_t)b->c);
+  PA_TRY(pa_linear(be, kv, mapped, &w_kv, &b_kv, PA_ACT_NONE));
+  *out = kv;
+  kv = NULL;
+fail:
+  pa_release(be, mapped);
+  pa_release(be, kv);
+  return rc;
+}
+
 int pa_paella_cond_new(pa_paella *m, const pa_tensor *byt5, const pa_tensor *clip,
                        const pa_tensor *clip_image, pa_paella_cond **out) {
   pa_backend *be = m->be;
@@ -422,9 +456,7 @@ int pa_paella_cond_new(pa_paella *m, const pa_tensor *byt5, const pa_tensor *cli
       for (int j = 0; j < L->n; j++) {
         block *b = &L->blocks[j];
         if (b->type != 'A') continue;
-        pa_tensor *kv = cond->kv[b->attn_slot] = pa_alloc_f32(be, 3, B, Lc, (int64_t)b->c);
-        if (!kv) goto nomem;
-        PA_TRY(pa_linear(be, kv, act, b->kv_w, b->kv_b, PA_ACT_NONE));
+        PA_TRY(cond_keys(m, b, act, &cond->kv[b->attn_slot]));
       }
     }
   cond->c_embed = seq;
@@ -443,10 +475,108 @@ fail:
 
 void pa_paella_cond_free(pa_paella *m, pa_paella_cond *c) {
   if (!c) return;
+  if (c->is_view) {
+    for (int i = 0; c->kv && i < c->n_kv; i++) free(c->kv[i]);
+    free(c->kv);
+    free(c->c_embed);
+    free(c->key_pad);
+    free(c);
+    return;
+  }
+  free(c->pads);
   for (int i = 0; c->kv && i < c->n_kv; i++) pa_release(m->be, c->kv[i]);
   free(c->kv);
   pa_release(m->be, c->c_embed);
+  pa_release(m->be, c->key_pad);
   free(c);
+}
+
+/* Row j of part (1 row or more) copied into row `row` of dst (R, Lmax, C), first L positions. */
+static int copy_rows_padded(pa_backend *be, pa_tensor *dst, int64_t row, const pa_tensor *src) {
+  int64_t L = src->shape[1], C = src->shape[2], Lmax = dst->shape[1];
+  for (int64_t r = 0; r < src->shape[0]; r++) {
+    pa_tensor s = pa_view_rows(src, r, r + 1), d = pa_view_rows(dst, row + r, row + r + 1);
+    pa_tensor d2 = pa_view(&d, 2, (const int64_t[]){Lmax, C});
+    pa_tensor dl = pa_view_rows(&d2, 0, L);
+    int rc = pa_copy(be, &dl, &s);
+    if (rc) return rc;
+  }
+  return PA_OK;
+}
+
+/* (sum rows, Lmax, C) of the parts' tensors `get(part)`, each row padded at the end. */
+static pa_tensor *stack_padded(pa_backend *be, pa_paella_cond *const *parts, int n, int kv_slot, int64_t rows,
+                               int64_t Lmax) {
+  const pa_tensor *first = kv_slot < 0 ? parts[0]->c_embed : parts[0]->kv[kv_slot];
+  pa_tensor *t = pa_alloc_f32(be, 3, rows, Lmax, first->shape[2]);
+  for (int i = 0, row = 0; t && i < n; row += (int)parts[i]->c_embed->shape[0], i++)
+    if (copy_rows_padded(be, t, row, kv_slot < 0 ? parts[i]->c_embed : parts[i]->kv[kv_slot])) {
+      pa_release(be, t);
+      return NULL;
+    }
+  return t;
+}
+
+int pa_paella_cond_stack(pa_paella *m, pa_paella_cond *const *parts, int n, pa_paella_cond **out) {
+  pa_backend *be = m->be;
+  int64_t rows = 0, Lmax = 0;
+  for (int i = 0; i < n; i++) {
+    if (parts[i]->is_view) return pa_fail(PA_ERR_INVALID, "paella: a conditioning view cannot be stacked");
+    rows += parts[i]->c_embed->shape[0];
+    if (parts[i]->c_embed->shape[1] > Lmax) Lmax = parts[i]->c_embed->shape[1];
+  }
+  int rc = PA_OK;
+  pa_tensor *pad_h = pa_tensor_new(PA_I32, 1, (const int64_t[]){rows});
+  pa_paella_cond *c = calloc(1, sizeof *c);
+  if (!pad_h || !c || !(c->kv = calloc((size_t)(m->n_attn ? m->n_attn : 1), sizeof *c->kv))) goto nomem;
+  if (!(c->pads = malloc((size_t)rows * sizeof *c->pads))) goto nomem;
+  for (int i = 0, row = 0; i < n; i++)
+    for (int64_t r = 0; r < parts[i]->c_embed->shape[0]; r++, row++) {
+      /* a part's own padding stays padding: the valid keys of the row keep their count */
+      int64_t valid = parts[i]->c_embed->shape[1] - (parts[i]->pads ? parts[i]->pads[r] : 0);
+      c->pads[row] = ((int32_t *)pad_h->data)[row] = (int32_t)(Lmax - valid);
+    }
+  c->n_kv = m->n_attn;
+  if (!(c->c_embed = stack_padded(be, parts, n, -1, rows, Lmax))) goto nomem;
+  for (int k = 0; k < m->n_attn; k++)
+    if (!(c->kv[k] = stack_padded(be, parts, n, k, rows, Lmax))) goto nomem;
+  if (!(c->key_pad = pa_upload(be, pad_h))) goto nomem;
+  pa_tensor_free(pad_h);
+  *out = c;
+  return PA_OK;
+nomem:
+  rc = PA_ERR_NOMEM;
+  pa_tensor_free(pad_h);
+  pa_paella_cond_free(m, c);
+  return rc;
+}
+
+/* A borrowed header over rows [r0, r1) of t, or NULL when t is NULL. */
+static pa_tensor *row_view(const pa_tensor *t, int64_t r0, int64_t r1, bool *nomem) {
+  if (!t) return NULL;
+  pa_tensor *v = malloc(sizeof *v);
+  if (!v) *nomem = true;
+  else *v = pa_view_rows(t, r0, r1);
+  return v;
+}
+
+int pa_paella_cond_rows(const pa_paella_cond *c, int64_t r0, int64_t r1, pa_paella_cond **out) {
+  bool nomem = false;
+  pa_paella_cond *v = calloc(1, sizeof *v);
+  if (!v) return pa_fail(PA_ERR_NOMEM, "out of memory");
+  v->is_view = true;
+  v->n_kv = c->n_kv;
+  v->kv = calloc((size_t)(c->n_kv ? c->n_kv : 1), sizeof *v->kv);
+  nomem = !v->kv;
+  v->c_embed = row_view(c->c_embed, r0, r1, &nomem);
+  v->key_pad = row_view(c->key_pad, r0, r1, &nomem);
+  for (int i = 0; !nomem && i < c->n_kv; i++) v->kv[i] = row_view(c->kv[i], r0, r1, &nomem);
+  if (nomem) {
+    pa_paella_cond_free(NULL, v);
+    return pa_fail(PA_ERR_NOMEM, "out of memory");
+  }
+  *out = v;
+  return PA_OK;
 }
 
 const pa_tensor *pa_paella_cond_embed(const pa_paella_cond *c) { return c->c_embed; }
@@ -527,46 +657,46 @@ fail:
   return rc;
 }
 
-/* x += out_proj(MHA(q = LN(x), kv = [LN(x) | kv_mapper(c)])) */
+/* A (B, L, C) header over columns [col, col + C) of rows of width ld: a slice of a fused
+ * projection, read with a row stride by attention. */
+static pa_tensor cols(const pa_tensor *t, int64_t col, int64_t C) {
+  pa_tensor v = pa_view(t, 3, (const int64_t[]){t->shape[0], t->shape[1], C});
+  v.data = (float *)t->data + col;
+  return v;
+}
+
+/* x += out_proj(MHA(q = LN(x), kv = [LN(x) | kv_mapper(c)])). The image tokens' q | k | v is
+ * one GEMM; the conditioning's keys and values were projected once (cond_keys). */
 static int attn_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *kv,
-                      const pa_tensor *attn_weights) {
+                      const pa_tensor *key_pad, const pa_tensor *attn_weights) {
   pa_backend *be = m->be;
   int rc = PA_OK;
-  int64_t B = x->shape[0], N = x->shape[1] * x->shape[2], C = b->c, Lc = kv->shape[1];
-  int64_t Lk = m->cfg.self_attn ? N + Lc : Lc;
-  pa_tensor *n = pa_alloc_f32(be, 3, B, N, C), *full = NULL, *q = pa_alloc_f32(be, 3, B, N, C);
-  pa_tensor *k = pa_alloc_f32(be, 3, B, Lk, C), *v = pa_alloc_f32(be, 3, B, Lk, C);
+  bool self = m->cfg.self_attn;
+  int64_t B = x->shape[0], N = x->shape[1] * x->shape[2], C = b->c;
+  pa_tensor *n = pa_alloc_f32(be, 3, B, N, C), *qkv = pa_alloc_f32(be, 3, B, N, (self ? 3 : 1) * C);
   pa_tensor *o = pa_alloc_f32(be, 3, B, N, C), *proj = pa_alloc_f32(be, 3, B, N, C);
-  if (!n || !q || !k || !v || !o || !proj) goto nomem;
+  if (!n || !qkv || !o || !proj) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
   pa_tensor xs = pa_view(x, 3, (const int64_t[]){B, N, C});
   PA_TRY(pa_layernorm(be, n, &xs, NULL, NULL, LN_EPS));
-  const pa_tensor *keys = kv;
-  if (m->cfg.self_attn) {
-    if (!(full = pa_alloc_f32(be, 3, B, Lk, C))) goto nomem;
-    PA_TRY(pa_concat(be, full, n, kv, 1));
-    keys = full;
-  }
-  pa_tensor wq = pa_view_rows(b->in_w, 0, C), wk = pa_view_rows(b->in_w, C, 2 * C),
-            wv = pa_view_rows(b->in_w, 2 * C, 3 * C);
-  pa_tensor bq = pa_view_rows(b->in_b, 0, C), bk = pa_view_rows(b->in_b, C, 2 * C),
-            bv = pa_view_rows(b->in_b, 2 * C, 3 * C);
-  PA_TRY(pa_linear(be, q, n, &wq, &bq, PA_ACT_NONE));
-  PA_TRY(pa_linear(be, k, keys, &wk, &bk, PA_ACT_NONE));
-  PA_TRY(pa_linear(be, v, keys, &wv, &bv, PA_ACT_NONE));
+  pa_tensor w = self ? *b->in_w : pa_view_rows(b->in_w, 0, C), bias = self ? *b->in_b : pa_view_rows(b->in_b, 0, C);
+  PA_TRY(pa_linear(be, qkv, n, &w, &bias, PA_ACT_NONE));
+  pa_tensor q = cols(qkv, 0, C), k = cols(qkv, C, C), v = cols(qkv, 2 * C, C);
+  pa_tensor kc = cols(kv, 0, C), vc = cols(kv, C, C);
   pa_attn_params ap = {.nhead = b->nhead, .scale = 1.0f / sqrtf((float)(C / b->nhead)),
-                       .key_weight = attn_weights};
-  PA_TRY(pa_attention(be, o, q, k, v, &ap));
+                       .key_weight = attn_weights, .key_pad = key_pad, .q_ld = qkv->shape[2]};
+  if (self) /* keys: the image tokens', then the conditioning's */
+    ap.k2 = &kc, ap.v2 = &vc, ap.kv_ld = 3 * C, ap.kv2_ld = 2 * C;
+  else
+    ap.kv_ld = 2 * C;
+  PA_TRY(pa_attention(be, o, &q, self ? &k : &kc, self ? &v : &vc, &ap));
   PA_TRY(pa_linear(be, proj, o, b->out_w, b->out_b, PA_ACT_NONE));
   PA_TRY(pa_add(be, &xs, &xs, proj, 1.0f));
-  goto fail;
-nomem:
-  rc = PA_ERR_NOMEM;
 fail:
   pa_release(be, n);
-  pa_release(be, full);
-  pa_release(be, q);
-  pa_release(be, k);
-  pa_release(be, v);
+  pa_release(be, qkv);
   pa_release(be, o);
   pa_release(be, proj);
   return rc;
@@ -579,7 +709,7 @@ static int run_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *skip
     case 'C': rc = res_block(m, b, x, skip); break;
     case 'F': rc = ff_block(m, b, x); break;
     case 'T': rc = time_block(m, b, x, r_embed); break;
-    default: rc = attn_block(m, b, x, c->kv[b->attn_slot], aw); break;
+    default: rc = attn_block(m, b, x, c->kv[b->attn_slot], c->key_pad, aw); break;
   }
   if (rc == PA_OK) hook(m, b->name, x);
   return rc;
@@ -685,16 +815,27 @@ static int check_forward_args(const pa_paella *m, const pa_tensor *x, const pa_p
 
 int pa_paella_forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const float *r,
                       const pa_tensor *attn_weights, pa_tensor *logits) {
+  int rc = check_forward_args(m, x, c, logits);
+  if (rc) return rc;
+  pa_tensor *r_host = pa_r_embedding(r, (int)x->shape[0], m->cfg.c_r), *r_embed = NULL;
+  if (!r_host || !(r_embed = pa_upload(m->be, r_host)))
+    rc = PA_ERR_NOMEM;
+  else
+    rc = pa_paella_forward_embedded(m, c, x, r_embed, attn_weights, logits);
+  pa_release(m->be, r_embed);
+  pa_tensor_free(r_host);
+  return rc;
+}
+
+int pa_paella_forward_embedded(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x,
+                               const pa_tensor *r_embed, const pa_tensor *attn_weights, pa_tensor *logits) {
   pa_backend *be = m->be;
   const pa_paella_config *cfg = &m->cfg;
   int rc = check_forward_args(m, x, c, logits);
   if (rc) return rc;
-  pa_tensor *r_host = NULL, *r_embed = NULL, *h = NULL, *skips[PAELLA_MAX_LEVELS] = {0};
-  r_host = pa_r_embedding(r, (int)x->shape[0], cfg->c_r);
-  if (!r_host || !(r_embed = pa_upload(be, r_host))) {
-    rc = PA_ERR_NOMEM;
-    goto fail;
-  }
+  if (r_embed->ndim != 2 || r_embed->shape[0] != x->shape[0] || r_embed->shape[1] != cfg->c_r)
+    return pa_fail(PA_ERR_SHAPE, "paella: r embedding must be (B, %d)", cfg->c_r);
+  pa_tensor *h = NULL, *skips[PAELLA_MAX_LEVELS] = {0};
   PA_TRY(embed_tokens(m, x, &h));
   for (int li = 0; li < cfg->levels; li++) {
     level *L = &m->down[li];
@@ -729,7 +870,5 @@ nomem:
 fail:
   for (int i = 0; i < PAELLA_MAX_LEVELS; i++) pa_release(be, skips[i]);
   pa_release(be, h);
-  pa_release(be, r_embed);
-  pa_tensor_free(r_host);
   return rc;
 }

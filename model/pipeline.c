@@ -479,7 +479,8 @@ fail:
 typedef struct {
   int B, h, w, K;
   pa_paella_cond *cond, *cond2, *uncond; /* cond2: second region's prompt, or NULL */
-  pa_tensor *attn_w;                     /* (L_c) re-weighting of the conditional pass, or NULL */
+  float *attn_w;                         /* (n_attn) re-weighting of the conditional rows, or NULL */
+  int n_attn;
   int64_t *init_noise;                   /* (B, h*w) */
   int64_t *pinned;                       /* (B, h*w) tokens kept where keep[p], or NULL */
   uint8_t *keep;                         /* (h*w) */
@@ -495,27 +496,6 @@ static double now_seconds(void) {
   return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* One Paella forward into host logits (B, h, w, K). */
-static int forward(pa_pipeline *p, const pa_paella_cond *c, const pa_tensor *tok_dev, const float *r,
-                   const pa_tensor *aw, pa_tensor *logits_dev, pa_tensor *logits_host) {
-  p->forwards++;
-  int rc = pa_paella_forward(p->paella, c, tok_dev, r, aw, logits_dev);
-  return rc ? rc : p->be->to_host(p->be, logits_host, logits_dev);
-}
-
-/* Left/right (top/bottom) regions: positions in the second half take the second prompt's
- * logits. */
-static void combine_regions(float *a, const float *b, const sample_ctx *s, pa_regions mode) {
-  for (int bi = 0; bi < s->B; bi++)
-    for (int y = 0; y < s->h; y++)
-      for (int x = 0; x < s->w; x++) {
-        bool second = mode == PA_REGIONS_LEFT_RIGHT ? x >= s->w / 2 : y >= s->h / 2;
-        if (!second) continue;
-        size_t off = (((size_t)bi * s->h + y) * s->w + x) * s->K;
-        memcpy(a + off, b + off, (size_t)s->K * sizeof *a);
-      }
-}
-
 static void pin_tokens(int64_t *tokens, const sample_ctx *s) {
   if (!s->pinned) return;
   int64_t n = (int64_t)s->h * s->w;
@@ -524,64 +504,17 @@ static void pin_tokens(int64_t *tokens, const sample_ctx *s) {
       if (s->keep[q]) tokens[b * n + q] = s->pinned[b * n + q];
 }
 
-/* The v3 loop: forward (CFG), draw every position, re-noise toward the initial noise, pin. */
+/* The v3 loop on the backend (model/denoise.c) over the prepared conditions and tokens. */
 static int sample_tokens(pa_pipeline *p, const pa_gen_request *r, const pa_sampler_config *sc,
                          sample_ctx *s, int64_t *tokens) {
-  pa_backend *be = p->be;
-  int rc = PA_OK, steps = sc->steps, B = s->B;
-  int64_t n = (int64_t)s->h * s->w;
-  float *t_list = malloc((size_t)(steps + 1) * sizeof *t_list), *temps = malloc((size_t)steps * sizeof *temps);
-  float *cfgs = malloc((size_t)steps * sizeof *cfgs), *rb = malloc((size_t)B * sizeof *rb);
-  pa_tensor *tok_h = pa_tensor_wrap(PA_I64, 3, (const int64_t[]){B, s->h, s->w}, tokens), *tok_d = NULL;
-  pa_tensor *lg_d = pa_alloc_f32(be, 4, (int64_t)B, (int64_t)s->h, (int64_t)s->w, (int64_t)s->K);
-  pa_tensor *lg = pa_tensor_new(PA_F32, 4, lg_d ? lg_d->shape : (const int64_t[]){1, 1, 1, 1});
-  pa_tensor *lg_u = pa_tensor_new_like(lg), *lg_2 = s->cond2 ? pa_tensor_new_like(lg) : NULL;
-  if (!t_list || !temps || !cfgs || !rb || !tok_h || !lg_d || !lg || !lg_u || (s->cond2 && !lg_2)) goto nomem;
-  if (!(tok_d = pa_alloc(be, PA_I64, 3, tok_h->shape))) goto nomem;
-  pa_sampler_schedules(sc, t_list, temps, cfgs);
-  for (int i = 0; i < steps; i++) {
-    for (int b = 0; b < B; b++) rb[b] = t_list[i];
-    PA_TRY(be->from_host(be, tok_d, tok_h));
-    PA_TRY(forward(p, s->cond, tok_d, rb, s->attn_w, lg_d, lg));
-    if (s->cond2) {
-      PA_TRY(forward(p, s->cond2, tok_d, rb, s->attn_w, lg_d, lg_2));
-      combine_regions(lg->data, lg_2->data, s, r->regions);
-    }
-    /* cfg == 1 makes the unconditional term vanish exactly: skip its forward */
-    if (i < sc->cond_steps && cfgs[i] != 1.0f) {
-      PA_TRY(forward(p, s->uncond, tok_d, rb, NULL, lg_d, lg_u));
-      pa_sampler_cfg(lg->data, lg_u->data, pa_numel(lg), cfgs[i]);
-    }
-    if (sc->typical_mass > 0)
-      for (int64_t q = 0; q < B * n; q++)
-        PA_TRY(pa_typical_filter((float *)lg->data + q * s->K, s->K, sc->typical_mass, sc->typical_min_tokens, NULL));
-    for (int b = 0; b < B; b++) {
-      uint64_t seed = s->seeds[b];
-      pa_sampler_draw((float *)lg->data + b * n * s->K, n, s->K, temps[i], sc->mode, seed, i, tokens + b * n);
-      if (i < sc->renoise_steps)
-        pa_sampler_renoise(tokens + b * n, s->init_noise + b * n, n, t_list[i + 1], seed, i);
-    }
-    pin_tokens(tokens, s);
-    if (s->progress && !s->progress(s->progress_user, "denoise", i + 1, steps)) {
-      rc = pa_fail(PA_ERR_CANCELED, "canceled at denoising step %d of %d", i + 1, steps);
-      goto fail;
-    }
-  }
-  goto fail;
-nomem:
-  rc = PA_ERR_NOMEM;
-fail:
-  free(t_list);
-  free(temps);
-  free(cfgs);
-  free(rb);
-  pa_tensor_free(tok_h);
-  pa_tensor_free(lg);
-  pa_tensor_free(lg_u);
-  pa_tensor_free(lg_2);
-  pa_release(be, tok_d);
-  pa_release(be, lg_d);
-  return rc;
+  pa_denoise_job j = {
+      .B = s->B, .h = s->h, .w = s->w, .sampler = *sc, .cond = s->cond, .cond2 = s->cond2,
+      .uncond = s->uncond,
+      .regions = r->regions == PA_REGIONS_TOP_BOTTOM ? PA_SAMPLE_REGIONS_TOP_BOTTOM : PA_SAMPLE_REGIONS_LEFT_RIGHT,
+      .attn_weights = s->attn_w, .n_attn = s->n_attn, .seeds = s->seeds, .start = tokens,
+      .init = s->init_noise, .pinned = s->pinned, .keep = s->keep, .progress = s->progress,
+      .progress_user = s->progress_user, .forwards = &p->forwards};
+  return pa_denoise(p->paella, &j, tokens);
 }
 
 /* ---- the request ------------------------------------------------------------------------- */
@@ -657,17 +590,13 @@ static int image_condition(pa_pipeline *p, const pa_gen_request *r, const pa_ten
 }
 
 /* Weights per conditioning token: [byt5 x L | clip x seq | clip_image x seq]. */
-static int attn_weights(pa_pipeline *p, const pa_gen_request *r, int L, bool with_image, pa_tensor **out) {
-  *out = NULL;
+static int attn_weights(pa_pipeline *p, const pa_gen_request *r, int L, bool with_image, sample_ctx *s) {
   if (r->attn_weight[0] == 1 && r->attn_weight[1] == 1 && r->attn_weight[2] == 1) return PA_OK;
   int seq = pa_paella_cfg(p->paella)->clip_seq_len, n = L + seq + (with_image ? seq : 0);
-  pa_tensor *h = pa_tensor_new(PA_F32, 1, (const int64_t[]){n});
-  if (!h) return PA_ERR_NOMEM;
-  float *w = h->data;
-  for (int i = 0; i < n; i++) w[i] = r->attn_weight[i < L ? 0 : (i < L + seq ? 1 : 2)];
-  *out = pa_upload(p->be, h);
-  pa_tensor_free(h);
-  return *out ? PA_OK : PA_ERR_NOMEM;
+  if (!(s->attn_w = malloc((size_t)n * sizeof *s->attn_w))) return pa_fail(PA_ERR_NOMEM, "out of memory");
+  for (int i = 0; i < n; i++) s->attn_w[i] = r->attn_weight[i < L ? 0 : (i < L + seq ? 1 : 2)];
+  s->n_attn = n;
+  return PA_OK;
 }
 
 /* Conditions of the request: main (maybe interpolated), second region, unconditional. */
@@ -699,7 +628,7 @@ static int build_conditions(pa_pipeline *p, const pa_gen_request *r, sample_ctx 
   if (r->regions != PA_REGIONS_NONE) PA_TRY(make_cond(p, &b, &cib, &r->batch, 1, &s->cond2));
   PA_TRY(embed_text(p, r->negative_prompt ? r->negative_prompt : "", 0, &u));
   PA_TRY(make_cond(p, &u, NULL, &r->batch, 1, &s->uncond)); /* upstream: clip_image None */
-  PA_TRY(attn_weights(p, r, (int)a.byt5->shape[1], ci_a != NULL, &s->attn_w));
+  PA_TRY(attn_weights(p, r, (int)a.byt5->shape[1], ci_a != NULL, s));
 fail:
   text_embed_free(&a);
   text_embed_free(&b);
@@ -849,7 +778,7 @@ fail:
   pa_paella_cond_free(p->paella, s.cond);
   pa_paella_cond_free(p->paella, s.cond2);
   pa_paella_cond_free(p->paella, s.uncond);
-  pa_release(p->be, s.attn_w);
+  free(s.attn_w);
   return rc;
 }
 
@@ -869,14 +798,12 @@ static bool plain_txt2img(const pa_gen_request *r) {
 
 static const char *negative_of(const pa_gen_request *r) { return r->negative_prompt ? r->negative_prompt : ""; }
 
-/* Requests that can share every forward: the same shapes everywhere (no padding, which would
- * change their images) and the same schedules. */
+/* Requests that can share every forward: the same token grid and schedules. Prompt lengths
+ * may differ: shorter conditioning rows are padded and masked (pa_paella_cond_stack). */
 static bool batchable(const pa_gen_request *a, const pa_gen_request *b) {
   return plain_txt2img(a) && plain_txt2img(b) && a->width == b->width && a->height == b->height &&
          same_sampler(&a->sampler, &b->sampler) && a->prior_steps == b->prior_steps &&
-         a->prior_cfg == b->prior_cfg && a->prior_ddim == b->prior_ddim &&
-         byt5_length(a->prompt) == byt5_length(b->prompt) &&
-         byt5_length(negative_of(a)) == byt5_length(negative_of(b));
+         a->prior_cfg == b->prior_cfg && a->prior_ddim == b->prior_ddim;
 }
 
 /* Denoising progress of a group: every request hears each step; any of them can cancel. */
@@ -893,26 +820,36 @@ static bool group_step(void *user, const char *stage, int step, int total) {
   return go_on;
 }
 
-/* Conditions of a group: each request's texts and prior, stacked image by image. */
+/* Conditions of a group: each request's texts and prior, stacked image by image (rows of
+ * different prompt lengths are padded and masked, so each request sees only its own keys). */
 static int group_conditions(pa_pipeline *p, const pa_gen_request *reqs, int n, sample_ctx *s) {
-  int rc = PA_OK, reps[PA_GEN_MAX_GROUP] = {0};
-  text_embed te[PA_GEN_MAX_GROUP] = {{0}}, un[PA_GEN_MAX_GROUP] = {{0}};
-  pa_tensor *ci[PA_GEN_MAX_GROUP] = {0};
+  int rc = PA_OK;
+  text_embed te = {0}, un = {0};
+  pa_tensor *ci = NULL;
+  pa_paella_cond *conds[PA_GEN_MAX_GROUP] = {0}, *unconds[PA_GEN_MAX_GROUP] = {0};
   for (int i = 0; i < n; i++) {
-    reps[i] = reqs[i].batch;
-    PA_TRY(embed_text(p, reqs[i].prompt, 0, &te[i]));
-    PA_TRY(embed_text(p, negative_of(&reqs[i]), 0, &un[i]));
+    PA_TRY(embed_text(p, reqs[i].prompt, 0, &te));
+    PA_TRY(embed_text(p, negative_of(&reqs[i]), 0, &un));
     double t0 = now_seconds();
-    PA_TRY(image_condition(p, &reqs[i], te[i].clip, &ci[i]));
+    PA_TRY(image_condition(p, &reqs[i], te.clip, &ci));
     s->seconds_prior += now_seconds() - t0;
+    const pa_tensor *cip = ci;
+    PA_TRY(make_cond(p, &te, ci ? &cip : NULL, &reqs[i].batch, 1, &conds[i]));
+    PA_TRY(make_cond(p, &un, NULL, &reqs[i].batch, 1, &unconds[i]));
+    text_embed_free(&te);
+    text_embed_free(&un);
+    pa_tensor_free(ci);
+    ci = NULL;
   }
-  PA_TRY(make_cond(p, te, ci[0] ? (const pa_tensor *const *)ci : NULL, reps, n, &s->cond));
-  PA_TRY(make_cond(p, un, NULL, reps, n, &s->uncond));
+  PA_TRY(pa_paella_cond_stack(p->paella, conds, n, &s->cond));
+  PA_TRY(pa_paella_cond_stack(p->paella, unconds, n, &s->uncond));
 fail:
+  text_embed_free(&te);
+  text_embed_free(&un);
+  pa_tensor_free(ci);
   for (int i = 0; i < n; i++) {
-    text_embed_free(&te[i]);
-    text_embed_free(&un[i]);
-    pa_tensor_free(ci[i]);
+    pa_paella_cond_free(p->paella, conds[i]);
+    pa_paella_cond_free(p->paella, unconds[i]);
   }
   return rc;
 }

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "model/denoise.h"
 #include "model/image.h"
 #include "model/sampler.h"
 #include "ops/ops.h"
@@ -46,9 +47,8 @@ typedef enum {
 
 typedef enum { PA_REGIONS_NONE, PA_REGIONS_LEFT_RIGHT, PA_REGIONS_TOP_BOTTOM } pa_regions;
 
-/* Called after every prior and denoising step; returning false cancels the generation
- * (pa_generate then fails with PA_ERR_CANCELED). */
-typedef bool (*pa_progress_fn)(void *user, const char *stage, int step, int total);
+/* pa_progress_fn (model/denoise.h) is called after every prior and denoising step; returning
+ * false cancels the generation (pa_generate then fails with PA_ERR_CANCELED). */
 
 typedef struct {
   pa_gen_mode mode;

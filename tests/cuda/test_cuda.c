@@ -232,6 +232,22 @@ static void t_attention(const char *label, int64_t B, int64_t Lq, int64_t Lk, in
   rel(q, qd), rel(k, kd), rel(v, vd), rel(y, yd), rel(pb, pbd), rel(kw, kwd);
 }
 
+/* Padded keys (per-row key_pad) with per-row key weights: the Paella CFG batch. */
+static void t_attention_padded(void) {
+  enum { B = 3, Lq = 64, Lk = 64 + 40, C = 320, H = 4, NW = 24 };
+  pa_tensor *q = RND(1, B, Lq, C), *k = RND(1, B, Lk, C), *v = RND(1, B, Lk, C), *y = like_cpu(q);
+  pa_tensor *kw = RND(1, B, NW), *pad = pa_tensor_new(PA_I32, 1, (const int64_t[]){B});
+  for (int64_t i = 0; i < B * NW; i++) ((float *)kw->data)[i] += 1.0f;
+  for (int b = 0; b < B; b++) ((int32_t *)pad->data)[b] = 11 * b; /* 0, 11, 22 padded keys */
+  pa_tensor *qd = up(q), *kd = up(k), *vd = up(v), *yd = like_gpu(q), *kwd = up(kw), *padd = up(pad);
+  pa_attn_params p = {.nhead = H, .scale = 1.0f / sqrtf((float)(C / H)), .key_weight = kw, .key_pad = pad};
+  CHECK_OK(pa_attention(cpu, y, q, k, v, &p));
+  p.key_weight = kwd, p.key_pad = padd;
+  CHECK_OK(pa_attention(gpu, yd, qd, kd, vd, &p));
+  cmp("attention(key_pad, row key weights)", "B3 Lq64 Lk104 C320 H4", y, yd, TOL_F32);
+  rel(q, qd), rel(k, kd), rel(v, vd), rel(y, yd), rel(kw, kwd), rel(pad, padd);
+}
+
 static void t_vq(void) {
   pa_tensor *z = RND(1, 500, 4), *cb = RND(1, 8192, 4), *idx = pa_tensor_new(PA_I64, 1, (const int64_t[]){500});
   pa_tensor *zd = up(z), *cbd = up(cb), *idxd = like_gpu(idx);
@@ -252,24 +268,31 @@ static void t_gumbel(void) {
   free(dev);
 }
 
+/* The fused sampler: CFG, per-image seeds, left/right regions, re-noise and pins (typical
+ * filtering stays on the host path: pa_sampler_step never hands it to the kernel). */
 static void t_sampler(bool argmax) {
   enum { B = 2, N = 256, K = 1000 };
-  pa_tensor *c = RND(4, B, N, K), *u = RND(4, B, N, K);
+  pa_tensor *c = RND(4, B, 16, 16, K), *u = RND(4, B, 16, 16, K), *c2 = RND(4, B, 16, 16, K);
+  pa_tensor *seeds = pa_tensor_new(PA_I64, 1, (const int64_t[]){B});
+  ((int64_t *)seeds->data)[0] = 1234, ((int64_t *)seeds->data)[1] = 99; /* two requests' images */
   for (int i = 0; i < 50; i++) ((float *)c->data)[i * 997 % (B * N * K)] = -INFINITY; /* filtered classes */
   pa_tensor *init = pa_tensor_new_2d(PA_I64, B, N), *pin = pa_tensor_new_2d(PA_I64, B, N);
   pa_tensor *keep = pa_tensor_new(PA_U8, 1, (const int64_t[]){N}), *tok = pa_tensor_new_2d(PA_I64, B, N);
   for (int i = 0; i < B * N; i++) ((int64_t *)init->data)[i] = i % K, ((int64_t *)pin->data)[i] = (7 * i) % K;
   for (int i = 0; i < N; i++) ((uint8_t *)keep->data)[i] = i % 5 == 0;
-  pa_tensor *cd = up(c), *ud = up(u), *initd = up(init), *pind = up(pin), *keepd = up(keep), *tokd = like_gpu(tok);
-  pa_sample_params p = {.cond = c, .uncond = u, .cfg = 8.0f, .temp = 0.7f, .argmax = argmax, .seed = 1234,
-                        .step = 3, .renoise = true, .renoise_t = 0.4f, .init = init, .pinned = pin, .keep = keep,
-                        .tokens = tok};
+  pa_tensor *cd = up(c), *ud = up(u), *c2d = up(c2), *seedsd = up(seeds), *initd = up(init), *pind = up(pin);
+  pa_tensor *keepd = up(keep), *tokd = like_gpu(tok);
+  pa_sample_params p = {.cond = c, .uncond = u, .cond2 = c2, .regions = PA_SAMPLE_REGIONS_LEFT_RIGHT, .cfg = 8.0f,
+                        .temp = 0.7f, .argmax = argmax, .seeds = seeds, .step = 3, .renoise = true,
+                        .renoise_t = 0.4f, .init = init, .pinned = pin, .keep = keep, .tokens = tok};
   CHECK_OK(pa_sampler_step(cpu, &p));
-  p.cond = cd, p.uncond = ud, p.init = initd, p.pinned = pind, p.keep = keepd, p.tokens = tokd;
+  p.cond = cd, p.uncond = ud, p.cond2 = c2d, p.seeds = seedsd, p.init = initd, p.pinned = pind, p.keep = keepd;
+  p.tokens = tokd;
   CHECK_OK(pa_sampler_step(gpu, &p));
-  cmp(argmax ? "sampler(cfg, argmax, renoise, pin)" : "sampler(cfg, gumbel, renoise, pin)", "[2, 256, 1000]", tok,
-      tokd, 0);
-  rel(c, cd), rel(u, ud), rel(init, initd), rel(pin, pind), rel(keep, keepd), rel(tok, tokd);
+  cmp(argmax ? "sampler(cfg, regions, argmax, renoise, pin)" : "sampler(cfg, regions, gumbel, renoise, pin)",
+      "[2, 16, 16, 1000]", tok, tokd, 0);
+  rel(c, cd), rel(u, ud), rel(c2, c2d), rel(seeds, seedsd), rel(init, initd), rel(pin, pind), rel(keep, keepd);
+  rel(tok, tokd);
 }
 
 /* ---- networks ------------------------------------------------------------------------------- */
@@ -551,6 +574,7 @@ int main(void) {
   t_attention("attention(t5 pos bias)", 2, 64, 64, 256, 4, false, true, 0);
   t_attention("attention(clip causal)", 2, 77, 77, 1024, 16, true, false, 0);
   t_attention("attention(long keys)", 1, 40, 3000, 128, 2, false, false, 0);
+  t_attention_padded();
   t_vq();
   t_gumbel();
   t_sampler(false);
