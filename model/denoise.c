@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/nn.h"
 
 /* State of one run: host schedules and the backend tensors the steps read and write. */
 typedef struct {
@@ -18,7 +17,7 @@ typedef struct {
   pa_paella_cond *rows;   /* all R rows (owned when stacked) */
   pa_paella_cond *unguided; /* rows without the unconditional part (a view), or NULL */
   bool owns_rows;
-  pa_tensor *r_embed; /* (steps * R, c_r): step i's rows at [i*R, (i+1)*R) */
+  pa_paella_time *time; /* noise level of step i at index i */
   pa_tensor *x;       /* (R, h, w) I64: rows [0, B) are the tokens, the other groups copies */
   pa_tensor *logits;  /* (R, h, w, K) */
   pa_tensor *init, *pinned, *keep, *seeds, *attn_w;
@@ -30,8 +29,9 @@ static void state_free(pa_paella *m, loop_state *s) {
   free(s->temps);
   free(s->cfgs);
   pa_paella_cond_free(m, s->unguided);
+  pa_paella_time_free(m, s->time);
   if (s->owns_rows) pa_paella_cond_free(m, s->rows);
-  pa_tensor *ts[] = {s->r_embed, s->x, s->logits, s->init, s->pinned, s->keep, s->seeds, s->attn_w};
+  pa_tensor *ts[] = {s->x, s->logits, s->init, s->pinned, s->keep, s->seeds, s->attn_w};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) pa_release(s->be, ts[i]);
 }
 
@@ -65,20 +65,6 @@ static int stack_rows(pa_paella *m, const pa_denoise_job *j, loop_state *s) {
   return s->uncond ? pa_paella_cond_rows(s->rows, 0, s->R - j->B, &s->unguided) : PA_OK;
 }
 
-/* r-embeddings of every step for every row, one upload. */
-static int embed_steps(pa_paella *m, const pa_denoise_job *j, loop_state *s) {
-  int steps = j->sampler.steps, rc = PA_OK;
-  float *r = malloc((size_t)steps * s->R * sizeof *r);
-  if (!r) return pa_fail(PA_ERR_NOMEM, "out of memory");
-  for (int i = 0; i < steps; i++)
-    for (int k = 0; k < s->R; k++) r[i * s->R + k] = s->t_list[i];
-  pa_tensor *h = pa_r_embedding(r, steps * s->R, pa_paella_cfg(m)->c_r);
-  if (!h || !(s->r_embed = pa_upload(s->be, h))) rc = PA_ERR_NOMEM;
-  pa_tensor_free(h);
-  free(r);
-  return rc;
-}
-
 /* Key weights per row: the request's on the conditional and second-region rows, ones on the
  * unconditional rows (a weight of 1 changes nothing, as no weights at all). */
 static int key_weights(const pa_denoise_job *j, loop_state *s) {
@@ -106,7 +92,7 @@ static int prepare(pa_paella *m, const pa_denoise_job *j, loop_state *s) {
   for (int i = 0; j->uncond && i < steps && i < j->sampler.cond_steps; i++)
     if (s->cfgs[i] != 1.0f) s->uncond = j->uncond; /* cfg 1 cancels the unconditional term exactly */
   PA_TRY(stack_rows(m, j, s));
-  if (steps > 0) PA_TRY(embed_steps(m, j, s));
+  if (steps > 0) PA_TRY(pa_paella_time_new(m, s->t_list, steps, &s->time)); /* all steps' noise levels */
   PA_TRY(key_weights(j, s));
   int64_t B = j->B, n = s->n;
   PA_TRY(upload_array(s->be, PA_I64, 3, (const int64_t[]){B, j->h, j->w}, j->start, &s->x));
@@ -141,10 +127,9 @@ static int step(pa_paella *m, const pa_denoise_job *j, loop_state *s, int i) {
     PA_TRY(pa_copy(be, &copy, &tokens));
   }
   pa_tensor x = pa_view_rows(s->x, 0, rows), lg = pa_view_rows(s->logits, 0, rows);
-  pa_tensor r = pa_view_rows(s->r_embed, (int64_t)i * s->R, (int64_t)i * s->R + rows);
   pa_tensor aw = s->attn_w ? pa_view_rows(s->attn_w, 0, rows) : (pa_tensor){0};
   if (j->forwards) (*j->forwards)++;
-  PA_TRY(pa_paella_forward_embedded(m, rows == s->R ? s->rows : s->unguided, &x, &r, s->attn_w ? &aw : NULL, &lg));
+  PA_TRY(pa_paella_forward_at(m, rows == s->R ? s->rows : s->unguided, &x, s->time, i, s->attn_w ? &aw : NULL, &lg));
   pa_tensor cond = pa_view_rows(s->logits, 0, B), cond2 = pa_view_rows(s->logits, B, 2 * (int64_t)B);
   pa_tensor uncond = pa_view_rows(s->logits, (int64_t)s->R - B, s->R);
   const pa_sampler_config *sc = &j->sampler;

@@ -309,6 +309,36 @@ fail:
   return rc;
 }
 
+/* Visits every TimestepBlock (down levels, then up levels). */
+#define FOR_EACH_BLOCK(m, b)                                                         \
+  for (int pass_ = 0; pass_ < 2; pass_++)                                            \
+    for (int li_ = 0; li_ < (m)->cfg.levels; li_++)                                  \
+      for (int j_ = 0; j_ < (pass_ ? &(m)->up[li_] : &(m)->down[li_])->n; j_++)      \
+        for (block *b = &(pass_ ? &(m)->up[li_] : &(m)->down[li_])->blocks[j_]; b; b = NULL)
+
+/* The mappers of all TimestepBlocks stacked row-wise into one weight (map_total, c_r) and
+ * bias, so that one GEMM gives every block's [a | m] for a noise level. */
+static int load_mapper_cat(pa_paella *m, pa_weights *w) {
+  int64_t total = 0, c_r = m->cfg.c_r;
+  FOR_EACH_BLOCK(m, b) if (b->type == 'T') b->map_off = total, total += 2 * (int64_t)b->c;
+  m->map_total = total;
+  if (!total) return PA_OK;
+  m->map_cat_host_w = pa_tensor_new_2d(PA_F32, total, c_r);
+  m->map_cat_host_b = pa_tensor_new(PA_F32, 1, (const int64_t[]){total});
+  if (!m->map_cat_host_w || !m->map_cat_host_b) return PA_ERR_NOMEM;
+  FOR_EACH_BLOCK(m, b) {
+    if (b->type != 'T') continue;
+    const pa_tensor *hw, *hb;
+    int rc = pa_weights_get(w, &hw, 2, SHAPE(2 * b->c, c_r), "%s.mapper.weight", b->name);
+    if (rc || (rc = pa_weights_get(w, &hb, 1, SHAPE(2 * b->c), "%s.mapper.bias", b->name))) return rc;
+    memcpy((float *)m->map_cat_host_w->data + b->map_off * c_r, hw->data, pa_nbytes(hw));
+    memcpy((float *)m->map_cat_host_b->data + b->map_off, hb->data, pa_nbytes(hb));
+  }
+  m->map_cat_w = pa_param_from_host(m->be, m->map_cat_host_w);
+  m->map_cat_b = pa_param_from_host(m->be, m->map_cat_host_b);
+  return m->map_cat_w && m->map_cat_b ? PA_OK : PA_ERR_NOMEM;
+}
+
 int pa_paella_load(pa_backend *be, pa_weights *w, const pa_paella_config *cfg, pa_paella **out) {
   int rc = check_config(cfg);
   if (rc) return rc;
@@ -319,6 +349,7 @@ int pa_paella_load(pa_backend *be, pa_weights *w, const pa_paella_config *cfg, p
   PA_TRY(load_io(m, w));
   for (int li = 0; li < cfg->levels; li++) PA_TRY(load_level(m, w, li, false));
   for (int li = cfg->levels - 1; li >= 0; li--) PA_TRY(load_level(m, w, li, true));
+  PA_TRY(load_mapper_cat(m, w));
   const char *extra = pa_weights_first_unused(w, NULL);
   if (extra) {
     rc = pa_fail(PA_ERR_SHAPE, "%s: unexpected tensor '%s' for this Paella configuration",
@@ -349,12 +380,15 @@ void pa_paella_free(pa_paella *m) {
   if (!m) return;
   pa_backend *be = m->be;
   pa_tensor *ts[] = {m->byt5_w, m->byt5_b, m->clip_w, m->clip_b, m->clipimg_w, m->clipimg_b,
-                     m->emb_table, m->embed_w, m->embed_b, m->clf_w, m->clf_b, m->out_w};
+                     m->emb_table, m->embed_w, m->embed_b, m->clf_w, m->clf_b, m->out_w,
+                     m->map_cat_w, m->map_cat_b};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) pa_release(be, ts[i]);
   for (int i = 0; i < PAELLA_MAX_LEVELS; i++) {
     free_level(be, &m->down[i]);
     free_level(be, &m->up[i]);
   }
+  pa_tensor_free(m->map_cat_host_w);
+  pa_tensor_free(m->map_cat_host_b);
   free(m);
 }
 
@@ -450,15 +484,7 @@ int pa_paella_cond_new(pa_paella *m, const pa_tensor *byt5, const pa_tensor *cli
   if (!act || !cond->kv) goto nomem;
   cond->n_kv = m->n_attn;
   PA_TRY(pa_activation(be, act, seq, PA_ACT_SILU)); /* kv_mapper = Linear(SiLU(c)) */
-  for (int pass = 0; pass < 2; pass++)
-    for (int li = 0; li < c->levels; li++) {
-      level *L = pass ? &m->up[li] : &m->down[li];
-      for (int j = 0; j < L->n; j++) {
-        block *b = &L->blocks[j];
-        if (b->type != 'A') continue;
-        PA_TRY(cond_keys(m, b, act, &cond->kv[b->attn_slot]));
-      }
-    }
+  FOR_EACH_BLOCK(m, b) if (b->type == 'A') PA_TRY(cond_keys(m, b, act, &cond->kv[b->attn_slot]));
   cond->c_embed = seq;
   seq = NULL;
   pa_release(be, act);
@@ -644,10 +670,55 @@ fail:
   return rc;
 }
 
-/* x = x * (1 + a) + b with [a | b] = mapper(r_embed) */
-static int time_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *r_embed) {
+/* Modulations of noise levels: row i = every TimestepBlock's [a | m] at r[i]. */
+struct pa_paella_time {
+  pa_tensor *am; /* (n, map_total) */
+};
+
+int pa_paella_time_new(pa_paella *m, const float *r, int n, pa_paella_time **out) {
   pa_backend *be = m->be;
   int rc = PA_OK;
+  pa_tensor *host = pa_r_embedding(r, n, m->cfg.c_r), *emb = host ? pa_upload(be, host) : NULL;
+  pa_paella_time *t = calloc(1, sizeof *t);
+  if (!emb || !t || !(t->am = pa_alloc_f32(be, 2, (int64_t)n, m->map_total ? m->map_total : 1))) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
+  if (m->map_total) PA_TRY(pa_linear(be, t->am, emb, m->map_cat_w, m->map_cat_b, PA_ACT_NONE));
+  *out = t;
+  t = NULL;
+fail:
+  pa_paella_time_free(m, t);
+  pa_tensor_free(host);
+  pa_release(be, emb);
+  return rc;
+}
+
+void pa_paella_time_free(pa_paella *m, pa_paella_time *t) {
+  if (!t) return;
+  pa_release(m->be, t->am);
+  free(t);
+}
+
+/* Where a forward reads its noise level: per-row r embeddings (B, c_r), or row `index` of a
+ * precomputed pa_paella_time shared by every row. */
+typedef struct {
+  const pa_tensor *r_embed;
+  const pa_paella_time *time;
+  int index;
+} noise_level;
+
+/* x = x * (1 + a) + b with [a | b] = mapper(r_embed) */
+static int time_block(pa_paella *m, block *b, pa_tensor *x, const noise_level *nl) {
+  pa_backend *be = m->be;
+  int rc = PA_OK;
+  if (nl->time) { /* precomputed: one (1, 2c) row for all of the batch */
+    pa_tensor am = pa_view_rows(nl->time->am, nl->index, nl->index + 1);
+    am.shape[1] = 2 * (int64_t)b->c;
+    am.data = (float *)am.data + b->map_off;
+    return pa_modulate(be, x, x, &am);
+  }
+  const pa_tensor *r_embed = nl->r_embed;
   pa_tensor *am = pa_alloc_f32(be, 2, x->shape[0], (int64_t)2 * b->c);
   if (!am) return PA_ERR_NOMEM;
   PA_TRY(pa_linear(be, am, r_embed, b->map_w, b->map_b, PA_ACT_NONE));
@@ -703,12 +774,12 @@ fail:
 }
 
 static int run_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *skip,
-                     const pa_tensor *r_embed, const pa_paella_cond *c, const pa_tensor *aw) {
+                     const noise_level *nl, const pa_paella_cond *c, const pa_tensor *aw) {
   int rc;
   switch (b->type) {
     case 'C': rc = res_block(m, b, x, skip); break;
     case 'F': rc = ff_block(m, b, x); break;
-    case 'T': rc = time_block(m, b, x, r_embed); break;
+    case 'T': rc = time_block(m, b, x, nl); break;
     default: rc = attn_block(m, b, x, c->kv[b->attn_slot], c->key_pad, aw); break;
   }
   if (rc == PA_OK) hook(m, b->name, x);
@@ -813,6 +884,9 @@ static int check_forward_args(const pa_paella *m, const pa_tensor *x, const pa_p
   return PA_OK;
 }
 
+static int forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const noise_level *nl,
+                   const pa_tensor *attn_weights, pa_tensor *logits);
+
 int pa_paella_forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const float *r,
                       const pa_tensor *attn_weights, pa_tensor *logits) {
   int rc = check_forward_args(m, x, c, logits);
@@ -821,20 +895,26 @@ int pa_paella_forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x,
   if (!r_host || !(r_embed = pa_upload(m->be, r_host)))
     rc = PA_ERR_NOMEM;
   else
-    rc = pa_paella_forward_embedded(m, c, x, r_embed, attn_weights, logits);
+    rc = forward(m, c, x, &(noise_level){.r_embed = r_embed}, attn_weights, logits);
   pa_release(m->be, r_embed);
   pa_tensor_free(r_host);
   return rc;
 }
 
-int pa_paella_forward_embedded(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x,
-                               const pa_tensor *r_embed, const pa_tensor *attn_weights, pa_tensor *logits) {
-  pa_backend *be = m->be;
-  const pa_paella_config *cfg = &m->cfg;
+int pa_paella_forward_at(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const pa_paella_time *t,
+                         int index, const pa_tensor *attn_weights, pa_tensor *logits) {
   int rc = check_forward_args(m, x, c, logits);
   if (rc) return rc;
-  if (r_embed->ndim != 2 || r_embed->shape[0] != x->shape[0] || r_embed->shape[1] != cfg->c_r)
-    return pa_fail(PA_ERR_SHAPE, "paella: r embedding must be (B, %d)", cfg->c_r);
+  if (index < 0 || index >= t->am->shape[0])
+    return pa_fail(PA_ERR_INVALID, "paella: noise level %d of %lld", index, (long long)t->am->shape[0]);
+  return forward(m, c, x, &(noise_level){.time = t, .index = index}, attn_weights, logits);
+}
+
+static int forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const noise_level *nl,
+                   const pa_tensor *attn_weights, pa_tensor *logits) {
+  pa_backend *be = m->be;
+  const pa_paella_config *cfg = &m->cfg;
+  int rc = PA_OK;
   pa_tensor *h = NULL, *skips[PAELLA_MAX_LEVELS] = {0};
   PA_TRY(embed_tokens(m, x, &h));
   for (int li = 0; li < cfg->levels; li++) {
@@ -845,7 +925,7 @@ int pa_paella_forward_embedded(pa_paella *m, const pa_paella_cond *c, const pa_t
       snprintf(name, sizeof name, "down_blocks.%d.0", li);
       hook(m, name, h);
     }
-    for (int j = 0; j < L->n; j++) PA_TRY(run_block(m, &L->blocks[j], h, NULL, r_embed, c, attn_weights));
+    for (int j = 0; j < L->n; j++) PA_TRY(run_block(m, &L->blocks[j], h, NULL, nl, c, attn_weights));
     if (li < cfg->levels - 1) {
       if (!(skips[li] = pa_alloc(be, PA_F32, h->ndim, h->shape))) goto nomem;
       PA_TRY(pa_copy(be, skips[li], h));
@@ -855,7 +935,7 @@ int pa_paella_forward_embedded(pa_paella *m, const pa_paella_cond *c, const pa_t
     int li = cfg->levels - 1 - ui;
     level *L = &m->up[ui];
     for (int j = 0; j < L->n; j++)
-      PA_TRY(run_block(m, &L->blocks[j], h, j == 0 ? skips[li] : NULL, r_embed, c, attn_weights));
+      PA_TRY(run_block(m, &L->blocks[j], h, j == 0 ? skips[li] : NULL, nl, c, attn_weights));
     if (li > 0) {
       PA_TRY(resample(m, L, &h, true, cfg->c_hidden[li - 1]));
       char name[48];

@@ -62,10 +62,15 @@ int pa_paella_cond_rows(const pa_paella_cond *c, int64_t r0, int64_t r1, pa_pael
  * of every attention layer (attention re-weighting), or NULL. */
 int pa_paella_forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const float *r,
                       const pa_tensor *attn_weights, pa_tensor *logits);
-/* The same with the r embedding (B, c_r) already on the backend (model/nn.h pa_r_embedding),
- * so that a sampling loop uploads nothing per step. */
-int pa_paella_forward_embedded(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x,
-                               const pa_tensor *r_embed, const pa_tensor *attn_weights, pa_tensor *logits);
+/* Noise levels prepared once (e.g. every step of a sampling loop): the r-embeddings and the
+ * [a | m] modulation of every TimestepBlock for each of n levels r (host), in one GEMM over
+ * the concatenated mapper weights. */
+typedef struct pa_paella_time pa_paella_time;
+int pa_paella_time_new(pa_paella *m, const float *r, int n, pa_paella_time **out);
+void pa_paella_time_free(pa_paella *m, pa_paella_time *t);
+/* The forward with every row at noise level `index` of t: no upload, no mapper GEMM. */
+int pa_paella_forward_at(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const pa_paella_time *t,
+                         int index, const pa_tensor *attn_weights, pa_tensor *logits);
 
 /* Debug hook: when set, called with each named intermediate (NHWC device tensor), e.g.
  * "down_blocks.1.3", "in_mapper", "embedding", "clf". */
