@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "model/nn.h"
+#include "ops/arena.h"
 
 #define LN_EPS 1e-6f
 
@@ -41,7 +42,11 @@ struct pa_paella {
   int64_t map_total;
   pa_paella_hook hook;
   void *hook_user;
+  pa_arena *arena; /* every forward intermediate, planned per input shape (ops/arena.h) */
 };
+
+/* A forward intermediate from the arena: pa_alloc_f32's arguments. */
+#define ACT(m, ndim, ...) pa_arena_alloc((m)->arena, PA_F32, (ndim), (const int64_t[PA_MAX_DIMS]){__VA_ARGS__})
 
 struct pa_paella_cond {
   pa_tensor *c_embed; /* (B, L_c, c_cond) */
@@ -346,6 +351,10 @@ int pa_paella_load(pa_backend *be, pa_weights *w, const pa_paella_config *cfg, p
   if (!m) return pa_fail(PA_ERR_NOMEM, "out of memory");
   m->be = be;
   m->cfg = *cfg;
+  if (!(m->arena = pa_arena_new(be))) {
+    free(m);
+    return PA_ERR_NOMEM;
+  }
   PA_TRY(load_io(m, w));
   for (int li = 0; li < cfg->levels; li++) PA_TRY(load_level(m, w, li, false));
   for (int li = cfg->levels - 1; li >= 0; li--) PA_TRY(load_level(m, w, li, true));
@@ -387,6 +396,7 @@ void pa_paella_free(pa_paella *m) {
     free_level(be, &m->down[i]);
     free_level(be, &m->up[i]);
   }
+  pa_arena_free(m->arena);
   pa_tensor_free(m->map_cat_host_w);
   pa_tensor_free(m->map_cat_host_b);
   free(m);
@@ -610,10 +620,11 @@ const pa_tensor *pa_paella_cond_embed(const pa_paella_cond *c) { return c->c_emb
 /* ---- blocks ------------------------------------------------------------------------------ */
 
 /* Channelwise MLP of ResBlock/FeedForwardBlock on t (B, h, w, c), added into x. */
-static int channel_mlp(pa_backend *be, block *b, const pa_tensor *t, pa_tensor *x) {
+static int channel_mlp(pa_paella *m, block *b, const pa_tensor *t, pa_tensor *x) {
+  pa_backend *be = m->be;
   int rc = PA_OK;
   int64_t B = t->shape[0], H = t->shape[1], W = t->shape[2];
-  pa_tensor *u = pa_alloc_f32(be, 4, B, H, W, (int64_t)4 * b->c), *v = pa_alloc_f32(be, 4, B, H, W, (int64_t)b->c);
+  pa_tensor *u = ACT(m, 4, B, H, W, (int64_t)4 * b->c), *v = ACT(m, 4, B, H, W, (int64_t)b->c);
   if (!u || !v) {
     rc = PA_ERR_NOMEM;
     goto fail;
@@ -623,8 +634,8 @@ static int channel_mlp(pa_backend *be, block *b, const pa_tensor *t, pa_tensor *
   PA_TRY(pa_linear(be, v, u, b->fc2_w, b->fc2_b, PA_ACT_NONE));
   PA_TRY(pa_add(be, x, x, v, 1.0f));
 fail:
-  pa_release(be, u);
-  pa_release(be, v);
+  pa_arena_release(m->arena, u);
+  pa_arena_release(m->arena, v);
   return rc;
 }
 
@@ -633,7 +644,7 @@ static int res_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *skip
   pa_backend *be = m->be;
   int rc = PA_OK, k = m->cfg.kernel_size;
   int64_t B = x->shape[0], H = x->shape[1], W = x->shape[2];
-  pa_tensor *cat = NULL, *t = pa_alloc_f32(be, 4, B, H, W, (int64_t)b->c);
+  pa_tensor *cat = NULL, *t = ACT(m, 4, B, H, W, (int64_t)b->c);
   if (!t) return PA_ERR_NOMEM;
   const pa_tensor *in = x;
   if (b->c_skip) {
@@ -641,32 +652,32 @@ static int res_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *skip
       rc = pa_fail(PA_ERR_INVALID, "paella: %s needs a skip input", b->name);
       goto fail;
     }
-    if (!(cat = pa_alloc_f32(be, 4, B, H, W, (int64_t)(b->c + b->c_skip)))) goto nomem;
+    if (!(cat = ACT(m, 4, B, H, W, (int64_t)(b->c + b->c_skip)))) goto nomem;
     PA_TRY(pa_concat(be, cat, x, skip, 3));
     in = cat;
   }
   pa_conv_params cp = {.stride = 1, .pad = k / 2, .groups = b->c, .pad_mode = PA_PAD_ZERO};
   PA_TRY(pa_conv2d(be, t, in, b->dw_w, b->dw_b, cp));
   PA_TRY(pa_layernorm(be, t, t, NULL, NULL, LN_EPS));
-  PA_TRY(channel_mlp(be, b, t, x));
+  PA_TRY(channel_mlp(m, b, t, x));
   goto fail;
 nomem:
   rc = PA_ERR_NOMEM;
 fail:
-  pa_release(be, cat);
-  pa_release(be, t);
+  pa_arena_release(m->arena, cat);
+  pa_arena_release(m->arena, t);
   return rc;
 }
 
 static int ff_block(pa_paella *m, block *b, pa_tensor *x) {
   pa_backend *be = m->be;
   int rc = PA_OK;
-  pa_tensor *t = pa_alloc(be, PA_F32, x->ndim, x->shape);
+  pa_tensor *t = pa_arena_alloc(m->arena, PA_F32, x->ndim, x->shape);
   if (!t) return PA_ERR_NOMEM;
   PA_TRY(pa_layernorm(be, t, x, NULL, NULL, LN_EPS));
-  PA_TRY(channel_mlp(be, b, t, x));
+  PA_TRY(channel_mlp(m, b, t, x));
 fail:
-  pa_release(be, t);
+  pa_arena_release(m->arena, t);
   return rc;
 }
 
@@ -719,12 +730,12 @@ static int time_block(pa_paella *m, block *b, pa_tensor *x, const noise_level *n
     return pa_modulate(be, x, x, &am);
   }
   const pa_tensor *r_embed = nl->r_embed;
-  pa_tensor *am = pa_alloc_f32(be, 2, x->shape[0], (int64_t)2 * b->c);
+  pa_tensor *am = ACT(m, 2, x->shape[0], (int64_t)2 * b->c);
   if (!am) return PA_ERR_NOMEM;
   PA_TRY(pa_linear(be, am, r_embed, b->map_w, b->map_b, PA_ACT_NONE));
   PA_TRY(pa_modulate(be, x, x, am));
 fail:
-  pa_release(be, am);
+  pa_arena_release(m->arena, am);
   return rc;
 }
 
@@ -744,8 +755,8 @@ static int attn_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *kv,
   int rc = PA_OK;
   bool self = m->cfg.self_attn;
   int64_t B = x->shape[0], N = x->shape[1] * x->shape[2], C = b->c;
-  pa_tensor *n = pa_alloc_f32(be, 3, B, N, C), *qkv = pa_alloc_f32(be, 3, B, N, (self ? 3 : 1) * C);
-  pa_tensor *o = pa_alloc_f32(be, 3, B, N, C), *proj = pa_alloc_f32(be, 3, B, N, C);
+  pa_tensor *n = ACT(m, 3, B, N, C), *qkv = ACT(m, 3, B, N, (self ? 3 : 1) * C);
+  pa_tensor *o = ACT(m, 3, B, N, C), *proj = ACT(m, 3, B, N, C);
   if (!n || !qkv || !o || !proj) {
     rc = PA_ERR_NOMEM;
     goto fail;
@@ -766,10 +777,10 @@ static int attn_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *kv,
   PA_TRY(pa_linear(be, proj, o, b->out_w, b->out_b, PA_ACT_NONE));
   PA_TRY(pa_add(be, &xs, &xs, proj, 1.0f));
 fail:
-  pa_release(be, n);
-  pa_release(be, qkv);
-  pa_release(be, o);
-  pa_release(be, proj);
+  pa_arena_release(m->arena, n);
+  pa_arena_release(m->arena, qkv);
+  pa_arena_release(m->arena, o);
+  pa_arena_release(m->arena, proj);
   return rc;
 }
 
@@ -791,8 +802,8 @@ static int resample(pa_paella *m, level *L, pa_tensor **x, bool up, int c_out) {
   pa_backend *be = m->be;
   int rc = PA_OK;
   int64_t B = (*x)->shape[0], H = (*x)->shape[1], W = (*x)->shape[2];
-  pa_tensor *y = up ? pa_alloc_f32(be, 4, B, H * 2, W * 2, (int64_t)c_out)
-                    : pa_alloc_f32(be, 4, B, H / 2, W / 2, (int64_t)c_out);
+  pa_tensor *y = up ? ACT(m, 4, B, H * 2, W * 2, (int64_t)c_out)
+                    : ACT(m, 4, B, H / 2, W / 2, (int64_t)c_out);
   if (!y) return PA_ERR_NOMEM;
   pa_conv_params cp = {.stride = 2, .pad = 0, .groups = 1};
   PA_TRY(pa_layernorm(be, *x, *x, NULL, NULL, LN_EPS));
@@ -800,11 +811,11 @@ static int resample(pa_paella *m, level *L, pa_tensor **x, bool up, int c_out) {
     PA_TRY(pa_conv_transpose2d(be, y, *x, L->resample_w, L->resample_b, cp));
   else
     PA_TRY(pa_conv2d(be, y, *x, L->resample_w, L->resample_b, cp));
-  pa_release(be, *x);
+  pa_arena_release(m->arena, *x);
   *x = y;
   return PA_OK;
 fail:
-  pa_release(be, y);
+  pa_arena_release(m->arena, y);
   return rc;
 }
 
@@ -816,9 +827,9 @@ static int embed_tokens(pa_paella *m, const pa_tensor *x, pa_tensor **out) {
   const pa_paella_config *c = &m->cfg;
   int rc = PA_OK, p = c->patch_size;
   int64_t B = x->shape[0], H = x->shape[1], W = x->shape[2];
-  pa_tensor *e = pa_alloc_f32(be, 4, B, H, W, (int64_t)c->c_in);
-  pa_tensor *u = pa_alloc_f32(be, 4, B, H / p, W / p, (int64_t)c->c_in * p * p);
-  pa_tensor *y = pa_alloc_f32(be, 4, B, H / p, W / p, (int64_t)c->c_hidden[0]);
+  pa_tensor *e = ACT(m, 4, B, H, W, (int64_t)c->c_in);
+  pa_tensor *u = ACT(m, 4, B, H / p, W / p, (int64_t)c->c_in * p * p);
+  pa_tensor *y = ACT(m, 4, B, H / p, W / p, (int64_t)c->c_hidden[0]);
   if (!e || !u || !y) {
     rc = PA_ERR_NOMEM;
     goto fail;
@@ -834,9 +845,9 @@ static int embed_tokens(pa_paella *m, const pa_tensor *x, pa_tensor **out) {
   *out = y;
   y = NULL;
 fail:
-  pa_release(be, e);
-  pa_release(be, u);
-  pa_release(be, y);
+  pa_arena_release(m->arena, e);
+  pa_arena_release(m->arena, u);
+  pa_arena_release(m->arena, y);
   return rc;
 }
 
@@ -846,8 +857,8 @@ static int classify(pa_paella *m, pa_tensor *x, pa_tensor *logits) {
   const pa_paella_config *c = &m->cfg;
   int rc = PA_OK, p = c->patch_size;
   int64_t B = x->shape[0], h = x->shape[1], w = x->shape[2];
-  pa_tensor *t = pa_alloc_f32(be, 4, B, h, w, (int64_t)c->c_out * p * p);
-  pa_tensor *s = pa_alloc_f32(be, 4, B, h * p, w * p, (int64_t)c->c_out);
+  pa_tensor *t = ACT(m, 4, B, h, w, (int64_t)c->c_out * p * p);
+  pa_tensor *s = ACT(m, 4, B, h * p, w * p, (int64_t)c->c_out);
   if (!t || !s) {
     rc = PA_ERR_NOMEM;
     goto fail;
@@ -861,8 +872,8 @@ static int classify(pa_paella *m, pa_tensor *x, pa_tensor *logits) {
   pa_tensor ow = pa_view(m->out_w, 2, (const int64_t[]){m->out_w->shape[0], m->out_w->shape[1]});
   PA_TRY(pa_linear(be, logits, s, &ow, NULL, PA_ACT_NONE));
 fail:
-  pa_release(be, t);
-  pa_release(be, s);
+  pa_arena_release(m->arena, t);
+  pa_arena_release(m->arena, s);
   return rc;
 }
 
@@ -914,8 +925,11 @@ static int forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, co
                    const pa_tensor *attn_weights, pa_tensor *logits) {
   pa_backend *be = m->be;
   const pa_paella_config *cfg = &m->cfg;
-  int rc = PA_OK;
   pa_tensor *h = NULL, *skips[PAELLA_MAX_LEVELS] = {0};
+  /* intermediates depend only on the token grid and on how the noise level comes in */
+  const int64_t key[] = {x->shape[0], x->shape[1], x->shape[2], nl->time != NULL};
+  int rc = pa_arena_begin(m->arena, key, 4);
+  if (rc) return rc;
   PA_TRY(embed_tokens(m, x, &h));
   for (int li = 0; li < cfg->levels; li++) {
     level *L = &m->down[li];
@@ -927,7 +941,7 @@ static int forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, co
     }
     for (int j = 0; j < L->n; j++) PA_TRY(run_block(m, &L->blocks[j], h, NULL, nl, c, attn_weights));
     if (li < cfg->levels - 1) {
-      if (!(skips[li] = pa_alloc(be, PA_F32, h->ndim, h->shape))) goto nomem;
+      if (!(skips[li] = pa_arena_alloc(m->arena, PA_F32, h->ndim, h->shape))) goto nomem;
       PA_TRY(pa_copy(be, skips[li], h));
     }
   }
@@ -948,7 +962,8 @@ static int forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, co
 nomem:
   rc = PA_ERR_NOMEM;
 fail:
-  for (int i = 0; i < PAELLA_MAX_LEVELS; i++) pa_release(be, skips[i]);
-  pa_release(be, h);
+  for (int i = 0; i < PAELLA_MAX_LEVELS; i++) pa_arena_release(m->arena, skips[i]);
+  pa_arena_release(m->arena, h);
+  if (rc == PA_OK) rc = pa_arena_end(m->arena); /* a failed pass is not planned */
   return rc;
 }

@@ -1,11 +1,15 @@
 /* What one denoising step asks of the backend, counted on the CPU backend (ops/counting.h)
  * with the REAL Paella v3 configuration (published channel widths and depths, synthetic
  * weights) at a small spatial size (16x16 tokens), a 12-step CFG sample at batch 1 through
- * the product loop (model/denoise.c):
+ * the product loop (model/denoise.c). After the first step (which plans the activation
+ * arena):
  *   - one forward per step (conditional and unconditional rows in one batch),
- *   - no host<->backend transfer inside the loop: the tokens come back once at the end,
+ *   - no host<->backend transfer: the tokens come back once, at the end,
+ *   - no allocation (activations are views of the planned arena),
+ *   - at most 215 GEMM calls per forward (351 before the conditioning K/V, the timestep
+ *     mappers and the q|k|v projections were hoisted or fused),
  * and prints the per-step figures (GEMM calls and FLOPs, other ops, allocations) that
- * bench/RESULTS.md records. Takes about a minute here (most of it creating 1 B weights). */
+ * bench/RESULTS.md records. Takes one to two minutes here (mostly creating 1 B weights). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +95,8 @@ int main(void) {
            (double)d.alloc_bytes / 1e6, rec.seconds[i] - rec.seconds[i - 1]);
     CHECK_MSG(f == 1, "step %d ran %lld forwards", i, f);
     CHECK_MSG(d.to_host == 0 && d.from_host == 0, "step %d: %lld + %lld transfers", i, d.to_host, d.from_host);
+    CHECK_MSG(d.allocs == 0 && d.releases == 0, "step %d: %lld allocations, %lld releases", i, d.allocs, d.releases);
+    CHECK_MSG(d.gemm_calls <= 215 * f, "step %d: %lld GEMM calls", i, d.gemm_calls);
     gemm_per_forward = f ? d.gemm_calls / f : 0;
   }
   printf("GEMM calls per forward: %lld\n", gemm_per_forward);
