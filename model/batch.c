@@ -22,7 +22,7 @@ static const char *negative_of(const pa_gen_request *r) { return r->negative_pro
 
 /* Requests that can share every forward: the same token grid and schedules. Prompt lengths
  * may differ: shorter conditioning rows are padded and masked (pa_paella_cond_stack). */
-static bool batchable(const pa_gen_request *a, const pa_gen_request *b) {
+bool pa_gen_batchable(const pa_gen_request *a, const pa_gen_request *b) {
   return plain_txt2img(a) && plain_txt2img(b) && a->width == b->width && a->height == b->height &&
          same_sampler(&a->sampler, &b->sampler) && a->prior_steps == b->prior_steps &&
          a->prior_cfg == b->prior_cfg && a->prior_ddim == b->prior_ddim;
@@ -156,7 +156,7 @@ static int group_end(const pa_pipeline *p, const pa_gen_request *reqs, int n, in
   int end = start + 1, images = reqs[start].batch;
   if (pa_gen_request_check(p, &reqs[start])) return end;
   while (end < n && end - start < PA_GEN_MAX_GROUP && images + reqs[end].batch <= 64 &&
-         pa_gen_request_check(p, &reqs[end]) == PA_OK && batchable(&reqs[start], &reqs[end]))
+         pa_gen_request_check(p, &reqs[end]) == PA_OK && pa_gen_batchable(&reqs[start], &reqs[end]))
     images += reqs[end++].batch;
   return end;
 }

@@ -108,6 +108,10 @@ int pa_generate(pa_pipeline *p, const pa_gen_request *r, pa_gen_result *out);
  * one. Stops at the first failure, returning its index in *failed (-1 when all succeeded); the
  * results before it are valid. */
 #define PA_GEN_MAX_GROUP 16
+/* The batching policy (the worker groups claimed jobs with it too): plain text-to-image
+ * requests with the same size, sampler and prior settings share every forward; prompt
+ * lengths and negative prompts may differ. */
+bool pa_gen_batchable(const pa_gen_request *a, const pa_gen_request *b);
 int pa_generate_many(pa_pipeline *p, const pa_gen_request *reqs, int n, pa_gen_result *out, int *failed);
 void pa_gen_result_free(pa_gen_result *r);
 
