@@ -50,8 +50,8 @@ static int group_conditions(pa_pipeline *p, const pa_gen_request *reqs, int n, s
   pa_tensor *ci = NULL;
   pa_paella_cond *conds[PA_GEN_MAX_GROUP] = {0}, *unconds[PA_GEN_MAX_GROUP] = {0};
   for (int i = 0; i < n; i++) {
-    PA_TRY(pl_embed_text(p, reqs[i].prompt, 0, &te));
-    PA_TRY(pl_embed_text(p, negative_of(&reqs[i]), 0, &un));
+    PA_TRY(pl_embed_text(p, reqs[i].prompt, &te));
+    PA_TRY(pl_embed_text(p, negative_of(&reqs[i]), &un));
     double t0 = pl_now();
     PA_TRY(pl_image_condition(p, &reqs[i], te.clip, &ci));
     s->seconds_prior += pl_now() - t0;

@@ -13,12 +13,6 @@ void pl_text_embed_free(text_embed *e) {
   e->byt5 = e->clip = NULL;
 }
 
-int pl_byt5_length(const char *text) {
-  int64_t ids[BYT5_MAX_LEN];
-  int n = 0;
-  return pa_byt5_tokenize(text, strlen(text), BYT5_MAX_LEN, ids, &n) ? -1 : n;
-}
-
 static bool cache_get(pa_pipeline *p, const char *enc, const int64_t *ids, int n, pa_tensor **out) {
   return p->cache && p->cache->lookup && p->cache->lookup(p->cache->user, enc, ids, n, out);
 }
@@ -77,18 +71,23 @@ fail:
   return rc;
 }
 
-/* pad_to > 0 pads the ByT5 ids with 0 as a training batch would (interpolation). */
-int pl_embed_text(pa_pipeline *p, const char *text, int pad_to, text_embed *out) {
+/* Texts embedded together: their ByT5 ids tokenized once, padded with 0 to the longest as a
+ * training batch would be (interpolation mixes two prompts' states position by position). */
+int pl_embed_texts(pa_pipeline *p, const char *const *texts, int n, text_embed *out) {
   int rc = PA_OK, L = 0;
   int64_t *ids = NULL;
-  PA_TRY(pa_byt5_tokenize_batch(&text, NULL, 1, BYT5_MAX_LEN, pad_to, &ids, &L));
-  PA_TRY(encode_byt5(p, ids, L, &out->byt5));
-  PA_TRY(encode_clip(p, text, &out->clip));
+  PA_TRY(pa_byt5_tokenize_batch(texts, NULL, n, BYT5_MAX_LEN, 0, &ids, &L));
+  for (int i = 0; i < n; i++) {
+    PA_TRY(encode_byt5(p, ids + (size_t)i * L, L, &out[i].byt5));
+    PA_TRY(encode_clip(p, texts[i], &out[i].clip));
+  }
 fail:
-  if (rc) pl_text_embed_free(out);
+  for (int i = 0; rc && i < n; i++) pl_text_embed_free(&out[i]);
   free(ids);
   return rc;
 }
+
+int pl_embed_text(pa_pipeline *p, const char *text, text_embed *out) { return pl_embed_texts(p, &text, 1, out); }
 
 /* out = (1-t)*a + t*b, or the spherical interpolation of the flattened vectors; both forms
  * return a exactly at t = 0 and b exactly at t = 1. */

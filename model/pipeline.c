@@ -311,37 +311,34 @@ static int attn_weights(pa_pipeline *p, const pa_gen_request *r, int L, bool wit
 
 /* Conditions of the request: main (maybe interpolated), second region, unconditional. */
 static int build_conditions(pa_pipeline *p, const pa_gen_request *r, sample_ctx *s) {
-  int rc = PA_OK, pad = 0;
-  text_embed a = {0}, b = {0}, u = {0};
+  int rc = PA_OK;
+  text_embed ab[2] = {{0}}, u = {0}, *a = &ab[0], *b = &ab[1];
   pa_tensor *ci_a = NULL, *ci_b = NULL;
-  if (r->interpolate) {
-    int la = pl_byt5_length(r->prompt), lb = pl_byt5_length(r->prompt2);
-    pad = la > lb ? la : lb; /* both padded with ByT5's pad id, as in a training batch */
-  }
-  PA_TRY(pl_embed_text(p, r->prompt, pad, &a));
+  /* interpolation: both prompts padded to the same ByT5 length, as in a training batch */
+  PA_TRY(pl_embed_texts(p, (const char *const[]){r->prompt, r->prompt2}, r->interpolate ? 2 : 1, ab));
   double t0 = pl_now();
-  PA_TRY(pl_image_condition(p, r, a.clip, &ci_a));
+  PA_TRY(pl_image_condition(p, r, a->clip, &ci_a));
   s->seconds_prior += pl_now() - t0;
   if (r->prompt2 && (r->interpolate || r->regions != PA_REGIONS_NONE)) {
-    PA_TRY(pl_embed_text(p, r->prompt2, pad, &b));
+    if (!r->interpolate) PA_TRY(pl_embed_text(p, r->prompt2, b));
     t0 = pl_now();
-    PA_TRY(pl_image_condition(p, r, b.clip, &ci_b));
+    PA_TRY(pl_image_condition(p, r, b->clip, &ci_b));
     s->seconds_prior += pl_now() - t0;
   }
   if (r->interpolate) {
-    pl_mix(a.byt5->data, a.byt5->data, b.byt5->data, pa_numel(a.byt5), r->interp_t, r->slerp);
-    pl_mix(a.clip->data, a.clip->data, b.clip->data, pa_numel(a.clip), r->interp_t, r->slerp);
+    pl_mix(a->byt5->data, a->byt5->data, b->byt5->data, pa_numel(a->byt5), r->interp_t, r->slerp);
+    pl_mix(a->clip->data, a->clip->data, b->clip->data, pa_numel(a->clip), r->interp_t, r->slerp);
     if (ci_a) pl_mix(ci_a->data, ci_a->data, ci_b->data, pa_numel(ci_a), r->interp_t, r->slerp);
   }
   const pa_tensor *cia = ci_a, *cib = ci_b;
-  PA_TRY(pl_make_cond(p, &a, &cia, &r->batch, 1, &s->cond));
-  if (r->regions != PA_REGIONS_NONE) PA_TRY(pl_make_cond(p, &b, &cib, &r->batch, 1, &s->cond2));
-  PA_TRY(pl_embed_text(p, r->negative_prompt ? r->negative_prompt : "", 0, &u));
+  PA_TRY(pl_make_cond(p, a, &cia, &r->batch, 1, &s->cond));
+  if (r->regions != PA_REGIONS_NONE) PA_TRY(pl_make_cond(p, b, &cib, &r->batch, 1, &s->cond2));
+  PA_TRY(pl_embed_text(p, r->negative_prompt ? r->negative_prompt : "", &u));
   PA_TRY(pl_make_cond(p, &u, NULL, &r->batch, 1, &s->uncond)); /* upstream: clip_image None */
-  PA_TRY(attn_weights(p, r, (int)a.byt5->shape[1], ci_a != NULL, s));
+  PA_TRY(attn_weights(p, r, (int)a->byt5->shape[1], ci_a != NULL, s));
 fail:
-  pl_text_embed_free(&a);
-  pl_text_embed_free(&b);
+  pl_text_embed_free(a);
+  pl_text_embed_free(b);
   pl_text_embed_free(&u);
   pa_tensor_free(ci_a);
   pa_tensor_free(ci_b);

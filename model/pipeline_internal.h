@@ -54,8 +54,9 @@ typedef struct {
 double pl_now(void);
 /* conditioning.c */
 void pl_text_embed_free(text_embed *e);
-int pl_byt5_length(const char *text);
-int pl_embed_text(pa_pipeline *p, const char *text, int pad_to, text_embed *out);
+/* Each text tokenized once; several texts padded to the longest ByT5 length together. */
+int pl_embed_text(pa_pipeline *p, const char *text, text_embed *out);
+int pl_embed_texts(pa_pipeline *p, const char *const *texts, int n, text_embed *out);
 void pl_mix(float *out, const float *a, const float *b, int64_t n, float t, bool slerp);
 int pl_make_cond(pa_pipeline *p, const text_embed *te, const pa_tensor *const *ci, const int *reps, int n,
                  pa_paella_cond **out);
