@@ -310,6 +310,14 @@ static int cuda_sample(pa_backend *be, const pa_sample_params *p) {
   return PA_OK;
 }
 
+static int cuda_diffuzz_step(pa_backend *be, pa_tensor *x, const pa_tensor *ec, const pa_tensor *eu,
+                             const pa_tensor *z, const pa_diffuzz_params *p) {
+  ON_DEVICE("diffuzz_step", x, ec, eu, z);
+  CHECK_CUDA(pa_k_diffuzz_step(S(be), F(x), CF(ec), CF(eu), p->ddim ? NULL : CF(z), pa_numel(x), p->cfg, p->ddim,
+                               p->a, p->ac, p->acp, p->sd));
+  return PA_OK;
+}
+
 int pa_cuda_gumbel_table(float *out) {
   pa_backend *be = pa_cuda_backend();
   if (!be) return PA_ERR_DEVICE;
@@ -359,6 +367,7 @@ static pa_backend cuda_backend = {
     .copy = cuda_copy,
     .upload_param = cuda_upload_param,
     .sample = cuda_sample,
+    .diffuzz_step = cuda_diffuzz_step,
 };
 
 int pa_cuda_device_count(void) {

@@ -143,6 +143,9 @@ typedef struct {
   int K;
 } pa_k_sample_args;
 cudaError_t pa_k_sample(cudaStream_t s, const pa_k_sample_args *a);
+/* x (n) updated in place by one prior step (ops/rng.h pa_prior_guidance + pa_diffuzz_ddpm/ddim) */
+cudaError_t pa_k_diffuzz_step(cudaStream_t s, float *x, const float *eps_c, const float *eps_u, const float *z,
+                              int64_t n, float cfg, int ddim, double a, double ac, double acp, double sd);
 /* Gumbel noise of every 24-bit open uniform (2^24 floats): the exhaustive host/device check. */
 cudaError_t pa_k_gumbel_table(cudaStream_t s, float *out);
 /* y(M, N) = x(M, K) @ W + bias, W (N, K) when w_nk else (K, N); bf16 operands, F32 out.

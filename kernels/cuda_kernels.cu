@@ -534,6 +534,19 @@ __global__ void k_sample(pa_k_sample_args a) {
   a.tokens[b * a.n + q] = tok;
 }
 
+__global__ void k_diffuzz_step(float *x, const float *ec, const float *eu, const float *z, int64_t n, float cfg,
+                               int ddim, double a, double ac, double acp, double sd) {
+  GRID_STRIDE(i, n) {
+    float e = pa_prior_guidance(ec[i], eu[i], cfg);
+    x[i] = ddim ? pa_diffuzz_ddim(x[i], e, ac, acp) : pa_diffuzz_ddpm(x[i], e, z[i], a, ac, sd);
+  }
+}
+extern "C" cudaError_t pa_k_diffuzz_step(cudaStream_t s, float *x, const float *eps_c, const float *eps_u,
+                                         const float *z, int64_t n, float cfg, int ddim, double a, double ac,
+                                         double acp, double sd) {
+  LAUNCH(k_diffuzz_step, n, x, eps_c, eps_u, z, n, cfg, ddim, a, ac, acp, sd);
+}
+
 extern "C" cudaError_t pa_k_sample(cudaStream_t s, const pa_k_sample_args *a) {
   if (a->B * a->n == 0) return cudaSuccess;
   if (a->n > 2147483647 || a->B > 65535) return cudaErrorInvalidValue;

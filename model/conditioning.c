@@ -121,67 +121,24 @@ static pa_tensor *stack_rows(const pa_tensor *const *parts, const int *reps, int
   return out;
 }
 
-/* Repeats a host (1, ...) tensor B times along dim 0 on the device. */
-static pa_tensor *upload_repeat(pa_backend *be, const pa_tensor *h, int B) {
-  pa_tensor *rep = stack_rows(&h, &B, 1);
-  pa_tensor *d = rep ? pa_upload(be, rep) : NULL;
-  pa_tensor_free(rep);
-  return d;
-}
-
-/* Prior sampling (Diffuzz.sample): x ~ N(0, I) from each image's seed; r runs over
- * linspace(1, 0, steps + 2)[1:]; CFG is lerp(uncond, cond, cfg) with a zero condition as the
- * unconditional input; DDPM (or DDIM) steps. Returns host (B, Dc). */
+/* The prior's sample for each image of the request (model/denoise.c): host (B, Dc). */
 static int run_prior(pa_pipeline *p, const pa_gen_request *r, const pa_tensor *clip_text, pa_tensor **out) {
-  pa_backend *be = p->be;
-  int rc = PA_OK, B = r->batch, D = pa_prior_cfg(p->prior)->clip_r, T = r->prior_steps;
-  float *rr = malloc((size_t)(T + 2) * sizeof *rr), *tb = malloc((size_t)B * 2 * sizeof *tb);
-  pa_tensor *x = pa_tensor_new_2d(PA_F32, B, D), *eps = pa_tensor_new_2d(PA_F32, B, D);
-  pa_tensor *eps_u = pa_tensor_new_2d(PA_F32, B, D), *z = pa_tensor_new_2d(PA_F32, B, D);
-  pa_tensor *zeros = pa_tensor_new_2d(PA_F32, B, D), *c = NULL, *c0 = NULL, *xd = NULL, *pd = NULL;
-  if (!rr || !tb || !x || !eps || !eps_u || !z || !zeros) goto nomem;
-  if (!(c = upload_repeat(be, clip_text, B)) || !(c0 = pa_upload(be, zeros))) goto nomem;
-  if (!(xd = pa_alloc_f32(be, 2, (int64_t)B, (int64_t)D)) || !(pd = pa_alloc_f32(be, 2, (int64_t)B, (int64_t)D))) goto nomem;
-  pa_linspace_f32(1.0f, 0.0f, T + 2, rr);
-  float *xh = x->data;
-  for (int b = 0; b < B; b++)
-    for (int d = 0; d < D; d++) xh[b * D + d] = pa_rng_normal(r->seed + b, PA_RNG_PRIOR, 0, (uint32_t)d);
-  for (int i = 0; i < T; i++) {
-    float *t = tb, *tp = tb + B;
-    for (int b = 0; b < B; b++) t[b] = rr[i + 1], tp[b] = rr[i + 2];
-    PA_TRY(be->from_host(be, xd, x));
-    PA_TRY(pa_prior_forward(p->prior, xd, t, c, pd));
-    PA_TRY(be->to_host(be, eps, pd));
-    PA_TRY(pa_prior_forward(p->prior, xd, t, c0, pd));
-    PA_TRY(be->to_host(be, eps_u, pd));
-    float *e = eps->data, *u = eps_u->data, *zz = z->data;
-    for (int64_t k = 0; k < (int64_t)B * D; k++) e[k] = u[k] + r->prior_cfg * (e[k] - u[k]); /* torch.lerp */
-    if (r->prior_ddim) {
-      pa_diffuzz_ddim_step(xh, xh, e, t, tp, B, D);
-    } else {
-      for (int b = 0; b < B; b++)
-        for (int d = 0; d < D; d++) zz[b * D + d] = pa_rng_normal(r->seed + b, PA_RNG_PRIOR, (uint32_t)(i + 1), (uint32_t)d);
-      pa_diffuzz_ddpm_step(xh, xh, e, zz, t, tp, B, D);
-    }
-    if (r->progress && !r->progress(r->progress_user, "prior", i + 1, T)) {
-      rc = pa_fail(PA_ERR_CANCELED, "canceled during the prior (step %d of %d)", i + 1, T);
-      goto fail;
-    }
+  int rc = PA_OK, B = r->batch, D = pa_prior_cfg(p->prior)->clip_r;
+  uint64_t *seeds = malloc((size_t)B * sizeof *seeds);
+  pa_tensor *x = pa_tensor_new_2d(PA_F32, B, D);
+  if (!seeds || !x) {
+    rc = pa_fail(PA_ERR_NOMEM, "out of memory");
+    goto fail;
   }
+  for (int b = 0; b < B; b++) seeds[b] = r->seed + (uint64_t)b;
+  pa_prior_job j = {.B = B, .steps = r->prior_steps, .cfg = r->prior_cfg, .ddim = r->prior_ddim, .seeds = seeds,
+                    .clip_text = clip_text->data, .progress = r->progress, .progress_user = r->progress_user};
+  PA_TRY(pa_prior_sample(p->prior, &j, x->data));
   *out = x;
   x = NULL;
-  goto fail;
-nomem:
-  rc = PA_ERR_NOMEM;
 fail:
-  free(rr);
-  free(tb);
-  pa_tensor *hs[] = {x, eps, eps_u, z, zeros};
-  for (size_t k = 0; k < sizeof hs / sizeof hs[0]; k++) pa_tensor_free(hs[k]);
-  pa_release(be, c);
-  pa_release(be, c0);
-  pa_release(be, xd);
-  pa_release(be, pd);
+  free(seeds);
+  pa_tensor_free(x);
   return rc;
 }
 

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/nn.h"
+
 
 /* State of one run: host schedules and the backend tensors the steps read and write. */
 typedef struct {
@@ -163,5 +165,83 @@ int pa_denoise(pa_paella *m, const pa_denoise_job *j, int64_t *tokens) {
   pa_tensor_free(host);
 fail:
   state_free(m, &s);
+  return rc;
+}
+
+/* ---- the prior ------------------------------------------------------------------------------ */
+
+typedef struct {
+  pa_backend *be;
+  float *r;              /* (steps + 2) noise levels */
+  pa_tensor *x;          /* (2B, D): rows [0, B) the state, [B, 2B) its copy for the uncond rows */
+  pa_tensor *c, *re, *z; /* (2B, D) [text | zeros]; (steps * 2B, c_r); (steps * B, D) or NULL */
+  pa_tensor *pred;       /* (2B, D) */
+} prior_state;
+
+static void prior_state_free(prior_state *s) {
+  free(s->r);
+  pa_tensor *ts[] = {s->x, s->c, s->re, s->z, s->pred};
+  for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) pa_release(s->be, ts[i]);
+}
+
+/* Host arrays of the whole run, uploaded once: start noise, conditions, r-embeddings, z. */
+static int prior_prepare(pa_prior *m, const pa_prior_job *j, prior_state *s) {
+  int rc = PA_OK, B = j->B, T = j->steps, D = pa_prior_cfg(m)->clip_r;
+  float *x = calloc((size_t)2 * B * D, sizeof *x), *c = calloc((size_t)2 * B * D, sizeof *c);
+  float *rr = malloc((size_t)T * 2 * B * sizeof *rr), *z = j->ddim ? NULL : malloc((size_t)T * B * D * sizeof *z);
+  pa_tensor *re = NULL;
+  s->r = malloc((size_t)(T + 2) * sizeof *s->r);
+  if (!x || !c || !rr || (!j->ddim && !z) || !s->r) {
+    rc = pa_fail(PA_ERR_NOMEM, "out of memory");
+    goto fail;
+  }
+  pa_linspace_f32(1.0f, 0.0f, T + 2, s->r);
+  for (int b = 0; b < B; b++)
+    for (int d = 0; d < D; d++) {
+      x[b * D + d] = pa_rng_normal(j->seeds[b], PA_RNG_PRIOR, 0, (uint32_t)d);
+      c[b * D + d] = j->clip_text[d];
+      for (int i = 0; z && i < T; i++)
+        z[((size_t)i * B + b) * D + d] = pa_rng_normal(j->seeds[b], PA_RNG_PRIOR, (uint32_t)(i + 1), (uint32_t)d);
+    }
+  for (int i = 0; i < T; i++)
+    for (int k = 0; k < 2 * B; k++) rr[i * 2 * B + k] = s->r[i + 1];
+  if (!(re = pa_r_embedding(rr, T * 2 * B, pa_prior_cfg(m)->c_r))) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
+  PA_TRY(upload_array(s->be, PA_F32, 2, (const int64_t[]){2 * B, D}, x, &s->x));
+  PA_TRY(upload_array(s->be, PA_F32, 2, (const int64_t[]){2 * B, D}, c, &s->c));
+  PA_TRY(upload_array(s->be, PA_F32, 2, re->shape, re->data, &s->re));
+  PA_TRY(upload_array(s->be, PA_F32, 2, (const int64_t[]){(int64_t)T * B, D}, z, &s->z));
+  if (!(s->pred = pa_alloc_f32(s->be, 2, (int64_t)2 * B, (int64_t)D))) rc = PA_ERR_NOMEM;
+fail:
+  free(x), free(c), free(rr), free(z);
+  pa_tensor_free(re);
+  return rc;
+}
+
+int pa_prior_sample(pa_prior *m, const pa_prior_job *j, float *out) {
+  prior_state s = {.be = pa_prior_backend(m)};
+  int rc = PA_OK, B = j->B, D = pa_prior_cfg(m)->clip_r;
+  PA_TRY(prior_prepare(m, j, &s));
+  pa_tensor x = pa_view_rows(s.x, 0, B), copy = pa_view_rows(s.x, B, 2 * (int64_t)B);
+  pa_tensor ec = pa_view_rows(s.pred, 0, B), eu = pa_view_rows(s.pred, B, 2 * (int64_t)B);
+  for (int i = 0; i < j->steps; i++) {
+    pa_tensor re = pa_view_rows(s.re, (int64_t)i * 2 * B, (int64_t)(i + 1) * 2 * B);
+    pa_tensor z = s.z ? pa_view_rows(s.z, (int64_t)i * B, (int64_t)(i + 1) * B) : (pa_tensor){0};
+    PA_TRY(pa_copy(s.be, &copy, &x));
+    PA_TRY(pa_prior_forward_embedded(m, s.x, &re, s.c, s.pred));
+    pa_diffuzz_params dp = pa_diffuzz_at(s.r[i + 1], s.r[i + 2], j->ddim, j->cfg);
+    PA_TRY(pa_diffuzz_step(s.be, &x, &ec, &eu, s.z ? &z : NULL, &dp));
+    if (j->progress && !j->progress(j->progress_user, "prior", i + 1, j->steps)) {
+      rc = pa_fail(PA_ERR_CANCELED, "canceled during the prior (step %d of %d)", i + 1, j->steps);
+      goto fail;
+    }
+  }
+  pa_tensor *host = pa_tensor_wrap(PA_F32, 2, (const int64_t[]){B, D}, out);
+  rc = host ? s.be->to_host(s.be, host, &x) : PA_ERR_NOMEM;
+  pa_tensor_free(host);
+fail:
+  prior_state_free(&s);
   return rc;
 }

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "model/paella.h"
+#include "model/prior.h"
 #include "model/sampler.h"
 
 /* Called after every step (and prior step); returning false cancels (PA_ERR_CANCELED). */
@@ -40,5 +41,20 @@ typedef struct {
 
 /* Runs the loop; tokens (B, h*w) host receives the final tokens. */
 int pa_denoise(pa_paella *m, const pa_denoise_job *j, int64_t *tokens);
+
+/* The prior's sampler (Diffuzz.sample) on the backend: x ~ N(0, I) from each image's seed, r
+ * over linspace(1, 0, steps + 2)[1:], the conditional (CLIP text) and unconditional (zeros)
+ * rows in one forward per step, guidance and the DDPM (or DDIM) step in one backend op. The
+ * noise of every step and the r-embeddings are uploaded once; the host reads the result once. */
+typedef struct {
+  int B, steps;
+  float cfg;
+  bool ddim;
+  const uint64_t *seeds;       /* (B) */
+  const float *clip_text;      /* (clip_r) host: the prompt's CLIP text embedding */
+  pa_progress_fn progress;
+  void *progress_user;
+} pa_prior_job;
+int pa_prior_sample(pa_prior *m, const pa_prior_job *j, float *out /* (B, clip_r) host */);
 
 #endif

@@ -69,6 +69,15 @@ typedef struct {
   pa_tensor *tokens;       /* (B, n) I64 out */
 } pa_sample_params;
 
+/* One step of the prior's Diffuzz sampler, every row at the same noise level:
+ * eps = pa_prior_guidance(eps_c, eps_u, cfg), then x = pa_diffuzz_ddpm(x, eps, z, a, ac, sd) or
+ * pa_diffuzz_ddim(x, eps, ac, acp) (ops/rng.h), in place. */
+typedef struct {
+  float cfg;
+  bool ddim;
+  double a, ac, acp, sd; /* a = ac / acp; sd the DDPM noise scale (0 on the last step) */
+} pa_diffuzz_params;
+
 typedef struct pa_backend pa_backend;
 struct pa_backend {
   const char *name;
@@ -131,6 +140,10 @@ struct pa_backend {
    * sampler step; shapes are checked by pa_sampler_step. */
   pa_tensor *(*upload_param)(pa_backend *be, const pa_tensor *host);
   int (*sample)(pa_backend *be, const pa_sample_params *p);
+
+  /* x (B, D) updated in place from eps_c, eps_u (B, D) and z (B, D) (DDPM only, else NULL) */
+  int (*diffuzz_step)(pa_backend *be, pa_tensor *x, const pa_tensor *eps_c, const pa_tensor *eps_u,
+                      const pa_tensor *z, const pa_diffuzz_params *p);
 };
 
 pa_backend *pa_cpu_backend(void);

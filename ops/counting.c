@@ -168,6 +168,11 @@ static int c_copy(pa_backend *be, pa_tensor *y, const pa_tensor *x) {
   other(be);
   return INNER(be)->copy(INNER(be), y, x);
 }
+static int c_diffuzz_step(pa_backend *be, pa_tensor *x, const pa_tensor *ec, const pa_tensor *eu, const pa_tensor *z,
+                          const pa_diffuzz_params *p) {
+  other(be);
+  return INNER(be)->diffuzz_step(INNER(be), x, ec, eu, z, p);
+}
 static int c_sample(pa_backend *be, const pa_sample_params *p) {
   other(be);
   return INNER(be)->sample(INNER(be), p);
@@ -191,7 +196,7 @@ pa_backend *pa_counting_backend(pa_backend *inner) {
       .affine = c_affine, .modulate = c_modulate, .channel_affine = c_channel_affine, .grn = c_grn,
       .conv2d = c_conv2d, .conv_transpose2d = c_conv_transpose2d, .pixel_unshuffle = c_pixel_unshuffle,
       .pixel_shuffle = c_pixel_shuffle, .concat = c_concat, .attention = c_attention,
-      .vq_nearest = c_vq_nearest, .copy = c_copy,
+      .vq_nearest = c_vq_nearest, .copy = c_copy, .diffuzz_step = c_diffuzz_step,
       /* optional entries stay NULL when the inner backend has none, so callers take the
        * same generic paths through the wrapper as without it */
       .upload_param = inner->upload_param ? c_upload_param : NULL,

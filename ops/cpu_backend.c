@@ -8,6 +8,7 @@
 
 #include "ops/backend.h"
 #include "ops/error.h"
+#include "ops/rng.h"
 
 /* Parallel loops only pay off above ~32k elements of work; below that the fork/join and
  * barrier cost dominates (tiny models, and machines where other processes hold cores). */
@@ -465,6 +466,17 @@ static int cpu_vq_nearest(pa_backend *be, pa_tensor *idx, const pa_tensor *z, co
   return PA_OK;
 }
 
+static int cpu_diffuzz_step(pa_backend *be, pa_tensor *x, const pa_tensor *eps_c, const pa_tensor *eps_u,
+                            const pa_tensor *z, const pa_diffuzz_params *p) {
+  (void)be;
+  int64_t n = pa_numel(x);
+  for (int64_t i = 0; i < n; i++) {
+    float e = pa_prior_guidance(CF(eps_c)[i], CF(eps_u)[i], p->cfg);
+    F(x)[i] = p->ddim ? pa_diffuzz_ddim(F(x)[i], e, p->ac, p->acp) : pa_diffuzz_ddpm(F(x)[i], e, CF(z)[i], p->a, p->ac, p->sd);
+  }
+  return PA_OK;
+}
+
 static pa_backend cpu_backend = {
     .name = "cpu",
     .device = PA_HOST,
@@ -492,6 +504,7 @@ static pa_backend cpu_backend = {
     .attention = cpu_attention,
     .vq_nearest = cpu_vq_nearest,
     .copy = cpu_copy_bytes,
+    .diffuzz_step = cpu_diffuzz_step,
 };
 
 pa_backend *pa_cpu_backend(void) { return &cpu_backend; }

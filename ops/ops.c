@@ -252,6 +252,15 @@ int pa_vq_nearest(pa_backend *be, pa_tensor *idx, const pa_tensor *z, const pa_t
   return be->vq_nearest(be, idx, z, codebook);
 }
 
+int pa_diffuzz_step(pa_backend *be, pa_tensor *x, const pa_tensor *eps_c, const pa_tensor *eps_u,
+                    const pa_tensor *z, const pa_diffuzz_params *p) {
+  REQUIRE(is_f32(x) && x->ndim == 2, "diffuzz_step", "x", x);
+  REQUIRE(is_f32(eps_c) && is_f32(eps_u) && pa_same_shape(eps_c, x) && pa_same_shape(eps_u, x), "diffuzz_step",
+          "eps", eps_c);
+  REQUIRE(p->ddim || (is_f32(z) && pa_same_shape(z, x)), "diffuzz_step", "z", z);
+  return be->diffuzz_step(be, x, eps_c, eps_u, z, p);
+}
+
 int pa_copy(pa_backend *be, pa_tensor *y, const pa_tensor *x) {
   REQUIRE(x && y && x->dtype == y->dtype && pa_numel(x) == pa_numel(y), "copy", "output", y);
   return be->copy(be, y, x);

@@ -58,6 +58,8 @@ int pa_attention(pa_backend *be, pa_tensor *y, const pa_tensor *q, const pa_tens
                  const pa_tensor *v, const pa_attn_params *p);
 int pa_vq_nearest(pa_backend *be, pa_tensor *idx, const pa_tensor *z, const pa_tensor *codebook);
 int pa_copy(pa_backend *be, pa_tensor *y, const pa_tensor *x);
+int pa_diffuzz_step(pa_backend *be, pa_tensor *x, const pa_tensor *eps_c, const pa_tensor *eps_u,
+                    const pa_tensor *z, const pa_diffuzz_params *p);
 
 /* Output size of a conv along one axis. */
 static inline int64_t pa_conv_out(int64_t in, int k, pa_conv_params p) {

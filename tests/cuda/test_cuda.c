@@ -295,6 +295,19 @@ static void t_sampler(bool argmax) {
   rel(tok, tokd);
 }
 
+/* The prior's step op (guidance + DDPM in double, and DDIM) against the CPU backend: the same
+ * rounded operations on both (ops/rng.h), so the results should agree to the bit. */
+static void t_diffuzz(bool ddim) {
+  enum { B = 3, D = 1024 };
+  pa_tensor *x = RND(1, B, D), *ec = RND(1, B, D), *eu = RND(1, B, D), *z = RND(1, B, D);
+  pa_tensor *xd = up(x), *ecd = up(ec), *eud = up(eu), *zd = up(z);
+  pa_diffuzz_params p = pa_diffuzz_at(0.6f, 0.55f, ddim, 3.0f);
+  CHECK_OK(pa_diffuzz_step(cpu, x, ec, eu, z, &p));
+  CHECK_OK(pa_diffuzz_step(gpu, xd, ecd, eud, zd, &p));
+  cmp(ddim ? "diffuzz step (cfg, ddim)" : "diffuzz step (cfg, ddpm)", "[3, 1024]", x, xd, 0);
+  rel(x, xd), rel(ec, ecd), rel(eu, eud), rel(z, zd);
+}
+
 /* ---- networks ------------------------------------------------------------------------------- */
 
 static const pa_tensor *find_out(const pa_eval_outputs *o, const char *name) {
@@ -579,6 +592,8 @@ int main(void) {
   t_gumbel();
   t_sampler(false);
   t_sampler(true);
+  t_diffuzz(false);
+  t_diffuzz(true);
   t_golden("paella_tiny.safetensors", "paella");
   t_golden("vqgan_tiny.safetensors", "vqgan");
   t_golden("prior_tiny.safetensors", "prior");
