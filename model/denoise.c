@@ -1,6 +1,7 @@
 /* The denoising loop (model/denoise.h). Everything the steps touch is prepared before the
- * first one: the stacked conditioning rows, the r-embeddings of all steps, the tokens,
- * noise, seeds, pins and key weights on the backend. A step is one forward and one sampler
+ * first one: the stacked conditioning rows, the noise levels of all steps (r-embeddings and
+ * timestep modulations, pa_paella_time), the tokens, noise, seeds, pins and key weights on the
+ * backend. A step is one forward and one sampler
  * call over backend tensors (plus device copies of the tokens into the other row groups). */
 #include "model/denoise.h"
 
@@ -8,7 +9,6 @@
 #include <string.h>
 
 #include "model/nn.h"
-
 
 /* State of one run: host schedules and the backend tensors the steps read and write. */
 typedef struct {

@@ -314,7 +314,7 @@ fail:
   return rc;
 }
 
-/* Visits every TimestepBlock (down levels, then up levels). */
+/* Visits every block of the network (down levels, then up levels), as `block *b`. */
 #define FOR_EACH_BLOCK(m, b)                                                         \
   for (int pass_ = 0; pass_ < 2; pass_++)                                            \
     for (int li_ = 0; li_ < (m)->cfg.levels; li_++)                                  \
