@@ -148,6 +148,10 @@ static void t_elementwise(void) {
   CHECK_OK(pa_modulate(cpu, y, a, am));
   CHECK_OK(pa_modulate(gpu, yd, ad, amd));
   cmp("modulate", "[2, 8, 8, 640]", y, yd, TOL_F32);
+  pa_tensor am1 = pa_view_rows(am, 1, 2), am1d = pa_view_rows(amd, 1, 2); /* one row for the batch */
+  CHECK_OK(pa_modulate(cpu, y, a, &am1));
+  CHECK_OK(pa_modulate(gpu, yd, ad, &am1d));
+  cmp("modulate(shared row)", "[2, 8, 8, 640]", y, yd, TOL_F32);
   pa_tensor *sc = RND(1, 640), *sh = RND(1, 640), *scd = up(sc), *shd = up(sh);
   CHECK_OK(pa_channel_affine(cpu, y, a, sc, sh));
   CHECK_OK(pa_channel_affine(gpu, yd, ad, scd, shd));
@@ -230,6 +234,30 @@ static void t_attention(const char *label, int64_t B, int64_t Lq, int64_t Lk, in
   snprintf(s, sizeof s, "B%lld Lq%lld Lk%lld C%lld H%d", (long long)B, (long long)Lq, (long long)Lk, (long long)C, H);
   cmp(label, s, y, yd, TOL_F32);
   rel(q, qd), rel(k, kd), rel(v, vd), rel(y, yd), rel(pb, pbd), rel(kw, kwd);
+}
+
+/* Paella's attention block as it runs: q | k | v of the image tokens as column slices of one
+ * (B, N, 3C) tensor (row stride 3C), the conditioning's cached keys | values (B, Lc, 2C) as a
+ * second key segment (row stride 2C), padded rows and per-row key weights. */
+static void t_attention_fused(void) {
+  enum { B = 2, N = 64, Lc = 30, C = 320, H = 4, NW = 30 };
+  pa_tensor *qkv = RND(1, B, N, 3 * C), *kv = RND(1, B, Lc, 2 * C), *y = pa_tensor_new(PA_F32, 3, (const int64_t[]){B, N, C});
+  pa_tensor *kw = RND(1, B, NW), *pad = pa_tensor_new(PA_I32, 1, (const int64_t[]){B});
+  for (int64_t i = 0; i < B * NW; i++) ((float *)kw->data)[i] += 1.0f;
+  ((int32_t *)pad->data)[1] = 9;
+  pa_tensor *qkvd = up(qkv), *kvd = up(kv), *yd = like_gpu(y), *kwd = up(kw), *padd = up(pad);
+  pa_tensor *srcs[2][2] = {{qkv, kv}, {qkvd, kvd}}, *outs[2] = {y, yd}, *kws[2] = {kw, kwd}, *pads[2] = {pad, padd};
+  pa_backend *bes[2] = {cpu, gpu};
+  for (int i = 0; i < 2; i++) {
+    pa_tensor q = pa_view(srcs[i][0], 3, (const int64_t[]){B, N, C}), k = q, v = q;
+    pa_tensor kc = pa_view(srcs[i][1], 3, (const int64_t[]){B, Lc, C}), vc = kc;
+    k.data = (float *)q.data + C, v.data = (float *)q.data + 2 * C, vc.data = (float *)kc.data + C;
+    pa_attn_params p = {.nhead = H, .scale = 1.0f / sqrtf((float)(C / H)), .key_weight = kws[i], .key_pad = pads[i],
+                        .k2 = &kc, .v2 = &vc, .q_ld = 3 * C, .kv_ld = 3 * C, .kv2_ld = 2 * C};
+    CHECK_OK(pa_attention(bes[i], outs[i], &q, &k, &v, &p));
+  }
+  cmp("attention(fused qkv, cached cond k|v, pad)", "B2 N64 Lc30 C320 H4", y, yd, TOL_F32);
+  rel(qkv, qkvd), rel(kv, kvd), rel(y, yd), rel(kw, kwd), rel(pad, padd);
 }
 
 /* Padded keys (per-row key_pad) with per-row key weights: the Paella CFG batch. */
@@ -588,6 +616,7 @@ int main(void) {
   t_attention("attention(clip causal)", 2, 77, 77, 1024, 16, true, false, 0);
   t_attention("attention(long keys)", 1, 40, 3000, 128, 2, false, false, 0);
   t_attention_padded();
+  t_attention_fused();
   t_vq();
   t_gumbel();
   t_sampler(false);
