@@ -38,7 +38,7 @@ struct pa_paella {
   int n_attn;
   /* every TimestepBlock's mapper as one (map_total, c_r) weight: all modulations of a noise
    * level in one GEMM (pa_paella_time_new) */
-  pa_tensor *map_cat_w, *map_cat_b, *map_cat_host_w, *map_cat_host_b;
+  pa_tensor *map_cat_w, *map_cat_b;
   int64_t map_total;
   pa_paella_hook hook;
   void *hook_user;
@@ -321,27 +321,38 @@ fail:
       for (int j_ = 0; j_ < (pass_ ? &(m)->up[li_] : &(m)->down[li_])->n; j_++)      \
         for (block *b = &(pass_ ? &(m)->up[li_] : &(m)->down[li_])->blocks[j_]; b; b = NULL)
 
-/* The mappers of all TimestepBlocks stacked row-wise into one weight (map_total, c_r) and
- * bias, so that one GEMM gives every block's [a | m] for a noise level. */
-static int load_mapper_cat(pa_paella *m, pa_weights *w) {
-  int64_t total = 0, c_r = m->cfg.c_r;
+/* Where each TimestepBlock's [a | m] lies in the concatenated mapper output. */
+static void place_mappers(pa_paella *m) {
+  int64_t total = 0;
   FOR_EACH_BLOCK(m, b) if (b->type == 'T') b->map_off = total, total += 2 * (int64_t)b->c;
   m->map_total = total;
-  if (!total) return PA_OK;
-  m->map_cat_host_w = pa_tensor_new_2d(PA_F32, total, c_r);
-  m->map_cat_host_b = pa_tensor_new(PA_F32, 1, (const int64_t[]){total});
-  if (!m->map_cat_host_w || !m->map_cat_host_b) return PA_ERR_NOMEM;
+}
+
+/* The mappers of all TimestepBlocks stacked row-wise into one weight (map_total, c_r) and
+ * bias on the backend, so that one GEMM gives every block's [a | m] for a noise level. Built
+ * at the first use, from the loaded parameters (loading reads no weight data). */
+static int concat_mappers(pa_paella *m) {
+  pa_backend *be = m->be;
+  int rc = PA_OK;
+  m->map_cat_w = pa_alloc_f32(be, 2, m->map_total, (int64_t)m->cfg.c_r);
+  m->map_cat_b = pa_alloc_f32(be, 1, m->map_total);
+  if (!m->map_cat_w || !m->map_cat_b) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
   FOR_EACH_BLOCK(m, b) {
     if (b->type != 'T') continue;
-    const pa_tensor *hw, *hb;
-    int rc = pa_weights_get(w, &hw, 2, SHAPE(2 * b->c, c_r), "%s.mapper.weight", b->name);
-    if (rc || (rc = pa_weights_get(w, &hb, 1, SHAPE(2 * b->c), "%s.mapper.bias", b->name))) return rc;
-    memcpy((float *)m->map_cat_host_w->data + b->map_off * c_r, hw->data, pa_nbytes(hw));
-    memcpy((float *)m->map_cat_host_b->data + b->map_off, hb->data, pa_nbytes(hb));
+    pa_tensor w = pa_view_rows(m->map_cat_w, b->map_off, b->map_off + 2 * b->c);
+    pa_tensor bias = pa_view_rows(m->map_cat_b, b->map_off, b->map_off + 2 * b->c);
+    PA_TRY(pa_copy(be, &w, b->map_w));
+    PA_TRY(pa_copy(be, &bias, b->map_b));
   }
-  m->map_cat_w = pa_param_from_host(m->be, m->map_cat_host_w);
-  m->map_cat_b = pa_param_from_host(m->be, m->map_cat_host_b);
-  return m->map_cat_w && m->map_cat_b ? PA_OK : PA_ERR_NOMEM;
+  return PA_OK;
+fail: /* built again at the next use */
+  pa_release(be, m->map_cat_w);
+  pa_release(be, m->map_cat_b);
+  m->map_cat_w = m->map_cat_b = NULL;
+  return rc;
 }
 
 int pa_paella_load(pa_backend *be, pa_weights *w, const pa_paella_config *cfg, pa_paella **out) {
@@ -358,7 +369,7 @@ int pa_paella_load(pa_backend *be, pa_weights *w, const pa_paella_config *cfg, p
   PA_TRY(load_io(m, w));
   for (int li = 0; li < cfg->levels; li++) PA_TRY(load_level(m, w, li, false));
   for (int li = cfg->levels - 1; li >= 0; li--) PA_TRY(load_level(m, w, li, true));
-  PA_TRY(load_mapper_cat(m, w));
+  place_mappers(m);
   const char *extra = pa_weights_first_unused(w, NULL);
   if (extra) {
     rc = pa_fail(PA_ERR_SHAPE, "%s: unexpected tensor '%s' for this Paella configuration",
@@ -397,8 +408,6 @@ void pa_paella_free(pa_paella *m) {
     free_level(be, &m->up[i]);
   }
   pa_arena_free(m->arena);
-  pa_tensor_free(m->map_cat_host_w);
-  pa_tensor_free(m->map_cat_host_b);
   free(m);
 }
 
@@ -691,6 +700,7 @@ int pa_paella_time_new(pa_paella *m, const float *r, int n, pa_paella_time **out
   int rc = PA_OK;
   pa_tensor *host = pa_r_embedding(r, n, m->cfg.c_r), *emb = host ? pa_upload(be, host) : NULL;
   pa_paella_time *t = calloc(1, sizeof *t);
+  if (m->map_total && !m->map_cat_w) PA_TRY(concat_mappers(m));
   if (!emb || !t || !(t->am = pa_alloc_f32(be, 2, (int64_t)n, m->map_total ? m->map_total : 1))) {
     rc = PA_ERR_NOMEM;
     goto fail;
