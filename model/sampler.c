@@ -1,6 +1,9 @@
 #include "model/sampler.h"
 
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,11 +172,19 @@ static const float *step_row(const pa_sample_params *p, const pa_tensor *c, cons
   return cr;
 }
 
+#ifdef _OPENMP
+static int thread_count(void) { return omp_get_max_threads(); }
+static int thread_index(void) { return omp_get_thread_num(); }
+#else
+static int thread_count(void) { return 1; }
+static int thread_index(void) { return 0; }
+#endif
+
 static int step_host(pa_backend *be, const pa_sample_params *p, int64_t B, int64_t n, int K) {
   int rc = PA_OK;
   pa_tensor *own[7] = {0}, *tok_own = NULL;
   const pa_tensor *c, *c2, *u, *init, *pin, *keep, *seeds;
-  float *row = malloc((size_t)K * sizeof *row);
+  float *row = malloc((size_t)thread_count() * K * sizeof *row);
   if (!row) return pa_fail(PA_ERR_NOMEM, "sampler step: out of memory");
   PA_TRY(host_copy(be, p->cond, &own[0], &c));
   PA_TRY(host_copy(be, p->uncond, &own[1], &u));
@@ -188,20 +199,27 @@ static int step_host(pa_backend *be, const pa_sample_params *p, int64_t B, int64
     tok = tok_own->data;
   }
   pa_sample_mode mode = p->argmax ? PA_SAMPLE_ARGMAX : PA_SAMPLE_MULTINOMIAL;
-  for (int64_t b = 0; b < B; b++) {
+  int failed = 0;
+  /* positions are independent: spread them over the cores, one scratch row per thread */
+#pragma omp parallel for schedule(static) if (B * n * K >= 32768)
+  for (int64_t i = 0; i < B * n; i++) {
+    int64_t b = i / n, q = i % n;
     uint64_t seed = (uint64_t)((const int64_t *)seeds->data)[b];
-    for (int64_t q = 0; q < n; q++) {
-      const float *cr = step_row(p, c, c2, u, b, q, n, K, row);
-      if (!cr) {
-        rc = PA_ERR_NOMEM;
-        goto fail;
-      }
-      int64_t t = draw_row(cr, K, p->temp, mode, seed, p->step, q);
-      if (p->renoise && pa_rng_uniform(seed, PA_RNG_RENOISE, (uint32_t)p->step, (uint32_t)q, 0) <= p->renoise_t)
-        t = ((const int64_t *)init->data)[b * n + q];
-      if (pin && ((const uint8_t *)keep->data)[q]) t = ((const int64_t *)pin->data)[b * n + q];
-      tok[b * n + q] = t;
+    const float *cr = step_row(p, c, c2, u, b, q, n, K, row + (size_t)thread_index() * K);
+    if (!cr) {
+#pragma omp atomic write
+      failed = 1;
+      continue;
     }
+    int64_t t = draw_row(cr, K, p->temp, mode, seed, p->step, q);
+    if (p->renoise && pa_rng_uniform(seed, PA_RNG_RENOISE, (uint32_t)p->step, (uint32_t)q, 0) <= p->renoise_t)
+      t = ((const int64_t *)init->data)[b * n + q];
+    if (pin && ((const uint8_t *)keep->data)[q]) t = ((const int64_t *)pin->data)[b * n + q];
+    tok[b * n + q] = t;
+  }
+  if (failed) {
+    rc = pa_fail(PA_ERR_NOMEM, "sampler step: out of memory (typical filtering)");
+    goto fail;
   }
   if (tok_own) rc = be->from_host(be, p->tokens, tok_own);
   goto fail;
