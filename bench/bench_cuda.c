@@ -1,7 +1,8 @@
 /* GPU benchmarks of the CUDA backend with the published configurations and synthetic weights
  * (pa_weights_set_autocreate): Paella v3 forward and a full 12-step CFG sample at 256 px
- * (64x64 tokens) at batch 1, 4, 16; the prior's 60 CFG steps; ByT5-XL and CLIP-H encoders;
- * the VQGAN decode of 64x64 tokens. Each line: ms, the GEMM+attention TFLOP/s the run reached
+ * (64x64 tokens) at batch 1, 4, 16 (the sample through the product loop, model/denoise.c, with
+ * its per-step op counts from ops/counting.h); the prior's 60 CFG steps (product loop too);
+ * ByT5-XL and CLIP-H encoders; the VQGAN decode of 64x64 tokens. Each line: ms, the GEMM+attention TFLOP/s the run reached
  * (FLOPs counted by wrapping the backend's GEMM ops) and its fraction of the card's bf16 GEMM
  * peak, measured first in the same run with cuBLASLt (8192^3).
  *
@@ -13,11 +14,13 @@
 
 #include "kernels/cuda_backend.h"
 #include "model/clip.h"
+#include "model/denoise.h"
 #include "model/paella.h"
 #include "model/prior.h"
 #include "model/sampler.h"
 #include "model/t5.h"
 #include "model/vqgan.h"
+#include "ops/counting.h"
 
 static pa_backend counted, *real;
 static double flops, peak_tflops;
@@ -77,8 +80,54 @@ static pa_tensor *dev_rand(pa_backend *be, int ndim, const int64_t *shape, float
 
 /* ---- Paella: forward and the 12-step CFG sample ---------------------------------------------- */
 
+/* Per-step counts of the product loop (ops/counting.h), printed for its second step. */
+typedef struct {
+  pa_backend *cb;
+  pa_op_counts last;
+} step_counts;
+
+static bool count_step(void *user, const char *stage, int step, int total) {
+  step_counts *sc = user;
+  pa_op_counts now_ = pa_counting_snapshot(sc->cb), d = pa_op_counts_diff(&now_, &sc->last);
+  if (step == 2)
+    printf("  %s step %d/%d: %lld GEMMs (%.1f GFLOP), %lld other ops, %lld+%lld transfers (%lld B), %lld allocations\n",
+           stage, step, total, d.gemm_calls, d.gemm_flops / 1e9, d.other_ops, d.to_host, d.from_host,
+           d.to_host_bytes + d.from_host_bytes, d.allocs);
+  sc->last = now_;
+  return true;
+}
+
+/* The product loop (model/denoise.c) over a 12-step CFG sample of B images. */
+static int sample_product_loop(pa_paella *m, pa_backend *cb, pa_paella_cond *c, pa_paella_cond *u, int B, int H) {
+  int64_t n = (int64_t)H * H;
+  int64_t *start = malloc((size_t)(B * n) * sizeof *start), *out = malloc((size_t)(B * n) * sizeof *out);
+  uint64_t seeds[16];
+  if (!start || !out) return fail("sample alloc");
+  for (int b = 0; b < B; b++) {
+    seeds[b] = 42 + (uint64_t)b;
+    pa_sampler_init_noise(seeds[b], n, pa_paella_cfg(m)->num_labels, start + b * n);
+  }
+  step_counts sc = {.cb = cb};
+  pa_denoise_job j = {.B = B, .h = H, .w = H, .sampler = pa_sampler_default_config(), .cond = c, .uncond = u,
+                      .seeds = seeds, .start = start, .init = start};
+  int rc = pa_denoise(m, &j, out); /* warm-up: plans the activation arena and the GEMM plans */
+  j.progress = count_step, j.progress_user = &sc;
+  sc.last = pa_counting_snapshot(cb);
+  flops = 0;
+  double s = now();
+  if (rc == PA_OK) rc = pa_denoise(m, &j, out);
+  double ms = (now() - s) * 1e3; /* pa_denoise ends with the tokens on the host: synchronised */
+  free(start);
+  free(out);
+  if (rc) return fail("denoise");
+  report("paella 12-step CFG sample 256px", B, ms, flops);
+  printf("%-34s batch %-3d %10.2f ms per image\n", "", B, ms / B);
+  return 0;
+}
+
 static int bench_paella(bool sample) {
-  pa_backend *be = &counted;
+  pa_backend *be = pa_counting_backend(&counted);
+  if (!be) return fail("counting backend");
   pa_paella_config cfg = pa_paella_default_config();
   pa_weights *w = pa_weights_new("paella-v3-random");
   pa_weights_set_autocreate(w, 1, 0.02f);
@@ -112,23 +161,8 @@ static int bench_paella(bool sample) {
         if (pa_paella_forward(m, c, tok, r, NULL, lc)) return fail("paella forward");
       if (be->sync(be)) return fail("sync");
       report("paella forward 256px", B, (now() - s) * 1e3 / iters, flops / iters);
-    } else {
-      pa_sampler_config sc = pa_sampler_default_config();
-      float t[13], temp[12], cfgs[12];
-      pa_sampler_schedules(&sc, t, temp, cfgs);
-      flops = 0;
-      double s = now();
-      for (int i = 0; i < sc.steps; i++) {
-        for (int b = 0; b < B; b++) r[b] = t[i];
-        if (pa_paella_forward(m, c, tok, r, NULL, lc) || pa_paella_forward(m, u, tok, r, NULL, lu)) return fail("forward");
-        pa_sample_params sp = {.cond = lc, .uncond = lu, .cfg = cfgs[i], .temp = temp[i], .seed = 42, .step = i,
-                               .renoise = i < sc.renoise_steps, .renoise_t = t[i + 1], .init = init, .tokens = tok};
-        if (pa_sampler_step(be, &sp)) return fail("sampler step");
-      }
-      if (be->sync(be)) return fail("sync");
-      double ms = (now() - s) * 1e3;
-      report("paella 12-step CFG sample 256px", B, ms, flops);
-      printf("%-34s batch %-3d %10.2f ms per image\n", "", B, ms / B);
+    } else if (sample_product_loop(m, be, c, u, B, H)) {
+      return 1;
     }
     pa_paella_cond_free(m, c), pa_paella_cond_free(m, u);
     pa_tensor *ts[] = {byt5, clip, zb, zc, tok, init, lc, lu};
@@ -136,11 +170,14 @@ static int bench_paella(bool sample) {
   }
   pa_paella_free(m);
   pa_weights_free(w);
+  pa_counting_backend_free(be);
   return 0;
 }
 
 /* ---- prior: 60 steps, each a conditional and an unconditional forward ------------------------ */
 
+/* The product prior loop (model/denoise.c pa_prior_sample): 60 DDPM steps, cond and uncond
+ * rows in one forward, guidance and the step on the device. */
 static int bench_prior(void) {
   pa_backend *be = &counted;
   pa_prior_config cfg = pa_prior_default_config();
@@ -149,22 +186,22 @@ static int bench_prior(void) {
   pa_prior *m = NULL;
   if (pa_prior_load(be, w, &cfg, &m)) return fail("prior load");
   const int batches[] = {1, 16};
+  float *text = calloc((size_t)cfg.clip_r, sizeof *text), *out = malloc((size_t)16 * cfg.clip_r * sizeof *out);
+  uint64_t seeds[16];
+  if (!text || !out) return fail("prior alloc");
+  for (int d = 0; d < cfg.clip_r; d++) text[d] = (float)(d % 7) / 7.0f - 0.4f;
+  for (int b = 0; b < 16; b++) seeds[b] = 1000 + (uint64_t)b;
   for (int bi = 0; bi < 2; bi++) {
     int B = batches[bi];
-    pa_tensor *x = dev_rand(be, 2, (const int64_t[]){2 * B, cfg.clip_r}, 1.0f);
-    pa_tensor *c = dev_rand(be, 2, (const int64_t[]){2 * B, cfg.clip_r}, 1.0f);
-    pa_tensor *p = pa_alloc(be, PA_F32, 2, (const int64_t[]){2 * B, cfg.clip_r});
-    float r[32];
-    for (int i = 0; i < 2 * B; i++) r[i] = 0.5f;
-    if (!x || !c || !p || pa_prior_forward(m, x, r, c, p) || be->sync(be)) return fail("prior forward");
+    pa_prior_job j = {.B = B, .steps = 60, .cfg = 3.0f, .seeds = seeds, .clip_text = text};
+    if (pa_prior_sample(m, &j, out)) return fail("prior sample"); /* warm-up */
     flops = 0;
     double s = now();
-    for (int i = 0; i < 60; i++) /* cond and uncond rows batched together, as the pipeline may */
-      if (pa_prior_forward(m, x, r, c, p)) return fail("prior forward");
-    if (be->sync(be)) return fail("sync");
-    report("prior 60 steps (CFG rows batched)", B, (now() - s) * 1e3, flops);
-    pa_release(be, x), pa_release(be, c), pa_release(be, p);
+    if (pa_prior_sample(m, &j, out)) return fail("prior sample");
+    report("prior 60 steps (product loop)", B, (now() - s) * 1e3, flops);
   }
+  free(text);
+  free(out);
   pa_prior_free(m);
   pa_weights_free(w);
   return 0;

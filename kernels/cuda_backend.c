@@ -219,7 +219,7 @@ static int cuda_affine(pa_backend *be, pa_tensor *y, const pa_tensor *x, float s
 static int cuda_modulate(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_tensor *am) {
   ON_DEVICE("modulate", y, x, am);
   int64_t B = x->shape[0], C = pa_last(x);
-  CHECK_CUDA(pa_k_modulate(S(be), F(y), CF(x), CF(am), B, B ? pa_numel(x) / (B * C) : 0, C));
+  CHECK_CUDA(pa_k_modulate(S(be), F(y), CF(x), CF(am), B, B ? pa_numel(x) / (B * C) : 0, C, am->shape[0] == 1 && B > 1));
   return PA_OK;
 }
 
@@ -262,13 +262,18 @@ static int cuda_concat(pa_backend *be, pa_tensor *y, const pa_tensor *a, const p
 
 static int cuda_attention(pa_backend *be, pa_tensor *y, const pa_tensor *q, const pa_tensor *k,
                           const pa_tensor *v, const pa_attn_params *p) {
-  ON_DEVICE("attention", y, q, k, v, p->pos_bias, p->key_weight);
+  ON_DEVICE("attention", y, q, k, v, p->pos_bias, p->key_weight, p->key_pad, p->k2, p->v2);
   cuda_ctx *c = CTX(be);
   int rc = f32_or_null("attention pos_bias", p->pos_bias);
   if (rc || (rc = f32_or_null("attention key_weight", p->key_weight))) return rc;
-  pa_k_attn_shape sh = {.B = q->shape[0], .Lq = q->shape[1], .Lk = k->shape[1], .C = q->shape[2],
+  int64_t C = q->shape[2];
+  pa_k_attn_shape sh = {.B = q->shape[0], .Lq = q->shape[1], .Lk = k->shape[1] + (p->k2 ? p->k2->shape[1] : 0),
+                        .C = C, .k2 = opt(p->k2), .v2 = opt(p->v2), .Lk1 = k->shape[1],
+                        .q_ld = p->q_ld ? p->q_ld : C, .kv_ld = p->kv_ld ? p->kv_ld : C, .kv2_ld = p->kv2_ld ? p->kv2_ld : C,
                         .H = p->nhead, .scale = p->scale, .causal = p->causal, .pos_bias = opt(p->pos_bias),
-                        .key_weight = opt(p->key_weight), .nw = p->key_weight ? p->key_weight->shape[0] : 0};
+                        .key_weight = opt(p->key_weight), .nw = p->key_weight ? pa_last(p->key_weight) : 0,
+                        .kw_rows = p->key_weight && p->key_weight->ndim == 2,
+                        .key_pad = p->key_pad ? p->key_pad->data : NULL};
   int64_t d = sh.C / sh.H;
   int qt = 8; /* queries per block: as many as the score rows fit in shared memory */
   while (qt > 1 && pa_k_attention_smem(sh.Lk, d, qt) > (size_t)c->max_smem) qt /= 2;
@@ -290,15 +295,26 @@ static int cuda_vq_nearest(pa_backend *be, pa_tensor *idx, const pa_tensor *z, c
 /* ---- the fused sampler -------------------------------------------------------------------- */
 
 static int cuda_sample(pa_backend *be, const pa_sample_params *p) {
-  ON_DEVICE("sample", p->cond, p->uncond, p->init, p->pinned, p->keep, p->tokens);
+  ON_DEVICE("sample", p->cond, p->uncond, p->cond2, p->seeds, p->init, p->pinned, p->keep, p->tokens);
   int64_t B = p->cond->shape[0];
-  pa_k_sample_args a = {.cond = CF(p->cond), .uncond = opt(p->uncond), .cfg = p->cfg, .temp = p->temp,
-                        .argmax = p->argmax, .seed = p->seed, .step = (uint32_t)p->step,
+  pa_k_sample_args a = {.cond = CF(p->cond), .uncond = opt(p->uncond), .cond2 = opt(p->cond2),
+                        .regions = p->cond2 ? (int)p->regions : 0,
+                        .h = p->cond->ndim == 4 ? p->cond->shape[1] : 1, .w = p->cond->ndim == 4 ? p->cond->shape[2] : 1,
+                        .cfg = p->cfg, .temp = p->temp,
+                        .argmax = p->argmax, .seeds = p->seeds->data, .step = (uint32_t)p->step,
                         .renoise = p->renoise, .renoise_t = p->renoise_t,
                         .init = p->renoise ? p->init->data : NULL, .pinned = p->pinned ? p->pinned->data : NULL,
                         .keep = p->keep ? p->keep->data : NULL, .tokens = p->tokens->data, .B = B,
                         .n = B ? pa_rows(p->cond) / B : 0, .K = (int)pa_last(p->cond)};
   CHECK_CUDA(pa_k_sample(S(be), &a));
+  return PA_OK;
+}
+
+static int cuda_diffuzz_step(pa_backend *be, pa_tensor *x, const pa_tensor *ec, const pa_tensor *eu,
+                             const pa_tensor *z, const pa_diffuzz_params *p) {
+  ON_DEVICE("diffuzz_step", x, ec, eu, z);
+  CHECK_CUDA(pa_k_diffuzz_step(S(be), F(x), CF(ec), CF(eu), p->ddim ? NULL : CF(z), pa_numel(x), p->cfg, p->ddim,
+                               p->a, p->ac, p->acp, p->sd));
   return PA_OK;
 }
 
@@ -351,6 +367,7 @@ static pa_backend cuda_backend = {
     .copy = cuda_copy,
     .upload_param = cuda_upload_param,
     .sample = cuda_sample,
+    .diffuzz_step = cuda_diffuzz_step,
 };
 
 int pa_cuda_device_count(void) {

@@ -63,7 +63,7 @@ cudaError_t pa_k_mul(cudaStream_t s, float *y, const float *a, const float *b, i
 cudaError_t pa_k_affine(cudaStream_t s, float *y, const float *x, float sc, float sh, int64_t n);
 /* x (B, P, C); am (B, 2C) */
 cudaError_t pa_k_modulate(cudaStream_t s, float *y, const float *x, const float *am, int64_t B,
-                          int64_t P, int64_t C);
+                          int64_t P, int64_t C, int shared);
 /* x (R, C) */
 cudaError_t pa_k_channel_affine(cudaStream_t s, float *y, const float *x, const float *scale,
                                 const float *shift, int64_t R, int64_t C);
@@ -110,8 +110,12 @@ typedef struct {
   float scale;
   int causal;
   const float *pos_bias;   /* (H, Lq, Lk) or NULL */
-  const float *key_weight; /* (nw) or NULL */
+  const float *key_weight; /* (nw) or (B, nw) when kw_rows, or NULL */
   int64_t nw;
+  int kw_rows;
+  const int32_t *key_pad;  /* (B): the last key_pad[b] keys of row b are padding, or NULL */
+  const float *k2, *v2;    /* (B, Lk - Lk1, *) keys after the Lk1 of k/v, or NULL */
+  int64_t Lk1, q_ld, kv_ld, kv2_ld; /* row strides in floats */
 } pa_k_attn_shape;
 /* Dynamic shared memory the attention kernel needs for a query tile of qt rows. */
 size_t pa_k_attention_smem(int64_t Lk, int64_t d, int qt);
@@ -123,10 +127,12 @@ cudaError_t pa_k_attention(cudaStream_t s, float *y, const float *q, const float
 cudaError_t pa_k_vq_nearest(cudaStream_t s, int64_t *idx, const float *z, const float *cb, int64_t N,
                             int64_t K, int64_t C);
 typedef struct {
-  const float *cond, *uncond; /* (B, n, K) */
+  const float *cond, *uncond, *cond2; /* (B, n, K); cond2 feeds the second region */
+  int regions;                         /* pa_sample_regions over the (h, w) grid */
+  int64_t h, w;
   float cfg, temp;
   int argmax;
-  uint64_t seed;
+  const int64_t *seeds;                /* (B) */
   uint32_t step;
   int renoise;
   float renoise_t;
@@ -137,6 +143,9 @@ typedef struct {
   int K;
 } pa_k_sample_args;
 cudaError_t pa_k_sample(cudaStream_t s, const pa_k_sample_args *a);
+/* x (n) updated in place by one prior step (ops/rng.h pa_prior_guidance + pa_diffuzz_ddpm/ddim) */
+cudaError_t pa_k_diffuzz_step(cudaStream_t s, float *x, const float *eps_c, const float *eps_u, const float *z,
+                              int64_t n, float cfg, int ddim, double a, double ac, double acp, double sd);
 /* Gumbel noise of every 24-bit open uniform (2^24 floats): the exhaustive host/device check. */
 cudaError_t pa_k_gumbel_table(cudaStream_t s, float *out);
 /* y(M, N) = x(M, K) @ W + bias, W (N, K) when w_nk else (K, N); bf16 operands, F32 out.

@@ -73,9 +73,9 @@ __global__ void k_add(float *y, const float *a, const float *b, float alpha, int
 }
 __global__ void k_mul(float *y, const float *a, const float *b, int64_t n) { GRID_STRIDE(i, n) y[i] = a[i] * b[i]; }
 __global__ void k_affine(float *y, const float *x, float s, float t, int64_t n) { GRID_STRIDE(i, n) y[i] = x[i] * s + t; }
-__global__ void k_modulate(float *y, const float *x, const float *am, int64_t P, int64_t C, int64_t n) {
+__global__ void k_modulate(float *y, const float *x, const float *am, int64_t P, int64_t C, int64_t n, int shared) {
   GRID_STRIDE(i, n) {
-    int64_t c = i % C, b = i / (P * C);
+    int64_t c = i % C, b = shared ? 0 : i / (P * C);
     y[i] = x[i] * (1.0f + am[b * 2 * C + c]) + am[b * 2 * C + C + c];
   }
 }
@@ -117,8 +117,8 @@ extern "C" cudaError_t pa_k_affine(cudaStream_t s, float *y, const float *x, flo
   LAUNCH(k_affine, n, y, x, sc, sh, n);
 }
 extern "C" cudaError_t pa_k_modulate(cudaStream_t s, float *y, const float *x, const float *am, int64_t B,
-                                     int64_t P, int64_t C) {
-  LAUNCH(k_modulate, B * P * C, y, x, am, P, C, B * P * C);
+                                     int64_t P, int64_t C, int shared) {
+  LAUNCH(k_modulate, B * P * C, y, x, am, P, C, B * P * C, shared);
 }
 extern "C" cudaError_t pa_k_channel_affine(cudaStream_t s, float *y, const float *x, const float *scale,
                                            const float *shift, int64_t R, int64_t C) {
@@ -341,6 +341,13 @@ extern "C" size_t pa_k_attention_smem(int64_t Lk, int64_t d, int qt) {
   return (size_t)(qt * d + qt * Lk + ATT_TILE * (d + 1)) * sizeof(float);
 }
 
+/* Element `col` of key (or value) j of row b: the first Lk1 keys from k, the rest from k2. */
+__device__ __forceinline__ float key_at(const float *k, const float *k2, const pa_k_attn_shape &sh, int64_t b,
+                                        int64_t j, int64_t col) {
+  if (j < sh.Lk1) return k[(b * sh.Lk1 + j) * sh.kv_ld + col];
+  return k2[(b * (sh.Lk - sh.Lk1) + j - sh.Lk1) * sh.kv2_ld + col];
+}
+
 __global__ void k_attention(float *y, const float *q, const float *k, const float *v, pa_k_attn_shape sh, int qt) {
   extern __shared__ float smem[];
   int64_t d = sh.C / sh.H, Lk = sh.Lk;
@@ -348,17 +355,20 @@ __global__ void k_attention(float *y, const float *q, const float *k, const floa
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, h = blockIdx.y;
   int64_t b = blockIdx.z, i = (int64_t)blockIdx.x * qt + warp;
   bool live = i < sh.Lq;
-  for (int64_t c = lane; c < d; c += 32) qs[warp * d + c] = live ? q[(b * sh.Lq + i) * sh.C + h * d + c] : 0.0f;
+  /* keys past Lb are padding: the row runs as if it had only Lb keys (uniform per block) */
+  int64_t Lb = Lk - (sh.key_pad ? sh.key_pad[b] : 0);
+  const float *kw = sh.key_weight ? sh.key_weight + (sh.kw_rows ? b * sh.nw : 0) : NULL;
+  for (int64_t c = lane; c < d; c += 32) qs[warp * d + c] = live ? q[(b * sh.Lq + i) * sh.q_ld + h * d + c] : 0.0f;
   /* scores */
-  for (int64_t j0 = 0; j0 < Lk; j0 += ATT_TILE) {
+  for (int64_t j0 = 0; j0 < Lb; j0 += ATT_TILE) {
     __syncthreads();
     for (int64_t e = threadIdx.x; e < ATT_TILE * d; e += blockDim.x) {
       int64_t j = e / d, c = e % d;
-      tile[j * (d + 1) + c] = j0 + j < Lk ? k[(b * Lk + j0 + j) * sh.C + h * d + c] : 0.0f;
+      tile[j * (d + 1) + c] = j0 + j < Lb ? key_at(k, sh.k2, sh, b, j0 + j, h * d + c) : 0.0f;
     }
     __syncthreads();
     int64_t j = j0 + lane;
-    if (live && j < Lk) {
+    if (live && j < Lb) {
       float acc = 0.0f;
       for (int64_t c = 0; c < d; c++) acc += qs[warp * d + c] * tile[lane * (d + 1) + c];
       acc *= sh.scale;
@@ -370,33 +380,33 @@ __global__ void k_attention(float *y, const float *q, const float *k, const floa
   /* softmax of the warp's row, then the key weights of the last nw keys (no renormalisation) */
   if (live) {
     float *row = S + warp * Lk, mx = -INFINITY, sum = 0.0f;
-    for (int64_t j = lane; j < Lk; j += 32) mx = fmaxf(mx, row[j]);
+    for (int64_t j = lane; j < Lb; j += 32) mx = fmaxf(mx, row[j]);
     mx = warp_max(mx);
-    for (int64_t j = lane; j < Lk; j += 32) {
+    for (int64_t j = lane; j < Lb; j += 32) {
       float e = mx == -INFINITY ? 0.0f : expf(row[j] - mx);
       row[j] = e;
       sum += e;
     }
     sum = warp_sum(sum);
     float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-    for (int64_t j = lane; j < Lk; j += 32) {
+    for (int64_t j = lane; j < Lb; j += 32) {
       float p = row[j] * inv;
-      if (sh.key_weight && j >= Lk - sh.nw) p *= sh.key_weight[j - (Lk - sh.nw)];
+      if (kw && j >= Lb - sh.nw) p *= kw[j - (Lb - sh.nw)];
       row[j] = p;
     }
   }
   /* out = P @ V */
   float acc[ATT_MAX_D / 32];
   for (int t = 0; t < ATT_MAX_D / 32; t++) acc[t] = 0.0f;
-  for (int64_t j0 = 0; j0 < Lk; j0 += ATT_TILE) {
+  for (int64_t j0 = 0; j0 < Lb; j0 += ATT_TILE) {
     __syncthreads();
     for (int64_t e = threadIdx.x; e < ATT_TILE * d; e += blockDim.x) {
       int64_t j = e / d, c = e % d;
-      tile[j * (d + 1) + c] = j0 + j < Lk ? v[(b * Lk + j0 + j) * sh.C + h * d + c] : 0.0f;
+      tile[j * (d + 1) + c] = j0 + j < Lb ? key_at(v, sh.v2, sh, b, j0 + j, h * d + c) : 0.0f;
     }
     __syncthreads();
     if (!live) continue;
-    int64_t jn = Lk - j0 < ATT_TILE ? Lk - j0 : ATT_TILE;
+    int64_t jn = Lb - j0 < ATT_TILE ? Lb - j0 : ATT_TILE;
     for (int64_t j = 0; j < jn; j++) {
       float p = S[warp * Lk + j0 + j];
 #pragma unroll
@@ -481,7 +491,10 @@ __global__ void k_sample(pa_k_sample_args a) {
   __shared__ float sv[THREADS];
   __shared__ int sk[THREADS];
   int64_t q = blockIdx.x, b = blockIdx.y, row = (b * a.n + q) * a.K;
-  uint64_t seed = a.seed + (uint64_t)b;
+  uint64_t seed = (uint64_t)a.seeds[b];
+  /* positions of the second region read the second prompt's logits */
+  bool second = a.regions == 1 ? q % a.w >= a.w / 2 : a.regions == 2 ? q / a.w >= a.h / 2 : false;
+  const float *cond = second ? a.cond2 : a.cond;
   float bv = -INFINITY;
   int bk = INT_MAX;
   for (int g = threadIdx.x; g < (a.K + 3) / 4; g += blockDim.x) {
@@ -493,7 +506,7 @@ __global__ void k_sample(pa_k_sample_args a) {
     for (int sub = 0; sub < 4; sub++) {
       int k = 4 * g + sub;
       if (k >= a.K) break;
-      float v = a.cond[row + k];
+      float v = cond[row + k];
       if (a.uncond) v = pa_cfg_combine(v, a.uncond[row + k], a.cfg);
       if (!a.argmax) {
         if (v == -INFINITY) continue;
@@ -519,6 +532,19 @@ __global__ void k_sample(pa_k_sample_args a) {
   }
   if (a.keep && a.keep[q]) tok = a.pinned[b * a.n + q];
   a.tokens[b * a.n + q] = tok;
+}
+
+__global__ void k_diffuzz_step(float *x, const float *ec, const float *eu, const float *z, int64_t n, float cfg,
+                               int ddim, double a, double ac, double acp, double sd) {
+  GRID_STRIDE(i, n) {
+    float e = pa_prior_guidance(ec[i], eu[i], cfg);
+    x[i] = ddim ? pa_diffuzz_ddim(x[i], e, ac, acp) : pa_diffuzz_ddpm(x[i], e, z[i], a, ac, sd);
+  }
+}
+extern "C" cudaError_t pa_k_diffuzz_step(cudaStream_t s, float *x, const float *eps_c, const float *eps_u,
+                                         const float *z, int64_t n, float cfg, int ddim, double a, double ac,
+                                         double acp, double sd) {
+  LAUNCH(k_diffuzz_step, n, x, eps_c, eps_u, z, n, cfg, ddim, a, ac, acp, sd);
 }
 
 extern "C" cudaError_t pa_k_sample(cudaStream_t s, const pa_k_sample_args *a) {

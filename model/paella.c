@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "model/nn.h"
+#include "ops/arena.h"
 
 #define LN_EPS 1e-6f
 
@@ -17,6 +18,7 @@ typedef struct {
   pa_tensor *dw_w, *dw_b, *fc1_w, *fc1_b, *grn_g, *grn_b, *fc2_w, *fc2_b;
   /* T */
   pa_tensor *map_w, *map_b;
+  int64_t map_off; /* its [a | m] columns in the concatenated mapper output */
   /* A */
   pa_tensor *in_w, *in_b, *out_w, *out_b, *kv_w, *kv_b;
 } block;
@@ -34,14 +36,26 @@ struct pa_paella {
   pa_tensor *emb_table, *embed_w, *embed_b, *clf_w, *clf_b, *out_w;
   level down[PAELLA_MAX_LEVELS], up[PAELLA_MAX_LEVELS];
   int n_attn;
+  /* every TimestepBlock's mapper as one (map_total, c_r) weight: all modulations of a noise
+   * level in one GEMM (pa_paella_time_new) */
+  pa_tensor *map_cat_w, *map_cat_b;
+  int64_t map_total;
   pa_paella_hook hook;
   void *hook_user;
+  pa_arena *arena; /* every forward intermediate, planned per input shape (ops/arena.h) */
 };
+
+/* A forward intermediate from the arena: pa_alloc_f32's arguments. */
+#define ACT(m, ndim, ...) pa_arena_alloc((m)->arena, PA_F32, (ndim), (const int64_t[PA_MAX_DIMS]){__VA_ARGS__})
 
 struct pa_paella_cond {
   pa_tensor *c_embed; /* (B, L_c, c_cond) */
-  pa_tensor **kv;     /* per attention block: (B, L_c, c) */
+  pa_tensor **kv;     /* per attention block: (B, L_c, 2c) its in_proj keys | values of the
+                       * kv_mapper output: computed once, read by every forward */
   int n_kv;
+  pa_tensor *key_pad; /* (B) I32: padded positions at the end of each row's sequence, or NULL */
+  int32_t *pads;      /* the same on the host (stacking a stacked conditioning reads it) */
+  bool is_view;       /* tensors borrowed from another cond (pa_paella_cond_rows) */
 };
 
 /* ---- configuration ----------------------------------------------------------------------- */
@@ -300,6 +314,47 @@ fail:
   return rc;
 }
 
+/* Visits every block of the network (down levels, then up levels), as `block *b`. */
+#define FOR_EACH_BLOCK(m, b)                                                         \
+  for (int pass_ = 0; pass_ < 2; pass_++)                                            \
+    for (int li_ = 0; li_ < (m)->cfg.levels; li_++)                                  \
+      for (int j_ = 0; j_ < (pass_ ? &(m)->up[li_] : &(m)->down[li_])->n; j_++)      \
+        for (block *b = &(pass_ ? &(m)->up[li_] : &(m)->down[li_])->blocks[j_]; b; b = NULL)
+
+/* Where each TimestepBlock's [a | m] lies in the concatenated mapper output. */
+static void place_mappers(pa_paella *m) {
+  int64_t total = 0;
+  FOR_EACH_BLOCK(m, b) if (b->type == 'T') b->map_off = total, total += 2 * (int64_t)b->c;
+  m->map_total = total;
+}
+
+/* The mappers of all TimestepBlocks stacked row-wise into one weight (map_total, c_r) and
+ * bias on the backend, so that one GEMM gives every block's [a | m] for a noise level. Built
+ * at the first use, from the loaded parameters (loading reads no weight data). */
+static int concat_mappers(pa_paella *m) {
+  pa_backend *be = m->be;
+  int rc = PA_OK;
+  m->map_cat_w = pa_alloc_f32(be, 2, m->map_total, (int64_t)m->cfg.c_r);
+  m->map_cat_b = pa_alloc_f32(be, 1, m->map_total);
+  if (!m->map_cat_w || !m->map_cat_b) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
+  FOR_EACH_BLOCK(m, b) {
+    if (b->type != 'T') continue;
+    pa_tensor w = pa_view_rows(m->map_cat_w, b->map_off, b->map_off + 2 * b->c);
+    pa_tensor bias = pa_view_rows(m->map_cat_b, b->map_off, b->map_off + 2 * b->c);
+    PA_TRY(pa_copy(be, &w, b->map_w));
+    PA_TRY(pa_copy(be, &bias, b->map_b));
+  }
+  return PA_OK;
+fail: /* built again at the next use */
+  pa_release(be, m->map_cat_w);
+  pa_release(be, m->map_cat_b);
+  m->map_cat_w = m->map_cat_b = NULL;
+  return rc;
+}
+
 int pa_paella_load(pa_backend *be, pa_weights *w, const pa_paella_config *cfg, pa_paella **out) {
   int rc = check_config(cfg);
   if (rc) return rc;
@@ -307,9 +362,14 @@ int pa_paella_load(pa_backend *be, pa_weights *w, const pa_paella_config *cfg, p
   if (!m) return pa_fail(PA_ERR_NOMEM, "out of memory");
   m->be = be;
   m->cfg = *cfg;
+  if (!(m->arena = pa_arena_new(be))) {
+    free(m);
+    return PA_ERR_NOMEM;
+  }
   PA_TRY(load_io(m, w));
   for (int li = 0; li < cfg->levels; li++) PA_TRY(load_level(m, w, li, false));
   for (int li = cfg->levels - 1; li >= 0; li--) PA_TRY(load_level(m, w, li, true));
+  place_mappers(m);
   const char *extra = pa_weights_first_unused(w, NULL);
   if (extra) {
     rc = pa_fail(PA_ERR_SHAPE, "%s: unexpected tensor '%s' for this Paella configuration",
@@ -340,16 +400,20 @@ void pa_paella_free(pa_paella *m) {
   if (!m) return;
   pa_backend *be = m->be;
   pa_tensor *ts[] = {m->byt5_w, m->byt5_b, m->clip_w, m->clip_b, m->clipimg_w, m->clipimg_b,
-                     m->emb_table, m->embed_w, m->embed_b, m->clf_w, m->clf_b, m->out_w};
+                     m->emb_table, m->embed_w, m->embed_b, m->clf_w, m->clf_b, m->out_w,
+                     m->map_cat_w, m->map_cat_b};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) pa_release(be, ts[i]);
   for (int i = 0; i < PAELLA_MAX_LEVELS; i++) {
     free_level(be, &m->down[i]);
     free_level(be, &m->up[i]);
   }
+  pa_arena_free(m->arena);
   free(m);
 }
 
 const pa_paella_config *pa_paella_cfg(const pa_paella *m) { return &m->cfg; }
+
+pa_backend *pa_paella_backend(const pa_paella *m) { return m->be; }
 
 void pa_paella_set_hook(pa_paella *m, pa_paella_hook hook, void *user) {
   m->hook = hook;
@@ -391,6 +455,29 @@ fail:
   return rc;
 }
 
+/* Keys | values (B, Lc, 2c) of one attention block over the conditioning: kv_mapper, then
+ * rows [c, 3c) of in_proj (the key and value projections) in one GEMM. */
+static int cond_keys(pa_paella *m, block *b, const pa_tensor *act, pa_tensor **out) {
+  pa_backend *be = m->be;
+  int rc = PA_OK;
+  int64_t B = act->shape[0], Lc = act->shape[1];
+  pa_tensor *mapped = pa_alloc_f32(be, 3, B, Lc, (int64_t)b->c);
+  pa_tensor *kv = pa_alloc_f32(be, 3, B, Lc, (int64_t)2 * b->c);
+  if (!mapped || !kv) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
+  PA_TRY(pa_linear(be, mapped, act, b->kv_w, b->kv_b, PA_ACT_NONE));
+  pa_tensor w_kv = pa_view_rows(b->in_w, b->c, 3 * (int64_t)b->c), b_kv = pa_view_rows(b->in_b, b->c, 3 * (int64_t)b->c);
+  PA_TRY(pa_linear(be, kv, mapped, &w_kv, &b_kv, PA_ACT_NONE));
+  *out = kv;
+  kv = NULL;
+fail:
+  pa_release(be, mapped);
+  pa_release(be, kv);
+  return rc;
+}
+
 int pa_paella_cond_new(pa_paella *m, const pa_tensor *byt5, const pa_tensor *clip,
                        const pa_tensor *clip_image, pa_paella_cond **out) {
   pa_backend *be = m->be;
@@ -416,17 +503,7 @@ int pa_paella_cond_new(pa_paella *m, const pa_tensor *byt5, const pa_tensor *cli
   if (!act || !cond->kv) goto nomem;
   cond->n_kv = m->n_attn;
   PA_TRY(pa_activation(be, act, seq, PA_ACT_SILU)); /* kv_mapper = Linear(SiLU(c)) */
-  for (int pass = 0; pass < 2; pass++)
-    for (int li = 0; li < c->levels; li++) {
-      level *L = pass ? &m->up[li] : &m->down[li];
-      for (int j = 0; j < L->n; j++) {
-        block *b = &L->blocks[j];
-        if (b->type != 'A') continue;
-        pa_tensor *kv = cond->kv[b->attn_slot] = pa_alloc_f32(be, 3, B, Lc, (int64_t)b->c);
-        if (!kv) goto nomem;
-        PA_TRY(pa_linear(be, kv, act, b->kv_w, b->kv_b, PA_ACT_NONE));
-      }
-    }
+  FOR_EACH_BLOCK(m, b) if (b->type == 'A') PA_TRY(cond_keys(m, b, act, &cond->kv[b->attn_slot]));
   cond->c_embed = seq;
   seq = NULL;
   pa_release(be, act);
@@ -443,10 +520,108 @@ fail:
 
 void pa_paella_cond_free(pa_paella *m, pa_paella_cond *c) {
   if (!c) return;
+  if (c->is_view) {
+    for (int i = 0; c->kv && i < c->n_kv; i++) free(c->kv[i]);
+    free(c->kv);
+    free(c->c_embed);
+    free(c->key_pad);
+    free(c);
+    return;
+  }
+  free(c->pads);
   for (int i = 0; c->kv && i < c->n_kv; i++) pa_release(m->be, c->kv[i]);
   free(c->kv);
   pa_release(m->be, c->c_embed);
+  pa_release(m->be, c->key_pad);
   free(c);
+}
+
+/* Row j of part (1 row or more) copied into row `row` of dst (R, Lmax, C), first L positions. */
+static int copy_rows_padded(pa_backend *be, pa_tensor *dst, int64_t row, const pa_tensor *src) {
+  int64_t L = src->shape[1], C = src->shape[2], Lmax = dst->shape[1];
+  for (int64_t r = 0; r < src->shape[0]; r++) {
+    pa_tensor s = pa_view_rows(src, r, r + 1), d = pa_view_rows(dst, row + r, row + r + 1);
+    pa_tensor d2 = pa_view(&d, 2, (const int64_t[]){Lmax, C});
+    pa_tensor dl = pa_view_rows(&d2, 0, L);
+    int rc = pa_copy(be, &dl, &s);
+    if (rc) return rc;
+  }
+  return PA_OK;
+}
+
+/* (sum rows, Lmax, C) of the parts' tensors `get(part)`, each row padded at the end. */
+static pa_tensor *stack_padded(pa_backend *be, pa_paella_cond *const *parts, int n, int kv_slot, int64_t rows,
+                               int64_t Lmax) {
+  const pa_tensor *first = kv_slot < 0 ? parts[0]->c_embed : parts[0]->kv[kv_slot];
+  pa_tensor *t = pa_alloc_f32(be, 3, rows, Lmax, first->shape[2]);
+  for (int i = 0, row = 0; t && i < n; row += (int)parts[i]->c_embed->shape[0], i++)
+    if (copy_rows_padded(be, t, row, kv_slot < 0 ? parts[i]->c_embed : parts[i]->kv[kv_slot])) {
+      pa_release(be, t);
+      return NULL;
+    }
+  return t;
+}
+
+int pa_paella_cond_stack(pa_paella *m, pa_paella_cond *const *parts, int n, pa_paella_cond **out) {
+  pa_backend *be = m->be;
+  int64_t rows = 0, Lmax = 0;
+  for (int i = 0; i < n; i++) {
+    if (parts[i]->is_view) return pa_fail(PA_ERR_INVALID, "paella: a conditioning view cannot be stacked");
+    rows += parts[i]->c_embed->shape[0];
+    if (parts[i]->c_embed->shape[1] > Lmax) Lmax = parts[i]->c_embed->shape[1];
+  }
+  int rc = PA_OK;
+  pa_tensor *pad_h = pa_tensor_new(PA_I32, 1, (const int64_t[]){rows});
+  pa_paella_cond *c = calloc(1, sizeof *c);
+  if (!pad_h || !c || !(c->kv = calloc((size_t)(m->n_attn ? m->n_attn : 1), sizeof *c->kv))) goto nomem;
+  if (!(c->pads = malloc((size_t)rows * sizeof *c->pads))) goto nomem;
+  for (int i = 0, row = 0; i < n; i++)
+    for (int64_t r = 0; r < parts[i]->c_embed->shape[0]; r++, row++) {
+      /* a part's own padding stays padding: the valid keys of the row keep their count */
+      int64_t valid = parts[i]->c_embed->shape[1] - (parts[i]->pads ? parts[i]->pads[r] : 0);
+      c->pads[row] = ((int32_t *)pad_h->data)[row] = (int32_t)(Lmax - valid);
+    }
+  c->n_kv = m->n_attn;
+  if (!(c->c_embed = stack_padded(be, parts, n, -1, rows, Lmax))) goto nomem;
+  for (int k = 0; k < m->n_attn; k++)
+    if (!(c->kv[k] = stack_padded(be, parts, n, k, rows, Lmax))) goto nomem;
+  if (!(c->key_pad = pa_upload(be, pad_h))) goto nomem;
+  pa_tensor_free(pad_h);
+  *out = c;
+  return PA_OK;
+nomem:
+  rc = PA_ERR_NOMEM;
+  pa_tensor_free(pad_h);
+  pa_paella_cond_free(m, c);
+  return rc;
+}
+
+/* A borrowed header over rows [r0, r1) of t, or NULL when t is NULL. */
+static pa_tensor *row_view(const pa_tensor *t, int64_t r0, int64_t r1, bool *nomem) {
+  if (!t) return NULL;
+  pa_tensor *v = malloc(sizeof *v);
+  if (!v) *nomem = true;
+  else *v = pa_view_rows(t, r0, r1);
+  return v;
+}
+
+int pa_paella_cond_rows(const pa_paella_cond *c, int64_t r0, int64_t r1, pa_paella_cond **out) {
+  bool nomem = false;
+  pa_paella_cond *v = calloc(1, sizeof *v);
+  if (!v) return pa_fail(PA_ERR_NOMEM, "out of memory");
+  v->is_view = true;
+  v->n_kv = c->n_kv;
+  v->kv = calloc((size_t)(c->n_kv ? c->n_kv : 1), sizeof *v->kv);
+  nomem = !v->kv;
+  v->c_embed = row_view(c->c_embed, r0, r1, &nomem);
+  v->key_pad = row_view(c->key_pad, r0, r1, &nomem);
+  for (int i = 0; !nomem && i < c->n_kv; i++) v->kv[i] = row_view(c->kv[i], r0, r1, &nomem);
+  if (nomem) {
+    pa_paella_cond_free(NULL, v);
+    return pa_fail(PA_ERR_NOMEM, "out of memory");
+  }
+  *out = v;
+  return PA_OK;
 }
 
 const pa_tensor *pa_paella_cond_embed(const pa_paella_cond *c) { return c->c_embed; }
@@ -454,10 +629,11 @@ const pa_tensor *pa_paella_cond_embed(const pa_paella_cond *c) { return c->c_emb
 /* ---- blocks ------------------------------------------------------------------------------ */
 
 /* Channelwise MLP of ResBlock/FeedForwardBlock on t (B, h, w, c), added into x. */
-static int channel_mlp(pa_backend *be, block *b, const pa_tensor *t, pa_tensor *x) {
+static int channel_mlp(pa_paella *m, block *b, const pa_tensor *t, pa_tensor *x) {
+  pa_backend *be = m->be;
   int rc = PA_OK;
   int64_t B = t->shape[0], H = t->shape[1], W = t->shape[2];
-  pa_tensor *u = pa_alloc_f32(be, 4, B, H, W, (int64_t)4 * b->c), *v = pa_alloc_f32(be, 4, B, H, W, (int64_t)b->c);
+  pa_tensor *u = ACT(m, 4, B, H, W, (int64_t)4 * b->c), *v = ACT(m, 4, B, H, W, (int64_t)b->c);
   if (!u || !v) {
     rc = PA_ERR_NOMEM;
     goto fail;
@@ -467,8 +643,8 @@ static int channel_mlp(pa_backend *be, block *b, const pa_tensor *t, pa_tensor *
   PA_TRY(pa_linear(be, v, u, b->fc2_w, b->fc2_b, PA_ACT_NONE));
   PA_TRY(pa_add(be, x, x, v, 1.0f));
 fail:
-  pa_release(be, u);
-  pa_release(be, v);
+  pa_arena_release(m->arena, u);
+  pa_arena_release(m->arena, v);
   return rc;
 }
 
@@ -477,7 +653,7 @@ static int res_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *skip
   pa_backend *be = m->be;
   int rc = PA_OK, k = m->cfg.kernel_size;
   int64_t B = x->shape[0], H = x->shape[1], W = x->shape[2];
-  pa_tensor *cat = NULL, *t = pa_alloc_f32(be, 4, B, H, W, (int64_t)b->c);
+  pa_tensor *cat = NULL, *t = ACT(m, 4, B, H, W, (int64_t)b->c);
   if (!t) return PA_ERR_NOMEM;
   const pa_tensor *in = x;
   if (b->c_skip) {
@@ -485,101 +661,147 @@ static int res_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *skip
       rc = pa_fail(PA_ERR_INVALID, "paella: %s needs a skip input", b->name);
       goto fail;
     }
-    if (!(cat = pa_alloc_f32(be, 4, B, H, W, (int64_t)(b->c + b->c_skip)))) goto nomem;
+    if (!(cat = ACT(m, 4, B, H, W, (int64_t)(b->c + b->c_skip)))) goto nomem;
     PA_TRY(pa_concat(be, cat, x, skip, 3));
     in = cat;
   }
   pa_conv_params cp = {.stride = 1, .pad = k / 2, .groups = b->c, .pad_mode = PA_PAD_ZERO};
   PA_TRY(pa_conv2d(be, t, in, b->dw_w, b->dw_b, cp));
   PA_TRY(pa_layernorm(be, t, t, NULL, NULL, LN_EPS));
-  PA_TRY(channel_mlp(be, b, t, x));
+  PA_TRY(channel_mlp(m, b, t, x));
   goto fail;
 nomem:
   rc = PA_ERR_NOMEM;
 fail:
-  pa_release(be, cat);
-  pa_release(be, t);
+  pa_arena_release(m->arena, cat);
+  pa_arena_release(m->arena, t);
   return rc;
 }
 
 static int ff_block(pa_paella *m, block *b, pa_tensor *x) {
   pa_backend *be = m->be;
   int rc = PA_OK;
-  pa_tensor *t = pa_alloc(be, PA_F32, x->ndim, x->shape);
+  pa_tensor *t = pa_arena_alloc(m->arena, PA_F32, x->ndim, x->shape);
   if (!t) return PA_ERR_NOMEM;
   PA_TRY(pa_layernorm(be, t, x, NULL, NULL, LN_EPS));
-  PA_TRY(channel_mlp(be, b, t, x));
+  PA_TRY(channel_mlp(m, b, t, x));
 fail:
-  pa_release(be, t);
+  pa_arena_release(m->arena, t);
   return rc;
 }
 
-/* x = x * (1 + a) + b with [a | b] = mapper(r_embed) */
-static int time_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *r_embed) {
+/* Modulations of noise levels: row i = every TimestepBlock's [a | m] at r[i]. */
+struct pa_paella_time {
+  pa_tensor *am; /* (n, map_total) */
+};
+
+int pa_paella_time_new(pa_paella *m, const float *r, int n, pa_paella_time **out) {
   pa_backend *be = m->be;
   int rc = PA_OK;
-  pa_tensor *am = pa_alloc_f32(be, 2, x->shape[0], (int64_t)2 * b->c);
+  pa_tensor *host = pa_r_embedding(r, n, m->cfg.c_r), *emb = host ? pa_upload(be, host) : NULL;
+  pa_paella_time *t = calloc(1, sizeof *t);
+  if (m->map_total && !m->map_cat_w) PA_TRY(concat_mappers(m));
+  if (!emb || !t || !(t->am = pa_alloc_f32(be, 2, (int64_t)n, m->map_total ? m->map_total : 1))) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
+  if (m->map_total) PA_TRY(pa_linear(be, t->am, emb, m->map_cat_w, m->map_cat_b, PA_ACT_NONE));
+  *out = t;
+  t = NULL;
+fail:
+  pa_paella_time_free(m, t);
+  pa_tensor_free(host);
+  pa_release(be, emb);
+  return rc;
+}
+
+void pa_paella_time_free(pa_paella *m, pa_paella_time *t) {
+  if (!t) return;
+  pa_release(m->be, t->am);
+  free(t);
+}
+
+/* Where a forward reads its noise level: per-row r embeddings (B, c_r), or row `index` of a
+ * precomputed pa_paella_time shared by every row. */
+typedef struct {
+  const pa_tensor *r_embed;
+  const pa_paella_time *time;
+  int index;
+} noise_level;
+
+/* x = x * (1 + a) + b with [a | b] = mapper(r_embed) */
+static int time_block(pa_paella *m, block *b, pa_tensor *x, const noise_level *nl) {
+  pa_backend *be = m->be;
+  int rc = PA_OK;
+  if (nl->time) { /* precomputed: one (1, 2c) row for all of the batch */
+    pa_tensor am = pa_view_rows(nl->time->am, nl->index, nl->index + 1);
+    am.shape[1] = 2 * (int64_t)b->c;
+    am.data = (float *)am.data + b->map_off;
+    return pa_modulate(be, x, x, &am);
+  }
+  const pa_tensor *r_embed = nl->r_embed;
+  pa_tensor *am = ACT(m, 2, x->shape[0], (int64_t)2 * b->c);
   if (!am) return PA_ERR_NOMEM;
   PA_TRY(pa_linear(be, am, r_embed, b->map_w, b->map_b, PA_ACT_NONE));
   PA_TRY(pa_modulate(be, x, x, am));
 fail:
-  pa_release(be, am);
+  pa_arena_release(m->arena, am);
   return rc;
 }
 
-/* x += out_proj(MHA(q = LN(x), kv = [LN(x) | kv_mapper(c)])) */
+/* A (B, L, C) header over columns [col, col + C) of rows of width ld: a slice of a fused
+ * projection, read with a row stride by attention. */
+static pa_tensor cols(const pa_tensor *t, int64_t col, int64_t C) {
+  pa_tensor v = pa_view(t, 3, (const int64_t[]){t->shape[0], t->shape[1], C});
+  v.data = (float *)t->data + col;
+  return v;
+}
+
+/* x += out_proj(MHA(q = LN(x), kv = [LN(x) | kv_mapper(c)])). The image tokens' q | k | v is
+ * one GEMM; the conditioning's keys and values were projected once (cond_keys). */
 static int attn_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *kv,
-                      const pa_tensor *attn_weights) {
+                      const pa_tensor *key_pad, const pa_tensor *attn_weights) {
   pa_backend *be = m->be;
   int rc = PA_OK;
-  int64_t B = x->shape[0], N = x->shape[1] * x->shape[2], C = b->c, Lc = kv->shape[1];
-  int64_t Lk = m->cfg.self_attn ? N + Lc : Lc;
-  pa_tensor *n = pa_alloc_f32(be, 3, B, N, C), *full = NULL, *q = pa_alloc_f32(be, 3, B, N, C);
-  pa_tensor *k = pa_alloc_f32(be, 3, B, Lk, C), *v = pa_alloc_f32(be, 3, B, Lk, C);
-  pa_tensor *o = pa_alloc_f32(be, 3, B, N, C), *proj = pa_alloc_f32(be, 3, B, N, C);
-  if (!n || !q || !k || !v || !o || !proj) goto nomem;
+  bool self = m->cfg.self_attn;
+  int64_t B = x->shape[0], N = x->shape[1] * x->shape[2], C = b->c;
+  pa_tensor *n = ACT(m, 3, B, N, C), *qkv = ACT(m, 3, B, N, (self ? 3 : 1) * C);
+  pa_tensor *o = ACT(m, 3, B, N, C), *proj = ACT(m, 3, B, N, C);
+  if (!n || !qkv || !o || !proj) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
   pa_tensor xs = pa_view(x, 3, (const int64_t[]){B, N, C});
   PA_TRY(pa_layernorm(be, n, &xs, NULL, NULL, LN_EPS));
-  const pa_tensor *keys = kv;
-  if (m->cfg.self_attn) {
-    if (!(full = pa_alloc_f32(be, 3, B, Lk, C))) goto nomem;
-    PA_TRY(pa_concat(be, full, n, kv, 1));
-    keys = full;
-  }
-  pa_tensor wq = pa_view_rows(b->in_w, 0, C), wk = pa_view_rows(b->in_w, C, 2 * C),
-            wv = pa_view_rows(b->in_w, 2 * C, 3 * C);
-  pa_tensor bq = pa_view_rows(b->in_b, 0, C), bk = pa_view_rows(b->in_b, C, 2 * C),
-            bv = pa_view_rows(b->in_b, 2 * C, 3 * C);
-  PA_TRY(pa_linear(be, q, n, &wq, &bq, PA_ACT_NONE));
-  PA_TRY(pa_linear(be, k, keys, &wk, &bk, PA_ACT_NONE));
-  PA_TRY(pa_linear(be, v, keys, &wv, &bv, PA_ACT_NONE));
+  pa_tensor w = self ? *b->in_w : pa_view_rows(b->in_w, 0, C), bias = self ? *b->in_b : pa_view_rows(b->in_b, 0, C);
+  PA_TRY(pa_linear(be, qkv, n, &w, &bias, PA_ACT_NONE));
+  pa_tensor q = cols(qkv, 0, C), k = cols(qkv, C, C), v = cols(qkv, 2 * C, C);
+  pa_tensor kc = cols(kv, 0, C), vc = cols(kv, C, C);
   pa_attn_params ap = {.nhead = b->nhead, .scale = 1.0f / sqrtf((float)(C / b->nhead)),
-                       .key_weight = attn_weights};
-  PA_TRY(pa_attention(be, o, q, k, v, &ap));
+                       .key_weight = attn_weights, .key_pad = key_pad, .q_ld = qkv->shape[2]};
+  if (self) /* keys: the image tokens', then the conditioning's */
+    ap.k2 = &kc, ap.v2 = &vc, ap.kv_ld = 3 * C, ap.kv2_ld = 2 * C;
+  else
+    ap.kv_ld = 2 * C;
+  PA_TRY(pa_attention(be, o, &q, self ? &k : &kc, self ? &v : &vc, &ap));
   PA_TRY(pa_linear(be, proj, o, b->out_w, b->out_b, PA_ACT_NONE));
   PA_TRY(pa_add(be, &xs, &xs, proj, 1.0f));
-  goto fail;
-nomem:
-  rc = PA_ERR_NOMEM;
 fail:
-  pa_release(be, n);
-  pa_release(be, full);
-  pa_release(be, q);
-  pa_release(be, k);
-  pa_release(be, v);
-  pa_release(be, o);
-  pa_release(be, proj);
+  pa_arena_release(m->arena, n);
+  pa_arena_release(m->arena, qkv);
+  pa_arena_release(m->arena, o);
+  pa_arena_release(m->arena, proj);
   return rc;
 }
 
 static int run_block(pa_paella *m, block *b, pa_tensor *x, const pa_tensor *skip,
-                     const pa_tensor *r_embed, const pa_paella_cond *c, const pa_tensor *aw) {
+                     const noise_level *nl, const pa_paella_cond *c, const pa_tensor *aw) {
   int rc;
   switch (b->type) {
     case 'C': rc = res_block(m, b, x, skip); break;
     case 'F': rc = ff_block(m, b, x); break;
-    case 'T': rc = time_block(m, b, x, r_embed); break;
-    default: rc = attn_block(m, b, x, c->kv[b->attn_slot], aw); break;
+    case 'T': rc = time_block(m, b, x, nl); break;
+    default: rc = attn_block(m, b, x, c->kv[b->attn_slot], c->key_pad, aw); break;
   }
   if (rc == PA_OK) hook(m, b->name, x);
   return rc;
@@ -590,8 +812,8 @@ static int resample(pa_paella *m, level *L, pa_tensor **x, bool up, int c_out) {
   pa_backend *be = m->be;
   int rc = PA_OK;
   int64_t B = (*x)->shape[0], H = (*x)->shape[1], W = (*x)->shape[2];
-  pa_tensor *y = up ? pa_alloc_f32(be, 4, B, H * 2, W * 2, (int64_t)c_out)
-                    : pa_alloc_f32(be, 4, B, H / 2, W / 2, (int64_t)c_out);
+  pa_tensor *y = up ? ACT(m, 4, B, H * 2, W * 2, (int64_t)c_out)
+                    : ACT(m, 4, B, H / 2, W / 2, (int64_t)c_out);
   if (!y) return PA_ERR_NOMEM;
   pa_conv_params cp = {.stride = 2, .pad = 0, .groups = 1};
   PA_TRY(pa_layernorm(be, *x, *x, NULL, NULL, LN_EPS));
@@ -599,11 +821,11 @@ static int resample(pa_paella *m, level *L, pa_tensor **x, bool up, int c_out) {
     PA_TRY(pa_conv_transpose2d(be, y, *x, L->resample_w, L->resample_b, cp));
   else
     PA_TRY(pa_conv2d(be, y, *x, L->resample_w, L->resample_b, cp));
-  pa_release(be, *x);
+  pa_arena_release(m->arena, *x);
   *x = y;
   return PA_OK;
 fail:
-  pa_release(be, y);
+  pa_arena_release(m->arena, y);
   return rc;
 }
 
@@ -615,9 +837,9 @@ static int embed_tokens(pa_paella *m, const pa_tensor *x, pa_tensor **out) {
   const pa_paella_config *c = &m->cfg;
   int rc = PA_OK, p = c->patch_size;
   int64_t B = x->shape[0], H = x->shape[1], W = x->shape[2];
-  pa_tensor *e = pa_alloc_f32(be, 4, B, H, W, (int64_t)c->c_in);
-  pa_tensor *u = pa_alloc_f32(be, 4, B, H / p, W / p, (int64_t)c->c_in * p * p);
-  pa_tensor *y = pa_alloc_f32(be, 4, B, H / p, W / p, (int64_t)c->c_hidden[0]);
+  pa_tensor *e = ACT(m, 4, B, H, W, (int64_t)c->c_in);
+  pa_tensor *u = ACT(m, 4, B, H / p, W / p, (int64_t)c->c_in * p * p);
+  pa_tensor *y = ACT(m, 4, B, H / p, W / p, (int64_t)c->c_hidden[0]);
   if (!e || !u || !y) {
     rc = PA_ERR_NOMEM;
     goto fail;
@@ -633,9 +855,9 @@ static int embed_tokens(pa_paella *m, const pa_tensor *x, pa_tensor **out) {
   *out = y;
   y = NULL;
 fail:
-  pa_release(be, e);
-  pa_release(be, u);
-  pa_release(be, y);
+  pa_arena_release(m->arena, e);
+  pa_arena_release(m->arena, u);
+  pa_arena_release(m->arena, y);
   return rc;
 }
 
@@ -645,8 +867,8 @@ static int classify(pa_paella *m, pa_tensor *x, pa_tensor *logits) {
   const pa_paella_config *c = &m->cfg;
   int rc = PA_OK, p = c->patch_size;
   int64_t B = x->shape[0], h = x->shape[1], w = x->shape[2];
-  pa_tensor *t = pa_alloc_f32(be, 4, B, h, w, (int64_t)c->c_out * p * p);
-  pa_tensor *s = pa_alloc_f32(be, 4, B, h * p, w * p, (int64_t)c->c_out);
+  pa_tensor *t = ACT(m, 4, B, h, w, (int64_t)c->c_out * p * p);
+  pa_tensor *s = ACT(m, 4, B, h * p, w * p, (int64_t)c->c_out);
   if (!t || !s) {
     rc = PA_ERR_NOMEM;
     goto fail;
@@ -660,8 +882,8 @@ static int classify(pa_paella *m, pa_tensor *x, pa_tensor *logits) {
   pa_tensor ow = pa_view(m->out_w, 2, (const int64_t[]){m->out_w->shape[0], m->out_w->shape[1]});
   PA_TRY(pa_linear(be, logits, s, &ow, NULL, PA_ACT_NONE));
 fail:
-  pa_release(be, t);
-  pa_release(be, s);
+  pa_arena_release(m->arena, t);
+  pa_arena_release(m->arena, s);
   return rc;
 }
 
@@ -683,18 +905,41 @@ static int check_forward_args(const pa_paella *m, const pa_tensor *x, const pa_p
   return PA_OK;
 }
 
+static int forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const noise_level *nl,
+                   const pa_tensor *attn_weights, pa_tensor *logits);
+
 int pa_paella_forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const float *r,
                       const pa_tensor *attn_weights, pa_tensor *logits) {
-  pa_backend *be = m->be;
-  const pa_paella_config *cfg = &m->cfg;
   int rc = check_forward_args(m, x, c, logits);
   if (rc) return rc;
-  pa_tensor *r_host = NULL, *r_embed = NULL, *h = NULL, *skips[PAELLA_MAX_LEVELS] = {0};
-  r_host = pa_r_embedding(r, (int)x->shape[0], cfg->c_r);
-  if (!r_host || !(r_embed = pa_upload(be, r_host))) {
+  pa_tensor *r_host = pa_r_embedding(r, (int)x->shape[0], m->cfg.c_r), *r_embed = NULL;
+  if (!r_host || !(r_embed = pa_upload(m->be, r_host)))
     rc = PA_ERR_NOMEM;
-    goto fail;
-  }
+  else
+    rc = forward(m, c, x, &(noise_level){.r_embed = r_embed}, attn_weights, logits);
+  pa_release(m->be, r_embed);
+  pa_tensor_free(r_host);
+  return rc;
+}
+
+int pa_paella_forward_at(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const pa_paella_time *t,
+                         int index, const pa_tensor *attn_weights, pa_tensor *logits) {
+  int rc = check_forward_args(m, x, c, logits);
+  if (rc) return rc;
+  if (index < 0 || index >= t->am->shape[0])
+    return pa_fail(PA_ERR_INVALID, "paella: noise level %d of %lld", index, (long long)t->am->shape[0]);
+  return forward(m, c, x, &(noise_level){.time = t, .index = index}, attn_weights, logits);
+}
+
+static int forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const noise_level *nl,
+                   const pa_tensor *attn_weights, pa_tensor *logits) {
+  pa_backend *be = m->be;
+  const pa_paella_config *cfg = &m->cfg;
+  pa_tensor *h = NULL, *skips[PAELLA_MAX_LEVELS] = {0};
+  /* intermediates depend only on the token grid and on how the noise level comes in */
+  const int64_t key[] = {x->shape[0], x->shape[1], x->shape[2], nl->time != NULL};
+  int rc = pa_arena_begin(m->arena, key, 4);
+  if (rc) return rc;
   PA_TRY(embed_tokens(m, x, &h));
   for (int li = 0; li < cfg->levels; li++) {
     level *L = &m->down[li];
@@ -704,9 +949,9 @@ int pa_paella_forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x,
       snprintf(name, sizeof name, "down_blocks.%d.0", li);
       hook(m, name, h);
     }
-    for (int j = 0; j < L->n; j++) PA_TRY(run_block(m, &L->blocks[j], h, NULL, r_embed, c, attn_weights));
+    for (int j = 0; j < L->n; j++) PA_TRY(run_block(m, &L->blocks[j], h, NULL, nl, c, attn_weights));
     if (li < cfg->levels - 1) {
-      if (!(skips[li] = pa_alloc(be, PA_F32, h->ndim, h->shape))) goto nomem;
+      if (!(skips[li] = pa_arena_alloc(m->arena, PA_F32, h->ndim, h->shape))) goto nomem;
       PA_TRY(pa_copy(be, skips[li], h));
     }
   }
@@ -714,7 +959,7 @@ int pa_paella_forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x,
     int li = cfg->levels - 1 - ui;
     level *L = &m->up[ui];
     for (int j = 0; j < L->n; j++)
-      PA_TRY(run_block(m, &L->blocks[j], h, j == 0 ? skips[li] : NULL, r_embed, c, attn_weights));
+      PA_TRY(run_block(m, &L->blocks[j], h, j == 0 ? skips[li] : NULL, nl, c, attn_weights));
     if (li > 0) {
       PA_TRY(resample(m, L, &h, true, cfg->c_hidden[li - 1]));
       char name[48];
@@ -727,9 +972,8 @@ int pa_paella_forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x,
 nomem:
   rc = PA_ERR_NOMEM;
 fail:
-  for (int i = 0; i < PAELLA_MAX_LEVELS; i++) pa_release(be, skips[i]);
-  pa_release(be, h);
-  pa_release(be, r_embed);
-  pa_tensor_free(r_host);
+  for (int i = 0; i < PAELLA_MAX_LEVELS; i++) pa_arena_release(m->arena, skips[i]);
+  pa_arena_release(m->arena, h);
+  if (rc == PA_OK) rc = pa_arena_end(m->arena); /* a failed pass is not planned */
   return rc;
 }

@@ -36,6 +36,7 @@ typedef struct pa_paella pa_paella;
 int pa_paella_load(pa_backend *be, pa_weights *w, const pa_paella_config *cfg, pa_paella **out);
 void pa_paella_free(pa_paella *m);
 const pa_paella_config *pa_paella_cfg(const pa_paella *m);
+pa_backend *pa_paella_backend(const pa_paella *m);
 
 /* Conditioning prepared once per (prompt, image): the normalised sequence and, per
  * attention block, its kv_mapper output (which depends only on the conditioning). */
@@ -48,11 +49,28 @@ void pa_paella_cond_free(pa_paella *m, pa_paella_cond *c);
 /* (B, L_c, c_cond) after seq_norm (borrowed). */
 const pa_tensor *pa_paella_cond_embed(const pa_paella_cond *c);
 
+/* Several conditionings as one of their summed rows (in order), each row's sequence padded
+ * at the end to the longest; attention masks the padding (pa_attn_params.key_pad), so every
+ * row computes exactly what it computes alone. This is how conditional and unconditional
+ * rows, and requests with different prompt lengths, share one forward. */
+int pa_paella_cond_stack(pa_paella *m, pa_paella_cond *const *parts, int n, pa_paella_cond **out);
+/* A view of rows [r0, r1) (borrows the tensors of c; free it before c). */
+int pa_paella_cond_rows(const pa_paella_cond *c, int64_t r0, int64_t r1, pa_paella_cond **out);
+
 /* logits (B, H, W, num_labels) NHWC from tokens x (B, H, W) int64 and r (B) host floats.
- * attn_weights (n <= L_c) scales the softmax of the last n keys of every attention layer
- * (attention re-weighting), or NULL. */
+ * attn_weights (n) or (B, n) scales the softmax of the last n (unpadded) conditioning keys
+ * of every attention layer (attention re-weighting), or NULL. */
 int pa_paella_forward(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const float *r,
                       const pa_tensor *attn_weights, pa_tensor *logits);
+/* Noise levels prepared once (e.g. every step of a sampling loop): the r-embeddings and the
+ * [a | m] modulation of every TimestepBlock for each of n levels r (host), in one GEMM over
+ * the concatenated mapper weights. */
+typedef struct pa_paella_time pa_paella_time;
+int pa_paella_time_new(pa_paella *m, const float *r, int n, pa_paella_time **out);
+void pa_paella_time_free(pa_paella *m, pa_paella_time *t);
+/* The forward with every row at noise level `index` of t: no upload, no mapper GEMM. */
+int pa_paella_forward_at(pa_paella *m, const pa_paella_cond *c, const pa_tensor *x, const pa_paella_time *t,
+                         int index, const pa_tensor *attn_weights, pa_tensor *logits);
 
 /* Debug hook: when set, called with each named intermediate (NHWC device tensor), e.g.
  * "down_blocks.1.3", "in_mapper", "embedding", "clf". */

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "model/denoise.h"
 #include "model/image.h"
 #include "model/sampler.h"
 #include "ops/ops.h"
@@ -46,9 +47,8 @@ typedef enum {
 
 typedef enum { PA_REGIONS_NONE, PA_REGIONS_LEFT_RIGHT, PA_REGIONS_TOP_BOTTOM } pa_regions;
 
-/* Called after every prior and denoising step; returning false cancels the generation
- * (pa_generate then fails with PA_ERR_CANCELED). */
-typedef bool (*pa_progress_fn)(void *user, const char *stage, int step, int total);
+/* pa_progress_fn (model/denoise.h) is called after every prior and denoising step; returning
+ * false cancels the generation (pa_generate then fails with PA_ERR_CANCELED). */
 
 typedef struct {
   pa_gen_mode mode;
@@ -108,6 +108,10 @@ int pa_generate(pa_pipeline *p, const pa_gen_request *r, pa_gen_result *out);
  * one. Stops at the first failure, returning its index in *failed (-1 when all succeeded); the
  * results before it are valid. */
 #define PA_GEN_MAX_GROUP 16
+/* The batching policy (the worker groups claimed jobs with it too): plain text-to-image
+ * requests with the same size, sampler and prior settings share every forward; prompt
+ * lengths and negative prompts may differ. */
+bool pa_gen_batchable(const pa_gen_request *a, const pa_gen_request *b);
 int pa_generate_many(pa_pipeline *p, const pa_gen_request *reqs, int n, pa_gen_result *out, int *failed);
 void pa_gen_result_free(pa_gen_result *r);
 

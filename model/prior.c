@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "model/nn.h"
+#include "ops/rng.h"
 
 #define LN_EPS 1e-5f /* PyTorch's default: the prior's LayerNorms are affine, eps 1e-5 */
 
@@ -113,6 +114,8 @@ void pa_prior_free(pa_prior *m) {
 
 const pa_prior_config *pa_prior_cfg(const pa_prior *m) { return &m->cfg; }
 
+pa_backend *pa_prior_backend(const pa_prior *m) { return m->be; }
+
 void pa_prior_set_hook(pa_prior *m, pa_prior_hook hook, void *user) {
   m->hook = hook;
   m->hook_user = user;
@@ -139,16 +142,30 @@ fail:
 }
 
 int pa_prior_forward(pa_prior *m, const pa_tensor *x, const float *r, const pa_tensor *c, pa_tensor *pred) {
+  pa_tensor *rh = x->ndim == 2 ? pa_r_embedding(r, (int)x->shape[0], m->cfg.c_r) : NULL;
+  pa_tensor *re = rh ? pa_upload(m->be, rh) : NULL;
+  int rc = x->ndim != 2 ? pa_fail(PA_ERR_SHAPE, "prior: x must be (B, %d)", m->cfg.clip_r)
+           : re         ? pa_prior_forward_embedded(m, x, re, c, pred)
+                        : PA_ERR_NOMEM;
+  pa_tensor_free(rh);
+  pa_release(m->be, re);
+  return rc;
+}
+
+int pa_prior_forward_embedded(pa_prior *m, const pa_tensor *x, const pa_tensor *re, const pa_tensor *c,
+                              pa_tensor *pred) {
   pa_backend *be = m->be;
   const pa_prior_config *cfg = &m->cfg;
   int rc = PA_OK;
   if (x->ndim != 2 || x->shape[1] != cfg->clip_r || c->ndim != 2 || c->shape[1] != cfg->clip_r ||
       c->shape[0] != x->shape[0])
     return pa_fail(PA_ERR_SHAPE, "prior: x and c must be (B, %d)", cfg->clip_r);
+  if (re->ndim != 2 || re->shape[0] != x->shape[0] || re->shape[1] != cfg->c_r)
+    return pa_fail(PA_ERR_SHAPE, "prior: r embedding must be (B, %d)", cfg->c_r);
   int64_t B = x->shape[0], H = cfg->c_hidden;
-  pa_tensor *rh = pa_r_embedding(r, (int)B, cfg->c_r), *re = NULL, *cr = NULL, *xcr = NULL;
+  pa_tensor *cr = NULL, *xcr = NULL;
   pa_tensor *h = pa_alloc_f32(be, 2, B, H), *t = pa_alloc_f32(be, 2, B, H), *u = pa_alloc_f32(be, 2, B, 4 * H);
-  if (!rh || !h || !t || !u || !(re = pa_upload(be, rh))) goto nomem;
+  if (!h || !t || !u) goto nomem;
   cr = pa_alloc_f32(be, 2, B, (int64_t)(cfg->clip_r + cfg->c_r));
   xcr = pa_alloc_f32(be, 2, B, H + cfg->clip_r + cfg->c_r);
   if (!cr || !xcr) goto nomem;
@@ -167,8 +184,6 @@ int pa_prior_forward(pa_prior *m, const pa_tensor *x, const float *r, const pa_t
 nomem:
   rc = PA_ERR_NOMEM;
 fail:
-  pa_tensor_free(rh);
-  pa_release(be, re);
   pa_release(be, cr);
   pa_release(be, xcr);
   pa_release(be, h);
@@ -186,28 +201,25 @@ double pa_diffuzz_alpha_cumprod(double t) {
   return a < 1e-4 ? 1e-4 : (a > 0.9999 ? 0.9999 : a);
 }
 
+pa_diffuzz_params pa_diffuzz_at(float t, float t_prev, bool ddim, float cfg) {
+  double ac = pa_diffuzz_alpha_cumprod(t), acp = pa_diffuzz_alpha_cumprod(t_prev), a = ac / acp;
+  return (pa_diffuzz_params){.cfg = cfg, .ddim = ddim, .a = a, .ac = ac, .acp = acp,
+                             .sd = sqrt((1 - a) * (1 - acp) / (1 - ac)) * (t_prev != 0.0f)};
+}
+
 void pa_diffuzz_ddpm_step(float *x_prev, const float *x, const float *eps, const float *z,
                           const float *t, const float *t_prev, int B, int D) {
   for (int b = 0; b < B; b++) {
-    double ac = pa_diffuzz_alpha_cumprod(t[b]), acp = pa_diffuzz_alpha_cumprod(t_prev[b]);
-    double a = ac / acp, sd = sqrt((1 - a) * (1 - acp) / (1 - ac)) * (t_prev[b] != 0.0f);
-    for (int d = 0; d < D; d++) {
-      int i = b * D + d;
-      double mu = sqrt(1 / a) * (x[i] - (1 - a) * eps[i] / sqrt(1 - ac));
-      x_prev[i] = (float)(mu + sd * z[i]);
-    }
+    pa_diffuzz_params p = pa_diffuzz_at(t[b], t_prev[b], false, 1.0f);
+    for (int d = 0; d < D; d++) x_prev[b * D + d] = pa_diffuzz_ddpm(x[b * D + d], eps[b * D + d], z[b * D + d], p.a, p.ac, p.sd);
   }
 }
 
 void pa_diffuzz_ddim_step(float *x_prev, const float *x, const float *eps, const float *t,
                           const float *t_prev, int B, int D) {
   for (int b = 0; b < B; b++) {
-    double ac = pa_diffuzz_alpha_cumprod(t[b]), acp = pa_diffuzz_alpha_cumprod(t_prev[b]);
-    for (int d = 0; d < D; d++) {
-      int i = b * D + d;
-      double x0 = (x[i] - sqrt(1 - ac) * eps[i]) / sqrt(ac);
-      x_prev[i] = (float)(sqrt(acp) * x0 + sqrt(1 - acp) * eps[i]);
-    }
+    pa_diffuzz_params p = pa_diffuzz_at(t[b], t_prev[b], true, 1.0f);
+    for (int d = 0; d < D; d++) x_prev[b * D + d] = pa_diffuzz_ddim(x[b * D + d], eps[b * D + d], p.ac, p.acp);
   }
 }
 

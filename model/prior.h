@@ -21,10 +21,15 @@ typedef struct pa_prior pa_prior;
 int pa_prior_load(pa_backend *be, pa_weights *w, const pa_prior_config *cfg, pa_prior **out);
 void pa_prior_free(pa_prior *m);
 const pa_prior_config *pa_prior_cfg(const pa_prior *m);
+pa_backend *pa_prior_backend(const pa_prior *m);
 
 /* pred (B, clip_r) = model(x (B, clip_r), r (B) host, c (B, clip_r)); device tensors. */
 int pa_prior_forward(pa_prior *m, const pa_tensor *x, const float *r, const pa_tensor *c,
                      pa_tensor *pred);
+/* The same with the r embedding (B, c_r) already on the backend (a sampling loop uploads the
+ * embeddings of all its steps once). */
+int pa_prior_forward_embedded(pa_prior *m, const pa_tensor *x, const pa_tensor *r_embed, const pa_tensor *c,
+                              pa_tensor *pred);
 
 typedef void (*pa_prior_hook)(void *user, const char *name, const pa_tensor *t);
 void pa_prior_set_hook(pa_prior *m, pa_prior_hook hook, void *user);
@@ -32,6 +37,8 @@ void pa_prior_set_hook(pa_prior *m, pa_prior_hook hook, void *user);
 /* Diffuzz cosine schedule, s = 0.008: clamp(cos((t+s)/(1+s)*pi/2)^2 / cos(s/(1+s)*pi/2)^2,
  * 1e-4, 0.9999), in double. */
 double pa_diffuzz_alpha_cumprod(double t);
+/* The coefficients of one step from t to t_prev (ops/backend.h pa_diffuzz_params). */
+pa_diffuzz_params pa_diffuzz_at(float t, float t_prev, bool ddim, float cfg);
 /* One denoising step per row (host arrays of n = B*D, t/t_prev per row of D values). z is the
  * standard-normal draw of the DDPM step (ignored by DDIM, eta = 0). */
 void pa_diffuzz_ddpm_step(float *x_prev, const float *x, const float *eps, const float *z,

@@ -1,6 +1,9 @@
 #include "model/sampler.h"
 
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,6 +122,10 @@ static int step_check(const pa_sample_params *p, int64_t *B, int64_t *n, int *K)
   if (pa_numel(t) != *B * *n) return pa_fail(PA_ERR_SHAPE, "sampler step: tokens must hold B * positions");
   if (p->uncond && (p->uncond->dtype != PA_F32 || !pa_same_shape(p->uncond, c)))
     return pa_fail(PA_ERR_SHAPE, "sampler step: uncond logits differ in shape from cond");
+  if (p->cond2 && (p->cond2->dtype != PA_F32 || !pa_same_shape(p->cond2, c) || c->ndim != 4))
+    return pa_fail(PA_ERR_SHAPE, "sampler step: regions need cond and cond2 logits (B, h, w, K) alike");
+  if (!p->seeds || p->seeds->dtype != PA_I64 || pa_numel(p->seeds) != *B)
+    return pa_fail(PA_ERR_SHAPE, "sampler step: seeds must be I64 (B)");
   if (p->renoise && (!p->init || p->init->dtype != PA_I64 || pa_numel(p->init) != *B * *n))
     return pa_fail(PA_ERR_SHAPE, "sampler step: re-noising needs init noise I64 (B, positions)");
   if (!p->pinned != !p->keep || (p->pinned && (p->pinned->dtype != PA_I64 || pa_numel(p->pinned) != *B * *n ||
@@ -138,45 +145,88 @@ static int host_copy(pa_backend *be, const pa_tensor *t, pa_tensor **own, const 
   return PA_OK;
 }
 
+/* Whether position q of an (h, w) grid lies in the second region. */
+static bool second_region(pa_sample_regions regions, int64_t q, int64_t h, int64_t w) {
+  if (regions == PA_SAMPLE_REGIONS_LEFT_RIGHT) return q % w >= w / 2;
+  if (regions == PA_SAMPLE_REGIONS_TOP_BOTTOM) return q / w >= h / 2;
+  return false;
+}
+
+/* The logits row a position samples from: its region's, guided, typical-filtered. `row`
+ * (K floats) is scratch for the combination; returns the row to draw from. */
+static const float *step_row(const pa_sample_params *p, const pa_tensor *c, const pa_tensor *c2,
+                             const pa_tensor *u, int64_t b, int64_t q, int64_t n, int K, float *row) {
+  int64_t off = (b * n + q) * K;
+  const float *cr = (const float *)c->data + off;
+  if (c2 && second_region(p->regions, q, p->cond->shape[1], p->cond->shape[2])) cr = (const float *)c2->data + off;
+  if (u) {
+    const float *ur = (const float *)u->data + off;
+    for (int k = 0; k < K; k++) row[k] = pa_cfg_combine(cr[k], ur[k], p->cfg);
+    cr = row;
+  }
+  if (p->typical_mass > 0) {
+    if (cr != row) memcpy(row, cr, (size_t)K * sizeof *row);
+    if (pa_typical_filter(row, K, p->typical_mass, p->typical_min_tokens, NULL)) return NULL;
+    cr = row;
+  }
+  return cr;
+}
+
+#ifdef _OPENMP
+static int thread_count(void) { return omp_get_max_threads(); }
+static int thread_index(void) { return omp_get_thread_num(); }
+#else
+static int thread_count(void) { return 1; }
+static int thread_index(void) { return 0; }
+#endif
+
 static int step_host(pa_backend *be, const pa_sample_params *p, int64_t B, int64_t n, int K) {
   int rc = PA_OK;
-  pa_tensor *own[5] = {0}, *tok_own = NULL;
-  const pa_tensor *c, *u, *init, *pin, *keep;
-  float *row = malloc((size_t)K * sizeof *row);
+  pa_tensor *own[7] = {0}, *tok_own = NULL;
+  const pa_tensor *c, *c2, *u, *init, *pin, *keep, *seeds;
+  float *row = malloc((size_t)thread_count() * K * sizeof *row);
   if (!row) return pa_fail(PA_ERR_NOMEM, "sampler step: out of memory");
   PA_TRY(host_copy(be, p->cond, &own[0], &c));
   PA_TRY(host_copy(be, p->uncond, &own[1], &u));
   PA_TRY(host_copy(be, p->renoise ? p->init : NULL, &own[2], &init));
   PA_TRY(host_copy(be, p->pinned, &own[3], &pin));
   PA_TRY(host_copy(be, p->keep, &own[4], &keep));
+  PA_TRY(host_copy(be, p->cond2, &own[5], &c2));
+  PA_TRY(host_copy(be, p->seeds, &own[6], &seeds));
   int64_t *tok = p->tokens->data;
   if (be->device != PA_HOST) {
     if (!(tok_own = pa_tensor_new(PA_I64, p->tokens->ndim, p->tokens->shape))) goto nomem;
     tok = tok_own->data;
   }
   pa_sample_mode mode = p->argmax ? PA_SAMPLE_ARGMAX : PA_SAMPLE_MULTINOMIAL;
-  for (int64_t b = 0; b < B; b++) {
-    uint64_t seed = p->seed + (uint64_t)b;
-    for (int64_t q = 0; q < n; q++) {
-      const float *cr = (const float *)c->data + (b * n + q) * K;
-      if (u) {
-        const float *ur = (const float *)u->data + (b * n + q) * K;
-        for (int k = 0; k < K; k++) row[k] = pa_cfg_combine(cr[k], ur[k], p->cfg);
-        cr = row;
-      }
-      int64_t t = draw_row(cr, K, p->temp, mode, seed, p->step, q);
-      if (p->renoise && pa_rng_uniform(seed, PA_RNG_RENOISE, (uint32_t)p->step, (uint32_t)q, 0) <= p->renoise_t)
-        t = ((const int64_t *)init->data)[b * n + q];
-      if (pin && ((const uint8_t *)keep->data)[q]) t = ((const int64_t *)pin->data)[b * n + q];
-      tok[b * n + q] = t;
+  int failed = 0;
+  /* positions are independent: spread them over the cores, one scratch row per thread */
+#pragma omp parallel for schedule(static) if (B * n * K >= 32768)
+  for (int64_t i = 0; i < B * n; i++) {
+    int64_t b = i / n, q = i % n;
+    uint64_t seed = (uint64_t)((const int64_t *)seeds->data)[b];
+    const float *cr = step_row(p, c, c2, u, b, q, n, K, row + (size_t)thread_index() * K);
+    if (!cr) {
+#pragma omp atomic write
+      failed = 1;
+      continue;
     }
+    int64_t t = draw_row(cr, K, p->temp, mode, seed, p->step, q);
+    if (p->renoise && pa_rng_uniform(seed, PA_RNG_RENOISE, (uint32_t)p->step, (uint32_t)q, 0) <= p->renoise_t)
+      t = ((const int64_t *)init->data)[b * n + q];
+    if (pin && ((const uint8_t *)keep->data)[q]) t = ((const int64_t *)pin->data)[b * n + q];
+    tok[b * n + q] = t;
+  }
+  if (failed) {
+    rc = pa_fail(PA_ERR_NOMEM, "sampler step: out of memory (typical filtering)");
+    goto fail;
   }
   if (tok_own) rc = be->from_host(be, p->tokens, tok_own);
   goto fail;
 nomem:
   rc = PA_ERR_NOMEM;
 fail:
-  for (int i = 0; i < 5; i++) pa_tensor_free(own[i]);
+  for (int i = 0; i < 7; i++) pa_tensor_free(own[i]);
   pa_tensor_free(tok_own);
   free(row);
   return rc;
@@ -188,7 +238,8 @@ int pa_sampler_step(pa_backend *be, const pa_sample_params *p) {
   int rc = step_check(p, &B, &n, &K);
   if (rc) return rc;
   if (B == 0 || n == 0) return PA_OK;
-  return be->sample ? be->sample(be, p) : step_host(be, p, B, n, K);
+  /* typical filtering sorts every row: the backends' fused kernels do not have it yet */
+  return be->sample && !(p->typical_mass > 0) ? be->sample(be, p) : step_host(be, p, B, n, K);
 }
 
 void pa_sampler_renoise(int64_t *tokens, const int64_t *init, int64_t n, float t, uint64_t seed, int step) {

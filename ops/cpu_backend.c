@@ -8,6 +8,7 @@
 
 #include "ops/backend.h"
 #include "ops/error.h"
+#include "ops/rng.h"
 
 /* Parallel loops only pay off above ~32k elements of work; below that the fork/join and
  * barrier cost dominates (tiny models, and machines where other processes hold cores). */
@@ -197,7 +198,7 @@ static int cpu_modulate(pa_backend *be, pa_tensor *y, const pa_tensor *x, const 
 #pragma omp parallel for collapse(2) schedule(static) if (PAR(pa_numel(x)))
   for (int64_t b = 0; b < B; b++)
     for (int64_t p = 0; p < P; p++) {
-      const float *a = CF(am) + b * 2 * C, *m = a + C, *xi = CF(x) + (b * P + p) * C;
+      const float *a = CF(am) + (am->shape[0] == 1 ? 0 : b) * 2 * C, *m = a + C, *xi = CF(x) + (b * P + p) * C;
       float *yi = F(y) + (b * P + p) * C;
       for (int64_t c = 0; c < C; c++) yi[c] = xi[c] * (1.0f + a[c]) + m[c];
     }
@@ -386,34 +387,55 @@ static void softmax_row(float *s, int64_t n) {
   for (int64_t j = 0; j < n; j++) s[j] = (float)(s[j] / sum);
 }
 
+/* Head h of the keys (or values) of row b, both segments, into a contiguous (Lb, d) block. */
+static void gather_head(float *dst, const pa_tensor *k, int64_t ld, const pa_tensor *k2, int64_t ld2, int64_t b,
+                        int64_t h, int64_t d, int64_t Lb) {
+  int64_t L1 = k->shape[1], L2 = k2 ? k2->shape[1] : 0;
+  for (int64_t j = 0; j < Lb; j++) {
+    const float *src = j < L1 ? CF(k) + (b * L1 + j) * ld + h * d : CF(k2) + (b * L2 + j - L1) * ld2 + h * d;
+    memcpy(dst + j * d, src, (size_t)d * sizeof *dst);
+  }
+}
+
 static int cpu_attention(pa_backend *be, pa_tensor *y, const pa_tensor *q, const pa_tensor *k,
                          const pa_tensor *v, const pa_attn_params *p) {
   (void)be;
-  int64_t B = q->shape[0], Lq = q->shape[1], Lk = k->shape[1], C = q->shape[2], H = p->nhead;
-  int64_t d = C / H, nw = p->key_weight ? p->key_weight->shape[0] : 0;
-  float *S = malloc((size_t)(Lq * Lk) * sizeof *S);
-  if (!S) return pa_fail(PA_ERR_NOMEM, "attention: out of memory (%lld x %lld scores)",
-                         (long long)Lq, (long long)Lk);
-  for (int64_t b = 0; b < B; b++)
+  int64_t B = q->shape[0], Lq = q->shape[1], C = q->shape[2], H = p->nhead;
+  int64_t Lk = k->shape[1] + (p->k2 ? p->k2->shape[1] : 0);
+  int64_t d = C / H, nw = p->key_weight ? pa_last(p->key_weight) : 0;
+  int64_t q_ld = p->q_ld ? p->q_ld : C, kv_ld = p->kv_ld ? p->kv_ld : C, kv2_ld = p->kv2_ld ? p->kv2_ld : C;
+  bool kw_rows = p->key_weight && p->key_weight->ndim == 2;
+  float *S = malloc((size_t)(Lq * Lk) * sizeof *S), *Kh = malloc((size_t)(Lk * d) * sizeof *Kh);
+  float *Vh = malloc((size_t)(Lk * d) * sizeof *Vh);
+  if (!S || !Kh || !Vh) {
+    free(S), free(Kh), free(Vh);
+    return pa_fail(PA_ERR_NOMEM, "attention: out of memory (%lld x %lld scores)", (long long)Lq, (long long)Lk);
+  }
+  for (int64_t b = 0; b < B; b++) {
+    /* a padded row runs with its own key count, so its result is the unpadded one exactly */
+    int64_t Lb = Lk - (p->key_pad ? ((const int32_t *)p->key_pad->data)[b] : 0);
+    const float *kw = p->key_weight ? CF(p->key_weight) + (kw_rows ? b * nw : 0) : NULL;
     for (int64_t h = 0; h < H; h++) {
-      const float *qh = CF(q) + b * Lq * C + h * d, *kh = CF(k) + b * Lk * C + h * d,
-                  *vh = CF(v) + b * Lk * C + h * d;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lk, (int)d, p->scale, qh,
-                  (int)C, kh, (int)C, 0.0f, S, (int)Lk);
-#pragma omp parallel for schedule(static) if (PAR(Lq * Lk))
+      const float *qh = CF(q) + b * Lq * q_ld + h * d;
+      gather_head(Kh, k, kv_ld, p->k2, kv2_ld, b, h, d, Lb);
+      gather_head(Vh, v, kv_ld, p->v2, kv2_ld, b, h, d, Lb);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lb, (int)d, p->scale, qh,
+                  (int)q_ld, Kh, (int)d, 0.0f, S, (int)Lb);
+#pragma omp parallel for schedule(static) if (PAR(Lq * Lb))
       for (int64_t i = 0; i < Lq; i++) {
-        float *row = S + i * Lk;
+        float *row = S + i * Lb;
         if (p->pos_bias)
-          for (int64_t j = 0; j < Lk; j++) row[j] += CF(p->pos_bias)[(h * Lq + i) * Lk + j];
+          for (int64_t j = 0; j < Lb; j++) row[j] += CF(p->pos_bias)[(h * Lq + i) * Lk + j];
         if (p->causal)
-          for (int64_t j = i + 1; j < Lk; j++) row[j] = -INFINITY;
-        softmax_row(row, Lk);
-        for (int64_t j = 0; j < nw; j++) row[Lk - nw + j] *= CF(p->key_weight)[j];
+          for (int64_t j = i + 1; j < Lb; j++) row[j] = -INFINITY;
+        softmax_row(row, Lb);
+        for (int64_t j = nw > Lb ? nw - Lb : 0; j < nw; j++) row[Lb - nw + j] *= kw[j];
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Lq, (int)d, (int)Lk, 1.0f, S,
-                  (int)Lk, vh, (int)C, 0.0f, F(y) + b * Lq * C + h * d, (int)C);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Lq, (int)d, (int)Lb, 1.0f, S,
+                  (int)Lb, Vh, (int)d, 0.0f, F(y) + b * Lq * C + h * d, (int)C);
     }
-  free(S);
+  }
+  free(S), free(Kh), free(Vh);
   return PA_OK;
 }
 
@@ -440,6 +462,17 @@ static int cpu_vq_nearest(pa_backend *be, pa_tensor *idx, const pa_tensor *z, co
       }
     }
     out[n] = arg;
+  }
+  return PA_OK;
+}
+
+static int cpu_diffuzz_step(pa_backend *be, pa_tensor *x, const pa_tensor *eps_c, const pa_tensor *eps_u,
+                            const pa_tensor *z, const pa_diffuzz_params *p) {
+  (void)be;
+  int64_t n = pa_numel(x);
+  for (int64_t i = 0; i < n; i++) {
+    float e = pa_prior_guidance(CF(eps_c)[i], CF(eps_u)[i], p->cfg);
+    F(x)[i] = p->ddim ? pa_diffuzz_ddim(F(x)[i], e, p->ac, p->acp) : pa_diffuzz_ddpm(F(x)[i], e, CF(z)[i], p->a, p->ac, p->sd);
   }
   return PA_OK;
 }
@@ -471,6 +504,7 @@ static pa_backend cpu_backend = {
     .attention = cpu_attention,
     .vq_nearest = cpu_vq_nearest,
     .copy = cpu_copy_bytes,
+    .diffuzz_step = cpu_diffuzz_step,
 };
 
 pa_backend *pa_cpu_backend(void) { return &cpu_backend; }

@@ -42,12 +42,13 @@ int pa_param(pa_backend *be, pa_weights *w, pa_tensor **out, int ndim, const int
   const pa_tensor *host;
   int rc = pa_weights_get(w, &host, ndim, shape, "%s", name);
   if (rc) return rc;
-  if (be->device == PA_HOST) {
-    *out = pa_tensor_wrap(host->dtype, host->ndim, host->shape, host->data);
-  } else {
-    *out = be->upload_param ? be->upload_param(be, host) : pa_upload(be, host);
-  }
+  *out = pa_param_from_host(be, host);
   return *out ? PA_OK : PA_ERR_NOMEM;
+}
+
+pa_tensor *pa_param_from_host(pa_backend *be, const pa_tensor *host) {
+  if (be->device == PA_HOST) return pa_tensor_wrap(host->dtype, host->ndim, host->shape, host->data);
+  return be->upload_param ? be->upload_param(be, host) : pa_upload(be, host);
 }
 
 pa_tensor pa_view_rows(const pa_tensor *t, int64_t r0, int64_t r1) {
@@ -137,7 +138,7 @@ int pa_affine(pa_backend *be, pa_tensor *y, const pa_tensor *x, float s, float t
 
 int pa_modulate(pa_backend *be, pa_tensor *y, const pa_tensor *x, const pa_tensor *am) {
   REQUIRE(is_f32(x) && is_f32(y) && pa_same_shape(x, y), "modulate", "output", y);
-  REQUIRE(is_f32(am) && am->ndim == 2 && am->shape[0] == x->shape[0] &&
+  REQUIRE(is_f32(am) && am->ndim == 2 && (am->shape[0] == x->shape[0] || am->shape[0] == 1) &&
               am->shape[1] == 2 * pa_last(x),
           "modulate", "a|b", am);
   return be->modulate(be, y, x, am);
@@ -228,8 +229,19 @@ int pa_attention(pa_backend *be, pa_tensor *y, const pa_tensor *q, const pa_tens
   REQUIRE(!p->pos_bias || (p->pos_bias->ndim == 3 && p->pos_bias->shape[0] == p->nhead &&
                            p->pos_bias->shape[1] == q->shape[1] && p->pos_bias->shape[2] == k->shape[1]),
           "attention", "pos_bias", p->pos_bias);
-  REQUIRE(!p->key_weight || (p->key_weight->ndim == 1 && p->key_weight->shape[0] <= k->shape[1]),
+  int64_t Lk = k->shape[1] + (p->k2 ? p->k2->shape[1] : 0);
+  REQUIRE(!p->key_weight || (p->key_weight->ndim == 1 && p->key_weight->shape[0] <= Lk) ||
+              (p->key_weight->ndim == 2 && p->key_weight->shape[0] == q->shape[0] && p->key_weight->shape[1] <= Lk),
           "attention", "key_weight", p->key_weight);
+  REQUIRE(!p->key_pad || (p->key_pad->dtype == PA_I32 && p->key_pad->ndim == 1 && p->key_pad->shape[0] == q->shape[0]),
+          "attention", "key_pad", p->key_pad);
+  REQUIRE(!p->key_pad || (!p->causal && !p->pos_bias), "attention", "key_pad (with causal or pos_bias)", p->key_pad);
+  REQUIRE(!p->k2 || (is_f32(p->k2) && is_f32(p->v2) && pa_same_shape(p->k2, p->v2) && p->k2->ndim == 3 &&
+                     p->k2->shape[0] == q->shape[0] && p->k2->shape[2] == q->shape[2] && !p->causal && !p->pos_bias),
+          "attention", "k2/v2", p->k2);
+  REQUIRE((p->q_ld == 0 || p->q_ld >= q->shape[2]) && (p->kv_ld == 0 || p->kv_ld >= q->shape[2]) &&
+              (p->kv2_ld == 0 || p->kv2_ld >= q->shape[2]),
+          "attention", "row strides", q);
   return be->attention(be, y, q, k, v, p);
 }
 
@@ -238,6 +250,15 @@ int pa_vq_nearest(pa_backend *be, pa_tensor *idx, const pa_tensor *z, const pa_t
   REQUIRE(is_f32(z) && pa_last(z) == codebook->shape[1], "vq_nearest", "z", z);
   REQUIRE(idx && idx->dtype == PA_I64 && pa_numel(idx) == pa_rows(z), "vq_nearest", "idx", idx);
   return be->vq_nearest(be, idx, z, codebook);
+}
+
+int pa_diffuzz_step(pa_backend *be, pa_tensor *x, const pa_tensor *eps_c, const pa_tensor *eps_u,
+                    const pa_tensor *z, const pa_diffuzz_params *p) {
+  REQUIRE(is_f32(x) && x->ndim == 2, "diffuzz_step", "x", x);
+  REQUIRE(is_f32(eps_c) && is_f32(eps_u) && pa_same_shape(eps_c, x) && pa_same_shape(eps_u, x), "diffuzz_step",
+          "eps", eps_c);
+  REQUIRE(p->ddim || (is_f32(z) && pa_same_shape(z, x)), "diffuzz_step", "z", z);
+  return be->diffuzz_step(be, x, eps_c, eps_u, z, p);
 }
 
 int pa_copy(pa_backend *be, pa_tensor *y, const pa_tensor *x) {

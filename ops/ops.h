@@ -23,6 +23,9 @@ pa_tensor *pa_download(pa_backend *be, const pa_tensor *t);
  * resident on the backend (CPU: borrows the host weights, no copy). */
 int pa_param(pa_backend *be, pa_weights *w, pa_tensor **out, int ndim, const int64_t *shape,
              const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* The same for a parameter the network derived on the host (e.g. concatenated weights);
+ * `host` must outlive the result on the CPU backend, which borrows it. */
+pa_tensor *pa_param_from_host(pa_backend *be, const pa_tensor *host);
 
 /* A view of rows [r0, r1) of a 2-d (or first-dim slice of an n-d) tensor; shares storage. */
 pa_tensor pa_view_rows(const pa_tensor *t, int64_t r0, int64_t r1);
@@ -55,6 +58,8 @@ int pa_attention(pa_backend *be, pa_tensor *y, const pa_tensor *q, const pa_tens
                  const pa_tensor *v, const pa_attn_params *p);
 int pa_vq_nearest(pa_backend *be, pa_tensor *idx, const pa_tensor *z, const pa_tensor *codebook);
 int pa_copy(pa_backend *be, pa_tensor *y, const pa_tensor *x);
+int pa_diffuzz_step(pa_backend *be, pa_tensor *x, const pa_tensor *eps_c, const pa_tensor *eps_u,
+                    const pa_tensor *z, const pa_diffuzz_params *p);
 
 /* Output size of a conv along one axis. */
 static inline int64_t pa_conv_out(int64_t in, int k, pa_conv_params p) {

@@ -115,4 +115,23 @@ PA_HD float pa_cfg_combine(float cond, float uncond, float cfg) {
   return PA_FADD(PA_FMUL(cond, cfg), PA_FMUL(uncond, PA_FSUB(1.0f, cfg)));
 }
 
+/* The prior's guidance: torch.lerp(uncond, cond, cfg) = u + cfg * (c - u). */
+PA_HD float pa_prior_guidance(float cond, float uncond, float cfg) {
+  return PA_FADD(uncond, PA_FMUL(cfg, PA_FSUB(cond, uncond)));
+}
+
+/* One element of a Diffuzz DDPM step in double: mu = sqrt(1/a) * (x - (1-a) * eps / sqrt(1-ac)),
+ * x_prev = mu + sd * z, with a = ac / acp (ac, acp: alpha_cumprod at t and t_prev). */
+PA_HD float pa_diffuzz_ddpm(float x, float eps, float z, double a, double ac, double sd) {
+  double mu = PA_DMUL(sqrt(PA_DDIV(1.0, a)), (double)x - PA_DDIV(PA_DMUL(1.0 - a, (double)eps), sqrt(1.0 - ac)));
+  return (float)PA_DADD(mu, PA_DMUL(sd, (double)z));
+}
+
+/* One element of a DDIM step (eta 0): x0 = (x - sqrt(1-ac) eps) / sqrt(ac),
+ * x_prev = sqrt(acp) x0 + sqrt(1-acp) eps. */
+PA_HD float pa_diffuzz_ddim(float x, float eps, double ac, double acp) {
+  double x0 = PA_DDIV((double)x - PA_DMUL(sqrt(1.0 - ac), (double)eps), sqrt(ac));
+  return (float)PA_DADD(PA_DMUL(sqrt(acp), x0), PA_DMUL(sqrt(1.0 - acp), (double)eps));
+}
+
 #endif

@@ -373,6 +373,13 @@ static void run_group(worker *w, job_ctx **group, int n) {
 
 /* ---- the batch and the loop ---------------------------------------------------------------- */
 
+/* Jobs share a group when their requests may share forwards: the pipeline's one batching
+ * policy (pa_gen_batchable), asked about each job's first request. */
+static bool jobs_batchable(job_ctx *a, job_ctx *b) {
+  pa_gen_request ra, rb;
+  return job_request(a, 0, &ra) == PA_OK && job_request(b, 0, &rb) == PA_OK && pa_gen_batchable(&ra, &rb);
+}
+
 static void process_batch(worker *w, job_ctx *batch, int n) {
   if (n < 1) return;
   w->batch = batch;
@@ -385,7 +392,7 @@ static void process_batch(worker *w, job_ctx *batch, int n) {
     group[g++] = &batch[i];
     batch[i].state = JOB_DONE; /* taken into this group; finish_job sets it again */
     for (int j = i + 1; j < n; j++)
-      if (batch[j].state != JOB_DONE && jobs_compatible(&batch[i].job, &batch[j].job)) {
+      if (batch[j].state != JOB_DONE && jobs_batchable(&batch[i], &batch[j])) {
         group[g++] = &batch[j];
         batch[j].state = JOB_DONE;
       }

@@ -61,7 +61,6 @@ int64_t pa_wall_ms(void);
 /* worker_job.c */
 int job_fetch_inputs(job_ctx *jc);                  /* fills image/mask or fails the job */
 int job_request(job_ctx *jc, int run, pa_gen_request *r);
-bool jobs_compatible(const pw_job *a, const pw_job *b);
 uint64_t job_default_seed(const char *job_id);
 int job_store_outputs(job_ctx *jc, pw_result *res); /* PNG + upload; fills res->outputs */
 void job_fail(job_ctx *jc, pw_code code, bool transient, const char *fmt, ...) __attribute__((format(printf, 4, 5)));

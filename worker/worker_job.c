@@ -155,16 +155,6 @@ int job_request(job_ctx *jc, int run, pa_gen_request *r) {
   return pa_gen_request_check(jc->w->pipe, r);
 }
 
-/* Jobs that may share one pa_generate_many call: same geometry and sampler settings. */
-bool jobs_compatible(const pw_job *a, const pw_job *b) {
-  return a->width == b->width && a->height == b->height && a->steps == b->steps &&
-         a->renoise_steps == b->renoise_steps && a->cfg[0] == b->cfg[0] && a->cfg[1] == b->cfg[1] &&
-         a->temperature[0] == b->temperature[0] && a->temperature[1] == b->temperature[1] &&
-         a->t_start == b->t_start && a->t_end == b->t_end && a->sampling == b->sampling &&
-         a->prior.steps == b->prior.steps && a->prior.guidance == b->prior.guidance &&
-         a->prior.sampler == b->prior.sampler;
-}
-
 /* ---- outputs ----------------------------------------------------------------------------- */
 
 /* The job's own output target, when it names one. */

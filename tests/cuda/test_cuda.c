@@ -148,6 +148,10 @@ static void t_elementwise(void) {
   CHECK_OK(pa_modulate(cpu, y, a, am));
   CHECK_OK(pa_modulate(gpu, yd, ad, amd));
   cmp("modulate", "[2, 8, 8, 640]", y, yd, TOL_F32);
+  pa_tensor am1 = pa_view_rows(am, 1, 2), am1d = pa_view_rows(amd, 1, 2); /* one row for the batch */
+  CHECK_OK(pa_modulate(cpu, y, a, &am1));
+  CHECK_OK(pa_modulate(gpu, yd, ad, &am1d));
+  cmp("modulate(shared row)", "[2, 8, 8, 640]", y, yd, TOL_F32);
   pa_tensor *sc = RND(1, 640), *sh = RND(1, 640), *scd = up(sc), *shd = up(sh);
   CHECK_OK(pa_channel_affine(cpu, y, a, sc, sh));
   CHECK_OK(pa_channel_affine(gpu, yd, ad, scd, shd));
@@ -232,6 +236,46 @@ static void t_attention(const char *label, int64_t B, int64_t Lq, int64_t Lk, in
   rel(q, qd), rel(k, kd), rel(v, vd), rel(y, yd), rel(pb, pbd), rel(kw, kwd);
 }
 
+/* Paella's attention block as it runs: q | k | v of the image tokens as column slices of one
+ * (B, N, 3C) tensor (row stride 3C), the conditioning's cached keys | values (B, Lc, 2C) as a
+ * second key segment (row stride 2C), padded rows and per-row key weights. */
+static void t_attention_fused(void) {
+  enum { B = 2, N = 64, Lc = 30, C = 320, H = 4, NW = 30 };
+  pa_tensor *qkv = RND(1, B, N, 3 * C), *kv = RND(1, B, Lc, 2 * C), *y = pa_tensor_new(PA_F32, 3, (const int64_t[]){B, N, C});
+  pa_tensor *kw = RND(1, B, NW), *pad = pa_tensor_new(PA_I32, 1, (const int64_t[]){B});
+  for (int64_t i = 0; i < B * NW; i++) ((float *)kw->data)[i] += 1.0f;
+  ((int32_t *)pad->data)[1] = 9;
+  pa_tensor *qkvd = up(qkv), *kvd = up(kv), *yd = like_gpu(y), *kwd = up(kw), *padd = up(pad);
+  pa_tensor *srcs[2][2] = {{qkv, kv}, {qkvd, kvd}}, *outs[2] = {y, yd}, *kws[2] = {kw, kwd}, *pads[2] = {pad, padd};
+  pa_backend *bes[2] = {cpu, gpu};
+  for (int i = 0; i < 2; i++) {
+    pa_tensor q = pa_view(srcs[i][0], 3, (const int64_t[]){B, N, C}), k = q, v = q;
+    pa_tensor kc = pa_view(srcs[i][1], 3, (const int64_t[]){B, Lc, C}), vc = kc;
+    k.data = (float *)q.data + C, v.data = (float *)q.data + 2 * C, vc.data = (float *)kc.data + C;
+    pa_attn_params p = {.nhead = H, .scale = 1.0f / sqrtf((float)(C / H)), .key_weight = kws[i], .key_pad = pads[i],
+                        .k2 = &kc, .v2 = &vc, .q_ld = 3 * C, .kv_ld = 3 * C, .kv2_ld = 2 * C};
+    CHECK_OK(pa_attention(bes[i], outs[i], &q, &k, &v, &p));
+  }
+  cmp("attention(fused qkv, cached cond k|v, pad)", "B2 N64 Lc30 C320 H4", y, yd, TOL_F32);
+  rel(qkv, qkvd), rel(kv, kvd), rel(y, yd), rel(kw, kwd), rel(pad, padd);
+}
+
+/* Padded keys (per-row key_pad) with per-row key weights: the Paella CFG batch. */
+static void t_attention_padded(void) {
+  enum { B = 3, Lq = 64, Lk = 64 + 40, C = 320, H = 4, NW = 24 };
+  pa_tensor *q = RND(1, B, Lq, C), *k = RND(1, B, Lk, C), *v = RND(1, B, Lk, C), *y = like_cpu(q);
+  pa_tensor *kw = RND(1, B, NW), *pad = pa_tensor_new(PA_I32, 1, (const int64_t[]){B});
+  for (int64_t i = 0; i < B * NW; i++) ((float *)kw->data)[i] += 1.0f;
+  for (int b = 0; b < B; b++) ((int32_t *)pad->data)[b] = 11 * b; /* 0, 11, 22 padded keys */
+  pa_tensor *qd = up(q), *kd = up(k), *vd = up(v), *yd = like_gpu(q), *kwd = up(kw), *padd = up(pad);
+  pa_attn_params p = {.nhead = H, .scale = 1.0f / sqrtf((float)(C / H)), .key_weight = kw, .key_pad = pad};
+  CHECK_OK(pa_attention(cpu, y, q, k, v, &p));
+  p.key_weight = kwd, p.key_pad = padd;
+  CHECK_OK(pa_attention(gpu, yd, qd, kd, vd, &p));
+  cmp("attention(key_pad, row key weights)", "B3 Lq64 Lk104 C320 H4", y, yd, TOL_F32);
+  rel(q, qd), rel(k, kd), rel(v, vd), rel(y, yd), rel(kw, kwd), rel(pad, padd);
+}
+
 static void t_vq(void) {
   pa_tensor *z = RND(1, 500, 4), *cb = RND(1, 8192, 4), *idx = pa_tensor_new(PA_I64, 1, (const int64_t[]){500});
   pa_tensor *zd = up(z), *cbd = up(cb), *idxd = like_gpu(idx);
@@ -252,24 +296,44 @@ static void t_gumbel(void) {
   free(dev);
 }
 
+/* The fused sampler: CFG, per-image seeds, left/right regions, re-noise and pins (typical
+ * filtering stays on the host path: pa_sampler_step never hands it to the kernel). */
 static void t_sampler(bool argmax) {
   enum { B = 2, N = 256, K = 1000 };
-  pa_tensor *c = RND(4, B, N, K), *u = RND(4, B, N, K);
+  pa_tensor *c = RND(4, B, 16, 16, K), *u = RND(4, B, 16, 16, K), *c2 = RND(4, B, 16, 16, K);
+  pa_tensor *seeds = pa_tensor_new(PA_I64, 1, (const int64_t[]){B});
+  ((int64_t *)seeds->data)[0] = 1234, ((int64_t *)seeds->data)[1] = 99; /* two requests' images */
   for (int i = 0; i < 50; i++) ((float *)c->data)[i * 997 % (B * N * K)] = -INFINITY; /* filtered classes */
   pa_tensor *init = pa_tensor_new_2d(PA_I64, B, N), *pin = pa_tensor_new_2d(PA_I64, B, N);
   pa_tensor *keep = pa_tensor_new(PA_U8, 1, (const int64_t[]){N}), *tok = pa_tensor_new_2d(PA_I64, B, N);
   for (int i = 0; i < B * N; i++) ((int64_t *)init->data)[i] = i % K, ((int64_t *)pin->data)[i] = (7 * i) % K;
   for (int i = 0; i < N; i++) ((uint8_t *)keep->data)[i] = i % 5 == 0;
-  pa_tensor *cd = up(c), *ud = up(u), *initd = up(init), *pind = up(pin), *keepd = up(keep), *tokd = like_gpu(tok);
-  pa_sample_params p = {.cond = c, .uncond = u, .cfg = 8.0f, .temp = 0.7f, .argmax = argmax, .seed = 1234,
-                        .step = 3, .renoise = true, .renoise_t = 0.4f, .init = init, .pinned = pin, .keep = keep,
-                        .tokens = tok};
+  pa_tensor *cd = up(c), *ud = up(u), *c2d = up(c2), *seedsd = up(seeds), *initd = up(init), *pind = up(pin);
+  pa_tensor *keepd = up(keep), *tokd = like_gpu(tok);
+  pa_sample_params p = {.cond = c, .uncond = u, .cond2 = c2, .regions = PA_SAMPLE_REGIONS_LEFT_RIGHT, .cfg = 8.0f,
+                        .temp = 0.7f, .argmax = argmax, .seeds = seeds, .step = 3, .renoise = true,
+                        .renoise_t = 0.4f, .init = init, .pinned = pin, .keep = keep, .tokens = tok};
   CHECK_OK(pa_sampler_step(cpu, &p));
-  p.cond = cd, p.uncond = ud, p.init = initd, p.pinned = pind, p.keep = keepd, p.tokens = tokd;
+  p.cond = cd, p.uncond = ud, p.cond2 = c2d, p.seeds = seedsd, p.init = initd, p.pinned = pind, p.keep = keepd;
+  p.tokens = tokd;
   CHECK_OK(pa_sampler_step(gpu, &p));
-  cmp(argmax ? "sampler(cfg, argmax, renoise, pin)" : "sampler(cfg, gumbel, renoise, pin)", "[2, 256, 1000]", tok,
-      tokd, 0);
-  rel(c, cd), rel(u, ud), rel(init, initd), rel(pin, pind), rel(keep, keepd), rel(tok, tokd);
+  cmp(argmax ? "sampler(cfg, regions, argmax, renoise, pin)" : "sampler(cfg, regions, gumbel, renoise, pin)",
+      "[2, 16, 16, 1000]", tok, tokd, 0);
+  rel(c, cd), rel(u, ud), rel(c2, c2d), rel(seeds, seedsd), rel(init, initd), rel(pin, pind), rel(keep, keepd);
+  rel(tok, tokd);
+}
+
+/* The prior's step op (guidance + DDPM in double, and DDIM) against the CPU backend: the same
+ * rounded operations on both (ops/rng.h), so the results should agree to the bit. */
+static void t_diffuzz(bool ddim) {
+  enum { B = 3, D = 1024 };
+  pa_tensor *x = RND(1, B, D), *ec = RND(1, B, D), *eu = RND(1, B, D), *z = RND(1, B, D);
+  pa_tensor *xd = up(x), *ecd = up(ec), *eud = up(eu), *zd = up(z);
+  pa_diffuzz_params p = pa_diffuzz_at(0.6f, 0.55f, ddim, 3.0f);
+  CHECK_OK(pa_diffuzz_step(cpu, x, ec, eu, z, &p));
+  CHECK_OK(pa_diffuzz_step(gpu, xd, ecd, eud, zd, &p));
+  cmp(ddim ? "diffuzz step (cfg, ddim)" : "diffuzz step (cfg, ddpm)", "[3, 1024]", x, xd, 0);
+  rel(x, xd), rel(ec, ecd), rel(eu, eud), rel(z, zd);
 }
 
 /* ---- networks ------------------------------------------------------------------------------- */
@@ -551,10 +615,14 @@ int main(void) {
   t_attention("attention(t5 pos bias)", 2, 64, 64, 256, 4, false, true, 0);
   t_attention("attention(clip causal)", 2, 77, 77, 1024, 16, true, false, 0);
   t_attention("attention(long keys)", 1, 40, 3000, 128, 2, false, false, 0);
+  t_attention_padded();
+  t_attention_fused();
   t_vq();
   t_gumbel();
   t_sampler(false);
   t_sampler(true);
+  t_diffuzz(false);
+  t_diffuzz(true);
   t_golden("paella_tiny.safetensors", "paella");
   t_golden("vqgan_tiny.safetensors", "vqgan");
   t_golden("prior_tiny.safetensors", "prior");
