@@ -28,6 +28,12 @@ void sched_config_defaults(sched_config *c) {
   c->job_timeout_s = 600;
   c->shard_size = 100;
   c->idempotency_ttl_s = 86400;
+  c->max_connections = 10000;
+  c->max_per_ip = 1000;
+  c->idle_timeout_s = 15;
+  /* Above the tracker's 500 ms XREAD BLOCK, and short enough that /readyz and submissions
+   * answer 503 within 2 s while Redis is frozen. */
+  c->redis_timeout_ms = 1200;
   char host[64] = "scheduler";
   gethostname(host, sizeof host - 1);
   snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
@@ -173,6 +179,10 @@ static int apply(sched_config *c, const char *name, const char *v) {
   NUM("--backoff-ms", 0, 3.6e6, c->backoff_ms);
   NUM("--job-timeout", 1, 86400 * 7, c->job_timeout_s);
   NUM("--shard-size", 1, 1e6, c->shard_size);
+  NUM("--max-connections", 16, 1e6, c->max_connections);
+  NUM("--max-per-ip", 1, 1e6, c->max_per_ip);
+  NUM("--idle-timeout", 1, 3600, c->idle_timeout_s);
+  NUM("--redis-timeout-ms", 100, 60000, c->redis_timeout_ms);
 #undef NUM
   return pa_fail(PA_ERR_INVALID, "unknown option %s", name);
 }
@@ -183,6 +193,7 @@ static const struct { const char *env, *flag; } ENV[] = {
     {"PAELLA_RATE", "--rate"},         {"PAELLA_BURST", "--burst"},
     {"PAELLA_MAX_ACTIVE", "--max-active"}, {"PAELLA_MAX_ATTEMPTS", "--max-attempts"},
     {"PAELLA_JOB_TIMEOUT", "--job-timeout"}, {"PAELLA_SHARD_SIZE", "--shard-size"},
+    {"PAELLA_MAX_CONNECTIONS", "--max-connections"}, {"PAELLA_MAX_PER_IP", "--max-per-ip"},
 };
 
 void sched_config_usage(void) {
@@ -198,7 +209,10 @@ void sched_config_usage(void) {
          "  --max-wait S                 cap of 'Prefer: wait=N' [60]\n"
          "  --max-attempts N --backoff-ms MS   retries of failed jobs [3, 1000]\n"
          "  --job-timeout S              running jobs are stopped after [600]\n"
-         "  --shard-size N               items per batch tar shard [100]\n");
+         "  --shard-size N               items per batch tar shard [100]\n"
+         "  --max-connections N --max-per-ip N   open HTTP connections, in all and per client [10000, 1000]\n"
+         "  --idle-timeout S             close connections silent this long [15]\n"
+         "  --redis-timeout-ms MS        connect/reply timeout of Redis calls (then 503) [1200]\n");
 }
 
 int sched_config_parse(sched_config *c, int argc, char **argv, bool *help) {

@@ -53,6 +53,10 @@ typedef struct {
   int shard_size;         /* default items per batch tar shard */
   int idempotency_ttl_s;
   char consumer[128];     /* this scheduler's name in events_group */
+  int max_connections;    /* open HTTP connections in all (each holds a thread and a descriptor) */
+  int max_per_ip;         /* open HTTP connections from one client address */
+  int idle_timeout_s;     /* a connection silent this long is closed (headers included) */
+  int redis_timeout_ms;   /* connect and reply timeout of every Redis call: 503 past it */
 } sched_config;
 
 void sched_config_defaults(sched_config *c);
@@ -187,6 +191,7 @@ void sha256_hex(const void *data, size_t len, char out[65]);
 typedef struct sched_server sched_server;
 int sched_server_start(const sched_config *c, sched_server **out);
 int sched_server_port(const sched_server *s); /* the bound port (listen port 0 = any) */
+int sched_server_connections(const sched_server *s); /* HTTP connections open now */
 void sched_server_stop(sched_server *s);
 extern const char sched_dashboard_html[];
 
