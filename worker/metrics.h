@@ -26,6 +26,9 @@ void pa_metrics_claim(pa_metrics *m, double seconds);     /* a claim call that r
 void pa_metrics_queue_wait(pa_metrics *m, double seconds); /* enqueue -> claim */
 void pa_metrics_overhead(pa_metrics *m, double seconds);  /* per job, outside the model */
 void pa_metrics_set_healthy(pa_metrics *m, bool healthy);
+/* Async-signal-safe (the SIGTERM handler calls it): from now on /healthz answers 503, so
+ * load balancers and Kubernetes stop counting on this process while it drains. */
+void pa_metrics_mark_draining(void);
 
 /* The Prometheus text exposition (malloc'd). */
 char *pa_metrics_render(pa_metrics *m);

@@ -48,6 +48,10 @@ typedef struct {
    * a message), then acknowledges it. */
   int (*dead_letter)(pa_queue *q, const pa_delivery *d, const char *code, const char *field,
                      const char *message);
+  /* Optional: remembers an attempt's failure that leaves the entry for redelivery (storage
+   * down, a GPU error), so the dead letter written when deliveries run out still says why:
+   * dead_letter copies it beside its own code. */
+  int (*note_failure)(pa_queue *q, const pa_delivery *d, const char *job_id, const char *code, const char *message);
   /* True when a client asked to cancel the job (checked between denoising steps). */
   bool (*is_canceled)(pa_queue *q, const char *job_id);
   /* Kafka: stop fetching while the GPU works, so the group does not rebalance (no-op on Redis). */

@@ -321,17 +321,33 @@ static const char result_lua[] =
     "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'type', ARGV[7], 'id', ARGV[3], 'msg', ARGV[2])\n"
     "return 1\n";
 
-/* KEYS: stream, dead. ARGV: group, entry id, job bytes, code, field, message, deliveries.
- * XACK first: when another worker already acknowledged the entry, nothing is dead-lettered
- * twice. The job id comes from the entry's `id` field (the bytes may not decode). */
+/* KEYS: stream, dead. ARGV: group, entry id, job bytes, code, field, message, deliveries,
+ * job key prefix. XACK first: when another worker already acknowledged the entry, nothing is
+ * dead-lettered twice. The job id comes from the entry's `id` field (the bytes may not
+ * decode). The last failure an attempt noted (note_lua) goes beside the code as last_code,
+ * last_message, last_attempt: `too_many_attempts` alone does not say what to fix. */
 static const char dead_lua[] =
     "if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
     "local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])\n"
     "local id = ''\n"
     "if #e > 0 then local f = e[1][2]\n"
     "  for i = 1, #f, 2 do if f[i] == 'id' then id = f[i + 1] end end end\n"
-    "redis.call('XADD', KEYS[2], '*', 'job', ARGV[3], 'id', id, 'code', ARGV[4], 'field', ARGV[5],\n"
-    "  'message', ARGV[6], 'deliveries', ARGV[7], 'entry', ARGV[2])\n"
+    "local entry = {'job', ARGV[3], 'id', id, 'code', ARGV[4], 'field', ARGV[5], 'message', ARGV[6],\n"
+    "  'deliveries', ARGV[7], 'entry', ARGV[2]}\n"
+    "if id ~= '' then\n"
+    "  local last = redis.call('HMGET', ARGV[8] .. id, 'last_error_code', 'last_error_message', 'last_error_attempt')\n"
+    "  if last[1] then\n"
+    "    for i, k in ipairs({'last_code', 'last_message', 'last_attempt'}) do\n"
+    "      table.insert(entry, k) table.insert(entry, last[i] or '') end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('XADD', KEYS[2], '*', unpack(entry))\n"
+    "return 1\n";
+
+/* KEYS: job hash. ARGV: code, message, attempt (the delivery count). */
+static const char note_lua[] =
+    "redis.call('HSET', KEYS[1], 'last_error_code', ARGV[1], 'last_error_message', ARGV[2],\n"
+    "  'last_error_attempt', ARGV[3])\n"
     "return 1\n";
 
 /* EVAL script nkeys keys... args...: the integer result in *ret */
@@ -353,7 +369,8 @@ static void eval_head(rq_args *a, const char *script, int nkeys) {
   arg_int(a, nkeys);
 }
 
-static void job_key(const char *job_id, char *buf, size_t cap) { snprintf(buf, cap, "paella:job:%s", job_id); }
+#define JOB_KEY_PREFIX "paella:job:"
+static void job_key(const char *job_id, char *buf, size_t cap) { snprintf(buf, cap, JOB_KEY_PREFIX "%s", job_id); }
 
 static int rq_renew(pa_queue *qq, const pa_delivery *d) {
   rq *q = qq->impl;
@@ -442,6 +459,21 @@ static int rq_dead_letter(pa_queue *qq, const pa_delivery *d, const char *code, 
   arg(&a, field ? field : "");
   arg(&a, message ? message : "");
   arg_int(&a, d->deliveries);
+  arg(&a, JOB_KEY_PREFIX);
+  return rq_eval(q, &a, NULL);
+}
+
+static int rq_note_failure(pa_queue *qq, const pa_delivery *d, const char *job_id, const char *code,
+                           const char *message) {
+  rq *q = qq->impl;
+  rq_args a = {0};
+  char key[128];
+  job_key(job_id, key, sizeof key);
+  eval_head(&a, note_lua, 1);
+  arg(&a, key);
+  arg(&a, code);
+  arg(&a, message);
+  arg_int(&a, d->deliveries);
   return rq_eval(q, &a, NULL);
 }
 
@@ -493,8 +525,8 @@ static void rq_close(pa_queue *qq) {
 
 static const pa_queue_ops rq_ops = {
     .claim = rq_claim, .renew = rq_renew, .publish_event = rq_publish_event, .record_result = rq_record_result,
-    .ack = rq_ack, .dead_letter = rq_dead_letter, .is_canceled = rq_is_canceled, .pause = rq_noop,
-    .resume = rq_noop, .close = rq_close, .add_counters = rq_add_counters};
+    .ack = rq_ack, .dead_letter = rq_dead_letter, .note_failure = rq_note_failure, .is_canceled = rq_is_canceled,
+    .pause = rq_noop, .resume = rq_noop, .close = rq_close, .add_counters = rq_add_counters};
 
 /* ---- open --------------------------------------------------------------------------- */
 

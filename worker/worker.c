@@ -17,7 +17,10 @@
 
 static volatile sig_atomic_t stop_requested;
 
-void pa_worker_request_stop(void) { stop_requested = 1; }
+void pa_worker_request_stop(void) {
+  stop_requested = 1;
+  pa_metrics_mark_draining();
+}
 
 double pa_mono(void) {
   struct timespec ts;
@@ -167,6 +170,9 @@ static void finish_job(worker *w, job_ctx *jc) {
   }
   jc->state = JOB_DONE;
   if (jc->failed && jc->transient) {
+    if (w->q->ops->note_failure &&
+        w->q->ops->note_failure(w->q, &jc->d, jc->job.id, pw_code_name(jc->code), jc->message))
+      pa_log(PA_LOG_WARN, jc->job.id, json_pack("{s:s}", "error", pa_errmsg()), "failure not noted for the dead letter");
     jc->overhead += pa_mono() - t;
     pa_metrics_job(w->metrics, PA_JOB_RETRIED, 0);
     log_finished(w, jc, "retry", false);
