@@ -28,7 +28,7 @@ static const char *const hist_names[H_COUNT][2] = {
     {"paella_worker_queue_wait_seconds", "Time from enqueue (stream entry id) to claim"},
     {"paella_worker_overhead_seconds", "Per job time outside the model (decode, events, PNG, upload, record, ack)"}};
 static const char *const outcome_names[PA_JOB_OUTCOMES] = {"succeeded", "failed", "canceled", "dead_lettered",
-                                                           "retried"};
+                                                           "retried", "fenced"};
 
 struct pa_metrics {
   pthread_mutex_t mu;
@@ -84,7 +84,7 @@ static void observe_locked(pa_metrics *m, int which, double v) {
 void pa_metrics_job(pa_metrics *m, pa_job_outcome o, double seconds) {
   pthread_mutex_lock(&m->mu);
   m->jobs[o]++;
-  if (o != PA_JOB_RETRIED && o != PA_JOB_DEAD_LETTERED) observe(&m->h[H_JOB], seconds);
+  if (o != PA_JOB_RETRIED && o != PA_JOB_DEAD_LETTERED && o != PA_JOB_FENCED) observe(&m->h[H_JOB], seconds);
   pthread_mutex_unlock(&m->mu);
 }
 

@@ -9,9 +9,11 @@
 
 typedef struct pa_metrics pa_metrics;
 
-/* Outcomes counted by paella_worker_jobs_total{status=...}. */
+/* Outcomes counted by paella_worker_jobs_total{status=...}. FENCED: the attempt lost its
+ * lease to another worker and was abandoned without side effects. */
 typedef enum {
-  PA_JOB_SUCCEEDED, PA_JOB_FAILED, PA_JOB_CANCELED, PA_JOB_DEAD_LETTERED, PA_JOB_RETRIED, PA_JOB_OUTCOMES
+  PA_JOB_SUCCEEDED, PA_JOB_FAILED, PA_JOB_CANCELED, PA_JOB_DEAD_LETTERED, PA_JOB_RETRIED, PA_JOB_FENCED,
+  PA_JOB_OUTCOMES
 } pa_job_outcome;
 
 int pa_metrics_new(pa_metrics **out);

@@ -348,8 +348,16 @@ static void test_webhooks(redisContext *c) {
            port);
   long long ok_before = shared_counter(c, "webhook_deliveries:ok");
   h_submit_json(c, "paella:jobs", json);
-  CHECK(h_wait_exit(h_worker(out_dir, log_path, "--once", "--webhook-allow-private", NULL), 60) == 0);
-  CHECK(shared_counter(c, "webhook_deliveries:ok") >= ok_before + 1); /* the completed hook, at least */
+  /* the courier delivers from the outbox, after the job: wait for it, then stop the worker */
+  pid_t w = h_worker(out_dir, log_path, "--webhook-allow-private", NULL);
+  for (double t0 = h_now(); h_now() - t0 < 60 && h_hooks_with_id("wh1.completed") < 1; h_sleep_ms(20)) {
+  }
+  for (double t0 = h_now(); h_now() - t0 < 30 && shared_counter(c, "webhook_deliveries:ok") < ok_before + 2;
+       h_sleep_ms(20)) {
+  }
+  kill(w, SIGTERM);
+  CHECK(h_wait_exit(w, 60) == 0);
+  CHECK(shared_counter(c, "webhook_deliveries:ok") == ok_before + 2); /* start and completed */
   CHECK(h_hooks_with_id("wh1.start") == 1);
   CHECK(h_hooks_with_id("wh1.completed") == 1);
   CHECK(h_rx_.n == 2); /* no progress: not subscribed */

@@ -154,7 +154,7 @@ static void work_once(pa_queue *q, int max, tally *t) {
     snprintf(id, sizeof id, "job-%04d", j);
     snprintf(res, sizeof res, "result:%s", id);
     CHECK_OK(q->ops->publish_event(q, id, "progress", (const uint8_t *)"p", 1));
-    if (q->ops->record_result(q, id, (const uint8_t *)res, strlen(res)) != PA_OK) {
+    if (q->ops->record_result(q, NULL, id, (const uint8_t *)res, strlen(res), NULL) != PA_OK) {
       t->result_failures++; /* not acked: it comes back */
     } else if (q->ops->ack(q, &d[i]) == PA_OK) {
       if (j >= 0 && j < t->n && t->acks[j]++ == 0) t->done++;
@@ -271,7 +271,7 @@ static void test_redelivery(void) {
   /* waits for states, not windows: the first join and a rebalance take long on a loaded box */
   for (double end = now_s() + 60; n == 0 && now_s() < end;) CHECK_OK(a->ops->claim(a, 1, 200, &d, &n));
   CHECK(n == 1 && job_of(&d) == 0 && d.deliveries == 1);
-  if (n) CHECK_OK(a->ops->record_result(a, "job-0000", (const uint8_t *)"result:job-0000", 15));
+  if (n) CHECK_OK(a->ops->record_result(a, NULL, "job-0000", (const uint8_t *)"result:job-0000", 15, NULL));
   if (n) pa_delivery_clear(&d);
   a->ops->close(a); /* dies before ack: nothing stored */
   static tally t;
@@ -371,7 +371,7 @@ static void test_pause(void) {
     usleep(100 * 1000);
   }
   CHECK_OK(q->ops->resume(q));
-  CHECK_OK(q->ops->record_result(q, "job", (const uint8_t *)"r", 1));
+  CHECK_OK(q->ops->record_result(q, NULL, "job", (const uint8_t *)"r", 1, NULL));
   CHECK_OK(q->ops->ack(q, &d));
   pa_delivery_clear(&d);
   CHECK_OK(pa_queue_kafka_stats(q, &after));
