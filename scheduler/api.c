@@ -118,7 +118,8 @@ static enum MHD_Result submit_job(http_ctx *h) {
     ok = http_error(h->conn, 400, "malformed", "", "the body must be a JSON object");
     goto done;
   }
-  if (pw_job_from_json(text, text_len, &job, &err) || apply_idempotency_header(h, &job, &err)) {
+  if (pw_job_from_json(text, text_len, &job, &err) || apply_idempotency_header(h, &job, &err) ||
+      sched_webhook_check(h->c, &job, &err)) {
     if (err.code == PW_E_DUPLICATE_KEY && client_sent_id(h->rq->body, h->rq->len))
       ok = http_error(h->conn, 422, "invalid_value", "id", "the scheduler assigns job ids");
     else
@@ -340,6 +341,17 @@ static enum MHD_Result job_output(http_ctx *h, const char *id, const char *index
   return ok;
 }
 
+/* ---- GET /v1/jobs/{id}/deliveries: the workers' webhook attempts ------------------------ */
+
+static enum MHD_Result job_deliveries(http_ctx *h, const char *id) {
+  char *json = NULL;
+  int rc = sched_webhook_deliveries(h->c, id, h->owner, &json);
+  if (rc) return http_status_error(h->conn, rc);
+  enum MHD_Result ok = http_json(h->conn, 200, json);
+  free(json);
+  return ok;
+}
+
 /* ---- /v1/deadletters ---------------------------------------------------------------- */
 
 static enum MHD_Result deadletters(http_ctx *h, const char *const *seg, int n) {
@@ -390,6 +402,7 @@ static enum MHD_Result job_routes(http_ctx *h, const char *const *seg, int n) {
   if (n == 2 && !strcmp(seg[1], "cancel") && post) return cancel_job(h, id);
   if (n == 2 && !strcmp(seg[1], "events") && get) return job_events(h, id);
   if (n == 3 && !strcmp(seg[1], "outputs") && get) return job_output(h, id, seg[2]);
+  if (n == 2 && !strcmp(seg[1], "deliveries") && get) return job_deliveries(h, id);
   return http_error(h->conn, 404, "not_found", "", "no route %s %s", h->method, h->url);
 }
 

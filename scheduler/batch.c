@@ -101,8 +101,8 @@ static void job_list_free(job_list *l) {
   free(l->jobs);
 }
 
-static int parse_items(const batch_request *r, const json_t *settings, const char *batch_id, job_list *out,
-                       pw_error *err) {
+static int parse_items(const sched_config *c, const batch_request *r, const json_t *settings, const char *batch_id,
+                       job_list *out, pw_error *err) {
   const char *p = r->items, *end = r->items + r->items_len;
   long index = 0;
   while (p < end) {
@@ -126,7 +126,7 @@ static int parse_items(const batch_request *r, const json_t *settings, const cha
     pw_job *job = &out->jobs[out->n++];
     pw_job_init(job);
     pw_error e;
-    if (item_job(settings, line, len, batch_id, index, job, &e)) {
+    if (item_job(settings, line, len, batch_id, index, job, &e) || sched_webhook_check(c, job, &e)) {
       set_error(err, e.code, "", e.message);
       snprintf(err->field, sizeof err->field, "items[%ld]%s%.60s", index, e.field[0] ? "." : "", e.field);
       return PA_ERR_INVALID;
@@ -238,7 +238,7 @@ int batch_submit(const sched_config *c, const batch_request *r, const char *owne
     rc = PA_ERR_INVALID;
     goto done;
   }
-  if ((rc = parse_items(r, settings, batch_id, &jobs, err))) goto done;
+  if ((rc = parse_items(c, r, settings, batch_id, &jobs, err))) goto done;
   int shard_size = r->shard_size > 0 ? r->shard_size : c->shard_size;
   char *settings_text = json_dumps(settings, JSON_COMPACT | JSON_SORT_KEYS);
   rc = settings_text ? register_batch(c, batch_id, owner, jobs.n, shard_size, settings_text) : PA_ERR_NOMEM;

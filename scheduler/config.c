@@ -169,6 +169,15 @@ static int apply(sched_config *c, const char *name, const char *v) {
   if (strcmp(name, "--storage") == 0) return sched_config_set_storage(c, v);
   if (strcmp(name, "--listen") == 0) return set_listen(c, v);
   if (strcmp(name, "--api-key-hashes") == 0) return sched_config_add_keys(c, v);
+  if (strcmp(name, "--webhook-secrets") == 0) {
+    if (strlen(v) >= sizeof c->webhook_secrets_dir) return pa_fail(PA_ERR_INVALID, "--webhook-secrets: path too long");
+    snprintf(c->webhook_secrets_dir, sizeof c->webhook_secrets_dir, "%s", v);
+    return PA_OK;
+  }
+  if (strcmp(name, "--webhook-allow-unsigned") == 0) {
+    c->webhook_allow_unsigned = !strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes");
+    return PA_OK;
+  }
   NUM("--rate", 0.001, 1e9, c->rate);
   NUM("--burst", 1, 1e9, c->burst);
   NUM("--max-active", 1, 1e9, c->max_active);
@@ -194,6 +203,7 @@ static const struct { const char *env, *flag; } ENV[] = {
     {"PAELLA_MAX_ACTIVE", "--max-active"}, {"PAELLA_MAX_ATTEMPTS", "--max-attempts"},
     {"PAELLA_JOB_TIMEOUT", "--job-timeout"}, {"PAELLA_SHARD_SIZE", "--shard-size"},
     {"PAELLA_MAX_CONNECTIONS", "--max-connections"}, {"PAELLA_MAX_PER_IP", "--max-per-ip"},
+    {"PAELLA_WEBHOOK_SECRETS", "--webhook-secrets"}, {"PAELLA_WEBHOOK_ALLOW_UNSIGNED", "--webhook-allow-unsigned"},
 };
 
 void sched_config_usage(void) {
@@ -212,7 +222,10 @@ void sched_config_usage(void) {
          "  --shard-size N               items per batch tar shard [100]\n"
          "  --max-connections N --max-per-ip N   open HTTP connections, in all and per client [10000, 1000]\n"
          "  --idle-timeout S             close connections silent this long [15]\n"
-         "  --redis-timeout-ms MS        connect/reply timeout of Redis calls (then 503) [1200]\n");
+         "  --redis-timeout-ms MS        connect/reply timeout of Redis calls (then 503) [1200]\n"
+         "  --webhook-secrets DIR        the workers' secrets: a webhook whose secret_id is in neither DIR\n"
+         "                               nor $PAELLA_WEBHOOK_SECRET_<ID> is refused (422)  ($PAELLA_WEBHOOK_SECRETS)\n"
+         "  --webhook-allow-unsigned 1   accept such webhooks; workers send them unsigned ($PAELLA_WEBHOOK_ALLOW_UNSIGNED)\n");
 }
 
 int sched_config_parse(sched_config *c, int argc, char **argv, bool *help) {

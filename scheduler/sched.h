@@ -57,6 +57,8 @@ typedef struct {
   int max_per_ip;         /* open HTTP connections from one client address */
   int idle_timeout_s;     /* a connection silent this long is closed (headers included) */
   int redis_timeout_ms;   /* connect and reply timeout of every Redis call: 503 past it */
+  char webhook_secrets_dir[1024]; /* the workers' --webhook-secrets (else the variables) */
+  bool webhook_allow_unsigned;    /* accept webhooks whose secret is not configured */
 } sched_config;
 
 void sched_config_defaults(sched_config *c);
@@ -69,6 +71,12 @@ int sched_config_set_storage(sched_config *c, const char *url);
 /* "NAME:SHA256HEX[:admin]", several separated by commas. */
 int sched_config_add_keys(sched_config *c, const char *spec);
 void sched_config_usage(void);
+
+/* ---- webhooks (webhooks.c) ---------------------------------------------------------- */
+/* 0, or -1 with err filled (422 webhook.secret_id) when no worker could sign the job's webhook. */
+int sched_webhook_check(const sched_config *c, const pw_job *job, pw_error *err);
+/* {"job_id", "data": [attempt records, oldest first]}; PA_ERR_NOTFOUND for another owner's job. */
+int sched_webhook_deliveries(const sched_config *c, const char *id, const char *owner, char **json);
 
 /* ---- redis (redis.c) ---------------------------------------------------------------- */
 /* The calling thread's connection (made on first use, remade after an error). NULL with
