@@ -146,6 +146,46 @@ static void test_raw_path(int port) {
   CHECK(get_status(port, "GET", "/v1/jobs/a%zz", 10) == 404);
 }
 
+/* Finding 8: webhooks need a secret the workers have (or the operator's consent to unsigned
+ * delivery); the workers' attempt records are served per job. */
+static void test_webhook_secrets_and_deliveries(sched_config *c, int port) {
+  const char *hooked = "{\"prompt\":\"x\",\"width\":32,\"height\":32,\"steps\":2,\"webhook\":{\"url\":"
+                       "\"https://example.com/h\",\"secret_id\":\"%s\"}}";
+  char body[512];
+  h_resp r;
+  snprintf(body, sizeof body, hooked, "nope");
+  CHECK(h_http(port, "POST", "/v1/jobs", JSON_CT, body, strlen(body), 30, &r) == 0 && r.status == 422 &&
+        h_str_is(r.json, "error.field", "webhook.secret_id"));
+  h_resp_free(&r);
+  setenv("PAELLA_WEBHOOK_SECRET_SCHED_OK", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", 1);
+  snprintf(body, sizeof body, hooked, "sched-ok");
+  CHECK(h_http(port, "POST", "/v1/jobs", JSON_CT, body, strlen(body), 30, &r) == 0 && r.status == 202);
+  char id[64] = "";
+  if (h_str(r.json, "id")) snprintf(id, sizeof id, "%s", h_str(r.json, "id"));
+  h_resp_free(&r);
+  c->webhook_allow_unsigned = true; /* read per request */
+  snprintf(body, sizeof body, hooked, "nope");
+  CHECK(h_http(port, "POST", "/v1/jobs", JSON_CT, body, strlen(body), 30, &r) == 0 && r.status == 202);
+  h_resp_free(&r);
+  c->webhook_allow_unsigned = false;
+  /* a worker's attempt records (worker/courier.c writes them) */
+  redisContext *rc = sched_redis_connect(c, 2000);
+  CHECK(rc != NULL);
+  if (rc) {
+    freeReplyObject(redisCommand(rc, "RPUSH paella:job:%s:deliveries %s %s", id,
+                                 "{\"webhook_id\":\"x.completed\",\"attempt\":1,\"result\":\"failed\"}",
+                                 "{\"webhook_id\":\"x.completed\",\"attempt\":2,\"result\":\"delivered\"}"));
+    redisFree(rc);
+  }
+  char path[200];
+  snprintf(path, sizeof path, "/v1/jobs/%s/deliveries", id);
+  CHECK(h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && r.status == 200);
+  json_t *data = json_object_get(r.json, "data");
+  CHECK_MSG(json_array_size(data) == 2 && h_str_is(json_array_get(data, 1), "result", "delivered"), "%s", r.body);
+  h_resp_free(&r);
+  CHECK(get_status(port, "GET", "/v1/jobs/j-none/deliveries", 10) == 404);
+}
+
 /* Finding 5: Redis frozen (SIGSTOP): 503 within 2 s, then ready again after SIGCONT. */
 static void test_frozen_redis(int port) {
   CHECK(get_status(port, "GET", "/readyz", 10) == 200);
@@ -181,6 +221,7 @@ int main(void) {
   if (s) {
     int port = sched_server_port(s);
     test_raw_path(port);
+    test_webhook_secrets_and_deliveries(&c, port);
     test_frozen_redis(port);
   }
   sched_server_stop(s);
