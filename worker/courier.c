@@ -60,11 +60,19 @@ static char *attempt_record(const pa_courier *c, const pa_outbox_item *it, const
   return text;
 }
 
+/* Records an attempt's outcome. Redis may be restarting: retried for half a lease (the
+ * message stays leased meanwhile), so that a delivered message is not delivered again. */
 static void settle(pa_courier *c, const pa_outbox_item *it, const char *record, long long retry_at_ms, bool attempted,
                    const char *counters) {
-  if (c->q->ops->outbox_settle(c->q, it, record, retry_at_ms, attempted, counters))
-    pa_log(PA_LOG_WARN, it->job_id, json_pack("{s:s, s:s}", "webhook_id", it->msg_id, "error", pa_errmsg()),
-           "webhook outcome not recorded: the message comes back after its lease");
+  double until = pa_mono() + COURIER_LEASE_MS / 2000.0;
+  while (c->q->ops->outbox_settle(c->q, it, record, retry_at_ms, attempted, counters)) {
+    if (atomic_load(&c->stop) || pa_mono() > until) {
+      pa_log(PA_LOG_WARN, it->job_id, json_pack("{s:s, s:s}", "webhook_id", it->msg_id, "error", pa_errmsg()),
+             "webhook outcome not recorded: the message comes back after its lease");
+      return;
+    }
+    nap_ms(c, 250);
+  }
 }
 
 static void attempt(pa_courier *c, const pa_outbox_item *it) {

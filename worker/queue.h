@@ -77,6 +77,9 @@ typedef struct {
    * down, a GPU error), so the dead letter written when deliveries run out still says why:
    * dead_letter copies it beside its own code. */
   int (*note_failure)(pa_queue *q, const pa_delivery *d, const char *job_id, const char *code, const char *message);
+  /* Optional: true when the job's final result is recorded already (a redelivery after a
+   * crash between recording and acknowledging): the entry is acknowledged, not run again. */
+  bool (*is_settled)(pa_queue *q, const char *job_id);
   /* True when a client asked to cancel the job (checked between denoising steps). */
   bool (*is_canceled)(pa_queue *q, const char *job_id);
   /* Kafka: stop fetching while the GPU works, so the group does not rebalance (no-op on Redis). */

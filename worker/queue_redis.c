@@ -680,6 +680,22 @@ static bool rq_is_canceled(pa_queue *qq, const char *job_id) {
   return canceled;
 }
 
+/* A failed lookup reads as "not settled": the job runs, and its result write stays first-wins. */
+static bool rq_is_settled(pa_queue *qq, const char *job_id) {
+  rq *q = qq->impl;
+  rq_args a = {0};
+  char key[128];
+  job_key(job_id, key, sizeof key);
+  arg(&a, "HGET");
+  arg(&a, key);
+  arg(&a, "status");
+  redisReply *r = rq_cmd(q, &a);
+  bool settled = r && r->type == REDIS_REPLY_STRING &&
+                 (!strcmp(r->str, "succeeded") || !strcmp(r->str, "failed") || !strcmp(r->str, "canceled"));
+  freeReplyObject(r);
+  return settled;
+}
+
 static int rq_add_counters(pa_queue *qq, const char *const *names, const long long *deltas, int n) {
   rq *q = qq->impl;
   for (int i = 0; i < n; i++) {
@@ -722,7 +738,8 @@ static int rq_clone(pa_queue *qq, pa_queue **out) {
 
 static const pa_queue_ops rq_ops = {
     .claim = rq_claim, .renew = rq_renew, .publish_event = rq_publish_event, .record_result = rq_record_result,
-    .ack = rq_ack, .dead_letter = rq_dead_letter, .note_failure = rq_note_failure, .is_canceled = rq_is_canceled,
+    .ack = rq_ack, .dead_letter = rq_dead_letter, .note_failure = rq_note_failure, .is_settled = rq_is_settled,
+    .is_canceled = rq_is_canceled,
     .pause = rq_noop, .resume = rq_noop, .close = rq_close, .clone = rq_clone, .enqueue_webhook = rq_enqueue_webhook,
     .outbox_take = rq_outbox_take, .outbox_settle = rq_outbox_settle, .add_counters = rq_add_counters};
 

@@ -244,6 +244,13 @@ static void share_counters(worker *w) {
     pa_log(PA_LOG_WARN, NULL, json_pack("{s:s}", "error", pa_errmsg()), "shared counters not updated");
 }
 
+static void clear_outputs(pw_result *res) {
+  for (size_t i = 0; i < res->n_outputs; i++) free(res->outputs[i].key), free(res->outputs[i].url);
+  free(res->outputs);
+  res->outputs = NULL;
+  res->n_outputs = 0;
+}
+
 /* A fenced attempt ends here: nothing recorded, nothing acknowledged; the worker that owns
  * the entry now finishes the job. */
 static void abandon_job(worker *w, job_ctx *jc) {
@@ -253,9 +260,10 @@ static void abandon_job(worker *w, job_ctx *jc) {
   log_finished(w, jc, "fenced", false);
 }
 
-/* Still this attempt's entry? Checked (and the lease renewed) right before the outputs are
+/* Still this attempt's entry? Checked (and the lease renewed) right before each output is
  * written, so an attempt frozen past its lease does not overwrite the owner's files. */
-static bool still_owned(worker *w, job_ctx *jc) {
+bool job_still_owned(job_ctx *jc) {
+  worker *w = jc->w;
   if (!atomic_load(&jc->fenced) && w->q->ops->renew(w->q, &jc->d) == PA_ERR_NOTFOUND) job_fence(jc);
   return !atomic_load(&jc->fenced);
 }
@@ -286,16 +294,12 @@ static void finish_job(worker *w, job_ctx *jc) {
   pw_error err;
   uint8_t *buf = NULL;
   size_t len = 0;
-  if (atomic_load(&jc->fenced) || (!jc->failed && !still_owned(w, jc))) {
+  pw_result_init(&res);
+  if (!atomic_load(&jc->fenced) && !jc->failed && job_store_outputs(jc, &res)) clear_outputs(&res);
+  if (atomic_load(&jc->fenced)) {
+    clear_outputs(&res);
     abandon_job(w, jc);
     return;
-  }
-  pw_result_init(&res);
-  if (!jc->failed && job_store_outputs(jc, &res)) {
-    for (size_t i = 0; i < res.n_outputs; i++) free(res.outputs[i].key), free(res.outputs[i].url);
-    free(res.outputs);
-    res.outputs = NULL;
-    res.n_outputs = 0;
   }
   jc->state = JOB_DONE;
   atomic_store(&jc->leased, false);
@@ -392,6 +396,15 @@ static void prepare_job(worker *w, job_ctx *jc) {
   }
   if (pw_job_decode(jc->d.payload, jc->d.len, &jc->job, &err)) {
     dead_letter(w, jc, pw_code_name(err.code), err.field, err.message);
+    goto out;
+  }
+  if (w->q->ops->is_settled && w->q->ops->is_settled(w->q, jc->job.id)) {
+    int rc = w->q->ops->ack(w->q, &jc->d);
+    pa_log(PA_LOG_INFO, jc->job.id, json_pack("{s:s, s:i, s:b}", "entry", jc->d.handle, "deliveries", jc->d.deliveries,
+                                              "acked", rc == PA_OK),
+           "result already recorded: acknowledged without running again");
+    jc->state = JOB_DONE;
+    atomic_store(&jc->leased, false);
     goto out;
   }
   jc->seed = jc->job.has_seed ? (uint64_t)jc->job.seed : job_default_seed(jc->job.id);

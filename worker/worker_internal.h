@@ -83,6 +83,8 @@ uint64_t job_default_seed(const char *job_id);
 int job_store_outputs(job_ctx *jc, pw_result *res); /* PNG + upload; fills res->outputs */
 void job_fail(job_ctx *jc, pw_code code, bool transient, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 void job_fence(job_ctx *jc); /* the attempt lost its entry (worker.c): logged once */
+/* Renews the lease now and says whether the attempt still owns its entry (worker.c). */
+bool job_still_owned(job_ctx *jc);
 
 /* worker_notify.c: events on the queue plus webhooks (into the outbox, or an in-memory
  * background thread for transports without one); nothing waits for a receiver. */

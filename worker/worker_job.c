@@ -237,6 +237,10 @@ static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index,
     job_fail(jc, PW_E_INTERNAL, false, "PNG encoding: %s", pa_errmsg());
     return rc;
   }
+  if (!job_still_owned(jc)) { /* checked right before the write: a fenced attempt writes nothing */
+    free(png);
+    return PA_ERR_CANCELED;
+  }
   rc = pa_storage_put(s, key, png, len, "image/png", &loc, &url);
   free(png);
   if (rc) {
