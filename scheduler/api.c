@@ -341,11 +341,11 @@ static enum MHD_Result job_output(http_ctx *h, const char *id, const char *index
   return ok;
 }
 
-/* ---- GET /v1/jobs/{id}/deliveries: the workers' webhook attempts ------------------------ */
+/* ---- GET /v1/jobs/{id}/deliveries (and a batch's): the workers' webhook attempts ------- */
 
-static enum MHD_Result job_deliveries(http_ctx *h, const char *id) {
+enum MHD_Result api_deliveries(http_ctx *h, const char *id, bool batch) {
   char *json = NULL;
-  int rc = sched_webhook_deliveries(h->c, id, h->owner, &json);
+  int rc = sched_webhook_deliveries(h->c, id, h->owner, batch, &json);
   if (rc) return http_status_error(h->conn, rc);
   enum MHD_Result ok = http_json(h->conn, 200, json);
   free(json);
@@ -402,7 +402,7 @@ static enum MHD_Result job_routes(http_ctx *h, const char *const *seg, int n) {
   if (n == 2 && !strcmp(seg[1], "cancel") && post) return cancel_job(h, id);
   if (n == 2 && !strcmp(seg[1], "events") && get) return job_events(h, id);
   if (n == 3 && !strcmp(seg[1], "outputs") && get) return job_output(h, id, seg[2]);
-  if (n == 2 && !strcmp(seg[1], "deliveries") && get) return job_deliveries(h, id);
+  if (n == 2 && !strcmp(seg[1], "deliveries") && get) return api_deliveries(h, id, false);
   return http_error(h->conn, 404, "not_found", "", "no route %s %s", h->method, h->url);
 }
 

@@ -144,6 +144,8 @@ static enum MHD_Result submit_batch(http_ctx *h) {
 
 enum MHD_Result api_batches(http_ctx *h, const char *const *seg, int n) {
   if (n == 0 && !strcmp(h->method, "POST")) return submit_batch(h);
+  if (n == 2 && !strcmp(h->method, "GET") && !strcmp(seg[1], "deliveries") && seg[0][0] && valid_name(seg[0]))
+    return api_deliveries(h, seg[0], true);
   if (n == 1 && !strcmp(h->method, "GET") && seg[0][0] && valid_name(seg[0])) {
     char *json = NULL;
     int rc = batch_render(h->c, seg[0], h->owner, &json);

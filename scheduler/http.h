@@ -60,5 +60,7 @@ void http_path_free(http_path *p);
  * jobs routes as {"ID", "cancel"}. */
 enum MHD_Result api_route(http_ctx *h);
 enum MHD_Result api_batches(http_ctx *h, const char *const *seg, int n);
+/* GET .../{id}/deliveries of a job or a batch (api.c). */
+enum MHD_Result api_deliveries(http_ctx *h, const char *id, bool batch);
 
 #endif

@@ -75,8 +75,9 @@ void sched_config_usage(void);
 /* ---- webhooks (webhooks.c) ---------------------------------------------------------- */
 /* 0, or -1 with err filled (422 webhook.secret_id) when no worker could sign the job's webhook. */
 int sched_webhook_check(const sched_config *c, const pw_job *job, pw_error *err);
-/* {"job_id", "data": [attempt records, oldest first]}; PA_ERR_NOTFOUND for another owner's job. */
-int sched_webhook_deliveries(const sched_config *c, const char *id, const char *owner, char **json);
+/* {"job_id" (or "batch_id"), "data": [attempt records, oldest first]} of a job's (or a
+ * batch's) webhooks; PA_ERR_NOTFOUND for another owner's. */
+int sched_webhook_deliveries(const sched_config *c, const char *id, const char *owner, bool batch, char **json);
 
 /* ---- redis (redis.c) ---------------------------------------------------------------- */
 /* The calling thread's connection (made on first use, remade after an error). NULL with

@@ -29,14 +29,18 @@ int sched_webhook_check(const sched_config *c, const pw_job *job, pw_error *err)
   return -1;
 }
 
-int sched_webhook_deliveries(const sched_config *c, const char *id, const char *owner, char **json) {
-  redisReply *h = NULL;
-  int rc = jobs_fetch(c, id, &h);
+/* The owner of a job (paella:job:{id}) or of a batch (paella:batch:{id}) is `owner`. */
+static int check_owner(const sched_config *c, const char *id, const char *owner, bool batch) {
+  redisReply *r = sched_cmdf(c, "HGET paella:%s:%s owner", batch ? "batch" : "job", id);
+  if (!r) return PA_ERR_IO;
+  bool mine = r->type == REDIS_REPLY_STRING && !strcmp(r->str, owner);
+  freeReplyObject(r);
+  return mine ? PA_OK : pa_fail(PA_ERR_NOTFOUND, "no %s %s", batch ? "batch" : "job", id);
+}
+
+int sched_webhook_deliveries(const sched_config *c, const char *id, const char *owner, bool batch, char **json) {
+  int rc = check_owner(c, id, owner, batch);
   if (rc) return rc;
-  const char *o = jobs_field(h, "owner", NULL);
-  bool mine = o && !strcmp(o, owner);
-  freeReplyObject(h);
-  if (!mine) return pa_fail(PA_ERR_NOTFOUND, "no job %s", id);
   char key[160];
   snprintf(key, sizeof key, "paella:job:%s:deliveries", id);
   redisReply *r = sched_cmdf(c, "LRANGE %s 0 -1", key);
@@ -51,7 +55,7 @@ int sched_webhook_deliveries(const sched_config *c, const char *id, const char *
     if (rec) json_array_append_new(items, rec);
   }
   freeReplyObject(r);
-  json_t *page = json_pack("{s:s, s:o}", "job_id", id, "data", items);
+  json_t *page = json_pack("{s:s, s:o}", batch ? "batch_id" : "job_id", id, "data", items);
   *json = page ? json_dumps(page, JSON_COMPACT) : NULL;
   json_decref(page);
   return *json ? PA_OK : pa_fail(PA_ERR_NOMEM, "deliveries");

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "proto/proto.h"
+#include "worker/outbox.h"
 #include "worker/queue.h"
 #include "worker/url.h"
 
@@ -320,21 +321,9 @@ static const char ack_lua[] =
     "redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
     "return 1\n";
 
-/* Adds an outbox message (KEYS: outbox, message hash; ARGV from HOOK_ARG: msg id, job id,
- * event, url, secret id, has secret id, body, now) unless its id is there already. */
-#define ENQUEUE_LUA                                                                                 \
-  "local function enqueue(outbox, hash, a)\n"                                                       \
-  "  if redis.call('EXISTS', hash) == 1 then return 0 end\n"                                        \
-  "  redis.call('HSET', hash, 'job_id', ARGV[a + 1], 'event', ARGV[a + 2], 'url', ARGV[a + 3],\n"   \
-  "    'secret_id', ARGV[a + 4], 'has_secret_id', ARGV[a + 5], 'body', ARGV[a + 6], 'attempts', 0,\n" \
-  "    'created_ms', ARGV[a + 7])\n"                                                                \
-  "  redis.call('ZADD', outbox, 'NX', ARGV[a + 7], ARGV[a])\n"                                      \
-  "  return 1\n"                                                                                    \
-  "end\n"
-
 /* KEYS: stream, outbox, message hash. ARGV: group, consumer, entry, count, then the message. */
 static const char enqueue_lua[] =
-    OWNS_LUA ENQUEUE_LUA
+    OWNS_LUA PA_OUTBOX_ENQUEUE_LUA
     "if not owns(KEYS[1], ARGV[1], ARGV[3], ARGV[2], ARGV[4]) then return -1 end\n"
     "return enqueue(KEYS[2], KEYS[3], 5)\n";
 
@@ -356,7 +345,7 @@ static const char event_lua[] =
  * The first final result wins; later ones (re-runs) change nothing and add no event and no
  * webhook; a fenced attempt (-1) writes nothing at all. */
 static const char result_lua[] =
-    OWNS_LUA ENQUEUE_LUA
+    OWNS_LUA PA_OUTBOX_ENQUEUE_LUA
     "if ARGV[9] ~= '' and not owns(KEYS[3], ARGV[8], ARGV[9], ARGV[4], ARGV[10]) then return -1 end\n"
     "local s = redis.call('HGET', KEYS[1], 'status')\n"
     "if s == 'succeeded' or s == 'failed' or s == 'canceled' then return 0 end\n"
@@ -486,7 +475,7 @@ static int rq_publish_event(pa_queue *qq, const char *job_id, const char *type, 
   return rq_eval(q, &a, NULL);
 }
 
-/* The message's arguments (ENQUEUE_LUA): msg id, job id, event, url, secret id, has secret
+/* The message's arguments (PA_OUTBOX_ENQUEUE_LUA): msg id, job id, event, url, secret id, has secret
  * id, body, now. */
 static void hook_args(rq_args *a, const pa_webhook_msg *m) {
   arg(a, m->msg_id);
@@ -770,8 +759,8 @@ static int parse_config(rq *q, const char *url, const pa_queue_options *o) {
   if (q->events_maxlen < 1) return pa_fail(PA_ERR_INVALID, "queue URL: events_maxlen must be >= 1");
   snprintf(q->events, sizeof q->events, "%s:events", q->stream);
   snprintf(q->dead, sizeof q->dead, "%s:dead", q->stream);
-  snprintf(q->outbox, sizeof q->outbox, "%s:webhooks", q->stream);
-  snprintf(q->hook_prefix, sizeof q->hook_prefix, "%s:webhook:", q->stream);
+  snprintf(q->outbox, sizeof q->outbox, "%s" PA_OUTBOX_SUFFIX, q->stream);
+  snprintf(q->hook_prefix, sizeof q->hook_prefix, "%s" PA_OUTBOX_MESSAGE_SUFFIX, q->stream);
   if (!(q->url_text = strdup(url))) return pa_fail(PA_ERR_NOMEM, "out of memory");
   if (o && o->consumer && o->consumer[0]) {
     snprintf(q->consumer, sizeof q->consumer, "%s", o->consumer);

@@ -57,11 +57,13 @@ void pa_worker_config_default(pa_worker_config *c) {
 
 /* ---- leases, cancellation, progress ------------------------------------------------------ */
 
+/* Called from the heartbeat thread too: reads only the delivery (set before the thread sees
+ * the job, never written after), not the job being decoded; the job's own "job finished"
+ * line (status fenced) names it. */
 void job_fence(job_ctx *jc) {
   if (atomic_exchange(&jc->fenced, true)) return;
-  pa_log(PA_LOG_WARN, jc->job.id[0] ? jc->job.id : NULL,
-         json_pack("{s:s, s:i}", "entry", jc->d.handle, "delivery", jc->d.deliveries),
-         "lease lost: another worker owns this job now; this attempt stops and writes nothing");
+  pa_log(PA_LOG_WARN, NULL, json_pack("{s:s, s:i}", "entry", jc->d.handle, "delivery", jc->d.deliveries),
+         "lease lost: another worker owns this entry now; this attempt stops and writes nothing");
 }
 
 /* The heartbeat thread: every quarter lease, renews each leased entry of the current batch on

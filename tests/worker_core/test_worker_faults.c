@@ -210,7 +210,7 @@ static void test_fencing(redisContext *c) {
   for (double t0 = h_now(); h_now() - t0 < 120 && !(fenced = log_has(log_a, "\"job_id\":\"fx1\"", "\"status\":\"fenced\""));)
     h_sleep_ms(50);
   CHECK_MSG(fenced, "the frozen worker did not abandon its attempt");
-  CHECK(log_has(log_a, "lease lost", "fx1"));
+  CHECK(log_has(log_a, "lease lost", "\"entry\""));
   /* every side effect of the fenced attempt is refused: one result (wB's), one completed event
    * and webhook, the output untouched, nothing left pending or queued */
   by = h_hget(c, "paella:job:fx1", "worker");
