@@ -654,35 +654,32 @@ static int rq_note_failure(pa_queue *qq, const pa_delivery *d, const char *job_i
   return rq_eval(q, &a, NULL);
 }
 
-/* A failed lookup reads as "not canceled": the job keeps running rather than dying on a blip. */
-static bool rq_is_canceled(pa_queue *qq, const char *job_id) {
-  rq *q = qq->impl;
+/* HGET paella:job:{id} field, compared with `values` (NULL-terminated); false when absent
+ * or when Redis fails. */
+static bool job_field_in(rq *q, const char *job_id, const char *field, const char *const *values) {
   rq_args a = {0};
   char key[128];
   job_key(job_id, key, sizeof key);
   arg(&a, "HGET");
   arg(&a, key);
-  arg(&a, "cancel");
+  arg(&a, field);
   redisReply *r = rq_cmd(q, &a);
-  bool canceled = r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "1");
+  bool in = false;
+  for (int i = 0; r && r->type == REDIS_REPLY_STRING && values[i] && !in; i++) in = !strcmp(r->str, values[i]);
   freeReplyObject(r);
-  return canceled;
+  return in;
+}
+
+/* A failed lookup reads as "not canceled": the job keeps running rather than dying on a blip. */
+static bool rq_is_canceled(pa_queue *qq, const char *job_id) {
+  static const char *const yes[] = {"1", NULL};
+  return job_field_in(qq->impl, job_id, "cancel", yes);
 }
 
 /* A failed lookup reads as "not settled": the job runs, and its result write stays first-wins. */
 static bool rq_is_settled(pa_queue *qq, const char *job_id) {
-  rq *q = qq->impl;
-  rq_args a = {0};
-  char key[128];
-  job_key(job_id, key, sizeof key);
-  arg(&a, "HGET");
-  arg(&a, key);
-  arg(&a, "status");
-  redisReply *r = rq_cmd(q, &a);
-  bool settled = r && r->type == REDIS_REPLY_STRING &&
-                 (!strcmp(r->str, "succeeded") || !strcmp(r->str, "failed") || !strcmp(r->str, "canceled"));
-  freeReplyObject(r);
-  return settled;
+  static const char *const final[] = {"succeeded", "failed", "canceled", NULL};
+  return job_field_in(qq->impl, job_id, "status", final);
 }
 
 static int rq_add_counters(pa_queue *qq, const char *const *names, const long long *deltas, int n) {

@@ -249,6 +249,41 @@ static inline long long h_int(redisContext *c, const char *fmt, ...) {
   return v;
 }
 
+/* Lines of a log file that contain a (and b, when given). */
+static inline int h_log_lines(const char *path, const char *a, const char *b) {
+  FILE *f = fopen(path, "r");
+  char line[8192];
+  int n = 0;
+  while (f && fgets(line, sizeof line, f)) n += strstr(line, a) && (!b || strstr(line, b));
+  if (f) fclose(f);
+  return n;
+}
+
+/* The last n lines of a log on stderr (for a failing test). */
+static inline void h_tail_log(const char *path, int n) {
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "tail -n %d '%s' >&2", n, path);
+  if (system(cmd)) {
+  }
+}
+
+/* Events of `type` for job_id in the job events stream. */
+static inline int h_events_of(redisContext *c, const char *job_id, const char *type) {
+  redisReply *r = redisCommand(c, "XRANGE paella:jobs:events - +");
+  int n = 0;
+  for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+    redisReply *f = r->element[i]->element[1];
+    bool t = false, mine = false;
+    for (size_t k = 0; k + 1 < f->elements; k += 2) {
+      t |= !strcmp(f->element[k]->str, "type") && !strcmp(f->element[k + 1]->str, type);
+      mine |= !strcmp(f->element[k]->str, "id") && !strcmp(f->element[k + 1]->str, job_id);
+    }
+    n += t && mine;
+  }
+  freeReplyObject(r);
+  return n;
+}
+
 /* Waits for a child; its exit status, or -1 on timeout (then it is killed). */
 static inline int h_wait_exit(pid_t pid, double timeout_s) {
   for (double t0 = h_now(); h_now() - t0 < timeout_s; h_sleep_ms(10)) {

@@ -92,31 +92,6 @@ static bool wait_running_on(redisContext **c, const char *name, double timeout_s
   return false;
 }
 
-static int count_lines(const char *path, const char *a, const char *b) {
-  FILE *f = fopen(path, "r");
-  char line[8192];
-  int n = 0;
-  while (f && fgets(line, sizeof line, f)) n += strstr(line, a) && (!b || strstr(line, b));
-  if (f) fclose(f);
-  return n;
-}
-
-static int events_of(redisContext *c, const char *job_id, const char *type) {
-  redisReply *r = redisCommand(c, "XRANGE paella:jobs:events - +");
-  int n = 0;
-  for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-    redisReply *f = r->element[i]->element[1];
-    bool t = false, mine = false;
-    for (size_t k = 0; k + 1 < f->elements; k += 2) {
-      t |= !strcmp(f->element[k]->str, "type") && !strcmp(f->element[k + 1]->str, type);
-      mine |= !strcmp(f->element[k]->str, "id") && !strcmp(f->element[k + 1]->str, job_id);
-    }
-    n += t && mine;
-  }
-  freeReplyObject(r);
-  return n;
-}
-
 /* The output is not newer than the recorded result. */
 static bool output_before_result(redisContext *c, const char *id) {
   char png[400], key[64];
@@ -212,7 +187,7 @@ int main(void) {
     char *s = h_status(c, ids[i]), id[40];
     lost += !s || strcmp(s, "succeeded");
     free(s);
-    multi_result += events_of(c, ids[i], "completed") != 1;
+    multi_result += h_events_of(c, ids[i], "completed") != 1;
     late_output += !output_before_result(c, ids[i]);
     snprintf(id, sizeof id, "%s.completed", ids[i]);
     int hooks = h_hooks_with_id(id);
@@ -228,10 +203,10 @@ int main(void) {
   CHECK_MSG(late_output == 0, "%d outputs written after their result (a fenced attempt)", late_output);
   CHECK_MSG(dead == N_POISON, "%lld dead letters for %d poison entries", dead, N_POISON);
   CHECK_MSG(pend == 0, "%lld entries left pending", pend);
-  int fenced = count_lines(log_a, "\"status\":\"fenced\"", NULL) + count_lines(log_b, "\"status\":\"fenced\"", NULL);
-  int retried = count_lines(log_a, "\"status\":\"retry\"", NULL) + count_lines(log_b, "\"status\":\"retry\"", NULL);
-  int resettled = count_lines(log_a, "result already recorded", NULL) + count_lines(log_b, "result already recorded", NULL);
-  int lease_lost = count_lines(log_a, "lease lost", NULL) + count_lines(log_b, "lease lost", NULL);
+  int fenced = h_log_lines(log_a, "\"status\":\"fenced\"", NULL) + h_log_lines(log_b, "\"status\":\"fenced\"", NULL);
+  int retried = h_log_lines(log_a, "\"status\":\"retry\"", NULL) + h_log_lines(log_b, "\"status\":\"retry\"", NULL);
+  int resettled = h_log_lines(log_a, "result already recorded", NULL) + h_log_lines(log_b, "result already recorded", NULL);
+  int lease_lost = h_log_lines(log_a, "lease lost", NULL) + h_log_lines(log_b, "lease lost", NULL);
   printf("chaos: %d jobs + %d poison entries in %.1f s (two workers; freeze of wA %s a job; storage down 3 s; "
          "redis kill -9 + AOF restart); lost %d, results != 1: %d, completed webhooks %d/%d (duplicates %d), "
          "outputs after their result %d, dead letters %lld, pending %lld; fenced attempts %d (lease lost %d), "

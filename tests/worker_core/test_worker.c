@@ -389,12 +389,7 @@ int main(void) {
   test_metrics(c);
   test_webhooks(c);
   test_storage_failure_dead_letter(c);
-  if (test_failed_) {
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "tail -n 40 '%s' >&2", log_path);
-    if (system(cmd)) {
-    }
-  }
+  if (test_failed_) h_tail_log(log_path, 40);
   redisFree(c);
   TEST_END();
 }

@@ -160,31 +160,6 @@ static void test_deliveries_and_secrets(redisContext *c) {
   h_receiver_stop();
 }
 
-static bool log_has(const char *path, const char *a, const char *b) {
-  FILE *f = fopen(path, "r");
-  char line[8192];
-  bool found = false;
-  while (f && !found && fgets(line, sizeof line, f)) found = strstr(line, a) && strstr(line, b);
-  if (f) fclose(f);
-  return found;
-}
-
-static int completed_events(redisContext *c, const char *job_id) {
-  redisReply *r = redisCommand(c, "XRANGE paella:jobs:events - +");
-  int n = 0;
-  for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
-    redisReply *f = r->element[i]->element[1];
-    bool completed = false, mine = false;
-    for (size_t k = 0; k + 1 < f->elements; k += 2) {
-      completed |= !strcmp(f->element[k]->str, "type") && !strcmp(f->element[k + 1]->str, "completed");
-      mine |= !strcmp(f->element[k]->str, "id") && !strcmp(f->element[k + 1]->str, job_id);
-    }
-    n += completed && mine;
-  }
-  freeReplyObject(r);
-  return n;
-}
-
 /* Finding 3: SIGSTOP a worker past its lease, let another finish the job, SIGCONT. */
 static void test_fencing(redisContext *c) {
   int port = h_receiver_start();
@@ -207,16 +182,16 @@ static void test_fencing(redisContext *c) {
   CHECK(stat(png, &before) == 0);
   kill(a, SIGCONT);
   bool fenced = false;
-  for (double t0 = h_now(); h_now() - t0 < 120 && !(fenced = log_has(log_a, "\"job_id\":\"fx1\"", "\"status\":\"fenced\""));)
+  for (double t0 = h_now(); h_now() - t0 < 120 && !(fenced = h_log_lines(log_a, "\"job_id\":\"fx1\"", "\"status\":\"fenced\"") > 0);)
     h_sleep_ms(50);
   CHECK_MSG(fenced, "the frozen worker did not abandon its attempt");
-  CHECK(log_has(log_a, "lease lost", "\"entry\""));
+  CHECK(h_log_lines(log_a, "lease lost", "\"entry\"") > 0);
   /* every side effect of the fenced attempt is refused: one result (wB's), one completed event
    * and webhook, the output untouched, nothing left pending or queued */
   by = h_hget(c, "paella:job:fx1", "worker");
   CHECK_MSG(by && !strcmp(by, "wB"), "result by %s after SIGCONT", by ? by : "(none)");
   free(by);
-  CHECK_MSG(completed_events(c, "fx1") == 1, "%d completed events", completed_events(c, "fx1"));
+  CHECK_MSG(h_events_of(c, "fx1", "completed") == 1, "%d completed events", h_events_of(c, "fx1", "completed"));
   CHECK(h_int(c, "ZCARD paella:jobs:webhooks") == 0);
   CHECK_MSG(h_hooks_with_id("fx1.completed") == 1, "%d completed webhooks", h_hooks_with_id("fx1.completed"));
   CHECK(stat(png, &after) == 0 && after.st_ino == before.st_ino && after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
@@ -239,12 +214,7 @@ int main(void) {
   test_hanging_receiver(c);
   test_deliveries_and_secrets(c);
   test_fencing(c);
-  if (test_failed_) {
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "tail -n 30 '%s' >&2", log_path);
-    if (system(cmd)) {
-    }
-  }
+  if (test_failed_) h_tail_log(log_path, 30);
   redisFree(c);
   TEST_END();
 }
