@@ -2,18 +2,68 @@
 
 #include <errno.h>
 #include <math.h>
-#include <spng.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
+#include <strings.h>
 
+#include "model/image_codec.h"
 #include "ops/error.h"
 
-int pa_image_new(int width, int height, pa_image **out) {
+/* ---- formats ------------------------------------------------------------------------- */
+
+static const struct {
+  const char *name, *ext, *mime;
+} formats[PA_IMAGE_FORMAT_COUNT] = {
+    [PA_IMAGE_PNG] = {"png", ".png", "image/png"},
+    [PA_IMAGE_JPEG] = {"jpeg", ".jpg", "image/jpeg"},
+    [PA_IMAGE_WEBP] = {"webp", ".webp", "image/webp"},
+};
+
+int pa_image_format_from_name(const char *name, pa_image_format *out) {
+  for (int f = 0; f < PA_IMAGE_FORMAT_COUNT; f++)
+    if (!strcasecmp(name, formats[f].name)) {
+      *out = (pa_image_format)f;
+      return 0;
+    }
+  if (!strcasecmp(name, "jpg")) {
+    *out = PA_IMAGE_JPEG;
+    return 0;
+  }
+  return -1;
+}
+
+int pa_image_format_from_path(const char *path, pa_image_format *out) {
+  const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+  if (!dot || (slash && dot < slash) || dot == path || (slash && dot == slash + 1)) return 0;
+  return pa_image_format_from_name(dot + 1, out) == 0 ? 1 : -1;
+}
+
+const char *pa_image_format_name(pa_image_format f) { return formats[f].name; }
+const char *pa_image_format_extension(pa_image_format f) { return formats[f].ext; }
+const char *pa_image_format_mime(pa_image_format f) { return formats[f].mime; }
+
+int pa_image_format_detect(const void *buf, size_t len, pa_image_format *out) {
+  const unsigned char *b = buf;
+  if (len >= 8 && !memcmp(b, "\x89PNG\r\n\x1a\n", 8)) *out = PA_IMAGE_PNG;
+  else if (len >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) *out = PA_IMAGE_JPEG;
+  else if (len >= 12 && !memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4)) *out = PA_IMAGE_WEBP;
+  else return -1;
+  return 0;
+}
+
+/* ---- images -------------------------------------------------------------------------- */
+
+int pa_rgb8_check_size(long width, long height) {
   if (width < 1 || height < 1 || width > PA_IMAGE_MAX_SIDE || height > PA_IMAGE_MAX_SIDE)
-    return pa_fail(PA_ERR_INVALID, "image size %dx%d outside 1..%d", width, height, PA_IMAGE_MAX_SIDE);
+    return pa_fail(PA_ERR_INVALID, "image size %ldx%ld outside 1..%d", width, height, PA_IMAGE_MAX_SIDE);
+  return PA_OK;
+}
+
+int pa_image_new(int width, int height, pa_image **out) {
+  int rc = pa_rgb8_check_size(width, height);
+  if (rc) return rc;
   pa_image *img = calloc(1, sizeof *img);
   if (img) img->rgb = calloc((size_t)width * height * 3, sizeof *img->rgb);
   if (!img || !img->rgb) {
@@ -32,37 +82,23 @@ void pa_image_free(pa_image *img) {
   free(img);
 }
 
-int pa_image_decode_png(const void *buf, size_t len, pa_image **out) {
-  int rc = PA_OK, err;
-  unsigned char *px = NULL;
-  spng_ctx *ctx = spng_ctx_new(0);
-  if (!ctx) return pa_fail(PA_ERR_NOMEM, "png: out of memory");
-  struct spng_ihdr ihdr;
-  size_t size;
-  spng_set_image_limits(ctx, PA_IMAGE_MAX_SIDE, PA_IMAGE_MAX_SIDE);
-  spng_set_chunk_limits(ctx, 1u << 24, 1u << 26);
-  if ((err = spng_set_png_buffer(ctx, buf, len)) || (err = spng_get_ihdr(ctx, &ihdr)) ||
-      (err = spng_decoded_image_size(ctx, SPNG_FMT_RGB8, &size))) {
-    rc = pa_fail(PA_ERR_FORMAT, "not a readable PNG: %s", spng_strerror(err));
-    goto fail;
-  }
-  if (!(px = malloc(size))) {
-    rc = pa_fail(PA_ERR_NOMEM, "png: out of memory");
-    goto fail;
-  }
-  if ((err = spng_decode_image(ctx, px, size, SPNG_FMT_RGB8, SPNG_DECODE_TRNS))) {
-    rc = pa_fail(PA_ERR_FORMAT, "PNG decode failed: %s", spng_strerror(err));
-    goto fail;
-  }
-  PA_TRY(pa_image_new((int)ihdr.width, (int)ihdr.height, out));
-  for (size_t i = 0; i < (size_t)ihdr.width * ihdr.height * 3; i++) (*out)->rgb[i] = px[i] / 255.0f;
-fail:
-  free(px);
-  spng_ctx_free(ctx);
+int pa_image_decode(const void *buf, size_t len, pa_image **out) {
+  pa_image_format f;
+  pa_rgb8 d = {0};
+  int rc;
+  if (pa_image_format_detect(buf, len, &f))
+    return pa_fail(PA_ERR_FORMAT, "not a PNG, JPEG or WebP image");
+  rc = f == PA_IMAGE_PNG ? pa_png_decode(buf, len, &d)
+     : f == PA_IMAGE_JPEG ? pa_jpeg_decode(buf, len, &d) : pa_webp_decode(buf, len, &d);
+  if (rc == PA_OK) rc = pa_image_new(d.width, d.height, out);
+  if (rc == PA_OK)
+    for (size_t i = 0; i < (size_t)d.width * d.height * 3; i++) (*out)->rgb[i] = d.px[i] / 255.0f;
+  free(d.px);
   return rc;
 }
 
-int pa_image_read_png(const char *path, pa_image **out) {
+/* Reads a whole file of at most 256 MiB. */
+static int read_file(const char *path, unsigned char **out, size_t *out_len) {
   FILE *f = fopen(path, "rb");
   if (!f) return pa_fail(PA_ERR_IO, "%s: %s", path, strerror(errno));
   unsigned char *buf = NULL;
@@ -81,69 +117,55 @@ int pa_image_read_png(const char *path, pa_image **out) {
     got = fread(buf + len, 1, cap - len, f);
     len += got;
   } while (got > 0);
-  if (ferror(f)) {
-    rc = pa_fail(PA_ERR_IO, "%s: read error", path);
-    goto fail;
-  }
-  if ((rc = pa_image_decode_png(buf, len, out))) pa_fail_context(rc, "%s: ", path);
+  if (ferror(f)) rc = pa_fail(PA_ERR_IO, "%s: read error", path);
 fail:
-  free(buf);
   fclose(f);
+  if (rc) free(buf);
+  else *out = buf, *out_len = len;
   return rc;
 }
 
-int pa_image_encode_png(const pa_image *img, void **buf, size_t *len) {
-  int rc = PA_OK, err;
+int pa_image_read(const char *path, pa_image **out) {
+  unsigned char *buf = NULL;
+  size_t len = 0;
+  int rc = read_file(path, &buf, &len);
+  if (rc) return rc;
+  if ((rc = pa_image_decode(buf, len, out))) pa_fail_context(rc, "%s: ", path);
+  free(buf);
+  return rc;
+}
+
+int pa_image_encode(const pa_image *img, const pa_image_encoding *enc, void **buf, size_t *len) {
   size_t n = (size_t)img->width * img->height * 3;
-  unsigned char *px = malloc(n);
-  spng_ctx *ctx = spng_ctx_new(SPNG_CTX_ENCODER);
-  if (!px || !ctx) {
-    rc = pa_fail(PA_ERR_NOMEM, "png: out of memory");
-    goto fail;
-  }
+  pa_rgb8 px = {img->width, img->height, malloc(n)};
+  int rc;
+  if (enc->format != PA_IMAGE_PNG && (enc->quality < 1 || enc->quality > 100))
+    return free(px.px), pa_fail(PA_ERR_INVALID, "quality %d is outside 1..100", enc->quality);
+  if (!px.px) return pa_fail(PA_ERR_NOMEM, "out of memory encoding a %dx%d image", img->width, img->height);
   for (size_t i = 0; i < n; i++) {
     float v = img->rgb[i];
     v = v != v ? 0.0f : (v < 0 ? 0 : (v > 1 ? 1 : v)); /* NaN -> 0 */
-    px[i] = (unsigned char)lrintf(v * 255.0f);
+    px.px[i] = (unsigned char)lrintf(v * 255.0f);
   }
-  struct spng_ihdr ihdr = {.width = (uint32_t)img->width, .height = (uint32_t)img->height,
-                           .bit_depth = 8, .color_type = SPNG_COLOR_TYPE_TRUECOLOR};
-  spng_set_option(ctx, SPNG_ENCODE_TO_BUFFER, 1);
-  if ((err = spng_set_ihdr(ctx, &ihdr)) ||
-      (err = spng_encode_image(ctx, px, n, SPNG_FMT_PNG, SPNG_ENCODE_FINALIZE))) {
-    rc = pa_fail(PA_ERR_FORMAT, "PNG encode failed: %s", spng_strerror(err));
-    goto fail;
+  switch (enc->format) {
+    case PA_IMAGE_PNG: rc = pa_png_encode(&px, enc->params, buf, len); break;
+    case PA_IMAGE_JPEG: rc = pa_jpeg_encode(&px, enc->quality, enc->params, buf, len); break;
+    case PA_IMAGE_WEBP: rc = pa_webp_encode(&px, enc->quality, enc->params, buf, len); break;
+    default: rc = pa_fail(PA_ERR_INVALID, "unknown image format %d", (int)enc->format);
   }
-  *buf = spng_get_png_buffer(ctx, len, &err);
-  if (!*buf) rc = pa_fail(PA_ERR_FORMAT, "PNG encode failed: %s", spng_strerror(err));
-fail:
-  free(px);
-  spng_ctx_free(ctx);
+  free(px.px);
   return rc;
 }
 
-int pa_image_write_png(const char *path, const pa_image *img) {
-  void *buf = NULL;
-  size_t len = 0;
-  int rc = pa_image_encode_png(img, &buf, &len);
-  if (rc) return rc;
-  char tmp[4096];
-  snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid());
-  FILE *f = fopen(tmp, "wb");
-  if (!f) {
-    rc = pa_fail(PA_ERR_IO, "%s: %s", path, strerror(errno));
-  } else {
-    bool ok = fwrite(buf, 1, len, f) == len;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok || rename(tmp, path) != 0) {
-      rc = pa_fail(PA_ERR_IO, "%s: %s", path, strerror(errno ? errno : EIO));
-      unlink(tmp);
-    }
-  }
-  free(buf);
-  return rc;
+int pa_image_read_params(const void *buf, size_t len, char **params) {
+  pa_image_format f;
+  *params = NULL;
+  if (pa_image_format_detect(buf, len, &f)) return pa_fail(PA_ERR_FORMAT, "not a PNG, JPEG or WebP image");
+  return f == PA_IMAGE_PNG ? pa_png_params(buf, len, params)
+       : f == PA_IMAGE_JPEG ? pa_jpeg_params(buf, len, params) : pa_webp_params(buf, len, params);
 }
 
+/* ---- geometry ------------------------------------------------------------------------ */
 int pa_image_resize(const pa_image *img, int width, int height, pa_image **out) {
   int rc = pa_image_new(width, height, out);
   if (rc) return rc;

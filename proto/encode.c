@@ -98,6 +98,9 @@ static void job_edit(enc *e, const pw_job *j) {
 }
 
 static void job_delivery(enc *e, const pw_job *j) {
+  /* written only when not the default, so that older messages keep their exact bytes */
+  if (j->output_format != PW_FORMAT_PNG) top_str(e, "output_format", pw_output_format_names[j->output_format]);
+  if (j->output_quality != PW_DEFAULT_OUTPUT_QUALITY) top_int(e, "output_quality", j->output_quality);
   if (j->has_output) {
     top_key(e, "output");
     if (j->output.dir) {

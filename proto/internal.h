@@ -14,6 +14,7 @@ int pw_fail(pw_error *err, pw_code code, const char *field, const char *fmt, ...
 /* Name tables indexed by the enum value, and their lookup (-1 when not found). */
 extern const char *const pw_kind_names[PW_KIND_COUNT];
 extern const char *const pw_sampling_names[PW_SAMPLING_COUNT];
+extern const char *const pw_output_format_names[PW_FORMAT_COUNT];
 extern const char *const pw_prior_sampler_names[PW_PRIOR_SAMPLER_COUNT];
 extern const char *const pw_interp_mode_names[PW_INTERP_COUNT];
 extern const char *const pw_event_names[PW_EVENT_COUNT];

@@ -50,6 +50,8 @@
 #define PW_MAX_OUTPUTS (PW_FRAMES_MAX > PW_BATCH_MAX ? PW_FRAMES_MAX : PW_BATCH_MAX)
 #define PW_PROGRESS_TOTAL_MAX 100000
 #define PW_TIMING_MAX_MS 86400000.0 /* one day */
+#define PW_QUALITY_MIN 1 /* output_quality: JPEG and WebP */
+#define PW_QUALITY_MAX 100
 
 /* ---- defaults (Paella v3 sampler) ---------------------------------------------------- */
 #define PW_DEFAULT_SIZE 256
@@ -66,5 +68,6 @@
 #define PW_DEFAULT_PRIOR_GUIDANCE 4.0
 #define PW_DEFAULT_FRAMES 8
 #define PW_DEFAULT_PRIORITY 5
+#define PW_DEFAULT_OUTPUT_QUALITY 90 /* output_format defaults to png (lossless) */
 
 #endif

@@ -32,6 +32,8 @@ void pw_job_init(pw_job *job) {
   job->interpolate.mode = PW_INTERP_SLERP;
   job->webhook.events = PW_EVENTS_ALL;
   job->priority = PW_DEFAULT_PRIORITY;
+  job->output_format = PW_FORMAT_PNG;
+  job->output_quality = PW_DEFAULT_OUTPUT_QUALITY;
 }
 
 void pw_job_apply_defaults(pw_job *job) {

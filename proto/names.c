@@ -84,6 +84,7 @@ char *pw_error_json(const pw_error *err) {
 const char *const pw_kind_names[PW_KIND_COUNT] = {"txt2img", "img2img", "inpaint",
                                                   "outpaint", "variation", "interpolate"};
 const char *const pw_sampling_names[PW_SAMPLING_COUNT] = {"multinomial", "argmax"};
+const char *const pw_output_format_names[PW_FORMAT_COUNT] = {"png", "jpeg", "webp"};
 const char *const pw_prior_sampler_names[PW_PRIOR_SAMPLER_COUNT] = {"ddpm", "ddim"};
 const char *const pw_interp_mode_names[PW_INTERP_COUNT] = {"slerp", "lerp"};
 const char *const pw_event_names[PW_EVENT_COUNT] = {"start", "progress", "completed", "failed"};
@@ -108,6 +109,9 @@ const char *pw_prior_sampler_name(pw_prior_sampler s) {
 }
 const char *pw_interp_mode_name(pw_interp_mode m) {
   return NAME_OR_UNKNOWN(pw_interp_mode_names, PW_INTERP_COUNT, m);
+}
+const char *pw_output_format_name(pw_output_format f) {
+  return NAME_OR_UNKNOWN(pw_output_format_names, PW_FORMAT_COUNT, f);
 }
 const char *pw_event_name(pw_event e) { return NAME_OR_UNKNOWN(pw_event_names, PW_EVENT_COUNT, e); }
 const char *pw_stage_name(pw_stage s) { return NAME_OR_UNKNOWN(pw_stage_names, PW_STAGE_COUNT, s); }

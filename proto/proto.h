@@ -69,6 +69,7 @@ typedef enum {
 typedef enum { PW_SAMPLING_MULTINOMIAL, PW_SAMPLING_ARGMAX, PW_SAMPLING_COUNT } pw_sampling;
 typedef enum { PW_PRIOR_DDPM, PW_PRIOR_DDIM, PW_PRIOR_SAMPLER_COUNT } pw_prior_sampler;
 typedef enum { PW_INTERP_SLERP, PW_INTERP_LERP, PW_INTERP_COUNT } pw_interp_mode;
+typedef enum { PW_FORMAT_PNG, PW_FORMAT_JPEG, PW_FORMAT_WEBP, PW_FORMAT_COUNT } pw_output_format;
 typedef enum {
   PW_EVENT_START, PW_EVENT_PROGRESS, PW_EVENT_COMPLETED, PW_EVENT_FAILED, PW_EVENT_COUNT
 } pw_event;
@@ -83,9 +84,16 @@ const char *pw_kind_name(pw_kind k);
 const char *pw_sampling_name(pw_sampling s);
 const char *pw_prior_sampler_name(pw_prior_sampler s);
 const char *pw_interp_mode_name(pw_interp_mode m);
+const char *pw_output_format_name(pw_output_format f);
 const char *pw_event_name(pw_event e);
 const char *pw_stage_name(pw_stage s);
 const char *pw_status_name(pw_status s);
+
+/* ---- build ------------------------------------------------------------------------- */
+/* "0.3.0" and the line every binary's --version prints:
+ * "paella 0.3.0 (commit 1a2b3c4d5e6f, Release build, CUDA no)" */
+const char *pw_build_version(void);
+const char *pw_build_description(void);
 
 /* ---- messages ----------------------------------------------------------------------- */
 typedef enum { PW_MSG_JOB, PW_MSG_PROGRESS, PW_MSG_RESULT } pw_msg_type;
@@ -139,6 +147,8 @@ typedef struct {
     int64_t frames;
     pw_interp_mode mode;
   } interpolate;
+  pw_output_format output_format; /* of the stored images */
+  int64_t output_quality;         /* JPEG and WebP, PW_QUALITY_MIN..PW_QUALITY_MAX */
   int has_output; /* without one the worker's configured store is used */
   struct {
     char *bucket, *prefix; /* S3 target ... */

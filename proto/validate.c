@@ -181,6 +181,8 @@ static int job_kind(const pw_job *j, pw_error *err) {
 }
 
 static int job_output(const pw_job *j, pw_error *err) {
+  TRY(int_range(j->output_format, 0, PW_FORMAT_COUNT - 1, "output_format", err));
+  TRY(int_range(j->output_quality, PW_QUALITY_MIN, PW_QUALITY_MAX, "output_quality", err));
   if (!j->has_output) return 0;
   if (j->output.dir && (j->output.bucket || j->output.prefix))
     return pw_fail(err, PW_E_CONFLICT, "output.dir", "give a bucket (and prefix) or a dir, not both");

@@ -305,7 +305,10 @@ static enum MHD_Result serve_file(http_ctx *h, const char *path) {
     close(fd);
     return MHD_NO;
   }
-  enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "image/png") == MHD_YES
+  size_t n = strlen(path); /* the worker names outputs N.png, N.jpg or N.webp */
+  const char *type = n > 4 && !strcmp(path + n - 4, ".jpg") ? "image/jpeg"
+                   : n > 5 && !strcmp(path + n - 5, ".webp") ? "image/webp" : "image/png";
+  enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type) == MHD_YES
                            ? MHD_queue_response(h->conn, 200, r)
                            : MHD_NO;
   MHD_destroy_response(r);

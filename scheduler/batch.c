@@ -1,5 +1,5 @@
 /* Bulk batches: many prompts with shared settings, one job per prompt (id "{batch}-NNNNNN"),
- * results gathered into WebDataset tar shards (NNNNNN.png + NNNNNN.json) and a manifest in
+ * results gathered into WebDataset tar shards (NNNNNN.png/.jpg/.webp + NNNNNN.json) and a manifest in
  * the storage directory. Ids are deterministic, so resubmitting a batch finds what exists:
  * written shards and jobs that are queued, running or succeeded are skipped; failed items
  * run again.
@@ -326,8 +326,10 @@ static int add_item(const sched_config *c, tar_writer *w, const char *batch_id, 
       goto done;
     }
     if ((rc = read_file(url + 7, &png, &len))) goto done;
-    if (o == 0) snprintf(name, sizeof name, "%06ld.png", i);
-    else snprintf(name, sizeof name, "%06ld.%zu.png", i, o);
+    const char *ext = strrchr(url, '.'); /* the job's output_format: .png, .jpg or .webp */
+    if (!ext || strchr(ext, '/') || strlen(ext) > 5) ext = ".png";
+    if (o == 0) snprintf(name, sizeof name, "%06ld%s", i, ext);
+    else snprintf(name, sizeof name, "%06ld.%zu%s", i, o, ext);
     rc = tar_add(w, name, png, len, mtime);
     free(png);
     if (rc) goto done;

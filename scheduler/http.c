@@ -254,6 +254,11 @@ static enum MHD_Result readyz(http_ctx *h) {
                               : http_error(h->conn, 503, "unavailable", "", "redis unreachable: %s", pa_errmsg());
 }
 
+/* docs/openapi.json, linked in (scheduler/CMakeLists.txt) */
+static enum MHD_Result openapi_page(http_ctx *h) {
+  return http_reply(h->conn, 200, "application/json", sched_openapi_json, (size_t)(sched_openapi_json_end - sched_openapi_json));
+}
+
 static enum MHD_Result metrics_page(http_ctx *h) {
   char *text = sched_metrics_render(h->c);
   if (!text) return http_error(h->conn, 503, "unavailable", "", "metrics unavailable");
@@ -270,6 +275,7 @@ static const struct {
   http_handler handler;
 } PUBLIC_ROUTES[] = {
     {"", dashboard_page}, {"healthz", healthz}, {"readyz", readyz}, {"metrics", metrics_page},
+    {"openapi.json", openapi_page},
 };
 
 static http_handler public_handler(const http_path *p) {

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "scheduler/sched.h"
+#include "proto/proto.h"
 
 static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig) {
@@ -25,6 +26,10 @@ static void raise_fd_limit(void) {
 }
 
 int main(int argc, char **argv) {
+  if (argc == 2 && !strcmp(argv[1], "--version")) { /* version, commit, build type, CUDA */
+    printf("%s\n", pw_build_description());
+    return 0;
+  }
   sched_config cfg;
   bool help = false;
   sched_config_defaults(&cfg);

@@ -203,5 +203,7 @@ int sched_server_port(const sched_server *s); /* the bound port (listen port 0 =
 int sched_server_connections(const sched_server *s); /* HTTP connections open now */
 void sched_server_stop(sched_server *s);
 extern const char sched_dashboard_html[];
+/* docs/openapi.json, served at /openapi.json: its bytes, from the first to one past the last. */
+extern const char sched_openapi_json[], sched_openapi_json_end[];
 
 #endif

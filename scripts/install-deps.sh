@@ -11,6 +11,8 @@ APT_PACKAGES=(
   libicu-dev                 # CLIP tokenizer: Unicode categories and Python-exact lowercasing
   libmsgpack-dev             # wire protocol (msgpack-c)
   libspng-dev libpng-dev     # PNG in/out
+  libjpeg62-turbo-dev        # JPEG in/out (libjpeg-turbo)
+  libwebp-dev                # WebP in/out, XMP chunk through libwebpmux
   libssl-dev                 # SHA-256, HMAC
   clang llvm libclang-rt-14-dev  # libFuzzer targets, sanitizer runtimes
   libhiredis-dev redis-server    # Redis queue, job registry, embedding cache (+ the test server)
@@ -33,13 +35,14 @@ if [ "${#need_install[@]}" -gt 0 ]; then
 fi
 echo "install-deps: all packages present"
 
-# Test-only: s3rver, a local S3 API for the storage integration test (tests/worker), pinned by
+# Test-only: s3rver, a local S3 API for the storage integration test (tests/worker), and
+# @redocly/cli, which validates docs/openapi.json (tests/api), pinned by
 # tests/tools/package-lock.json. node and npm come with the machine image.
 tools_dir="$(cd "$(dirname "$0")/../tests/tools" && pwd)"
-if [ ! -x "$tools_dir/node_modules/.bin/s3rver" ]; then
+if [ ! -x "$tools_dir/node_modules/.bin/s3rver" ] || [ ! -x "$tools_dir/node_modules/.bin/redocly" ]; then
   (cd "$tools_dir" && npm ci --no-audit --no-fund)
 fi
-echo "install-deps: s3rver present"
+echo "install-deps: s3rver and redocly present"
 
 # Test-only: the deployment checks (tests/deploy): docker-compose validates
 # docker-compose.yml, Go + sprig build charts/render (Debian has no helm), python3-yaml and

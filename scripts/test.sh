@@ -36,18 +36,27 @@ run_suite "release" build -DCMAKE_BUILD_TYPE=Release
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   run_suite "asan+ubsan" build-asan -DCMAKE_BUILD_TYPE=Debug -DPAELLA_SANITIZE=ON
 
+# run_check NAME TAIL CMD...: one pass or failure; on success the last TAIL lines of its log
+run_check() {
+  local name=$1 keep=$2 log
+  shift 2
+  echo "== $name =="
+  log=$(mktemp)
+  if "$@" >"$log" 2>&1; then
+    tail -"$keep" "$log"
+    passed=$((passed + 1))
+  else
+    tail -60 "$log"
+    echo "$name: FAILED"
+    failed=$((failed + 1))
+  fi
+  rm -f "$log"
+}
+
 # The CUDA backend is compiled (sm_80, sm_90) but cannot run here: no GPU on CI machines.
-echo "== cuda build (compile only) =="
-cuda_log=$(mktemp)
-if bash scripts/cuda-build-check.sh build-cuda >"$cuda_log" 2>&1; then
-  tail -1 "$cuda_log"
-  passed=$((passed + 1))
-else
-  tail -40 "$cuda_log"
-  echo "cuda build: FAILED"
-  failed=$((failed + 1))
-fi
-rm -f "$cuda_log"
+run_check "cuda build (compile only)" 1 bash scripts/cuda-build-check.sh build-cuda
+# The GPU bundle (docs/gpu.md): built from this tree, every library proved with ldd (~75 s).
+run_check "gpu bundle (scripts/gpu-bundle.sh --check)" 2 bash scripts/gpu-bundle.sh --check
 
 if [ -f scripts/fuzz.sh ]; then
   echo "== fuzz (${FUZZ_SECONDS:-30} s per target) =="

@@ -13,6 +13,7 @@
 #include "ops/parse.h"
 #include "worker/log.h"
 #include "worker/worker.h"
+#include "proto/proto.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -158,6 +159,10 @@ static void on_signal(int sig) {
 }
 
 int main(int argc, char **argv) {
+  if (argc == 2 && !strcmp(argv[1], "--version")) { /* version, commit, build type, CUDA */
+    printf("%s\n", pw_build_description());
+    return 0;
+  }
   pa_worker_config c;
   int log_level = PA_LOG_INFO;
   pa_worker_config_default(&c);

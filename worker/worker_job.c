@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "worker/job_map.h"
 #include "worker/log.h"
 #include "worker/worker_internal.h"
 
@@ -112,9 +113,9 @@ static int load_image(job_ctx *jc, const pw_image *src, const char *what, pa_ima
     bytes = g.buf;
     len = g.len;
   }
-  int rc = pa_image_decode_png(bytes, len, out);
+  int rc = pa_image_decode(bytes, len, out);
   free(g.buf);
-  if (rc) job_fail(jc, PW_E_INVALID_IMAGE, false, "%s: %s (PNG is the supported input format)", what, pa_errmsg());
+  if (rc) job_fail(jc, PW_E_INVALID_IMAGE, false, "%s: %s", what, pa_errmsg());
   return rc ? -1 : 0;
 }
 
@@ -145,49 +146,11 @@ int job_fetch_inputs(job_ctx *jc) {
 
 /* ---- the request ------------------------------------------------------------------------- */
 
-static const pa_gen_mode kind_mode[PW_KIND_COUNT] = {
-    [PW_KIND_TXT2IMG] = PA_GEN_TXT2IMG, [PW_KIND_IMG2IMG] = PA_GEN_IMG2IMG, [PW_KIND_INPAINT] = PA_GEN_INPAINT,
-    [PW_KIND_OUTPAINT] = PA_GEN_OUTPAINT, [PW_KIND_VARIATION] = PA_GEN_VARIATION,
-    [PW_KIND_INTERPOLATE] = PA_GEN_TXT2IMG};
-
 /* Run `run` of the job (an interpolation frame, else 0). Progress goes to the job context. */
 int job_request(job_ctx *jc, int run, pa_gen_request *r) {
-  const pw_job *j = &jc->job;
-  *r = pa_gen_request_default();
-  r->mode = kind_mode[j->kind];
-  r->prompt = j->prompt ? j->prompt : "";
-  r->negative_prompt = j->negative_prompt;
-  r->width = (int)j->width;
-  r->height = (int)j->height;
-  r->batch = (int)j->batch;
-  r->seed = jc->seed;
-  r->sampler.steps = (int)j->steps;
-  r->sampler.renoise_steps = (int)j->renoise_steps;
-  r->sampler.cond_steps = (int)j->steps;
-  r->sampler.t_start = (float)j->t_start;
-  r->sampler.t_end = (float)j->t_end;
-  r->sampler.temp[0] = (float)j->temperature[0];
-  r->sampler.temp[1] = (float)j->temperature[1];
-  r->sampler.cfg[0] = (float)j->cfg[0];
-  r->sampler.cfg[1] = (float)j->cfg[1];
-  r->sampler.mode = j->sampling == PW_SAMPLING_ARGMAX ? PA_SAMPLE_ARGMAX : PA_SAMPLE_MULTINOMIAL;
-  r->prior_steps = (int)j->prior.steps;
-  r->prior_cfg = (float)j->prior.guidance;
-  r->prior_ddim = j->prior.sampler == PW_PRIOR_DDIM;
+  pa_request_from_job(&jc->job, run, jc->seed, r);
   r->image = jc->image;
   r->mask = jc->mask;
-  r->strength = (float)j->t_start; /* img2img: the noise level it starts from */
-  if (j->has_outpaint) {
-    r->offset_x = (int)j->outpaint.offset_x;
-    r->offset_y = (int)j->outpaint.offset_y;
-  }
-  if (j->kind == PW_KIND_INTERPOLATE) {
-    r->prompt2 = j->interpolate.prompt_to;
-    r->interpolate = true;
-    r->slerp = j->interpolate.mode == PW_INTERP_SLERP;
-    r->interp_t = (float)run / (float)(j->interpolate.frames - 1);
-    r->batch = 1;
-  }
   r->progress_user = jc;
   return pa_gen_request_check(jc->w->pipe, r);
 }
@@ -227,22 +190,35 @@ static const char *location_key(const char *loc) {
   return loc;
 }
 
+/* Image `index` of the job in its output format, with its generation parameters. */
+static int encode_output(job_ctx *jc, const pa_image *img, int index, void **buf, size_t *len) {
+  const pw_job *j = &jc->job;
+  uint64_t seed = jc->seed + (j->kind == PW_KIND_INTERPOLATE ? 0 : (uint64_t)index); /* image b: seed + b */
+  char *params = pa_job_params_json(j, seed);
+  pa_image_encoding enc = {pa_image_format_of_job(j), (int)j->output_quality, params};
+  int rc = params ? pa_image_encode(img, &enc, buf, len) : pa_fail(PA_ERR_NOMEM, "out of memory");
+  free(params);
+  return rc;
+}
+
 static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index, pw_output *o) {
-  void *png = NULL;
+  void *bytes = NULL;
   size_t len = 0;
   char key[128], *loc = NULL, *url = NULL;
-  snprintf(key, sizeof key, "%s/%d.png", jc->job.id, index); /* deterministic: a re-run overwrites */
-  int rc = pa_image_encode_png(img, &png, &len);
+  pa_image_format f = pa_image_format_of_job(&jc->job);
+  /* deterministic: a re-run overwrites */
+  snprintf(key, sizeof key, "%s/%d%s", jc->job.id, index, pa_image_format_extension(f));
+  int rc = encode_output(jc, img, index, &bytes, &len);
   if (rc) {
-    job_fail(jc, PW_E_INTERNAL, false, "PNG encoding: %s", pa_errmsg());
+    job_fail(jc, PW_E_INTERNAL, false, "%s encoding: %s", pa_image_format_name(f), pa_errmsg());
     return rc;
   }
   if (!job_still_owned(jc)) { /* checked right before the write: a fenced attempt writes nothing */
-    free(png);
+    free(bytes);
     return PA_ERR_CANCELED;
   }
-  rc = pa_storage_put(s, key, png, len, "image/png", &loc, &url);
-  free(png);
+  rc = pa_storage_put(s, key, bytes, len, pa_image_format_mime(f), &loc, &url);
+  free(bytes);
   if (rc) {
     job_fail(jc, PW_E_STORAGE, true, "upload %s: %s", key, pa_errmsg());
     return rc;

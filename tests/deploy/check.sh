@@ -2,8 +2,11 @@
 # Deployment checks without a cluster or a Docker engine (docs/deploy.md, "CI checks"):
 # docker-compose.yml through `docker-compose config`, the Dockerfiles parsed, the Helm chart
 # rendered by charts/render (Helm's template engine rebuilt from Debian's Go packages) for
-# three values files and the output checked, values files against values.schema.json, and
-# every setting of paella-worker/paella-scheduler --help reachable from the chart and compose.
+# the default values, ci/*-values.yaml and a shared-Secret install, and the output checked;
+# the chart's own Redis run from its rendered command with redis-server and KEDA's activation
+# rule applied to one queued job; values files against values.schema.json; the README's
+# values table complete and current; and every setting of paella-worker/paella-scheduler
+# --help reachable from the chart and compose.
 # usage: check.sh [WORK_DIR]   (PAELLA_WORKER_BIN, PAELLA_SCHEDULER_BIN: the binaries)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -46,7 +49,9 @@ render() { # name, render args...
 render_all() {
   render default &&
     render kafka -f "$chart/ci/kafka-scale-to-zero-values.yaml" &&
-    render redis-full -f "$chart/ci/redis-full-values.yaml"
+    render redis-full -f "$chart/ci/redis-full-values.yaml" &&
+    render production -f "$chart/ci/production-values.yaml" &&
+    render legacy-secret --set secrets.existingSecret=paella-credentials
 }
 
 render_refusals() {
@@ -58,6 +63,15 @@ render_refusals() {
   if "$work/render" --set queue.type=kafka --set queue.kafka.brokers=k:9092 "$chart" >/dev/null 2>"$work/err"; then
     echo "the Redis-only scheduler was rendered on Kafka"; bad=1
   else grep -q "Redis stream only" "$work/err" || { cat "$work/err"; bad=1; }; fi
+  # KEDA activates on lag > threshold: with scale to zero anything above 0 strands jobs.
+  local activation
+  for activation in "redis.activationLagCount" "kafka.activationLagThreshold"; do
+    if "$work/render" --set autoscaling.scaleToZero=true --set "autoscaling.$activation=1" \
+      --set queue.type="${activation%%.*}" --set queue.kafka.brokers=k:9092 \
+      --set scheduler.enabled=false "$chart" >/dev/null 2>"$work/err"; then
+      echo "scale to zero with $activation=1 was accepted: one job would never wake the workers"; bad=1
+    else grep -q "would never run" "$work/err" || { cat "$work/err"; bad=1; }; fi
+  done
   return $bad
 }
 
@@ -74,11 +88,18 @@ help_texts() {
 step "docker-compose config" compose_config
 step "Dockerfiles" check dockerfiles
 step "values.schema.json" check schema
+step "README.md values table" "$py" "$root/tests/deploy/values_table.py" --check
 if step "build charts/render" build_renderer && step "render the chart" render_all; then
   step "rendered: default values" check rendered "$work/default.yaml" default
   step "rendered: Kafka + scale to zero" check rendered "$work/kafka.yaml" kafka
   step "rendered: Redis with auth, CPU worker, ingress" check rendered "$work/redis-full.yaml" redis-full
+  step "rendered: chart's Redis, scale to zero, NetworkPolicy, split Secrets" \
+    check rendered "$work/production.yaml" production
+  step "rendered: one shared existingSecret (before the split)" \
+    check rendered "$work/legacy-secret.yaml" legacy-secret
   step "chart refuses bad settings" render_refusals
+  # The rendered Redis command on Debian's redis-server; one job through KEDA's lag reading.
+  step "the chart's Redis run, one job wakes the workers" check redis "$work/production.yaml"
   if step "binaries' --help" help_texts; then
     step "every setting reachable" check settings "$work/worker-help.txt" "$work/scheduler-help.txt" \
       "$work/kafka.yaml" "$work/redis-full.yaml"

@@ -4,6 +4,9 @@ Run by check.sh, which renders the chart first. Subcommands:
   rendered FILE SCENARIO   the chart's output: valid YAML, the expected kinds and contents
   schema                   values files against values.schema.json (and a bad one refused)
   dockerfiles              every stage has FROM, USER non-root, HEALTHCHECK, COPY --from
+  redis RENDER             the chart's own Redis container run as rendered (real
+                           redis-server), then one job queued the way the scheduler does it:
+                           KEDA's reading of the lag and activation with the rendered triggers
   settings HELP_W HELP_S RENDER_W RENDER_S
                            every flag/variable of the binaries' --help reachable from the
                            chart (rendered) and from docker-compose.yml
@@ -11,8 +14,14 @@ Exits non-zero with one line per failure.
 """
 import copy
 import json
+import os
 import re
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import jsonschema
@@ -63,6 +72,79 @@ def container(deploy):
     return deploy.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0]
 
 
+def workloads(docs):
+    return by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+
+
+def selected_pods(docs, match_labels):
+    """The workloads whose pod template a label selector (matchLabels) picks."""
+    return [w for w in workloads(docs)
+            if all(w["spec"]["template"]["metadata"]["labels"].get(k) == v
+                   for k, v in match_labels.items())]
+
+
+def secret_refs(workload):
+    """{secret name: optional?} of every Secret a workload's first container reads."""
+    c = container(workload)
+    refs = {}
+    for ref in c.get("envFrom", []):
+        if "secretRef" in ref:
+            refs[ref["secretRef"]["name"]] = ref["secretRef"].get("optional", False)
+    for e in c.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            refs[ref["name"]] = refs.get(ref["name"], True) and ref.get("optional", False)
+    return refs
+
+
+# Credentials only one side may read: the scheduler has no use for S3's, the workers none
+# for the API key hashes.
+FOREIGN_KEYS = {"scheduler": ("AWS_",), "worker": ("PAELLA_API_KEY_HASHES",)}
+
+
+def check_secrets(docs):
+    """Each component reads its own Secret of the chart's, never the other's keys, and a
+    Secret a pod cannot start without (not optional) is one the chart renders."""
+    rendered = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
+    readers = {}
+    for w in workloads(docs):
+        component = w["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        for name, optional in secret_refs(w).items():
+            readers.setdefault(name, set()).add(component)
+            if not optional and name not in rendered:
+                fail(f"{component} pods need Secret {name}, which the chart does not render")
+            keys = set(rendered.get(name, {}).get("stringData", {}))
+            for key in keys:
+                if key.startswith(FOREIGN_KEYS.get(component, ())):
+                    fail(f"{component} pods read Secret {name} holding {key}")
+    for name, components in readers.items():
+        if name in rendered and {"scheduler", "worker"} <= components:
+            fail(f"the chart's Secret {name} is read by both the scheduler and the workers")
+
+
+def check_network_policies(docs):
+    """Every NetworkPolicy selects pods of the chart and opens the port they listen on."""
+    for np in by_kind(docs, "NetworkPolicy"):
+        name = np["metadata"]["name"]
+        pods = selected_pods(docs, np["spec"]["podSelector"]["matchLabels"])
+        if not pods:
+            fail(f"NetworkPolicy {name} selects no pods")
+            continue
+        ports = {p["containerPort"] for w in pods for p in container(w).get("ports", [])}
+        opened = {p["port"] for rule in np["spec"].get("ingress", []) for p in rule.get("ports", [])}
+        if not opened or not opened <= ports:
+            fail(f"NetworkPolicy {name} opens {sorted(opened)}, its pods listen on {sorted(ports)}")
+
+
+def keda_active(trigger, value):
+    """KEDA's activation test for a trigger at a given metric value (the lag): the scaler is
+    active, and wakes a Deployment scaled to zero, when the value is strictly greater than
+    the activation threshold (pkg/scalers/redis_streams_scaler.go and kafka_scaler.go,
+    GetMetricsAndActivity; both thresholds default to 0)."""
+    key = {"redis-streams": "activationLagCount", "kafka": "activationLagThreshold"}[trigger["type"]]
+    return value > int(trigger["metadata"].get(key, "0"))
+
+
 # ---- rendered chart ------------------------------------------------------------------------
 def check_common(docs):
     names = set()
@@ -73,7 +155,7 @@ def check_common(docs):
         names.add(key)
         if len(d["metadata"]["name"]) > 63:
             fail(f"{key}: name longer than 63")
-    for dep in by_kind(docs, "Deployment"):
+    for dep in workloads(docs):
         spec = dep["spec"]
         tmpl = spec["template"]
         sel = spec["selector"]["matchLabels"]
@@ -100,9 +182,10 @@ def check_common(docs):
     for svc in by_kind(docs, "Service") + by_kind(docs, "PodDisruptionBudget"):
         sel = svc["spec"]["selector"]
         sel = sel.get("matchLabels", sel)
-        if not any(all(dep["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in sel.items())
-                   for dep in by_kind(docs, "Deployment")):
+        if not selected_pods(docs, sel):
             fail(f"{svc['kind']} {svc['metadata']['name']} selects no Deployment's pods")
+    check_secrets(docs)
+    check_network_policies(docs)
 
 
 def check_worker(docs, queue, gpu=True):
@@ -153,6 +236,9 @@ def check_scaledobject(docs, queue, to_zero):
         lag = [t for t in triggers if "lagCount" in t["metadata"]]
         if types != {"redis-streams"} or len(lag) != 1:
             fail(f"want a redis-streams trigger with lagCount: {triggers}")
+        # KEDA 2.12-2.15 refuse a lagCount trigger without activationLagCount.
+        elif "activationLagCount" not in lag[0]["metadata"]:
+            fail("the lagCount trigger has no activationLagCount")
         for t in triggers:
             m = t["metadata"]
             for k in ("address", "stream", "consumerGroup"):
@@ -166,6 +252,12 @@ def check_scaledobject(docs, queue, to_zero):
             for k in ("bootstrapServers", "consumerGroup", "topic", "lagThreshold"):
                 if not m.get(k):
                     fail(f"kafka trigger without {k}")
+    # One queued job (lag 1) must wake the workers, an empty queue (lag 0) must not keep them.
+    lag_triggers = [t for t in triggers if "lagCount" in t["metadata"] or t["type"] == "kafka"]
+    if lag_triggers and not keda_active(lag_triggers[0], 1):
+        fail(f"a lag of 1 does not activate the {lag_triggers[0]['type']} trigger: {lag_triggers[0]['metadata']}")
+    if any(keda_active(t, 0) for t in triggers):
+        fail("a trigger is active with nothing queued: the workers would never scale to zero")
     for t in triggers:  # KEDA wants every metadata value as a string
         for k, v in t["metadata"].items():
             if not isinstance(v, str):
@@ -206,18 +298,225 @@ def rendered(path, scenario):
             fail("ScaledObject rendered with autoscaling.enabled=false")
         if one(docs, "Deployment", "worker").get("spec", {}).get("replicas") != 1:
             fail("fixed worker replicas missing without autoscaling")
-        env = {e["name"]: e for e in container(one(docs, "Deployment", "scheduler")).get("env", [])}
-        if "$(PAELLA_REDIS_PASSWORD)@" not in env.get("PAELLA_QUEUE", {}).get("value", ""):
-            fail("scheduler queue URL does not take the Redis password from the Secret")
-        secret = one(docs, "Secret")
-        if "redis-password" not in secret.get("stringData", {}):
-            fail("Redis password not in the Secret")
+        for component, keys in (("scheduler", {"PAELLA_API_KEY_HASHES", "redis-password"}),
+                                ("worker", {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "redis-password"})):
+            dep = one(docs, "Deployment", component)
+            env = {e["name"]: e for e in container(dep).get("env", [])}
+            if "$(PAELLA_REDIS_PASSWORD)@" not in env.get("PAELLA_QUEUE", {}).get("value", ""):
+                fail(f"{component} queue URL does not take the Redis password from the Secret")
+            secret = one(docs, "Secret", component)
+            if set(secret.get("stringData", {})) != keys:
+                fail(f"{component} Secret holds {sorted(secret.get('stringData', {}))}, want {sorted(keys)}")
+            if secret and secret_refs(dep).keys() != {secret["metadata"]["name"]}:
+                fail(f"{component} pods read {sorted(secret_refs(dep))}, not their own Secret")
+    elif scenario == "legacy-secret":
+        # secrets.existingSecret alone: both components read it, as before the split.
+        want = {"ConfigMap", "Deployment", "Service", "ScaledObject", "TriggerAuthentication"}
+        if by_kind(docs, "Secret"):
+            fail("the chart renders credentials although secrets.existingSecret is set")
+        for component in ("scheduler", "worker"):
+            refs = secret_refs(one(docs, "Deployment", component))
+            if refs != {"paella-credentials": True}:
+                fail(f"{component} reads {refs}, want the shared paella-credentials (optional)")
+        auth = one(docs, "TriggerAuthentication")
+        if auth.get("spec", {}).get("secretTargetRef", [{}])[0].get("name") != "paella-credentials":
+            fail("KEDA does not read the Redis password from the shared Secret")
+    elif scenario == "production":
+        want = {"ConfigMap", "Deployment", "Service", "ScaledObject", "TriggerAuthentication",
+                "StatefulSet", "NetworkPolicy"}
+        check_worker(docs, "redis")
+        check_scaledobject(docs, "redis", to_zero=True)
+        check_production(docs)
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     missing = want - set(kinds)
     if missing:
         fail(f"{scenario}: kinds missing: {sorted(missing)}")
     finish(f"rendered {scenario}")
+
+
+def check_production(docs):
+    """ci/production-values.yaml: the chart's Redis, per-component Secrets of the user's,
+    NetworkPolicies, priority classes, topology spread and the extra env/volumes."""
+    if by_kind(docs, "Secret"):
+        fail("the chart renders credentials although both components name their own Secret")
+    redis = one(docs, "StatefulSet", "redis")
+    svc = one(docs, "Service", "redis")
+    address = f"{svc.get('metadata', {}).get('name')}:6379"
+    args = " ".join(container(redis).get("args", []))
+    for want in ("--appendonly yes", "--maxmemory-policy noeviction", "--maxmemory 4gb",
+                 '--requirepass "$PAELLA_REDIS_PASSWORD"'):
+        if want not in args:
+            fail(f"the chart's Redis does not run with {want}: {args}")
+    claim = (redis.get("spec", {}).get("volumeClaimTemplates") or [{}])[0].get("spec", {})
+    if claim.get("storageClassName") != "fast-ssd" or claim.get("resources", {}).get("requests", {}).get("storage") != "16Gi":
+        fail(f"the Redis volume claim ignores redis.persistence: {claim}")
+    for component, secret, priority in (("scheduler", "paella-scheduler-credentials", "paella-api"),
+                                         ("worker", "paella-worker-credentials", "paella-gpu"),
+                                         ("redis", "paella-worker-credentials", "paella-critical")):
+        w = redis if component == "redis" else one(docs, "Deployment", component)
+        pod = w.get("spec", {}).get("template", {}).get("spec", {})
+        c = container(w)
+        if pod.get("priorityClassName") != priority:
+            fail(f"{component} priorityClassName is {pod.get('priorityClassName')!r}, want {priority}")
+        if secret_refs(w) != {secret: True}:
+            fail(f"{component} reads Secrets {secret_refs(w)}, want {secret} (optional)")
+        if component == "redis":
+            continue
+        q = {e["name"]: e for e in c.get("env", [])}.get("PAELLA_QUEUE", {}).get("value", "")
+        if f"$(PAELLA_REDIS_PASSWORD)@{address}/" not in q:
+            fail(f"{component} queue URL {q!r} is not the chart's Redis ({address})")
+        spread = pod.get("topologySpreadConstraints", [])
+        own = w["spec"]["selector"]["matchLabels"]
+        if len(spread) != 1 or not spread[0].get("labelSelector", {}).get("matchLabels"):
+            fail(f"{component} topologySpreadConstraints: {spread}")
+        elif component == "scheduler" and spread[0]["labelSelector"]["matchLabels"] != own:
+            fail("a spread constraint without a labelSelector does not spread the scheduler's own pods")
+        elif component == "worker" and spread[0]["labelSelector"]["matchLabels"] != {"app.kubernetes.io/component": "worker"}:
+            fail("a spread constraint's own labelSelector was replaced")
+        names = [e["name"] for e in c.get("env", [])]
+        extra = {"scheduler": ["TZ"], "worker": ["NVIDIA_DRIVER_CAPABILITIES", "HTTPS_PROXY"]}[component]
+        if names[-len(extra):] != extra:
+            fail(f"{component} env does not end with the extraEnv entries {extra}: {names}")
+        mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+        volumes = {v["name"] for v in pod.get("volumes", [])}
+        if mounts.get("ca-bundle") != "/etc/ssl/certs/corporate" or "ca-bundle" not in volumes:
+            fail(f"{component}: extraVolumes/extraVolumeMounts missing: {mounts}, {volumes}")
+    auth = one(docs, "TriggerAuthentication")
+    if auth.get("spec", {}).get("secretTargetRef", [{}])[0].get("name") != "paella-worker-credentials":
+        fail("KEDA does not read the Redis password from the workers' Secret")
+    for t in one(docs, "ScaledObject").get("spec", {}).get("triggers", []):
+        if t["metadata"].get("address") != address:
+            fail(f"KEDA reads {t['metadata'].get('address')}, not the chart's Redis {address}")
+    policies = {np["metadata"]["labels"]["app.kubernetes.io/component"]: np
+                for np in by_kind(docs, "NetworkPolicy")}
+    if set(policies) != {"scheduler", "worker", "redis"}:
+        fail(f"NetworkPolicies for {sorted(policies)}, want scheduler, worker, redis")
+        return
+    peers = policies["redis"]["spec"]["ingress"][0].get("from", [])
+    allowed = {p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") for p in peers}
+    if not {"scheduler", "worker"} <= allowed or not any("namespaceSelector" in p for p in peers):
+        fail(f"the chart's Redis is not open to the scheduler, the workers and KEDA: {peers}")
+    for component, ns in (("scheduler", "ingress-nginx"), ("worker", "monitoring")):
+        peers = policies[component]["spec"]["ingress"][0].get("from", [])
+        if [p.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") for p in peers] != [ns]:
+            fail(f"{component} NetworkPolicy peers {peers}, want the {ns} namespace")
+
+
+# ---- the chart's Redis, run -----------------------------------------------------------------
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RenderedRedis:
+    """The chart's Redis container's command, run here with Debian's redis-server: only the
+    data directory and the port differ from the pod (/data and 6379 are not ours to take)."""
+
+    def __init__(self, statefulset, password):
+        c = container(statefulset)
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="paella-redis-")
+        script = " ".join(c["command"][2:] + c["args"])
+        if "--dir /data" not in script:
+            raise SystemExit(f"the Redis command does not keep its data in /data: {script}")
+        script = script.replace("--dir /data", f"--dir {self.dir}") + f" --port {self.port} --bind 127.0.0.1"
+        self.env = dict(os.environ, PAELLA_REDIS_PASSWORD=password)
+        self.log = open(Path(self.dir) / "redis.log", "w")
+        self.proc = subprocess.Popen([c["command"][0], c["command"][1], script], env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.probe = [a.replace("redis-cli", f"redis-cli -p {self.port}")
+                      for a in c["readinessProbe"]["exec"]["command"]]
+
+    def probe_ok(self, password):
+        env = dict(os.environ, PAELLA_REDIS_PASSWORD=password)
+        return subprocess.run(self.probe, env=env, capture_output=True, timeout=30).returncode == 0
+
+    def cli(self, *args):
+        env = dict(os.environ, REDISCLI_AUTH=self.env["PAELLA_REDIS_PASSWORD"])
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], env=env,
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode != 0 or out.stdout.startswith(("ERR", "NOAUTH", "WRONGPASS")):
+            raise RuntimeError(f"redis-cli {' '.join(args)}: {out.stdout}{out.stderr}")
+        return out.stdout.splitlines()
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def group_lag(r, stream, group):
+    """XINFO GROUPS' lag of one group, as KEDA's lagCount reads it: 0 without the stream, the
+    stream's length while the group does not exist yet, a null lag read as no lag."""
+    if r.cli("EXISTS", stream) == ["0"]:
+        return 0
+    lines = r.cli("XINFO", "GROUPS", stream)
+    for i in range(0, len(lines) - 1):
+        if lines[i] == "name" and lines[i + 1] == group:
+            fields = dict(zip(lines[i::2], lines[i + 1::2]))
+            return int(fields.get("lag") or 0)
+    return int(r.cli("XLEN", stream)[0])
+
+
+def redis(path):
+    docs = load_docs(path)
+    statefulset = one(docs, "StatefulSet", "redis")
+    triggers = one(docs, "ScaledObject").get("spec", {}).get("triggers", [])
+    lag_trigger = next(t for t in triggers if "lagCount" in t["metadata"])
+    pending_trigger = next(t for t in triggers if "pendingEntriesCount" in t["metadata"])
+    stream, group = lag_trigger["metadata"]["stream"], lag_trigger["metadata"]["consumerGroup"]
+    password = "ci-redis-password"
+    r = RenderedRedis(statefulset, password)
+    try:
+        deadline = time.monotonic() + 60
+        while not r.probe_ok(password):
+            if r.proc.poll() is not None or time.monotonic() > deadline:
+                fail(f"the chart's Redis did not become ready: {(Path(r.dir) / 'redis.log').read_text()[-2000:]}")
+                return finish("redis")
+            time.sleep(0.2)
+        if r.probe_ok("wrong-password") or r.probe_ok(""):
+            fail("the Redis readiness probe passes without the right password")
+        config = {}
+        for key in ("appendonly", "appendfsync", "maxmemory-policy", "maxmemory"):
+            name, value = r.cli("CONFIG", "GET", key)
+            config[name] = value
+        want = {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction",
+                "maxmemory": str(4 * 1024 ** 3)}
+        if config != want:
+            fail(f"the chart's Redis runs with {config}, want {want}")
+        print(f"redis-server {r.cli('INFO', 'server')[1:3]}: {config}")
+
+        # Scaled to zero, nothing queued: no trigger may be active.
+        if keda_active(lag_trigger, group_lag(r, stream, group)):
+            fail("an empty queue activates the lag trigger")
+        # One job submitted before any worker ever ran (the group does not exist yet).
+        r.cli("XADD", stream, "*", "job", "{}")
+        lag = group_lag(r, stream, group)
+        print(f"one job, no consumer group yet: lag {lag}, active {keda_active(lag_trigger, lag)}")
+        if lag != 1 or not keda_active(lag_trigger, lag):
+            fail(f"one queued job (lag {lag}) does not wake the workers from zero")
+        # The first worker creates the group from the stream's start, as worker/queue_redis.c.
+        r.cli("XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
+        lag = group_lag(r, stream, group)
+        if lag != 1 or not keda_active(lag_trigger, lag):
+            fail(f"one queued job after the group's creation: lag {lag}, not active")
+        r.cli("XREADGROUP", "GROUP", group, "worker-0", "COUNT", "1", "STREAMS", stream, ">")
+        lag = group_lag(r, stream, group)
+        pending = int(r.cli("XPENDING", stream, group)[0])
+        print(f"claimed: lag {lag}, pending {pending}, active {keda_active(pending_trigger, pending)}")
+        if keda_active(lag_trigger, lag) or not keda_active(pending_trigger, pending):
+            fail(f"a claimed, unfinished job: lag {lag} / pending {pending} do not keep exactly the pending trigger active")
+        entry = r.cli("XRANGE", stream, "-", "+")[0]
+        r.cli("XACK", stream, group, entry)
+        lag, pending = group_lag(r, stream, group), int(r.cli("XPENDING", stream, group)[0])
+        if keda_active(lag_trigger, lag) or keda_active(pending_trigger, pending):
+            fail(f"an acknowledged job keeps the workers up: lag {lag}, pending {pending}")
+    finally:
+        r.close()
+    finish("redis")
 
 
 # ---- values.schema.json --------------------------------------------------------------------
@@ -249,7 +548,8 @@ def schema():
         elif bad:
             found = {"/".join(map(str, e.absolute_path)) or e.message for e in errors}
             print(f"{name}: rejected, {len(errors)} errors: {sorted(found)}")
-            for want in ("queue/type", "worker/config", "worker/config/leaseMs", "storage/url"):
+            for want in ("queue/type", "worker/config", "worker/config/leaseMs", "storage/url",
+                         "scheduler/topologySpreadConstraints/0", "scheduler/extraEnv/0"):
                 if not any(f == want or (want == "worker/config" and "maxBtach" in f) for f in found | {
                         e.message for e in errors}):
                     fail(f"{name}: no error for {want}")
@@ -439,4 +739,5 @@ def settings(help_worker, help_scheduler, render_worker, render_scheduler):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"rendered": rendered, "schema": schema, "dockerfiles": dockerfiles, "settings": settings}[cmd](*args)
+    {"rendered": rendered, "schema": schema, "dockerfiles": dockerfiles, "settings": settings,
+     "redis": redis}[cmd](*args)

@@ -83,6 +83,27 @@ static void job_defaults(void) {
   CHECK(j.t_start == 1.0 && j.t_end == 0.0 && j.sampling == PW_SAMPLING_MULTINOMIAL);
   CHECK(j.prior.steps == 60 && j.prior.guidance == 4.0 && j.prior.sampler == PW_PRIOR_DDPM);
   CHECK(j.priority == 5 && j.attempt == 0 && j.deadline_ms == 0 && !j.has_webhook && !j.has_output);
+  CHECK(j.output_format == PW_FORMAT_PNG && j.output_quality == 90);
+  pw_job_free(&j);
+
+  /* output_format / output_quality survive msgpack and JSON; defaults are not written */
+  json = "{\"id\":\"c\",\"prompt\":\"x\",\"output_format\":\"webp\",\"output_quality\":75}";
+  CHECK(pw_job_from_json(json, strlen(json), &j, &err) == 0);
+  CHECK(j.output_format == PW_FORMAT_WEBP && j.output_quality == 75);
+  uint8_t *mp = NULL;
+  size_t mp_len = 0;
+  pw_job k;
+  pw_job_init(&k);
+  CHECK(pw_job_encode(&j, &mp, &mp_len, &err) == 0 && pw_job_decode(mp, mp_len, &k, &err) == 0);
+  CHECK(k.output_format == PW_FORMAT_WEBP && k.output_quality == 75);
+  free(mp);
+  pw_job_free(&k);
+  pw_job_free(&j);
+  char *text = NULL;
+  json = "{\"id\":\"d\",\"prompt\":\"x\"}";
+  CHECK(pw_job_from_json(json, strlen(json), &j, &err) == 0 && pw_job_to_json(&j, 0, &text, &err) == 0);
+  CHECK(text && !strstr(text, "output_format") && !strstr(text, "output_quality"));
+  free(text);
   pw_job_free(&j);
 
   json = "{\"id\":\"b\",\"kind\":\"img2img\",\"prompt\":\"x\",\"steps\":20,\"image\":{\"data\":\"AAEC\"}}";

@@ -144,6 +144,29 @@ __attribute__((unused)) static int harness_start_worker(const char *extra_flag) 
   return h_worker_pid > 0 ? 0 : -1;
 }
 
+/* The whole stack: redis-server, the scheduler in this process (`c` from harness_config)
+ * and a worker with `worker_flag` (or NULL). 0 when everything started. */
+__attribute__((unused)) static int harness_start_stack(sched_config *c, sched_tracker **t, sched_server **s,
+                                                       const char *worker_flag) {
+  *t = NULL;
+  *s = NULL;
+  if (harness_start_redis()) {
+    fprintf(stderr, "cannot start redis-server\n");
+    return -1;
+  }
+  harness_config(c);
+  if (tracker_start(c, t) != PA_OK || sched_server_start(c, s) != PA_OK) return -1;
+  return harness_start_worker(worker_flag);
+}
+
+__attribute__((unused)) static void harness_stop_stack(sched_tracker *t, sched_server *s) {
+  sched_server_stop(s);
+  tracker_stop(t);
+  sched_redis_drop();
+  harness_cleanup();
+  hub_shutdown();
+}
+
 /* ---- HTTP client -------------------------------------------------------------------- */
 typedef struct {
   int status;

@@ -50,9 +50,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
 {{- end }}
 
-{{/* The Secret holding credentials: the user's, or the chart's own. */}}
+{{/* Whether a component's credentials come from a Secret managed outside the chart
+     (sealed-secrets, external-secrets, ...): {root, component}. */}}
+{{- define "paella.externalSecret" -}}
+{{- $s := .root.Values.secrets }}
+{{- if or (index $s .component).existingSecret $s.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* The Secret a component's pods read credentials from: {root, component}. The scheduler's
+     holds the API key hashes, the workers' the S3 credentials, both the Redis password, so
+     neither side receives the other's. secrets.<component>.existingSecret wins over the
+     shared secrets.existingSecret (one Secret for both, as before the split), which wins
+     over the chart's own <fullname>-<component>. */}}
 {{- define "paella.secretName" -}}
-{{- default (include "paella.componentName" (dict "root" . "component" "credentials")) .Values.secrets.existingSecret }}
+{{- $s := .root.Values.secrets }}
+{{- coalesce (index $s .component).existingSecret $s.existingSecret (include "paella.componentName" .) }}
 {{- end }}
 
 {{- define "paella.webhookSecretName" -}}
@@ -63,8 +75,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or .Values.webhooks.existingSecret .Values.webhooks.secrets }}true{{ end }}
 {{- end }}
 
+{{/* Whether a component authenticates to Redis: {root, component}. A Secret of the user's
+     may hold `redis-password`; the chart's own holds queue.redis.password. */}}
 {{- define "paella.redisAuth" -}}
-{{- if or .Values.secrets.existingSecret .Values.queue.redis.password }}true{{ end }}
+{{- if or .root.Values.queue.redis.password (include "paella.externalSecret" .) }}true{{ end }}
 {{- end }}
 
 {{/* A setting's value as the binaries read it. Helm holds YAML numbers as float64, which
@@ -75,19 +89,31 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The queue URL of docs/queues.md. The Redis password is not written here: it comes from
-     the Secret as $(PAELLA_REDIS_PASSWORD), which Kubernetes expands in env values. */}}
+{{/* host:port of the job Redis: the chart's own (redis.enabled, which then replaces
+     queue.redis.address) or the one queue.redis.address names. */}}
+{{- define "paella.redisAddress" -}}
+{{- if .Values.redis.enabled }}
+{{- printf "%s:6379" (include "paella.componentName" (dict "root" . "component" "redis")) }}
+{{- else }}
+{{- required "queue.redis.address is required" .Values.queue.redis.address }}
+{{- end }}
+{{- end }}
+
+{{/* The queue URL of docs/queues.md: {root, component}. The Redis password is not written
+     here: it comes from the Secret as $(PAELLA_REDIS_PASSWORD), which Kubernetes expands in
+     env values. */}}
 {{- define "paella.queueURL" -}}
-{{- $q := .Values.queue }}
+{{- $q := .root.Values.queue }}
 {{- if eq $q.type "kafka" }}
 {{- printf "kafka://%s?topic=%s&group=%s" (required "queue.kafka.brokers is required with queue.type=kafka" $q.kafka.brokers) $q.kafka.topic $q.kafka.group }}
 {{- else }}
 {{- $auth := ternary ":$(PAELLA_REDIS_PASSWORD)@" "" (eq (include "paella.redisAuth" .) "true") }}
-{{- printf "redis://%s%s/%s?stream=%s&group=%s" $auth (required "queue.redis.address is required" $q.redis.address) (include "paella.scalar" $q.redis.db) $q.redis.stream $q.redis.group }}
+{{- printf "redis://%s%s/%s?stream=%s&group=%s" $auth (include "paella.redisAddress" .root) (include "paella.scalar" $q.redis.db) $q.redis.stream $q.redis.group }}
 {{- end }}
 {{- end }}
 
-{{/* The Redis password as an env var, for the queue URL's $(PAELLA_REDIS_PASSWORD). */}}
+{{/* The Redis password as an env var, for the queue URL's $(PAELLA_REDIS_PASSWORD):
+     {root, component}. */}}
 {{- define "paella.redisPasswordEnv" -}}
 {{- if eq (include "paella.redisAuth" .) "true" }}
 - name: PAELLA_REDIS_PASSWORD
@@ -95,7 +121,7 @@ app.kubernetes.io/component: {{ .component }}
     secretKeyRef:
       name: {{ include "paella.secretName" . }}
       key: redis-password
-      {{- if .Values.secrets.existingSecret }}
+      {{- if include "paella.externalSecret" . }}
       optional: true
       {{- end }}
 {{- end }}
@@ -144,4 +170,43 @@ PAELLA_{{ snakecase $key | upper }}: {{ include "paella.scalar" $value | quote }
 {{- fail (printf "worker.terminationGracePeriodSeconds (%d) must exceed worker.longestJobSeconds (%d): a stopping worker finishes its batch first" $grace (int64 $w.longestJobSeconds)) }}
 {{- end }}
 {{- $grace }}
+{{- end }}
+
+{{/* One component's Secret of the chart's own: {ctx: {root, component}, data}. */}}
+{{- define "paella.secret" -}}
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ include "paella.secretName" .ctx }}
+  labels:
+    {{- include "paella.labels" .ctx.root | nindent 4 }}
+    app.kubernetes.io/component: {{ .ctx.component }}
+type: Opaque
+stringData:
+  {{- range $key, $value := .data }}
+  {{ $key }}: {{ $value | quote }}
+  {{- end }}
+{{- end }}
+
+{{/* Pod-spec fields both Deployments take from their values the same way: {root, component}.
+     A topology spread constraint without a labelSelector spreads the component's own pods,
+     which is what one almost always means and is easy to get wrong by hand. */}}
+{{- define "paella.podScheduling" -}}
+{{- $v := index .root.Values .component }}
+{{- with $v.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- if $v.topologySpreadConstraints }}
+{{- $own := include "paella.selectorLabels" . | fromYaml }}
+{{- $constraints := list }}
+{{- range $v.topologySpreadConstraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $own) }}
+{{- end }}
+{{- $constraints = append $constraints $c }}
+{{- end }}
+topologySpreadConstraints:
+  {{- toYaml $constraints | nindent 2 }}
+{{- end }}
 {{- end }}
