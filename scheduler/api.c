@@ -118,7 +118,8 @@ static enum MHD_Result submit_job(http_ctx *h) {
     ok = http_error(h->conn, 400, "malformed", "", "the body must be a JSON object");
     goto done;
   }
-  if (pw_job_from_json(text, text_len, &job, &err) || apply_idempotency_header(h, &job, &err)) {
+  if (pw_job_from_json(text, text_len, &job, &err) || apply_idempotency_header(h, &job, &err) ||
+      sched_webhook_check(h->c, &job, &err)) {
     if (err.code == PW_E_DUPLICATE_KEY && client_sent_id(h->rq->body, h->rq->len))
       ok = http_error(h->conn, 422, "invalid_value", "id", "the scheduler assigns job ids");
     else
@@ -343,11 +344,22 @@ static enum MHD_Result job_output(http_ctx *h, const char *id, const char *index
   return ok;
 }
 
+/* ---- GET /v1/jobs/{id}/deliveries (and a batch's): the workers' webhook attempts ------- */
+
+enum MHD_Result api_deliveries(http_ctx *h, const char *id, bool batch) {
+  char *json = NULL;
+  int rc = sched_webhook_deliveries(h->c, id, h->owner, batch, &json);
+  if (rc) return http_status_error(h->conn, rc);
+  enum MHD_Result ok = http_json(h->conn, 200, json);
+  free(json);
+  return ok;
+}
+
 /* ---- /v1/deadletters ---------------------------------------------------------------- */
 
-static enum MHD_Result deadletters(http_ctx *h, const char *rest) {
+static enum MHD_Result deadletters(http_ctx *h, const char *const *seg, int n) {
   if (!h->admin) return http_error(h->conn, 403, "forbidden", "", "dead letters need an admin key");
-  if (!*rest && !strcmp(h->method, "GET")) {
+  if (n == 0 && !strcmp(h->method, "GET")) {
     const char *lim = http_arg(h->conn, "limit");
     long limit = lim ? strtol(lim, NULL, 10) : 50;
     if (limit < 1 || limit > 1000) return http_error(h->conn, 422, "out_of_range", "limit", "limit is 1..1000");
@@ -359,12 +371,9 @@ static enum MHD_Result deadletters(http_ctx *h, const char *rest) {
     free(json);
     return ok;
   }
-  const char *slash = strchr(rest, '/');
-  if (*rest == '/' && slash && (slash = strchr(rest + 1, '/')) && !strcmp(slash, "/requeue") &&
-      !strcmp(h->method, "POST")) {
-    char entry[48], job_id[PW_MAX_ID_BYTES + 1];
-    snprintf(entry, sizeof entry, "%.*s", (int)(slash - rest - 1), rest + 1);
-    int rc = dlq_requeue(h->c, entry, job_id, sizeof job_id);
+  if (n == 2 && !strcmp(seg[1], "requeue") && !strcmp(h->method, "POST")) {
+    char job_id[PW_MAX_ID_BYTES + 1];
+    int rc = dlq_requeue(h->c, seg[0], job_id, sizeof job_id);
     if (rc) return http_status_error(h->conn, rc);
     char body[160];
     snprintf(body, sizeof body, "{\"job_id\":\"%s\",\"status\":\"queued\"}", job_id);
@@ -382,29 +391,32 @@ static bool valid_id(const char *s, size_t n) {
   return true;
 }
 
-static enum MHD_Result job_routes(http_ctx *h, const char *rest) {
+/* seg: what follows /v1/jobs. */
+static enum MHD_Result job_routes(http_ctx *h, const char *const *seg, int n) {
   bool get = !strcmp(h->method, "GET"), post = !strcmp(h->method, "POST");
-  if (!*rest) {
+  if (n == 0) {
     if (post) return submit_job(h);
     if (get) return list_jobs(h);
     return http_error(h->conn, 405, "method_not_allowed", "", "use GET or POST");
   }
-  size_t n = strcspn(rest + 1, "/");
-  char id[PW_MAX_ID_BYTES + 1];
-  if (*rest != '/' || !valid_id(rest + 1, n)) return http_error(h->conn, 404, "not_found", "", "no such job");
-  snprintf(id, sizeof id, "%.*s", (int)n, rest + 1);
-  const char *sub = rest + 1 + n;
-  if (!*sub && get) return get_job(h, id);
-  if (!strcmp(sub, "/cancel") && post) return cancel_job(h, id);
-  if (!strcmp(sub, "/events") && get) return job_events(h, id);
-  if (!strncmp(sub, "/outputs/", 9) && get) return job_output(h, id, sub + 9);
+  const char *id = seg[0];
+  if (!valid_id(id, strlen(id))) return http_error(h->conn, 404, "not_found", "", "no such job");
+  if (n == 1 && get) return get_job(h, id);
+  if (n == 2 && !strcmp(seg[1], "cancel") && post) return cancel_job(h, id);
+  if (n == 2 && !strcmp(seg[1], "events") && get) return job_events(h, id);
+  if (n == 3 && !strcmp(seg[1], "outputs") && get) return job_output(h, id, seg[2]);
+  if (n == 2 && !strcmp(seg[1], "deliveries") && get) return api_deliveries(h, id, false);
   return http_error(h->conn, 404, "not_found", "", "no route %s %s", h->method, h->url);
 }
 
+/* The collections under /v1 (http.c checked segment 0 is "v1" and that there are >= 2). */
 enum MHD_Result api_route(http_ctx *h) {
-  if (!strncmp(h->url, "/v1/jobs", 8) && (h->url[8] == 0 || h->url[8] == '/')) return job_routes(h, h->url + 8);
-  if (!strncmp(h->url, "/v1/batches", 11) && (h->url[11] == 0 || h->url[11] == '/')) return api_batches(h, h->url + 11);
-  if (!strncmp(h->url, "/v1/deadletters", 15) && (h->url[15] == 0 || h->url[15] == '/'))
-    return deadletters(h, h->url + 15);
+  const http_path *p = &h->rq->path;
+  const char *collection = p->seg[1];
+  const char *const *rest = p->seg + 2;
+  int n = p->n - 2;
+  if (!strcmp(collection, "jobs")) return job_routes(h, rest, n);
+  if (!strcmp(collection, "batches")) return api_batches(h, rest, n);
+  if (!strcmp(collection, "deadletters")) return deadletters(h, rest, n);
   return http_error(h->conn, 404, "not_found", "", "no route %s %s", h->method, h->url);
 }

@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "scheduler/jobs_internal.h"
+#include "worker/outbox.h"
 
 #define BATCH_MAX_ITEMS 1000000
 
@@ -101,8 +102,8 @@ static void job_list_free(job_list *l) {
   free(l->jobs);
 }
 
-static int parse_items(const batch_request *r, const json_t *settings, const char *batch_id, job_list *out,
-                       pw_error *err) {
+static int parse_items(const sched_config *c, const batch_request *r, const json_t *settings, const char *batch_id,
+                       job_list *out, pw_error *err) {
   const char *p = r->items, *end = r->items + r->items_len;
   long index = 0;
   while (p < end) {
@@ -126,7 +127,7 @@ static int parse_items(const batch_request *r, const json_t *settings, const cha
     pw_job *job = &out->jobs[out->n++];
     pw_job_init(job);
     pw_error e;
-    if (item_job(settings, line, len, batch_id, index, job, &e)) {
+    if (item_job(settings, line, len, batch_id, index, job, &e) || sched_webhook_check(c, job, &e)) {
       set_error(err, e.code, "", e.message);
       snprintf(err->field, sizeof err->field, "items[%ld]%s%.60s", index, e.field[0] ? "." : "", e.field);
       return PA_ERR_INVALID;
@@ -238,7 +239,7 @@ int batch_submit(const sched_config *c, const batch_request *r, const char *owne
     rc = PA_ERR_INVALID;
     goto done;
   }
-  if ((rc = parse_items(r, settings, batch_id, &jobs, err))) goto done;
+  if ((rc = parse_items(c, r, settings, batch_id, &jobs, err))) goto done;
   int shard_size = r->shard_size > 0 ? r->shard_size : c->shard_size;
   char *settings_text = json_dumps(settings, JSON_COMPACT | JSON_SORT_KEYS);
   rc = settings_text ? register_batch(c, batch_id, owner, jobs.n, shard_size, settings_text) : PA_ERR_NOMEM;
@@ -417,6 +418,56 @@ static int write_shard(const sched_config *c, const char *batch_id, long k, long
   return write_manifest(c, batch_id, dir);
 }
 
+/* KEYS: outbox, message hash, batch hash. ARGV: the message (PA_OUTBOX_ENQUEUE_LUA). Once
+ * per batch: the batch hash remembers that its completion message was queued. */
+static const char BATCH_HOOK_LUA[] =
+    PA_OUTBOX_ENQUEUE_LUA
+    "if redis.call('HSETNX', KEYS[3], 'completed_webhook_ms', ARGV[8]) == 0 then return 0 end\n"
+    "return enqueue(KEYS[1], KEYS[2], 1)\n";
+
+/* The settings' webhook subscribes to "completed" (every event when `events` is absent). */
+static bool wants_completed(const json_t *webhook) {
+  const json_t *events = json_object_get(webhook, "events");
+  if (!events) return true;
+  for (size_t i = 0; i < json_array_size(events); i++)
+    if (json_is_string(json_array_get(events, i)) && !strcmp(json_string_value(json_array_get(events, i)), "completed"))
+      return true;
+  return false;
+}
+
+/* When the batch's settings carry a webhook subscribed to "completed", its last shard queues
+ * one "batch.completed" message in the workers' outbox (worker/outbox.h): id
+ * "<batch id>.batch.completed", body {"type":"batch.completed","batch_id",
+ * "data": GET /v1/batches/{id}}; a worker's courier signs and delivers it like a job's. */
+static int queue_completed_webhook(const sched_config *c, const char *batch_id, const json_t *settings) {
+  const json_t *wh = json_object_get(settings, "webhook");
+  const char *url = json_string_value(json_object_get(wh, "url"));
+  const char *secret_id = json_string_value(json_object_get(wh, "secret_id"));
+  if (!url || !wants_completed(wh)) return PA_OK;
+  char *status = NULL;
+  int rc = batch_render(c, batch_id, NULL, &status);
+  if (rc) return rc;
+  json_t *body = json_pack("{s:s, s:s, s:o}", "type", "batch.completed", "batch_id", batch_id, "data",
+                           json_loads(status, 0, NULL));
+  free(status);
+  char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+  json_decref(body);
+  if (!text) return pa_fail(PA_ERR_NOMEM, "batch webhook");
+  char outbox[200], msg_id[200], hash[400], batch_key[160], now[24];
+  snprintf(outbox, sizeof outbox, "%s" PA_OUTBOX_SUFFIX, c->stream);
+  snprintf(msg_id, sizeof msg_id, "%s.batch.completed", batch_id);
+  snprintf(hash, sizeof hash, "%s" PA_OUTBOX_MESSAGE_SUFFIX "%s", c->stream, msg_id);
+  snprintf(batch_key, sizeof batch_key, "paella:batch:%s", batch_id);
+  snprintf(now, sizeof now, "%lld", (long long)now_ms());
+  const char *args[] = {outbox, hash, batch_key, msg_id, batch_id, "batch.completed", url,
+                        secret_id ? secret_id : "", secret_id ? "1" : "0", text, now};
+  redisReply *r = sched_eval(c, BATCH_HOOK_LUA, 3, 8, args, NULL);
+  rc = r && r->type == REDIS_REPLY_INTEGER ? PA_OK : pa_fail(PA_ERR_IO, "batch %s: completion webhook not queued", batch_id);
+  if (r) freeReplyObject(r);
+  free(text);
+  return rc;
+}
+
 int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
   char key[160], dir[1100];
   snprintf(key, sizeof key, "paella:batch:%s", batch_id);
@@ -436,6 +487,9 @@ int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
     if (shard_written(c, batch_id, k) || scard(c, done) < count) continue;
     rc = write_shard(c, batch_id, k, (long)(k * size), count, settings, dir);
   }
+  char written[200];
+  snprintf(written, sizeof written, "%s:written", key);
+  if (rc == PA_OK && scard(c, written) == (total + size - 1) / size) rc = queue_completed_webhook(c, batch_id, settings);
   pthread_mutex_unlock(&shard_mu);
   json_decref(settings);
   return rc;

@@ -142,11 +142,13 @@ static enum MHD_Result submit_batch(http_ctx *h) {
   return ok;
 }
 
-enum MHD_Result api_batches(http_ctx *h, const char *rest) {
-  if (!*rest && !strcmp(h->method, "POST")) return submit_batch(h);
-  if (*rest == '/' && !strcmp(h->method, "GET") && valid_name(rest + 1) && rest[1]) {
+enum MHD_Result api_batches(http_ctx *h, const char *const *seg, int n) {
+  if (n == 0 && !strcmp(h->method, "POST")) return submit_batch(h);
+  if (n == 2 && !strcmp(h->method, "GET") && !strcmp(seg[1], "deliveries") && seg[0][0] && valid_name(seg[0]))
+    return api_deliveries(h, seg[0], true);
+  if (n == 1 && !strcmp(h->method, "GET") && seg[0][0] && valid_name(seg[0])) {
     char *json = NULL;
-    int rc = batch_render(h->c, rest + 1, h->owner, &json);
+    int rc = batch_render(h->c, seg[0], h->owner, &json);
     if (rc) return http_status_error(h->conn, rc);
     enum MHD_Result ok = http_json(h->conn, 200, json);
     free(json);

@@ -28,6 +28,12 @@ void sched_config_defaults(sched_config *c) {
   c->job_timeout_s = 600;
   c->shard_size = 100;
   c->idempotency_ttl_s = 86400;
+  c->max_connections = 10000;
+  c->max_per_ip = 1000;
+  c->idle_timeout_s = 15;
+  /* Above the tracker's 500 ms XREAD BLOCK, and short enough that /readyz and submissions
+   * answer 503 within 2 s while Redis is frozen. */
+  c->redis_timeout_ms = 1200;
   char host[64] = "scheduler";
   gethostname(host, sizeof host - 1);
   snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
@@ -163,6 +169,15 @@ static int apply(sched_config *c, const char *name, const char *v) {
   if (strcmp(name, "--storage") == 0) return sched_config_set_storage(c, v);
   if (strcmp(name, "--listen") == 0) return set_listen(c, v);
   if (strcmp(name, "--api-key-hashes") == 0) return sched_config_add_keys(c, v);
+  if (strcmp(name, "--webhook-secrets") == 0) {
+    if (strlen(v) >= sizeof c->webhook_secrets_dir) return pa_fail(PA_ERR_INVALID, "--webhook-secrets: path too long");
+    snprintf(c->webhook_secrets_dir, sizeof c->webhook_secrets_dir, "%s", v);
+    return PA_OK;
+  }
+  if (strcmp(name, "--webhook-allow-unsigned") == 0) {
+    c->webhook_allow_unsigned = !strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes");
+    return PA_OK;
+  }
   NUM("--rate", 0.001, 1e9, c->rate);
   NUM("--burst", 1, 1e9, c->burst);
   NUM("--max-active", 1, 1e9, c->max_active);
@@ -173,6 +188,10 @@ static int apply(sched_config *c, const char *name, const char *v) {
   NUM("--backoff-ms", 0, 3.6e6, c->backoff_ms);
   NUM("--job-timeout", 1, 86400 * 7, c->job_timeout_s);
   NUM("--shard-size", 1, 1e6, c->shard_size);
+  NUM("--max-connections", 16, 1e6, c->max_connections);
+  NUM("--max-per-ip", 1, 1e6, c->max_per_ip);
+  NUM("--idle-timeout", 1, 3600, c->idle_timeout_s);
+  NUM("--redis-timeout-ms", 100, 60000, c->redis_timeout_ms);
 #undef NUM
   return pa_fail(PA_ERR_INVALID, "unknown option %s", name);
 }
@@ -183,6 +202,8 @@ static const struct { const char *env, *flag; } ENV[] = {
     {"PAELLA_RATE", "--rate"},         {"PAELLA_BURST", "--burst"},
     {"PAELLA_MAX_ACTIVE", "--max-active"}, {"PAELLA_MAX_ATTEMPTS", "--max-attempts"},
     {"PAELLA_JOB_TIMEOUT", "--job-timeout"}, {"PAELLA_SHARD_SIZE", "--shard-size"},
+    {"PAELLA_MAX_CONNECTIONS", "--max-connections"}, {"PAELLA_MAX_PER_IP", "--max-per-ip"},
+    {"PAELLA_WEBHOOK_SECRETS", "--webhook-secrets"}, {"PAELLA_WEBHOOK_ALLOW_UNSIGNED", "--webhook-allow-unsigned"},
 };
 
 void sched_config_usage(void) {
@@ -198,7 +219,13 @@ void sched_config_usage(void) {
          "  --max-wait S                 cap of 'Prefer: wait=N' [60]\n"
          "  --max-attempts N --backoff-ms MS   retries of failed jobs [3, 1000]\n"
          "  --job-timeout S              running jobs are stopped after [600]\n"
-         "  --shard-size N               items per batch tar shard [100]\n");
+         "  --shard-size N               items per batch tar shard [100]\n"
+         "  --max-connections N --max-per-ip N   open HTTP connections, in all and per client [10000, 1000]\n"
+         "  --idle-timeout S             close connections silent this long [15]\n"
+         "  --redis-timeout-ms MS        connect/reply timeout of Redis calls (then 503) [1200]\n"
+         "  --webhook-secrets DIR        the workers' secrets: a webhook whose secret_id is in neither DIR\n"
+         "                               nor $PAELLA_WEBHOOK_SECRET_<ID> is refused (422)  ($PAELLA_WEBHOOK_SECRETS)\n"
+         "  --webhook-allow-unsigned 1   accept such webhooks; workers send them unsigned ($PAELLA_WEBHOOK_ALLOW_UNSIGNED)\n");
 }
 
 int sched_config_parse(sched_config *c, int argc, char **argv, bool *help) {

@@ -49,7 +49,7 @@ static json_t *dead_entry_json(const redisReply *e) {
       pw_job_free(&job);
     } else if (!strcmp(k, "id")) {
       json_object_set_new(o, "job_id", json_stringn_nocheck(v->str, v->len));
-    } else if (!strcmp(k, "deliveries")) {
+    } else if (!strcmp(k, "deliveries") || !strcmp(k, "last_attempt")) {
       json_object_set_new(o, k, json_integer(strtoll(v->str, NULL, 10)));
     } else {
       json_t *s = json_stringn(v->str, v->len);

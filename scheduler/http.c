@@ -1,6 +1,10 @@
-/* The HTTP server: libmicrohttpd with a thread per connection. A request's body is gathered
- * (bounded by the route's size limit, 413 beyond it) before the route runs; requests that
- * wait for a job or stream its events block only their own thread. */
+/* The HTTP server: libmicrohttpd with a thread per connection, every socket watched with
+ * poll() (select() would stop accepting at descriptor 1024: a thousand idle connections would
+ * lock everyone out). Connections are capped in all and per client address, and one silent
+ * for --idle-timeout is closed, so idle sockets cannot exhaust threads or descriptors. A
+ * request's body is gathered (bounded by the route's size limit, 413 beyond it) before the
+ * route runs; requests that wait for a job or stream its events block only their own thread.
+ * Routing reads the raw path (http_path), never the path libmicrohttpd decoded whole. */
 #include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -92,13 +96,78 @@ static size_t body_limit(const sched_config *c, const char *url) {
   return strncmp(url, "/v1/batches", 11) == 0 ? c->max_batch_body : c->max_body;
 }
 
-static http_req *begin(const sched_config *c, struct MHD_Connection *conn, const char *url) {
+/* ---- the raw path -------------------------------------------------------------------- */
+
+static int hex_digit(char ch) {
+  if (ch >= '0' && ch <= '9') return ch - '0';
+  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+  if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+  return -1;
+}
+
+/* Decodes one segment in place; false when it is badly encoded or decodes to NUL or '/'. */
+static bool decode_segment(char *s) {
+  char *out = s;
+  for (char *in = s; *in; in++) {
+    if (*in != '%') {
+      *out++ = *in;
+      continue;
+    }
+    int hi = hex_digit(in[1]), lo = hi < 0 ? -1 : hex_digit(in[2]);
+    if (lo < 0) return false;
+    char ch = (char)(hi << 4 | lo);
+    if (ch == 0 || ch == '/') return false;
+    *out++ = ch;
+    in += 2;
+  }
+  *out = 0;
+  return true;
+}
+
+int http_path_parse(const char *raw, http_path *p) {
+  memset(p, 0, sizeof *p);
+  size_t len = strcspn(raw, "?#");
+  if (!(p->buf = malloc(len + 1))) return pa_fail(PA_ERR_NOMEM, "out of memory");
+  memcpy(p->buf, raw, len);
+  p->buf[len] = 0;
+  if (p->buf[0] != '/') return PA_OK; /* "*" or an absolute URI: no route */
+  p->ok = true;
+  if (!p->buf[1]) return PA_OK; /* "/" */
+  for (char *seg = p->buf + 1; seg; p->n++) {
+    char *slash = strchr(seg, '/');
+    if (slash) *slash = 0;
+    if (p->n == HTTP_MAX_SEGMENTS || !decode_segment(seg)) {
+      p->ok = false;
+      return PA_OK;
+    }
+    p->seg[p->n] = seg;
+    seg = slash ? slash + 1 : NULL;
+  }
+  return PA_OK;
+}
+
+void http_path_free(http_path *p) {
+  free(p->buf);
+  memset(p, 0, sizeof *p);
+}
+
+/* libmicrohttpd calls this with the request target as sent, before it decodes anything; the
+ * request state starts here so the router sees the raw path. */
+static void *request_created(void *cls, const char *uri, struct MHD_Connection *conn) {
+  (void)cls, (void)conn;
   http_req *rq = calloc(1, sizeof *rq);
-  if (!rq) return NULL;
+  if (rq && http_path_parse(uri, &rq->path)) {
+    free(rq);
+    rq = NULL;
+  }
+  return rq;
+}
+
+static void begin(const sched_config *c, struct MHD_Connection *conn, const char *url, http_req *rq) {
+  rq->begun = true;
   rq->limit = body_limit(c, url);
   const char *cl = http_header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
   if (cl && strtoull(cl, NULL, 10) > rq->limit) rq->too_large = true; /* refused unread */
-  return rq;
 }
 
 static bool append(http_req *rq, const char *data, size_t n) {
@@ -125,17 +194,13 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, en
   http_req *rq = *con_cls;
   if (rq) {
     free(rq->body);
+    http_path_free(&rq->path);
     free(rq);
   }
   *con_cls = NULL;
 }
 
 /* ---- authentication, limits and dispatch -------------------------------------------- */
-
-static bool is_public(const char *url) {
-  return !strcmp(url, "/") || !strcmp(url, "/healthz") || !strcmp(url, "/readyz") || !strcmp(url, "/metrics") ||
-         !strcmp(url, "/openapi.json");
-}
 
 static enum MHD_Result authorize(http_ctx *h) {
   const char *authz = http_header(h->conn, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -171,18 +236,30 @@ static enum MHD_Result authorize(http_ctx *h) {
   return api_route(h);
 }
 
-static enum MHD_Result public_route(http_ctx *h) {
-  if (!strcmp(h->url, "/")) return http_reply(h->conn, 200, "text/html; charset=utf-8", sched_dashboard_html, strlen(sched_dashboard_html));
-  if (!strcmp(h->url, "/healthz")) return http_json(h->conn, 200, "{\"status\":\"ok\"}");
-  if (!strcmp(h->url, "/openapi.json")) /* docs/openapi.json, linked in (scheduler/CMakeLists.txt) */
-    return http_reply(h->conn, 200, "application/json", sched_openapi_json, (size_t)(sched_openapi_json_end - sched_openapi_json));
-  if (!strcmp(h->url, "/readyz")) {
-    redisReply *r = sched_cmdf(h->c, "PING");
-    bool ok = r && r->type == REDIS_REPLY_STATUS;
-    if (r) freeReplyObject(r);
-    return ok ? http_json(h->conn, 200, "{\"status\":\"ready\"}")
-              : http_error(h->conn, 503, "unavailable", "", "redis unreachable: %s", pa_errmsg());
-  }
+static enum MHD_Result dashboard_page(http_ctx *h) {
+  return http_reply(h->conn, 200, "text/html; charset=utf-8", sched_dashboard_html, strlen(sched_dashboard_html));
+}
+
+/* Liveness: 503 from the moment the process starts stopping, so balancers stop sending. */
+static enum MHD_Result healthz(http_ctx *h) {
+  return http_stopping ? http_error(h->conn, 503, "stopping", "", "shutting down")
+                       : http_json(h->conn, 200, "{\"status\":\"ok\"}");
+}
+
+static enum MHD_Result readyz(http_ctx *h) {
+  redisReply *r = sched_cmdf(h->c, "PING");
+  bool ok = r && r->type == REDIS_REPLY_STATUS;
+  if (r) freeReplyObject(r);
+  return ok && !http_stopping ? http_json(h->conn, 200, "{\"status\":\"ready\"}")
+                              : http_error(h->conn, 503, "unavailable", "", "redis unreachable: %s", pa_errmsg());
+}
+
+/* docs/openapi.json, linked in (scheduler/CMakeLists.txt) */
+static enum MHD_Result openapi_page(http_ctx *h) {
+  return http_reply(h->conn, 200, "application/json", sched_openapi_json, (size_t)(sched_openapi_json_end - sched_openapi_json));
+}
+
+static enum MHD_Result metrics_page(http_ctx *h) {
   char *text = sched_metrics_render(h->c);
   if (!text) return http_error(h->conn, 503, "unavailable", "", "metrics unavailable");
   enum MHD_Result ok = http_reply(h->conn, 200, "text/plain; version=0.0.4", text, strlen(text));
@@ -190,14 +267,33 @@ static enum MHD_Result public_route(http_ctx *h) {
   return ok;
 }
 
+typedef enum MHD_Result (*http_handler)(http_ctx *h);
+
+/* Routes without authentication, GET/HEAD only: "" is "/". */
+static const struct {
+  const char *name;
+  http_handler handler;
+} PUBLIC_ROUTES[] = {
+    {"", dashboard_page}, {"healthz", healthz}, {"readyz", readyz}, {"metrics", metrics_page},
+    {"openapi.json", openapi_page},
+};
+
+static http_handler public_handler(const http_path *p) {
+  if (p->n > 1) return NULL;
+  const char *name = p->n ? p->seg[0] : "";
+  for (size_t i = 0; i < sizeof PUBLIC_ROUTES / sizeof PUBLIC_ROUTES[0]; i++)
+    if (!strcmp(name, PUBLIC_ROUTES[i].name)) return PUBLIC_ROUTES[i].handler;
+  return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls) {
   (void)version;
   sched_server *s = cls;
   http_req *rq = *con_cls;
-  if (!rq) {
-    if (!(rq = begin(s->c, conn, url))) return MHD_NO;
-    *con_cls = rq;
+  if (!rq) return MHD_NO; /* out of memory in request_created: drop the connection */
+  if (!rq->begun) {
+    begin(s->c, conn, url, rq);
     return MHD_YES;
   }
   if (*upload_size) {
@@ -208,11 +304,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
   http_ctx h = {.c = s->c, .conn = conn, .method = method, .url = url, .rq = rq};
   if (rq->too_large)
     return http_error(conn, 413, "too_large", "", "the request body exceeds %zu bytes", rq->limit);
-  if (is_public(url)) {
+  http_handler pub = rq->path.ok ? public_handler(&rq->path) : NULL;
+  if (pub) {
     if (strcmp(method, "GET") && strcmp(method, "HEAD")) return http_error(conn, 405, "method_not_allowed", "", "use GET");
-    return public_route(&h);
+    return pub(&h);
   }
-  if (strncmp(url, "/v1/", 4) != 0) return http_error(conn, 404, "not_found", "", "no route %s", url);
+  if (!rq->path.ok || rq->path.n < 2 || strcmp(rq->path.seg[0], "v1"))
+    return http_error(conn, 404, "not_found", "", "no route %s", url);
   return authorize(&h);
 }
 
@@ -226,12 +324,15 @@ int sched_server_start(const sched_config *c, sched_server **out) {
     return pa_fail(PA_ERR_INVALID, "--listen %s: want an IPv4 address", c->listen_host);
   }
   http_stopping = false;
-  s->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
+  s->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+                              MHD_USE_ERROR_LOG,
                           (uint16_t)c->listen_port, NULL, NULL, on_request, s,
                           MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                          MHD_OPTION_URI_LOG_CALLBACK, request_created, NULL,
                           MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
-                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
+                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)c->idle_timeout_s,
+                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->max_connections,
+                          MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)c->max_per_ip,
                           MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
                           MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512 * 1024),
                           MHD_OPTION_END);
@@ -246,6 +347,11 @@ int sched_server_start(const sched_config *c, sched_server **out) {
 int sched_server_port(const sched_server *s) {
   const union MHD_DaemonInfo *i = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
   return i ? i->port : -1;
+}
+
+int sched_server_connections(const sched_server *s) {
+  const union MHD_DaemonInfo *i = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+  return i ? (int)i->num_connections : -1;
 }
 
 void sched_server_stop(sched_server *s) {

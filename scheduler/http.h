@@ -7,10 +7,23 @@
 
 #include "scheduler/sched.h"
 
+/* The request path split on '/' BEFORE percent-decoding, then each segment decoded: an
+ * encoded '/' (%2F) stays inside its segment and can never make a new route, and a segment
+ * that decodes to a NUL byte (or is badly encoded) makes the whole path unroutable (404).
+ * "/" has 0 segments, "/v1/jobs/ID" has 3. */
+#define HTTP_MAX_SEGMENTS 8
+typedef struct {
+  int n;
+  bool ok;                            /* false: no route can match (bad encoding, NUL, '/', too deep) */
+  const char *seg[HTTP_MAX_SEGMENTS]; /* into buf */
+  char *buf;
+} http_path;
+
 typedef struct {
   char *body;
   size_t len, cap, limit;
-  bool too_large;
+  bool too_large, begun;
+  http_path path;
 } http_req;
 
 typedef struct {
@@ -39,7 +52,15 @@ const char *http_header(struct MHD_Connection *conn, const char *name);
 const char *http_arg(struct MHD_Connection *conn, const char *name);
 bool http_content_type_is(struct MHD_Connection *conn, const char *type);
 
+/* Splits and decodes a raw request target ("/a/b%20c?x=1"); the query is ignored. */
+int http_path_parse(const char *raw, http_path *out);
+void http_path_free(http_path *p);
+
+/* Routes under /v1 get the segments after their own name: "/v1/jobs/ID/cancel" reaches the
+ * jobs routes as {"ID", "cancel"}. */
 enum MHD_Result api_route(http_ctx *h);
-enum MHD_Result api_batches(http_ctx *h, const char *rest);
+enum MHD_Result api_batches(http_ctx *h, const char *const *seg, int n);
+/* GET .../{id}/deliveries of a job or a batch (api.c). */
+enum MHD_Result api_deliveries(http_ctx *h, const char *id, bool batch);
 
 #endif

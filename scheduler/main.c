@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "scheduler/sched.h"
@@ -12,6 +13,16 @@ static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig) {
   (void)sig;
   stop_requested = 1;
+}
+
+/* Every HTTP connection holds a descriptor: the soft limit (often 1024) would refuse
+ * connections long before --max-connections, so take the hard limit. */
+static void raise_fd_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
 }
 
 int main(int argc, char **argv) {
@@ -31,6 +42,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (cfg.n_keys == 0) fprintf(stderr, "paella-scheduler: no API keys configured: authentication is OFF\n");
+  raise_fd_limit();
   signal(SIGPIPE, SIG_IGN);
   struct sigaction sa = {0};
   sa.sa_handler = on_signal;

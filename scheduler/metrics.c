@@ -128,22 +128,29 @@ static void queue_gauges(const sched_config *c, text *t) {
          "# TYPE paella_jobs_inflight gauge\npaella_jobs_inflight %lld\n", inflight);
 }
 
+/* Fleet-wide counters the workers add to the paella:metrics hash (docs/queues.md). */
 static void worker_counters(const sched_config *c, text *t) {
-  long long ok = 0, failed = 0, hits = 0;
-  redisReply *r = sched_cmdf(c, "HMGET paella:metrics webhook_deliveries:ok webhook_deliveries:failed "
-                                "embedding_cache_hits");
-  if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
-    if (r->element[0]->str) ok = strtoll(r->element[0]->str, NULL, 10);
-    if (r->element[1]->str) failed = strtoll(r->element[1]->str, NULL, 10);
-    if (r->element[2]->str) hits = strtoll(r->element[2]->str, NULL, 10);
-  }
+  static const char *const FIELDS[] = {"webhook_deliveries:ok", "webhook_deliveries:failed", "webhook_deliveries:unsigned",
+                                       "webhook_attempts:ok", "webhook_attempts:failed", "embedding_cache_hits"};
+  enum { N = sizeof FIELDS / sizeof FIELDS[0] };
+  long long v[N] = {0};
+  redisReply *r = sched_cmdf(c, "HMGET paella:metrics %s %s %s %s %s %s", FIELDS[0], FIELDS[1], FIELDS[2], FIELDS[3],
+                             FIELDS[4], FIELDS[5]);
+  for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && r->elements == N && i < N; i++)
+    if (r->element[i]->str) v[i] = strtoll(r->element[i]->str, NULL, 10);
   if (r) freeReplyObject(r);
-  put(t, "# HELP paella_webhook_deliveries_total Webhook deliveries by the workers.\n"
+  put(t, "# HELP paella_webhook_deliveries_total Webhook messages settled by the workers (unsigned: sent without a "
+         "signature, the operator allowing it).\n"
          "# TYPE paella_webhook_deliveries_total counter\n"
          "paella_webhook_deliveries_total{result=\"ok\"} %lld\n"
-         "paella_webhook_deliveries_total{result=\"failed\"} %lld\n", ok, failed);
+         "paella_webhook_deliveries_total{result=\"failed\"} %lld\n"
+         "paella_webhook_deliveries_total{result=\"unsigned\"} %lld\n", v[0], v[1], v[2]);
+  put(t, "# HELP paella_webhook_attempts_total Webhook delivery attempts (retries included).\n"
+         "# TYPE paella_webhook_attempts_total counter\n"
+         "paella_webhook_attempts_total{result=\"ok\"} %lld\n"
+         "paella_webhook_attempts_total{result=\"failed\"} %lld\n", v[3], v[4]);
   put(t, "# HELP paella_embedding_cache_hits_total Text embeddings served from the cache.\n"
-         "# TYPE paella_embedding_cache_hits_total counter\npaella_embedding_cache_hits_total %lld\n", hits);
+         "# TYPE paella_embedding_cache_hits_total counter\npaella_embedding_cache_hits_total %lld\n", v[5]);
 }
 
 static void histograms(text *t) {

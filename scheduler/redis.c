@@ -1,6 +1,8 @@
 /* One hiredis connection per thread: libmicrohttpd gives every HTTP connection its own
  * thread, so requests never share a socket or take a lock around Redis. A thread-specific
- * key frees the connection when the thread ends. */
+ * key frees the connection when the thread ends. Every connection has a connect and a reply
+ * timeout: a frozen Redis (SIGSTOP, a stalled failover) turns into a 503, never a hung
+ * request thread. */
 #include <stdarg.h>
 #include <string.h>
 
@@ -21,8 +23,8 @@ redisContext *sched_redis_connect(const sched_config *c, int timeout_ms) {
     pa_fail(PA_ERR_NOMEM, "redis: out of memory");
     return NULL;
   }
-  if (ctx->err) {
-    pa_fail(PA_ERR_IO, "redis %s:%d: %s", c->redis_host, c->redis_port, ctx->errstr);
+  if (ctx->err || redisSetTimeout(ctx, tv) != REDIS_OK) {
+    pa_fail(PA_ERR_IO, "redis %s:%d: %s", c->redis_host, c->redis_port, ctx->err ? ctx->errstr : "cannot set a timeout");
     redisFree(ctx);
     return NULL;
   }
@@ -43,7 +45,7 @@ redisContext *sched_redis(const sched_config *c) {
   pthread_once(&conn_once, make_key);
   redisContext *ctx = pthread_getspecific(conn_key);
   if (ctx) return ctx;
-  ctx = sched_redis_connect(c, 2000);
+  ctx = sched_redis_connect(c, c->redis_timeout_ms);
   if (ctx) pthread_setspecific(conn_key, ctx);
   return ctx;
 }

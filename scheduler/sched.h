@@ -53,6 +53,12 @@ typedef struct {
   int shard_size;         /* default items per batch tar shard */
   int idempotency_ttl_s;
   char consumer[128];     /* this scheduler's name in events_group */
+  int max_connections;    /* open HTTP connections in all (each holds a thread and a descriptor) */
+  int max_per_ip;         /* open HTTP connections from one client address */
+  int idle_timeout_s;     /* a connection silent this long is closed (headers included) */
+  int redis_timeout_ms;   /* connect and reply timeout of every Redis call: 503 past it */
+  char webhook_secrets_dir[1024]; /* the workers' --webhook-secrets (else the variables) */
+  bool webhook_allow_unsigned;    /* accept webhooks whose secret is not configured */
 } sched_config;
 
 void sched_config_defaults(sched_config *c);
@@ -65,6 +71,13 @@ int sched_config_set_storage(sched_config *c, const char *url);
 /* "NAME:SHA256HEX[:admin]", several separated by commas. */
 int sched_config_add_keys(sched_config *c, const char *spec);
 void sched_config_usage(void);
+
+/* ---- webhooks (webhooks.c) ---------------------------------------------------------- */
+/* 0, or -1 with err filled (422 webhook.secret_id) when no worker could sign the job's webhook. */
+int sched_webhook_check(const sched_config *c, const pw_job *job, pw_error *err);
+/* {"job_id" (or "batch_id"), "data": [attempt records, oldest first]} of a job's (or a
+ * batch's) webhooks; PA_ERR_NOTFOUND for another owner's. */
+int sched_webhook_deliveries(const sched_config *c, const char *id, const char *owner, bool batch, char **json);
 
 /* ---- redis (redis.c) ---------------------------------------------------------------- */
 /* The calling thread's connection (made on first use, remade after an error). NULL with
@@ -187,6 +200,7 @@ void sha256_hex(const void *data, size_t len, char out[65]);
 typedef struct sched_server sched_server;
 int sched_server_start(const sched_config *c, sched_server **out);
 int sched_server_port(const sched_server *s); /* the bound port (listen port 0 = any) */
+int sched_server_connections(const sched_server *s); /* HTTP connections open now */
 void sched_server_stop(sched_server *s);
 extern const char sched_dashboard_html[];
 /* docs/openapi.json, served at /openapi.json: its bytes, from the first to one past the last. */

@@ -21,6 +21,7 @@ APT_PACKAGES=(
   libmicrohttpd-dev              # the scheduler's HTTP API, worker metrics
   python3-botocore               # test-only: reference SigV4 signatures
   chromium wrk                   # test-only: dashboard screenshot (headless), scheduler load test
+  stress-ng                      # test-only: scripts/test-under-load.sh (the suite beside busy CPUs)
 )
 
 need_install=()

@@ -9,3 +9,13 @@ void pa_delivery_clear(pa_delivery *d) {
   free(d->payload);
   memset(d, 0, sizeof *d);
 }
+
+void pa_outbox_item_clear(pa_outbox_item *it) {
+  free(it->msg_id);
+  free(it->job_id);
+  free(it->event);
+  free(it->url);
+  free(it->secret_id);
+  free(it->body);
+  memset(it, 0, sizeof *it);
+}

@@ -44,6 +44,8 @@ static void usage(FILE *f) {
       "  --cache-entries N     in-process LRU entries (default 256)              [PAELLA_CACHE_ENTRIES]\n"
       "  --cache-mb N          in-process LRU megabytes (default 256)            [PAELLA_CACHE_MB]\n"
       "  --webhook-allow-private  allow webhooks to loopback/private addresses   [PAELLA_WEBHOOK_ALLOW_PRIVATE=1]\n"
+      "  --webhook-allow-unsigned  deliver without a signature when a job's secret is missing\n"
+      "                        (counted in webhook_deliveries:unsigned)          [PAELLA_WEBHOOK_ALLOW_UNSIGNED=1]\n"
       "  --webhook-secrets DIR  secret_id X is read from DIR/X; otherwise from the variable\n"
       "                        PAELLA_WEBHOOK_SECRET_<X uppercased, other chars as _>\n"
       "                                                                          [PAELLA_WEBHOOK_SECRETS]\n"
@@ -55,12 +57,13 @@ static void usage(FILE *f) {
       "  --once                handle one job, then exit\n"
       "  -h, --help            this text\n"
       "\n"
-      "Logs are JSON lines on stderr. SIGTERM/SIGINT finish the claimed batch, then exit 0.\n");
+      "Logs are JSON lines on stderr. SIGTERM/SIGINT finish the claimed batch, then exit 0 within\n"
+      "about a second more (webhooks wait in the outbox for the next worker).\n");
 }
 
 enum {
   O_QUEUE = 256, O_STORAGE, O_MODELS, O_DEVICE, O_BATCH, O_LEASE, O_MAXDEL, O_METRICS, O_CACHE_URL, O_CACHE_TTL,
-  O_CACHE_ENTRIES, O_CACHE_MB, O_ALLOW_PRIVATE, O_SECRETS, O_CONSUMER, O_POLL, O_PROGRESS, O_MAXSIDE, O_LOGLEVEL,
+  O_CACHE_ENTRIES, O_CACHE_MB, O_ALLOW_PRIVATE, O_ALLOW_UNSIGNED, O_SECRETS, O_CONSUMER, O_POLL, O_PROGRESS, O_MAXSIDE, O_LOGLEVEL,
   O_ONCE
 };
 
@@ -71,7 +74,8 @@ static const struct option long_opts[] = {
     {"max-deliveries", required_argument, 0, O_MAXDEL}, {"metrics-port", required_argument, 0, O_METRICS},
     {"cache-url", required_argument, 0, O_CACHE_URL}, {"cache-ttl", required_argument, 0, O_CACHE_TTL},
     {"cache-entries", required_argument, 0, O_CACHE_ENTRIES}, {"cache-mb", required_argument, 0, O_CACHE_MB},
-    {"webhook-allow-private", no_argument, 0, O_ALLOW_PRIVATE}, {"webhook-secrets", required_argument, 0, O_SECRETS},
+    {"webhook-allow-private", no_argument, 0, O_ALLOW_PRIVATE},
+    {"webhook-allow-unsigned", no_argument, 0, O_ALLOW_UNSIGNED}, {"webhook-secrets", required_argument, 0, O_SECRETS},
     {"consumer", required_argument, 0, O_CONSUMER}, {"poll-ms", required_argument, 0, O_POLL},
     {"progress-ms", required_argument, 0, O_PROGRESS}, {"max-side", required_argument, 0, O_MAXSIDE},
     {"log-level", required_argument, 0, O_LOGLEVEL}, {"once", no_argument, 0, O_ONCE},
@@ -96,6 +100,7 @@ static int apply(pa_worker_config *c, int opt, const char *v, int *log_level) {
     case O_CACHE_ENTRIES: if (pa_parse_int(v, 0, 1000000, &x)) return -1; c->cache_max_entries = (size_t)x; return 0;
     case O_CACHE_MB: if (pa_parse_int(v, 1, 1 << 20, &x)) return -1; c->cache_max_bytes = (size_t)x << 20; return 0;
     case O_ALLOW_PRIVATE: c->webhook_allow_private = v ? truthy(v) : true; return 0;
+    case O_ALLOW_UNSIGNED: c->webhook_allow_unsigned = v ? truthy(v) : true; return 0;
     case O_SECRETS: c->webhook_secrets_dir = v; return 0;
     case O_CONSUMER: c->consumer = v; return 0;
     case O_POLL: return pa_parse_int(v, 10, 30000, &c->poll_ms);
@@ -111,7 +116,8 @@ static const struct { const char *var; int opt; } env_vars[] = {
     {"PAELLA_DEVICE", O_DEVICE}, {"PAELLA_MAX_BATCH", O_BATCH}, {"PAELLA_LEASE_MS", O_LEASE},
     {"PAELLA_MAX_DELIVERIES", O_MAXDEL}, {"PAELLA_METRICS_PORT", O_METRICS}, {"PAELLA_CACHE_URL", O_CACHE_URL},
     {"PAELLA_CACHE_TTL", O_CACHE_TTL}, {"PAELLA_CACHE_ENTRIES", O_CACHE_ENTRIES}, {"PAELLA_CACHE_MB", O_CACHE_MB},
-    {"PAELLA_WEBHOOK_ALLOW_PRIVATE", O_ALLOW_PRIVATE}, {"PAELLA_WEBHOOK_SECRETS", O_SECRETS},
+    {"PAELLA_WEBHOOK_ALLOW_PRIVATE", O_ALLOW_PRIVATE}, {"PAELLA_WEBHOOK_ALLOW_UNSIGNED", O_ALLOW_UNSIGNED},
+    {"PAELLA_WEBHOOK_SECRETS", O_SECRETS},
     {"PAELLA_CONSUMER", O_CONSUMER}, {"PAELLA_POLL_MS", O_POLL}, {"PAELLA_PROGRESS_MS", O_PROGRESS},
     {"PAELLA_MAX_SIDE", O_MAXSIDE}, {"PAELLA_LOG_LEVEL", O_LOGLEVEL}};
 

@@ -4,6 +4,7 @@
 
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +28,7 @@ static const char *const hist_names[H_COUNT][2] = {
     {"paella_worker_queue_wait_seconds", "Time from enqueue (stream entry id) to claim"},
     {"paella_worker_overhead_seconds", "Per job time outside the model (decode, events, PNG, upload, record, ack)"}};
 static const char *const outcome_names[PA_JOB_OUTCOMES] = {"succeeded", "failed", "canceled", "dead_lettered",
-                                                           "retried"};
+                                                           "retried", "fenced"};
 
 struct pa_metrics {
   pthread_mutex_t mu;
@@ -83,7 +84,7 @@ static void observe_locked(pa_metrics *m, int which, double v) {
 void pa_metrics_job(pa_metrics *m, pa_job_outcome o, double seconds) {
   pthread_mutex_lock(&m->mu);
   m->jobs[o]++;
-  if (o != PA_JOB_RETRIED && o != PA_JOB_DEAD_LETTERED) observe(&m->h[H_JOB], seconds);
+  if (o != PA_JOB_RETRIED && o != PA_JOB_DEAD_LETTERED && o != PA_JOB_FENCED) observe(&m->h[H_JOB], seconds);
   pthread_mutex_unlock(&m->mu);
 }
 
@@ -104,6 +105,11 @@ void pa_metrics_busy(pa_metrics *m, double seconds) {
 void pa_metrics_claim(pa_metrics *m, double s) { observe_locked(m, H_CLAIM, s); }
 void pa_metrics_queue_wait(pa_metrics *m, double s) { observe_locked(m, H_QUEUE_WAIT, s); }
 void pa_metrics_overhead(pa_metrics *m, double s) { observe_locked(m, H_OVERHEAD, s); }
+
+/* Process-wide and lock-free: a signal handler may not take m->mu. */
+static atomic_bool draining;
+
+void pa_metrics_mark_draining(void) { atomic_store(&draining, true); }
 
 void pa_metrics_set_healthy(pa_metrics *m, bool healthy) {
   pthread_mutex_lock(&m->mu);
@@ -221,7 +227,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
   }
   if (!strcmp(url, "/healthz")) {
     pthread_mutex_lock(&m->mu);
-    bool ok = m->healthy;
+    bool ok = m->healthy && !atomic_load(&draining);
     pthread_mutex_unlock(&m->mu);
     return reply(conn, ok ? 200 : 503, strdup(ok ? "ok\n" : "draining\n"), "text/plain");
   }

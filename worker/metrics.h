@@ -9,9 +9,11 @@
 
 typedef struct pa_metrics pa_metrics;
 
-/* Outcomes counted by paella_worker_jobs_total{status=...}. */
+/* Outcomes counted by paella_worker_jobs_total{status=...}. FENCED: the attempt lost its
+ * lease to another worker and was abandoned without side effects. */
 typedef enum {
-  PA_JOB_SUCCEEDED, PA_JOB_FAILED, PA_JOB_CANCELED, PA_JOB_DEAD_LETTERED, PA_JOB_RETRIED, PA_JOB_OUTCOMES
+  PA_JOB_SUCCEEDED, PA_JOB_FAILED, PA_JOB_CANCELED, PA_JOB_DEAD_LETTERED, PA_JOB_RETRIED, PA_JOB_FENCED,
+  PA_JOB_OUTCOMES
 } pa_job_outcome;
 
 int pa_metrics_new(pa_metrics **out);
@@ -26,6 +28,9 @@ void pa_metrics_claim(pa_metrics *m, double seconds);     /* a claim call that r
 void pa_metrics_queue_wait(pa_metrics *m, double seconds); /* enqueue -> claim */
 void pa_metrics_overhead(pa_metrics *m, double seconds);  /* per job, outside the model */
 void pa_metrics_set_healthy(pa_metrics *m, bool healthy);
+/* Async-signal-safe (the SIGTERM handler calls it): from now on /healthz answers 503, so
+ * load balancers and Kubernetes stop counting on this process while it drains. */
+void pa_metrics_mark_draining(void);
 
 /* The Prometheus text exposition (malloc'd). */
 char *pa_metrics_render(pa_metrics *m);

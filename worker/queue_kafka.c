@@ -853,7 +853,11 @@ static int kq_publish_event(pa_queue *q, const char *job_id, const char *type, c
   return rc;
 }
 
-static int kq_record_result(pa_queue *q, const char *job_id, const uint8_t *result, size_t len) {
+/* d and hook are not used: Kafka fences through the group generation (an expelled member's
+ * offsets are refused) and has no outbox (the worker queues final webhooks in memory). */
+static int kq_record_result(pa_queue *q, const pa_delivery *d, const char *job_id, const uint8_t *result, size_t len,
+                            const pa_webhook_msg *hook) {
+  (void)d, (void)hook;
   kq *k = q->impl;
   const char *kv[] = {"type", result_type(result, len), NULL};
   kq_dr dr = {0};

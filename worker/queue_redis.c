@@ -15,10 +15,11 @@
 #include <unistd.h>
 
 #include "proto/proto.h"
+#include "worker/outbox.h"
 #include "worker/queue.h"
 #include "worker/url.h"
 
-#define RQ_MAX_ARGS 24
+#define RQ_MAX_ARGS 32
 #define RQ_IO_TIMEOUT_S 60 /* longer than any BLOCK we issue (claim caps it at 30 s) */
 #define RQ_MAX_BLOCK_MS 30000
 
@@ -30,6 +31,9 @@ typedef struct {
   int lease_ms, max_deliveries;
   long events_maxlen;
   char cursor[64]; /* XAUTOCLAIM position, so successive claims walk the whole PEL */
+  char outbox[300];   /* {stream}:webhooks: message ids by due time */
+  char hook_prefix[300]; /* {stream}:webhook: + message id: the message hash */
+  char *url_text;     /* for clone */
 } rq;
 
 typedef struct {
@@ -291,13 +295,37 @@ static int rq_claim(pa_queue *qq, int max, int block_ms, pa_delivery *out, int *
 
 /* ---- scripts ------------------------------------------------------------------------ */
 
-/* Renews only an entry this consumer still owns: a plain XCLAIM would steal back an entry
- * that another worker legitimately reclaimed while this one was stalled. */
+/* Fencing. An attempt is (entry, consumer, delivery count): every claim of an entry
+ * (XREADGROUP, XAUTOCLAIM) adds one to its delivery count, and XCLAIM ... JUSTID (the renewal)
+ * does not, so the count is a fencing token. Every side effect of an attempt runs in a script
+ * that first checks the entry is still pending for this consumer with this count: a worker
+ * that was frozen past its lease, while another took the entry over, writes nothing. */
+#define OWNS_LUA                                                                     \
+  "local function owns(stream, group, entry, consumer, count)\n"                     \
+  "  local p = redis.call('XPENDING', stream, group, entry, entry, 1)\n"             \
+  "  return #p == 1 and p[1][2] == consumer and p[1][4] == tonumber(count)\n"        \
+  "end\n"
+
+/* KEYS: stream. ARGV: group, consumer, entry, count. Renews only an entry this attempt still
+ * owns: a plain XCLAIM would steal back an entry another worker legitimately reclaimed. */
 static const char renew_lua[] =
-    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)\n"
-    "if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end\n"
+    OWNS_LUA
+    "if not owns(KEYS[1], ARGV[1], ARGV[3], ARGV[2], ARGV[4]) then return 0 end\n"
     "redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')\n"
     "return 1\n";
+
+/* KEYS: stream. ARGV: group, consumer, entry, count. */
+static const char ack_lua[] =
+    OWNS_LUA
+    "if not owns(KEYS[1], ARGV[1], ARGV[3], ARGV[2], ARGV[4]) then return 0 end\n"
+    "redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])\n"
+    "return 1\n";
+
+/* KEYS: stream, outbox, message hash. ARGV: group, consumer, entry, count, then the message. */
+static const char enqueue_lua[] =
+    OWNS_LUA PA_OUTBOX_ENQUEUE_LUA
+    "if not owns(KEYS[1], ARGV[1], ARGV[3], ARGV[2], ARGV[4]) then return -1 end\n"
+    "return enqueue(KEYS[2], KEYS[3], 5)\n";
 
 /* KEYS: events, job hash. ARGV: type, job id, msg, worker, now, maxlen. A start event marks
  * the job running unless a result is already recorded (a duplicate run after a crash). */
@@ -312,26 +340,76 @@ static const char event_lua[] =
     "end\n"
     "return 1\n";
 
-/* KEYS: job hash, events. ARGV: status, result, job id, worker, now, maxlen, event type.
- * The first final result wins; later ones (re-runs) change nothing and add no event. */
+/* KEYS: job hash, events, stream, outbox, message hash. ARGV: status, result, job id, worker,
+ * now, maxlen, event type, group, entry ("" = unfenced), count, has hook, then the message.
+ * The first final result wins; later ones (re-runs) change nothing and add no event and no
+ * webhook; a fenced attempt (-1) writes nothing at all. */
 static const char result_lua[] =
+    OWNS_LUA PA_OUTBOX_ENQUEUE_LUA
+    "if ARGV[9] ~= '' and not owns(KEYS[3], ARGV[8], ARGV[9], ARGV[4], ARGV[10]) then return -1 end\n"
     "local s = redis.call('HGET', KEYS[1], 'status')\n"
     "if s == 'succeeded' or s == 'failed' or s == 'canceled' then return 0 end\n"
     "redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'worker', ARGV[4], 'updated_ms', ARGV[5])\n"
     "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'type', ARGV[7], 'id', ARGV[3], 'msg', ARGV[2])\n"
+    "if ARGV[11] == '1' then enqueue(KEYS[4], KEYS[5], 12) end\n"
     "return 1\n";
 
-/* KEYS: stream, dead. ARGV: group, entry id, job bytes, code, field, message, deliveries.
- * XACK first: when another worker already acknowledged the entry, nothing is dead-lettered
- * twice. The job id comes from the entry's `id` field (the bytes may not decode). */
+/* KEYS: outbox. ARGV: now, lease until, message hash prefix. The earliest due message, taken
+ * until `lease until`: [id, [field, value...]], [id] for a message whose hash is gone, or nil. */
+static const char take_lua[] =
+    "local m = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1)\n"
+    "if #m == 0 then return false end\n"
+    "local h = redis.call('HGETALL', ARGV[3] .. m[1])\n"
+    "if #h == 0 then redis.call('ZREM', KEYS[1], m[1]) return {m[1]} end\n"
+    "redis.call('ZADD', KEYS[1], ARGV[2], m[1])\n"
+    "return {m[1], h}\n";
+
+/* KEYS: outbox, message hash, the job's deliveries list, metrics hash. ARGV: msg id, record
+ * ("" = none), retry at (0 = finished), attempted (1/0), counters "a,b", records kept. */
+static const char settle_lua[] =
+    "if ARGV[2] ~= '' then\n"
+    "  redis.call('RPUSH', KEYS[3], ARGV[2])\n"
+    "  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)\n"
+    "end\n"
+    "for c in string.gmatch(ARGV[5], '[^,]+') do redis.call('HINCRBY', KEYS[4], c, 1) end\n"
+    "if ARGV[3] == '0' then\n"
+    "  redis.call('ZREM', KEYS[1], ARGV[1])\n"
+    "  redis.call('DEL', KEYS[2])\n"
+    "else\n"
+    "  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])\n"
+    "  if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[2], 'attempts', 1) end\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS: stream, dead. ARGV: group, entry id, job bytes, code, field, message, deliveries,
+ * job key prefix, consumer. Only while the attempt owns the entry; XACK first: when another worker already acknowledged the entry, nothing is
+ * dead-lettered twice. The job id comes from the entry's `id` field (the bytes may not
+ * decode). The last failure an attempt noted (note_lua) goes beside the code as last_code,
+ * last_message, last_attempt: `too_many_attempts` alone does not say what to fix. */
 static const char dead_lua[] =
+    OWNS_LUA
+    "if not owns(KEYS[1], ARGV[1], ARGV[2], ARGV[9], ARGV[7]) then return 0 end\n"
     "if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
     "local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])\n"
     "local id = ''\n"
     "if #e > 0 then local f = e[1][2]\n"
     "  for i = 1, #f, 2 do if f[i] == 'id' then id = f[i + 1] end end end\n"
-    "redis.call('XADD', KEYS[2], '*', 'job', ARGV[3], 'id', id, 'code', ARGV[4], 'field', ARGV[5],\n"
-    "  'message', ARGV[6], 'deliveries', ARGV[7], 'entry', ARGV[2])\n"
+    "local entry = {'job', ARGV[3], 'id', id, 'code', ARGV[4], 'field', ARGV[5], 'message', ARGV[6],\n"
+    "  'deliveries', ARGV[7], 'entry', ARGV[2]}\n"
+    "if id ~= '' then\n"
+    "  local last = redis.call('HMGET', ARGV[8] .. id, 'last_error_code', 'last_error_message', 'last_error_attempt')\n"
+    "  if last[1] then\n"
+    "    for i, k in ipairs({'last_code', 'last_message', 'last_attempt'}) do\n"
+    "      table.insert(entry, k) table.insert(entry, last[i] or '') end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('XADD', KEYS[2], '*', unpack(entry))\n"
+    "return 1\n";
+
+/* KEYS: job hash. ARGV: code, message, attempt (the delivery count). */
+static const char note_lua[] =
+    "redis.call('HSET', KEYS[1], 'last_error_code', ARGV[1], 'last_error_message', ARGV[2],\n"
+    "  'last_error_attempt', ARGV[3])\n"
     "return 1\n";
 
 /* EVAL script nkeys keys... args...: the integer result in *ret */
@@ -353,21 +431,32 @@ static void eval_head(rq_args *a, const char *script, int nkeys) {
   arg_int(a, nkeys);
 }
 
-static void job_key(const char *job_id, char *buf, size_t cap) { snprintf(buf, cap, "paella:job:%s", job_id); }
+#define JOB_KEY_PREFIX "paella:job:"
+static void job_key(const char *job_id, char *buf, size_t cap) { snprintf(buf, cap, JOB_KEY_PREFIX "%s", job_id); }
 
-static int rq_renew(pa_queue *qq, const pa_delivery *d) {
-  rq *q = qq->impl;
+/* The fencing token's arguments (OWNS_LUA): group, consumer, entry, count. */
+static void fence_args(rq *q, rq_args *a, const pa_delivery *d) {
+  arg(a, q->group);
+  arg(a, q->consumer);
+  arg(a, d->handle);
+  arg_int(a, d->deliveries);
+}
+
+/* Runs a fenced script on the job stream; 0 from it means the attempt lost its entry. */
+static int fenced(rq *q, const char *script, const pa_delivery *d, const char *what) {
   rq_args a = {0};
   long long owned = 0;
-  eval_head(&a, renew_lua, 1);
+  eval_head(&a, script, 1);
   arg(&a, q->stream);
-  arg(&a, q->group);
-  arg(&a, q->consumer);
-  arg(&a, d->handle);
+  fence_args(q, &a, d);
   int rc = rq_eval(q, &a, &owned);
-  if (!rc && !owned) rc = pa_fail(PA_ERR_NOTFOUND, "lease of entry %s lost (reclaimed or acknowledged)", d->handle);
+  if (!rc && !owned)
+    rc = pa_fail(PA_ERR_NOTFOUND, "%s: entry %s (delivery %d) is no longer this attempt's (reclaimed or acknowledged)",
+                 what, d->handle, d->deliveries);
   return rc;
 }
+
+static int rq_renew(pa_queue *qq, const pa_delivery *d) { return fenced(qq->impl, renew_lua, d, "lease renewal"); }
 
 static int rq_publish_event(pa_queue *qq, const char *job_id, const char *type, const uint8_t *msg, size_t len) {
   rq *q = qq->impl;
@@ -386,7 +475,23 @@ static int rq_publish_event(pa_queue *qq, const char *job_id, const char *type, 
   return rq_eval(q, &a, NULL);
 }
 
-static int rq_record_result(pa_queue *qq, const char *job_id, const uint8_t *result, size_t len) {
+/* The message's arguments (PA_OUTBOX_ENQUEUE_LUA): msg id, job id, event, url, secret id, has secret
+ * id, body, now. */
+static void hook_args(rq_args *a, const pa_webhook_msg *m) {
+  arg(a, m->msg_id);
+  arg(a, m->job_id);
+  arg(a, m->event);
+  arg(a, m->url);
+  arg(a, m->secret_id ? m->secret_id : "");
+  arg(a, m->secret_id ? "1" : "0");
+  arg(a, m->body);
+  arg_int(a, now_ms());
+}
+
+static void hook_key(rq *q, const char *msg_id, char *buf, size_t cap) { snprintf(buf, cap, "%s%s", q->hook_prefix, msg_id); }
+
+static int rq_record_result(pa_queue *qq, const pa_delivery *d, const char *job_id, const uint8_t *result, size_t len,
+                            const pa_webhook_msg *hook) {
   rq *q = qq->impl;
   pw_result res;
   pw_error err;
@@ -399,11 +504,15 @@ static int rq_record_result(pa_queue *qq, const char *job_id, const uint8_t *res
   const char *event = res.status == PW_STATUS_SUCCEEDED ? "completed" : "failed";
   pw_result_free(&res);
   rq_args a = {0};
-  char key[128];
+  char key[128], hkey[512];
   job_key(job_id, key, sizeof key);
-  eval_head(&a, result_lua, 2);
+  hook_key(q, hook ? hook->msg_id : "-", hkey, sizeof hkey);
+  eval_head(&a, result_lua, 5);
   arg(&a, key);
   arg(&a, q->events);
+  arg(&a, q->stream);
+  arg(&a, q->outbox);
+  arg(&a, hkey);
   arg(&a, status);
   arg_bin(&a, result, len);
   arg(&a, job_id);
@@ -411,21 +520,105 @@ static int rq_record_result(pa_queue *qq, const char *job_id, const uint8_t *res
   arg_int(&a, now_ms());
   arg_int(&a, q->events_maxlen);
   arg(&a, event);
-  return rq_eval(q, &a, NULL);
+  arg(&a, q->group);
+  arg(&a, d ? d->handle : "");
+  arg_int(&a, d ? d->deliveries : 0);
+  arg(&a, hook ? "1" : "0");
+  if (hook) hook_args(&a, hook);
+  long long ret = 0;
+  int rc = rq_eval(q, &a, &ret);
+  if (!rc && ret < 0)
+    rc = pa_fail(PA_ERR_NOTFOUND, "result of %s not recorded: entry %s (delivery %d) is no longer this attempt's",
+                 job_id, d->handle, d->deliveries);
+  return rc;
 }
 
-static int rq_ack(pa_queue *qq, const pa_delivery *d) {
+static int rq_ack(pa_queue *qq, const pa_delivery *d) { return fenced(qq->impl, ack_lua, d, "ack"); }
+
+static int rq_enqueue_webhook(pa_queue *qq, const pa_delivery *d, const pa_webhook_msg *m) {
   rq *q = qq->impl;
   rq_args a = {0};
-  arg(&a, "XACK");
+  char hkey[512];
+  hook_key(q, m->msg_id, hkey, sizeof hkey);
+  eval_head(&a, enqueue_lua, 3);
   arg(&a, q->stream);
-  arg(&a, q->group);
-  arg(&a, d->handle);
+  arg(&a, q->outbox);
+  arg(&a, hkey);
+  fence_args(q, &a, d);
+  hook_args(&a, m);
+  long long ret = 0;
+  int rc = rq_eval(q, &a, &ret);
+  if (!rc && ret < 0) rc = pa_fail(PA_ERR_NOTFOUND, "webhook %s not queued: the attempt lost its entry", m->msg_id);
+  return rc;
+}
+
+/* [field, value, ...] of a message hash -> the item. */
+static int item_from_hash(const redisReply *h, pa_outbox_item *it) {
+  bool has_secret_id = false;
+  for (size_t i = 0; i + 1 < h->elements; i += 2) {
+    const char *k = h->element[i]->str, *v = h->element[i + 1]->str;
+    char **dst = !strcmp(k, "job_id") ? &it->job_id : !strcmp(k, "event") ? &it->event : !strcmp(k, "url") ? &it->url
+               : !strcmp(k, "secret_id") ? &it->secret_id : !strcmp(k, "body") ? &it->body : NULL;
+    if (dst && !(*dst = strdup(v))) return pa_fail(PA_ERR_NOMEM, "out of memory");
+    if (!strcmp(k, "has_secret_id")) has_secret_id = !strcmp(v, "1");
+    if (!strcmp(k, "attempts")) it->attempts = atoi(v);
+  }
+  if (!has_secret_id) {
+    free(it->secret_id);
+    it->secret_id = NULL;
+  }
+  if (!it->job_id || !it->event || !it->url || !it->body) return pa_fail(PA_ERR_FORMAT, "outbox message incomplete");
+  return PA_OK;
+}
+
+static int rq_outbox_take(pa_queue *qq, int lease_ms, pa_outbox_item *out, bool *got) {
+  rq *q = qq->impl;
+  rq_args a = {0};
+  memset(out, 0, sizeof *out);
+  *got = false;
+  long long now = now_ms();
+  eval_head(&a, take_lua, 1);
+  arg(&a, q->outbox);
+  arg_int(&a, now);
+  arg_int(&a, now + lease_ms);
+  arg(&a, q->hook_prefix);
   redisReply *r = rq_cmd(q, &a);
   if (!r) return PA_ERR_IO;
-  int rc = r->type == REDIS_REPLY_INTEGER ? PA_OK : pa_fail(PA_ERR_FORMAT, "redis XACK: unexpected reply");
+  int rc = PA_OK;
+  if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+      r->element[1]->type == REDIS_REPLY_ARRAY) {
+    if (!(out->msg_id = strdup(r->element[0]->str))) rc = pa_fail(PA_ERR_NOMEM, "out of memory");
+    else rc = item_from_hash(r->element[1], out);
+    if (rc) pa_outbox_item_clear(out);
+    else *got = true;
+  } else if (r->type != REDIS_REPLY_NIL && r->type != REDIS_REPLY_ARRAY) {
+    rc = pa_fail(PA_ERR_FORMAT, "redis: unexpected outbox reply");
+  }
   freeReplyObject(r);
   return rc;
+}
+
+#define DELIVERY_RECORDS_KEPT 100 /* per job: the newest attempts (GET /v1/jobs/{id}/deliveries) */
+
+static int rq_outbox_settle(pa_queue *qq, const pa_outbox_item *it, const char *record_json, long long retry_at_ms,
+                            bool attempted, const char *counters) {
+  rq *q = qq->impl;
+  rq_args a = {0};
+  char hkey[512], list[160];
+  hook_key(q, it->msg_id, hkey, sizeof hkey);
+  snprintf(list, sizeof list, JOB_KEY_PREFIX "%s:deliveries", it->job_id);
+  eval_head(&a, settle_lua, 4);
+  arg(&a, q->outbox);
+  arg(&a, hkey);
+  arg(&a, list);
+  arg(&a, "paella:metrics");
+  arg(&a, it->msg_id);
+  arg(&a, record_json ? record_json : "");
+  arg_int(&a, retry_at_ms);
+  arg(&a, attempted ? "1" : "0");
+  arg(&a, counters ? counters : "");
+  arg_int(&a, DELIVERY_RECORDS_KEPT);
+  return rq_eval(q, &a, NULL);
 }
 
 static int rq_dead_letter(pa_queue *qq, const pa_delivery *d, const char *code, const char *field,
@@ -442,22 +635,51 @@ static int rq_dead_letter(pa_queue *qq, const pa_delivery *d, const char *code, 
   arg(&a, field ? field : "");
   arg(&a, message ? message : "");
   arg_int(&a, d->deliveries);
+  arg(&a, JOB_KEY_PREFIX);
+  arg(&a, q->consumer);
   return rq_eval(q, &a, NULL);
 }
 
-/* A failed lookup reads as "not canceled": the job keeps running rather than dying on a blip. */
-static bool rq_is_canceled(pa_queue *qq, const char *job_id) {
+static int rq_note_failure(pa_queue *qq, const pa_delivery *d, const char *job_id, const char *code,
+                           const char *message) {
   rq *q = qq->impl;
+  rq_args a = {0};
+  char key[128];
+  job_key(job_id, key, sizeof key);
+  eval_head(&a, note_lua, 1);
+  arg(&a, key);
+  arg(&a, code);
+  arg(&a, message);
+  arg_int(&a, d->deliveries);
+  return rq_eval(q, &a, NULL);
+}
+
+/* HGET paella:job:{id} field, compared with `values` (NULL-terminated); false when absent
+ * or when Redis fails. */
+static bool job_field_in(rq *q, const char *job_id, const char *field, const char *const *values) {
   rq_args a = {0};
   char key[128];
   job_key(job_id, key, sizeof key);
   arg(&a, "HGET");
   arg(&a, key);
-  arg(&a, "cancel");
+  arg(&a, field);
   redisReply *r = rq_cmd(q, &a);
-  bool canceled = r && r->type == REDIS_REPLY_STRING && !strcmp(r->str, "1");
+  bool in = false;
+  for (int i = 0; r && r->type == REDIS_REPLY_STRING && values[i] && !in; i++) in = !strcmp(r->str, values[i]);
   freeReplyObject(r);
-  return canceled;
+  return in;
+}
+
+/* A failed lookup reads as "not canceled": the job keeps running rather than dying on a blip. */
+static bool rq_is_canceled(pa_queue *qq, const char *job_id) {
+  static const char *const yes[] = {"1", NULL};
+  return job_field_in(qq->impl, job_id, "cancel", yes);
+}
+
+/* A failed lookup reads as "not settled": the job runs, and its result write stays first-wins. */
+static bool rq_is_settled(pa_queue *qq, const char *job_id) {
+  static const char *const final[] = {"succeeded", "failed", "canceled", NULL};
+  return job_field_in(qq->impl, job_id, "status", final);
 }
 
 static int rq_add_counters(pa_queue *qq, const char *const *names, const long long *deltas, int n) {
@@ -486,15 +708,26 @@ static int rq_noop(pa_queue *qq) {
 static void rq_close(pa_queue *qq) {
   if (!qq) return;
   rq *q = qq->impl;
-  if (q) rq_drop(q);
+  if (q) {
+    rq_drop(q);
+    free(q->url_text);
+  }
   free(q);
   free(qq);
 }
 
+static int rq_clone(pa_queue *qq, pa_queue **out) {
+  rq *q = qq->impl;
+  pa_queue_options o = {.consumer = q->consumer, .lease_ms = q->lease_ms, .max_deliveries = q->max_deliveries};
+  return pa_queue_open_redis(q->url_text, &o, out);
+}
+
 static const pa_queue_ops rq_ops = {
     .claim = rq_claim, .renew = rq_renew, .publish_event = rq_publish_event, .record_result = rq_record_result,
-    .ack = rq_ack, .dead_letter = rq_dead_letter, .is_canceled = rq_is_canceled, .pause = rq_noop,
-    .resume = rq_noop, .close = rq_close, .add_counters = rq_add_counters};
+    .ack = rq_ack, .dead_letter = rq_dead_letter, .note_failure = rq_note_failure, .is_settled = rq_is_settled,
+    .is_canceled = rq_is_canceled,
+    .pause = rq_noop, .resume = rq_noop, .close = rq_close, .clone = rq_clone, .enqueue_webhook = rq_enqueue_webhook,
+    .outbox_take = rq_outbox_take, .outbox_settle = rq_outbox_settle, .add_counters = rq_add_counters};
 
 /* ---- open --------------------------------------------------------------------------- */
 
@@ -523,6 +756,9 @@ static int parse_config(rq *q, const char *url, const pa_queue_options *o) {
   if (q->events_maxlen < 1) return pa_fail(PA_ERR_INVALID, "queue URL: events_maxlen must be >= 1");
   snprintf(q->events, sizeof q->events, "%s:events", q->stream);
   snprintf(q->dead, sizeof q->dead, "%s:dead", q->stream);
+  snprintf(q->outbox, sizeof q->outbox, "%s" PA_OUTBOX_SUFFIX, q->stream);
+  snprintf(q->hook_prefix, sizeof q->hook_prefix, "%s" PA_OUTBOX_MESSAGE_SUFFIX, q->stream);
+  if (!(q->url_text = strdup(url))) return pa_fail(PA_ERR_NOMEM, "out of memory");
   if (o && o->consumer && o->consumer[0]) {
     snprintf(q->consumer, sizeof q->consumer, "%s", o->consumer);
   } else {

@@ -299,13 +299,13 @@ static int attempt_headers(const char *secret, const char *msg_id, const char *b
   int64_t now = (int64_t)time(NULL);
   int rc;
   snprintf(ts, sizeof ts, "%" PRId64, now);
-  PA_TRY(pa_webhook_sign(secret, msg_id, now, body, strlen(body), sig, sizeof sig));
+  if (secret) PA_TRY(pa_webhook_sign(secret, msg_id, now, body, strlen(body), sig, sizeof sig));
   PA_TRY(add_header(list, "Content-Type: %s", "application/json"));
   PA_TRY(add_header(list, "User-Agent: %s", "paella-worker"));
   PA_TRY(add_header(list, "Expect:%s", "")); /* no 100-continue round trip */
   PA_TRY(add_header(list, "webhook-id: %s", msg_id));
   PA_TRY(add_header(list, "webhook-timestamp: %s", ts));
-  PA_TRY(add_header(list, "webhook-signature: %s", sig));
+  if (secret) PA_TRY(add_header(list, "webhook-signature: %s", sig));
 fail:
   return rc;
 }
@@ -318,10 +318,18 @@ fail:
     }                                                                        \
   } while (0)
 
+/* curl's progress callback (at least once a second): a nonzero return aborts the transfer. */
+static int check_abort(void *user, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
+  (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+  const atomic_bool *abort = user;
+  return abort && atomic_load(abort);
+}
+
 /* One POST. *status is the HTTP status, 0 when no response arrived. */
 static int post_once(CURL *h, const target *t, struct curl_slist *pin, guard *g, const char *secret,
-                     const char *msg_id, const char *body, int timeout_ms, long *status,
+                     const char *msg_id, const char *body, const pa_webhook_options *o, long *status,
                      response *resp, CURLcode *cc) {
+  int timeout_ms = o->timeout_ms;
   struct curl_slist *headers = NULL;
   int rc;
   curl_easy_reset(h);
@@ -343,6 +351,11 @@ static int post_once(CURL *h, const target *t, struct curl_slist *pin, guard *g,
   SETOPT(h, CURLOPT_HEADERFUNCTION, on_header);
   SETOPT(h, CURLOPT_HEADERDATA, resp);
   SETOPT(h, CURLOPT_WRITEFUNCTION, discard);
+  if (o->abort) {
+    SETOPT(h, CURLOPT_XFERINFOFUNCTION, check_abort);
+    SETOPT(h, CURLOPT_XFERINFODATA, (void *)o->abort);
+    SETOPT(h, CURLOPT_NOPROGRESS, 0L);
+  }
   *cc = curl_easy_perform(h);
   if (*cc == CURLE_OK && curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status) != CURLE_OK) *status = 0;
 fail:
@@ -366,6 +379,13 @@ static void sleep_ms(long ms) {
   }
 }
 
+static pa_webhook_options with_defaults(const pa_webhook_options *in);
+
+long pa_webhook_backoff_ms(const pa_webhook_options *o, int retry) {
+  pa_webhook_options d = with_defaults(o);
+  return backoff_ms(&d, retry);
+}
+
 static pa_webhook_options with_defaults(const pa_webhook_options *in) {
   pa_webhook_options o = in ? *in : (pa_webhook_options){0};
   if (o.max_attempts <= 0) o.max_attempts = 6;
@@ -385,9 +405,14 @@ static int deliver_loop(CURL *h, const target *t, struct curl_slist *pin, const 
   int rc;
   for (;;) {
     long status = 0;
-    PA_TRY(post_once(h, t, pin, &g, secret, msg_id, body, o->timeout_ms, &status, &resp, &cc));
+    PA_TRY(post_once(h, t, pin, &g, secret, msg_id, body, o, &status, &resp, &cc));
+    if (cc == CURLE_ABORTED_BY_CALLBACK) {
+      rep->aborted = true;
+      return pa_fail(PA_ERR_CANCELED, "webhook: %s: cut short (the worker is stopping)", t->url);
+    }
     rep->attempts++;
     rep->last_status = (int)status;
+    rep->retry_after_ms = (status == 429 || status == 503) ? resp.retry_after_ms : -1;
     if (status >= 200 && status < 300) {
       rep->delivered = true;
       return PA_OK;
@@ -414,7 +439,7 @@ fail:
 int pa_webhook_deliver(const char *url, const char *secret, const char *msg_id, const char *body,
                        const pa_webhook_options *opts, pa_webhook_report *report) {
   pa_webhook_options o = with_defaults(opts);
-  pa_webhook_report rep = {0, 0, false};
+  pa_webhook_report rep = {.retry_after_ms = -1};
   target t = {0};
   struct curl_slist *pin = NULL;
   CURL *h = NULL;
@@ -424,7 +449,7 @@ int pa_webhook_deliver(const char *url, const char *secret, const char *msg_id, 
     rc = pa_fail(PA_ERR_INVALID, "webhook: no URL or body");
     goto fail;
   }
-  PA_TRY(pa_webhook_sign(secret, msg_id, 0, "", 0, sig, sizeof sig)); /* bad secret: no attempts */
+  if (secret) PA_TRY(pa_webhook_sign(secret, msg_id, 0, "", 0, sig, sizeof sig)); /* bad secret: no attempts */
   for (const char *p = msg_id; *p; p++) {
     if ((unsigned char)*p < 0x21 || *p == 0x7f) { /* it goes into a header line verbatim */
       rc = pa_fail(PA_ERR_INVALID, "webhook: message id has a space or control byte");

@@ -2,9 +2,15 @@
  *
  * claim a batch -> per job: decode (malformed: dead letter), deadline/cancel checks, start
  * event, inputs -> group compatible jobs -> pa_generate_many per group -> per job: PNG +
- * upload -> record the Result -> final webhook -> XACK. A job whose failure may pass
- * (storage, network) is left unacknowledged: its entry comes back after the lease and counts
- * one more delivery, up to the dead letters. */
+ * upload -> record the Result (+ the final webhook into the outbox, atomically) -> XACK. A
+ * job whose failure may pass (storage, network) is left unacknowledged: its entry comes back
+ * after the lease and counts one more delivery, up to the dead letters.
+ *
+ * Fencing: a heartbeat thread renews the batch's leases; the first renewal that finds the
+ * entry owned by another worker (this one was frozen or partitioned past its lease) fences
+ * the attempt: it stops at the next step, and every side effect left (upload, result,
+ * webhook, ack) is refused, the Redis ones atomically by the delivery-count token
+ * (queue_redis.c, OWNS_LUA). */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,7 +23,10 @@
 
 static volatile sig_atomic_t stop_requested;
 
-void pa_worker_request_stop(void) { stop_requested = 1; }
+void pa_worker_request_stop(void) {
+  stop_requested = 1;
+  pa_metrics_mark_draining();
+}
 
 double pa_mono(void) {
   struct timespec ts;
@@ -48,16 +57,102 @@ void pa_worker_config_default(pa_worker_config *c) {
 
 /* ---- leases, cancellation, progress ------------------------------------------------------ */
 
+/* Called from the heartbeat thread too: reads only the delivery (set before the thread sees
+ * the job, never written after), not the job being decoded; the job's own "job finished"
+ * line (status fenced) names it. */
+void job_fence(job_ctx *jc) {
+  if (atomic_exchange(&jc->fenced, true)) return;
+  pa_log(PA_LOG_WARN, NULL, json_pack("{s:s, s:i}", "entry", jc->d.handle, "delivery", jc->d.deliveries),
+         "lease lost: another worker owns this entry now; this attempt stops and writes nothing");
+}
+
+/* The heartbeat thread: every quarter lease, renews each leased entry of the current batch on
+ * its own connection, never waiting for a step, an upload or a receiver. */
+static void *heartbeat_main(void *arg) {
+  worker *w = arg;
+  long period_ms = w->cfg->lease_ms / 4 > 0 ? w->cfg->lease_ms / 4 : 1;
+  pa_delivery ds[64];
+  job_ctx *jcs[64];
+  int rcs[64];
+  pthread_mutex_lock(&w->hb_mu);
+  while (!w->hb_stop) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += period_ms / 1000;
+    until.tv_nsec += (period_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+    pthread_cond_timedwait(&w->hb_cv, &w->hb_mu, &until);
+    int k = 0;
+    uint64_t gen = w->hb_gen;
+    for (int i = 0; !w->hb_stop && i < w->n_batch && k < 64; i++) {
+      if (!atomic_load(&w->batch[i].leased) || atomic_load(&w->batch[i].fenced)) continue;
+      memset(&ds[k], 0, sizeof ds[k]);
+      memcpy(ds[k].handle, w->batch[i].d.handle, sizeof ds[k].handle);
+      ds[k].deliveries = w->batch[i].d.deliveries;
+      jcs[k++] = &w->batch[i];
+    }
+    pthread_mutex_unlock(&w->hb_mu);
+    for (int j = 0; j < k; j++) {
+      rcs[j] = w->hb_q->ops->renew(w->hb_q, &ds[j]);
+      if (rcs[j] && rcs[j] != PA_ERR_NOTFOUND) /* Redis away: the writes are fenced anyway; retry next beat */
+        pa_log(PA_LOG_WARN, NULL, json_pack("{s:s, s:s}", "entry", ds[j].handle, "error", pa_errmsg()),
+               "lease renewal failed");
+    }
+    pthread_mutex_lock(&w->hb_mu);
+    for (int j = 0; j < k && w->hb_gen == gen; j++)
+      if (rcs[j] == PA_ERR_NOTFOUND && atomic_load(&jcs[j]->leased)) job_fence(jcs[j]);
+  }
+  pthread_mutex_unlock(&w->hb_mu);
+  return NULL;
+}
+
+static int heartbeat_start(worker *w) {
+  pthread_mutex_init(&w->hb_mu, NULL);
+  pthread_cond_init(&w->hb_cv, NULL);
+  if (!w->q->ops->clone) return PA_OK;
+  int rc = w->q->ops->clone(w->q, &w->hb_q);
+  if (rc) return rc;
+  if (pthread_create(&w->hb_thread, NULL, heartbeat_main, w)) {
+    w->hb_q->ops->close(w->hb_q);
+    w->hb_q = NULL;
+    return pa_fail(PA_ERR_NOMEM, "cannot start the lease heartbeat");
+  }
+  return PA_OK;
+}
+
+static void heartbeat_stop(worker *w) {
+  if (!w->hb_q) return;
+  pthread_mutex_lock(&w->hb_mu);
+  w->hb_stop = true;
+  pthread_cond_broadcast(&w->hb_cv);
+  pthread_mutex_unlock(&w->hb_mu);
+  pthread_join(w->hb_thread, NULL);
+  w->hb_q->ops->close(w->hb_q);
+  w->hb_q = NULL;
+}
+
+/* The batch the heartbeat renews (NULL, 0: none). */
+static void heartbeat_track(worker *w, job_ctx *batch, int n) {
+  pthread_mutex_lock(&w->hb_mu);
+  w->batch = batch;
+  w->n_batch = n;
+  w->hb_gen++;
+  pthread_mutex_unlock(&w->hb_mu);
+}
+
 /* Renews every unfinished entry of the batch: jobs waiting for their group must not be
  * reclaimed while another group runs. Throttled to a quarter of the lease. */
 static void renew_leases(worker *w, bool force) {
+  if (w->hb_q) return; /* the heartbeat does it */
   double now = pa_mono();
   if (!force && now - w->last_renew < w->cfg->lease_ms / 4000.0) return;
   w->last_renew = now;
   for (int i = 0; i < w->n_batch; i++) {
     job_ctx *jc = &w->batch[i];
     if (jc->state == JOB_DONE) continue;
-    if (w->q->ops->renew(w->q, &jc->d))
+    int rc = w->q->ops->renew(w->q, &jc->d);
+    if (rc == PA_ERR_NOTFOUND) job_fence(jc);
+    else if (rc)
       pa_log(PA_LOG_WARN, jc->job.id, json_pack("{s:s, s:s}", "entry", jc->d.handle, "error", pa_errmsg()),
              "lease renewal failed; the job may run twice (its outputs are idempotent)");
   }
@@ -75,6 +170,7 @@ static bool on_progress(void *user, const char *stage, int step, int total) {
   double now = pa_mono();
   pw_stage st = stage_of(stage);
   renew_leases(w, false);
+  if (atomic_load(&jc->fenced)) return false; /* within one step of losing the lease */
   if (jc->job.deadline_ms && pa_wall_ms() > jc->job.deadline_ms) {
     jc->deadline = true;
     return false;
@@ -150,8 +246,50 @@ static void share_counters(worker *w) {
     pa_log(PA_LOG_WARN, NULL, json_pack("{s:s}", "error", pa_errmsg()), "shared counters not updated");
 }
 
-/* Records the job's Result, sends the final webhook, acknowledges. A transient failure
- * (or a failure to record) leaves the entry pending for another try. */
+static void clear_outputs(pw_result *res) {
+  for (size_t i = 0; i < res->n_outputs; i++) free(res->outputs[i].key), free(res->outputs[i].url);
+  free(res->outputs);
+  res->outputs = NULL;
+  res->n_outputs = 0;
+}
+
+/* A fenced attempt ends here: nothing recorded, nothing acknowledged; the worker that owns
+ * the entry now finishes the job. */
+static void abandon_job(worker *w, job_ctx *jc) {
+  jc->state = JOB_DONE;
+  atomic_store(&jc->leased, false);
+  pa_metrics_job(w->metrics, PA_JOB_FENCED, 0);
+  log_finished(w, jc, "fenced", false);
+}
+
+/* Still this attempt's entry? Checked (and the lease renewed) right before each output is
+ * written, so an attempt frozen past its lease does not overwrite the owner's files. */
+bool job_still_owned(job_ctx *jc) {
+  worker *w = jc->w;
+  if (!atomic_load(&jc->fenced) && w->q->ops->renew(w->q, &jc->d) == PA_ERR_NOTFOUND) job_fence(jc);
+  return !atomic_load(&jc->fenced);
+}
+
+/* Records the Result, with the final webhook into the outbox in the same atomic step when the
+ * transport has one; false when the attempt turned out to be fenced. */
+static bool record(worker *w, job_ctx *jc, const pw_result *res, const uint8_t *buf, size_t len, bool *recorded) {
+  char msg_id[160];
+  pa_webhook_msg hook;
+  bool has_hook = notify_final_msg(jc, res, msg_id, sizeof msg_id, &hook);
+  bool outbox = w->q->ops->enqueue_webhook != NULL;
+  int rc = w->q->ops->record_result(w->q, &jc->d, jc->job.id, buf, len, has_hook && outbox ? &hook : NULL);
+  *recorded = rc == PA_OK;
+  if (rc == PA_ERR_NOTFOUND) job_fence(jc);
+  else if (rc)
+    pa_log(PA_LOG_ERROR, jc->job.id, json_pack("{s:s}", "error", pa_errmsg()), "result not recorded: left for redelivery");
+  else if (has_hook && !outbox)
+    notify_final_memory(w, &hook);
+  if (has_hook) free((char *)hook.body);
+  return rc != PA_ERR_NOTFOUND;
+}
+
+/* Records the job's Result (and its final webhook), acknowledges. A transient failure (or a
+ * failure to record) leaves the entry pending for another try. */
 static void finish_job(worker *w, job_ctx *jc) {
   double t = pa_mono();
   pw_result res;
@@ -159,14 +297,18 @@ static void finish_job(worker *w, job_ctx *jc) {
   uint8_t *buf = NULL;
   size_t len = 0;
   pw_result_init(&res);
-  if (!jc->failed && job_store_outputs(jc, &res)) {
-    for (size_t i = 0; i < res.n_outputs; i++) free(res.outputs[i].key), free(res.outputs[i].url);
-    free(res.outputs);
-    res.outputs = NULL;
-    res.n_outputs = 0;
+  if (!atomic_load(&jc->fenced) && !jc->failed && job_store_outputs(jc, &res)) clear_outputs(&res);
+  if (atomic_load(&jc->fenced)) {
+    clear_outputs(&res);
+    abandon_job(w, jc);
+    return;
   }
   jc->state = JOB_DONE;
+  atomic_store(&jc->leased, false);
   if (jc->failed && jc->transient) {
+    if (w->q->ops->note_failure &&
+        w->q->ops->note_failure(w->q, &jc->d, jc->job.id, pw_code_name(jc->code), jc->message))
+      pa_log(PA_LOG_WARN, jc->job.id, json_pack("{s:s}", "error", pa_errmsg()), "failure not noted for the dead letter");
     jc->overhead += pa_mono() - t;
     pa_metrics_job(w->metrics, PA_JOB_RETRIED, 0);
     log_finished(w, jc, "retry", false);
@@ -185,18 +327,23 @@ static void finish_job(worker *w, job_ctx *jc) {
   res.timings_ms[PW_STAGE_UPLOAD] = (pa_mono() - t) * 1e3;
   jc->timings_ms[PW_STAGE_UPLOAD] = res.timings_ms[PW_STAGE_UPLOAD];
   fill_timings(jc, &res);
-  bool acked = false;
+  bool acked = false, recorded = false;
   if (pw_result_encode(&res, &buf, &len, &err)) {
     pa_log(PA_LOG_ERROR, jc->job.id, json_pack("{s:s, s:s}", "field", err.field, "error", err.message),
            "result does not validate (a bug): left for redelivery");
-  } else if (w->q->ops->record_result(w->q, jc->job.id, buf, len)) {
-    pa_log(PA_LOG_ERROR, jc->job.id, json_pack("{s:s}", "error", pa_errmsg()), "result not recorded: left for redelivery");
-  } else {
-    notify_final(w, jc, &res);
+  } else if (!record(w, jc, &res, buf, len, &recorded)) {
+    free(buf);
+    res.job_id = NULL;
+    res.error_message = NULL;
+    pw_result_free(&res);
+    abandon_job(w, jc);
+    return;
+  } else if (recorded) {
     if (jc->failed && jc->code == PW_E_TOO_MANY_ATTEMPTS)
       acked = true; /* the dead letter that follows acknowledges it, atomically with its XADD */
     else if (w->q->ops->ack(w->q, &jc->d))
-      pa_log(PA_LOG_WARN, jc->job.id, json_pack("{s:s}", "error", pa_errmsg()), "ack failed (result is recorded)");
+      pa_log(PA_LOG_WARN, jc->job.id, json_pack("{s:s}", "error", pa_errmsg()),
+             "ack refused or failed (the result is recorded; the entry's owner acknowledges it)");
     else
       acked = true;
   }
@@ -225,6 +372,7 @@ static void dead_letter(worker *w, job_ctx *jc, const char *code, const char *fi
            "job dead-lettered");
   pa_metrics_job(w->metrics, PA_JOB_DEAD_LETTERED, 0);
   jc->state = JOB_DONE;
+  atomic_store(&jc->leased, false);
 }
 
 /* ---- preparing a job --------------------------------------------------------------------- */
@@ -250,6 +398,15 @@ static void prepare_job(worker *w, job_ctx *jc) {
   }
   if (pw_job_decode(jc->d.payload, jc->d.len, &jc->job, &err)) {
     dead_letter(w, jc, pw_code_name(err.code), err.field, err.message);
+    goto out;
+  }
+  if (w->q->ops->is_settled && w->q->ops->is_settled(w->q, jc->job.id)) {
+    int rc = w->q->ops->ack(w->q, &jc->d);
+    pa_log(PA_LOG_INFO, jc->job.id, json_pack("{s:s, s:i, s:b}", "entry", jc->d.handle, "deliveries", jc->d.deliveries,
+                                              "acked", rc == PA_OK),
+           "result already recorded: acknowledged without running again");
+    jc->state = JOB_DONE;
+    atomic_store(&jc->leased, false);
     goto out;
   }
   jc->seed = jc->job.has_seed ? (uint64_t)jc->job.seed : job_default_seed(jc->job.id);
@@ -280,6 +437,7 @@ out:
 /* ---- running a group ---------------------------------------------------------------------- */
 
 static void fail_from_status(job_ctx *jc, int rc) {
+  if (atomic_load(&jc->fenced)) return; /* stopped because fenced: finish_job abandons it */
   if (jc->canceled) job_fail(jc, PW_E_CANCELED, false, "canceled while running");
   else if (jc->deadline) job_fail(jc, PW_E_DEADLINE, false, "deadline %lld passed while running", (long long)jc->job.deadline_ms);
   else if (rc == PA_ERR_NOMEM) job_fail(jc, PW_E_NO_MEMORY, true, "%s", pa_errmsg());
@@ -382,8 +540,7 @@ static bool jobs_batchable(job_ctx *a, job_ctx *b) {
 
 static void process_batch(worker *w, job_ctx *batch, int n) {
   if (n < 1) return;
-  w->batch = batch;
-  w->n_batch = n;
+  heartbeat_track(w, batch, n);
   for (int i = 0; i < n; i++) prepare_job(w, &batch[i]);
   job_ctx **group = calloc((size_t)n, sizeof *group);
   for (int i = 0; group && i < n; i++) {
@@ -401,13 +558,12 @@ static void process_batch(worker *w, job_ctx *batch, int n) {
     run_group(w, group, g);
   }
   free(group);
+  heartbeat_track(w, NULL, 0);
   for (int i = 0; i < n; i++) {
     free_inputs(&batch[i]);
     pw_job_free(&batch[i].job);
     pa_delivery_clear(&batch[i].d);
   }
-  w->batch = NULL;
-  w->n_batch = 0;
 }
 
 static int claim_batch(worker *w, job_ctx *batch, int max, int *n) {
@@ -420,6 +576,7 @@ static int claim_batch(worker *w, job_ctx *batch, int max, int *n) {
     memset(&batch[i], 0, sizeof batch[i]);
     pw_job_init(&batch[i].job);
     batch[i].d = d[i];
+    atomic_store(&batch[i].leased, true);
   }
   free(d);
   return rc;
@@ -462,11 +619,19 @@ static int setup(worker *w) {
     pa_log(PA_LOG_WARN, NULL, NULL, "no models configured (--models): the embedded untrained model makes noise");
   PA_TRY(open_cache(w));
   PA_TRY(pa_notifier_new(c, &w->notify));
+  PA_TRY(heartbeat_start(w));
+  if (w->q->ops->outbox_take && w->q->ops->clone) {
+    pa_queue *cq = NULL;
+    PA_TRY(w->q->ops->clone(w->q, &cq));
+    PA_TRY(pa_courier_start(c, cq, &w->courier));
+  }
 fail:
   return rc;
 }
 
 static void teardown(worker *w) {
+  heartbeat_stop(w);
+  pa_courier_stop(w->courier);
   pa_notifier_free(w->notify);
   if (w->q) w->q->ops->close(w->q);
   pa_pipeline_free(w->pipe);

@@ -22,6 +22,7 @@ typedef struct {
   size_t cache_max_entries;   /* default 256 */
   size_t cache_max_bytes;     /* default 256 MiB */
   bool webhook_allow_private; /* webhooks to loopback/private addresses (tests, LANs) */
+  bool webhook_allow_unsigned; /* deliver (unsigned, counted) when a job's secret is not found */
   const char *webhook_secrets_dir; /* secret_id -> file DIR/<secret_id>; else env (docs/worker.md) */
   int poll_ms;                /* longest blocking claim, so signals are noticed (default 1000) */
   int progress_interval_ms;   /* least time between progress events of a job (default 500) */

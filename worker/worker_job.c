@@ -203,6 +203,10 @@ static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index,
     job_fail(jc, PW_E_INTERNAL, false, "%s encoding: %s", pa_image_format_name(f), pa_errmsg());
     return rc;
   }
+  if (!job_still_owned(jc)) { /* checked right before the write: a fenced attempt writes nothing */
+    free(bytes);
+    return PA_ERR_CANCELED;
+  }
   rc = pa_storage_put(s, key, bytes, len, pa_image_format_mime(f), &loc, &url);
   free(bytes);
   if (rc) {

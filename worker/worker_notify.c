@@ -6,9 +6,11 @@
  * "<job id>.failed", and "<job id>.progress.<stage>.<step>" (one id per step, since one id for
  * every progress event would make receivers drop all but the first).
  *
- * Start and progress webhooks are best effort and go through one background thread, so a
- * slow receiver never stalls the GPU; the final webhook is delivered (with retries) before the
- * job's entry is acknowledged, after the background queue has drained, so it arrives last. */
+ * With a transport that has an outbox (Redis), every webhook is a message in it: start and
+ * progress added here (while the attempt owns its entry), the final one by record_result in
+ * the same atomic step as the Result; the courier (courier.c) delivers them. Nothing here
+ * waits for a receiver. Without an outbox (Kafka), webhooks go through one in-memory
+ * background thread (best effort, lost if the worker dies), the final one included. */
 #include <ctype.h>
 #include <errno.h>
 #include <stdatomic.h>
@@ -20,6 +22,7 @@
 
 #include "worker/log.h"
 #include "worker/webhook.h"
+#include "worker/webhook_secret.h"
 #include "worker/worker_internal.h"
 
 #define NOTIFY_QUEUE 64
@@ -27,6 +30,7 @@
 
 typedef struct {
   char *url, *secret, *msg_id, *body;
+  bool final; /* completed/failed: the full retry schedule */
 } hook_msg;
 
 struct pa_notifier {
@@ -37,6 +41,7 @@ struct pa_notifier {
   hook_msg ring[NOTIFY_QUEUE];
   int head, count;
   bool busy, stop;
+  atomic_bool abort; /* set when the drain time is over: the attempt in flight is cut short */
 };
 
 static void hook_msg_free(hook_msg *m) {
@@ -55,9 +60,9 @@ void pa_notifier_take_counts(long long *ok, long long *failed) {
   *failed = atomic_exchange(&hooks_failed, 0);
 }
 
-static void deliver(const pa_worker_config *cfg, const hook_msg *m, int attempts) {
-  pa_webhook_options o = {.max_attempts = attempts, .allow_private = cfg->webhook_allow_private,
-                          .max_delay_ms = 8000};
+static void deliver(pa_notifier *n, const hook_msg *m, int attempts) {
+  pa_webhook_options o = {.max_attempts = attempts, .allow_private = n->cfg->webhook_allow_private,
+                          .max_delay_ms = 8000, .abort = &n->abort};
   pa_webhook_report rep = {0};
   int rc = pa_webhook_deliver(m->url, m->secret, m->msg_id, m->body, &o, &rep);
   atomic_fetch_add(rc || !rep.delivered ? &hooks_failed : &hooks_ok, 1);
@@ -80,7 +85,7 @@ static void *notifier_main(void *arg) {
     n->count--;
     n->busy = true;
     pthread_mutex_unlock(&n->mu);
-    deliver(n->cfg, &m, 2);
+    deliver(n, &m, m.final ? 0 : 2);
     hook_msg_free(&m);
     pthread_mutex_lock(&n->mu);
     n->busy = false;
@@ -119,6 +124,7 @@ static void notifier_drain(pa_notifier *n, int seconds) {
 void pa_notifier_free(pa_notifier *n) {
   if (!n) return;
   notifier_drain(n, NOTIFY_DRAIN_S);
+  atomic_store(&n->abort, true); /* bounded: a silent receiver does not hold the exit */
   pthread_mutex_lock(&n->mu);
   n->stop = true;
   for (; n->count; n->count--, n->head = (n->head + 1) % NOTIFY_QUEUE) hook_msg_free(&n->ring[n->head]);
@@ -131,56 +137,45 @@ void pa_notifier_free(pa_notifier *n) {
   free(n);
 }
 
-/* ---- secrets ------------------------------------------------------------------------- */
+/* ---- messages ------------------------------------------------------------------------ */
 
-/* secret_id "wh-1" -> the file DIR/wh-1 (with --webhook-secrets DIR), else the variable
- * PAELLA_WEBHOOK_SECRET_WH_1; no secret_id -> PAELLA_WEBHOOK_SECRET. malloc'd or NULL. */
-static char *find_secret(const pa_worker_config *cfg, const char *secret_id) {
-  char name[200], buf[1024];
-  if (secret_id && cfg->webhook_secrets_dir && cfg->webhook_secrets_dir[0]) {
-    snprintf(name, sizeof name, "%s/%s", cfg->webhook_secrets_dir, secret_id);
-    FILE *f = fopen(name, "r");
-    if (f) {
-      size_t n = fread(buf, 1, sizeof buf - 1, f);
-      fclose(f);
-      while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ')) n--;
-      buf[n] = 0;
-      return n ? strdup(buf) : NULL;
-    }
-  }
-  if (!secret_id) {
-    const char *v = getenv("PAELLA_WEBHOOK_SECRET");
-    return v && *v ? strdup(v) : NULL;
-  }
-  int k = snprintf(name, sizeof name, "PAELLA_WEBHOOK_SECRET_");
-  for (const char *p = secret_id; *p && k < (int)sizeof name - 1; p++)
-    name[k++] = isalnum((unsigned char)*p) ? (char)toupper((unsigned char)*p) : '_';
-  name[k] = 0;
-  const char *v = getenv(name);
-  return v && *v ? strdup(v) : NULL;
+static bool subscribed(const job_ctx *jc, pw_event ev) {
+  return jc->job.has_webhook && (jc->job.webhook.events & (1u << ev));
 }
 
-/* The webhook message for an event the job subscribed to, or false. */
-static bool hook_for(worker *w, job_ctx *jc, pw_event ev, const char *msg_id, const char *data_json, hook_msg *m) {
-  const pw_job *j = &jc->job;
+/* Standard Webhooks payload shape: type + data; the job id is plain ASCII by validation.
+ * malloc'd. */
+static char *hook_body(const job_ctx *jc, pw_event ev, const char *data_json) {
+  size_t len = strlen(data_json) + strlen(jc->job.id) + 64;
+  char *body = malloc(len);
+  if (body) snprintf(body, len, "{\"type\":\"%s\",\"job_id\":\"%s\",\"data\":%s}", pw_event_name(ev), jc->job.id, data_json);
+  return body;
+}
+
+static void fill_msg(const job_ctx *jc, pw_event ev, const char *msg_id, const char *body, pa_webhook_msg *m) {
+  *m = (pa_webhook_msg){.msg_id = msg_id, .job_id = jc->job.id, .event = pw_event_name(ev), .url = jc->job.webhook.url,
+                        .secret_id = jc->job.webhook.secret_id, .body = body};
+}
+
+/* The in-memory path (no outbox): the secret is looked up now; none and unsigned delivery off
+ * is a refusal that is logged and counted, never a silent skip. */
+static bool memory_hook(worker *w, const pa_webhook_msg *pm, bool final, hook_msg *m) {
   memset(m, 0, sizeof *m);
-  if (!j->has_webhook || !(j->webhook.events & (1u << ev))) return false;
-  m->secret = find_secret(w->cfg, j->webhook.secret_id);
-  if (!m->secret) {
-    pa_log(PA_LOG_ERROR, j->id, json_pack("{s:s?}", "secret_id", j->webhook.secret_id),
-           "webhook skipped: no secret for this secret_id (see docs/worker.md)");
+  m->secret = pa_webhook_find_secret(w->cfg->webhook_secrets_dir, pm->secret_id);
+  if (!m->secret && !w->cfg->webhook_allow_unsigned) {
+    pa_log(PA_LOG_ERROR, pm->job_id, json_pack("{s:s?}", "secret_id", pm->secret_id),
+           "webhook refused: no secret for this secret_id (see docs/worker.md), and unsigned delivery is off");
+    atomic_fetch_add(&hooks_failed, 1);
     return false;
   }
-  size_t len = strlen(data_json) + strlen(j->id) + 64;
-  m->body = malloc(len);
-  m->url = strdup(j->webhook.url);
-  m->msg_id = strdup(msg_id);
+  m->body = strdup(pm->body);
+  m->url = strdup(pm->url);
+  m->msg_id = strdup(pm->msg_id);
+  m->final = final;
   if (!m->body || !m->url || !m->msg_id) {
     hook_msg_free(m);
     return false;
   }
-  /* Standard Webhooks payload shape: type + data; the job id is plain ASCII by validation */
-  snprintf(m->body, len, "{\"type\":\"%s\",\"job_id\":\"%s\",\"data\":%s}", pw_event_name(ev), j->id, data_json);
   return true;
 }
 
@@ -199,6 +194,26 @@ static void enqueue_hook(pa_notifier *n, hook_msg *m) {
 }
 
 /* ---- events ------------------------------------------------------------------------------ */
+
+/* A start or progress webhook: into the outbox while the attempt owns its entry (a fenced
+ * attempt learns here that it lost the job), else into the in-memory queue. */
+static void notify_hook(worker *w, job_ctx *jc, pw_event ev, const char *msg_id, const char *data_json) {
+  char *body = hook_body(jc, ev, data_json);
+  if (!body) return;
+  pa_webhook_msg pm;
+  fill_msg(jc, ev, msg_id, body, &pm);
+  if (w->q->ops->enqueue_webhook) {
+    int rc = w->q->ops->enqueue_webhook(w->q, &jc->d, &pm);
+    if (rc == PA_ERR_NOTFOUND) job_fence(jc);
+    else if (rc)
+      pa_log(PA_LOG_WARN, jc->job.id, json_pack("{s:s, s:s}", "webhook_id", msg_id, "error", pa_errmsg()),
+             "webhook not queued");
+  } else {
+    hook_msg m;
+    if (memory_hook(w, &pm, false, &m)) enqueue_hook(w->notify, &m);
+  }
+  free(body);
+}
 
 static void publish_progress(worker *w, job_ctx *jc, pw_event ev, pw_stage stage, int step, int total) {
   pw_progress p;
@@ -220,8 +235,7 @@ static void publish_progress(worker *w, job_ctx *jc, pw_event ev, pw_stage stage
   }
   if (ev == PW_EVENT_START) snprintf(msg_id, sizeof msg_id, "%s.start", jc->job.id);
   else snprintf(msg_id, sizeof msg_id, "%s.progress.%s.%d", jc->job.id, pw_stage_name(stage), step);
-  hook_msg m;
-  if (pw_progress_to_json(&p, 0, &json, &err) == 0 && hook_for(w, jc, ev, msg_id, json, &m)) enqueue_hook(w->notify, &m);
+  if (subscribed(jc, ev) && pw_progress_to_json(&p, 0, &json, &err) == 0) notify_hook(w, jc, ev, msg_id, json);
   free(json);
   free(buf);
   p.job_id = NULL;
@@ -234,16 +248,20 @@ void notify_progress(worker *w, job_ctx *jc, pw_stage stage, int step, int total
   publish_progress(w, jc, PW_EVENT_PROGRESS, stage, step, total);
 }
 
-void notify_final(worker *w, job_ctx *jc, const pw_result *res) {
+bool notify_final_msg(job_ctx *jc, const pw_result *res, char *msg_id, size_t cap, pa_webhook_msg *m) {
   pw_error err;
-  char *json = NULL, msg_id[160];
+  char *json = NULL;
   pw_event ev = res->status == PW_STATUS_SUCCEEDED ? PW_EVENT_COMPLETED : PW_EVENT_FAILED;
-  snprintf(msg_id, sizeof msg_id, "%s.%s", jc->job.id, pw_event_name(ev));
-  hook_msg m;
-  if (pw_result_to_json(res, 0, &json, &err) == 0 && hook_for(w, jc, ev, msg_id, json, &m)) {
-    notifier_drain(w->notify, NOTIFY_DRAIN_S);
-    deliver(w->cfg, &m, 0);
-    hook_msg_free(&m);
-  }
+  if (!subscribed(jc, ev) || pw_result_to_json(res, 0, &json, &err)) return false;
+  snprintf(msg_id, cap, "%s.%s", jc->job.id, pw_event_name(ev));
+  char *body = hook_body(jc, ev, json);
   free(json);
+  if (!body) return false;
+  fill_msg(jc, ev, msg_id, body, m);
+  return true;
+}
+
+void notify_final_memory(worker *w, const pa_webhook_msg *pm) {
+  hook_msg m;
+  if (memory_hook(w, pm, true, &m)) enqueue_hook(w->notify, &m);
 }

@@ -182,6 +182,10 @@ __attribute__((unused)) static void h_resp_free(h_resp *r) {
   memset(r, 0, sizeof *r);
 }
 
+/* The client's source address for h_http: 0 = any (127.0.0.1); "127.0.0.2" tells the
+ * scheduler's per-client cap that another client is asking. */
+static const char *h_src_ip;
+
 /* One request on a fresh connection (Connection: close); reads until EOF or timeout_s. */
 __attribute__((unused)) static int h_http(int port, const char *method, const char *path, const char *headers, const char *body,
                   size_t body_len, double timeout_s, h_resp *out) {
@@ -189,6 +193,12 @@ __attribute__((unused)) static int h_http(int port, const char *method, const ch
   int s = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct sockaddr_in src = {.sin_family = AF_INET};
+  if (s >= 0 && h_src_ip && inet_pton(AF_INET, h_src_ip, &src.sin_addr) == 1 &&
+      bind(s, (struct sockaddr *)&src, sizeof src)) {
+    close(s);
+    return -1;
+  }
   if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a)) {
     if (s >= 0) close(s);
     return -1;

@@ -138,7 +138,41 @@ static void test_multipart_and_errors(void) {
   h_resp_free(&r);
 }
 
+/* A batch whose settings carry a webhook gets one "batch.completed" message once its last
+ * shard is written; a worker's courier takes it (this worker refuses loopback targets, so the
+ * attempt is recorded as given up: proof enough that the message was queued and handled). */
+static void test_completed_webhook(const sched_config *c) {
+  const char *body = "{\"settings\":{\"width\":32,\"height\":32,\"steps\":2,\"prior\":{\"steps\":2},"
+                     "\"webhook\":{\"url\":\"http://127.0.0.1:9/h\",\"secret_id\":\"batch-wh\",\"events\":[\"completed\"]}},"
+                     "\"shard_size\":2,\"name\":\"hooked\"}\n{\"prompt\":\"a\"}\n{\"prompt\":\"b\"}\n{\"prompt\":\"c\"}\n";
+  h_resp r;
+  CHECK(h_http(port, "POST", "/v1/batches", "Content-Type: application/x-ndjson\r\n", body, strlen(body), 30, &r) == 0 &&
+        r.status == 202);
+  h_resp_free(&r);
+  CHECK(wait_complete("hooked", 120));
+  bool handled = false;
+  for (double end = h_now() + 60; !handled && h_now() < end; usleep(100000)) {
+    CHECK(h_http(port, "GET", "/v1/batches/hooked/deliveries", NULL, NULL, 0, 10, &r) == 0 && r.status == 200);
+    json_t *data = json_object_get(r.json, "data");
+    for (size_t i = 0; i < json_array_size(data); i++)
+      handled |= h_str_is(json_array_get(data, i), "webhook_id", "hooked.batch.completed") &&
+                 h_str_is(json_array_get(data, i), "event", "batch.completed");
+    h_resp_free(&r);
+  }
+  CHECK_MSG(handled, "no attempt of the batch.completed webhook recorded");
+  redisReply *q = sched_cmdf(c, "HEXISTS paella:batch:hooked completed_webhook_ms");
+  CHECK(q && q->type == REDIS_REPLY_INTEGER && q->integer == 1);
+  if (q) freeReplyObject(q);
+  /* a secret nobody has: refused at submission, item by item */
+  const char *bad = "{\"settings\":{\"webhook\":{\"url\":\"https://example.com/h\",\"secret_id\":\"nobody\"}}}\n"
+                    "{\"prompt\":\"x\"}\n";
+  CHECK(h_http(port, "POST", "/v1/batches", "Content-Type: application/x-ndjson\r\n", bad, strlen(bad), 10, &r) == 0 &&
+        r.status == 422 && h_str_is(r.json, "error.field", "items[0].webhook.secret_id"));
+  h_resp_free(&r);
+}
+
 int main(void) {
+  setenv("PAELLA_WEBHOOK_SECRET_BATCH_WH", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", 1); /* scheduler and worker */
   if (harness_start_redis()) return 1;
   sched_config c;
   harness_config(&c);
@@ -149,6 +183,7 @@ int main(void) {
   if (s && t) {
     port = sched_server_port(s);
     test_multipart_and_errors();
+    test_completed_webhook(&c);
     test_big_batch(&c);
   }
   sched_server_stop(s);

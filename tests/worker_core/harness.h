@@ -118,13 +118,37 @@ static inline pid_t h_spawn(char *const argv[], const char *log) {
   return pid;
 }
 
-static redisContext *h_connect(void) {
+__attribute__((unused)) static redisContext *h_connect(void) {
   redisContext *c = redisConnect("127.0.0.1", h_.port);
   if (!c || c->err) {
     fprintf(stderr, "connect to test redis: %s\n", c ? c->errstr : "oom");
     exit(1);
   }
   return c;
+}
+
+/* Every write fsynced before it is acknowledged (set before h_redis_start): a kill -9 of
+ * Redis then loses nothing, as production runs it for the chaos test. */
+static bool h_fsync_always;
+
+/* redis-server on h_.port in h_.dir (AOF on), waited for until it answers PING. */
+static inline void h_redis_spawn(void) {
+  char port[16], log[300];
+  snprintf(port, sizeof port, "%d", h_.port);
+  snprintf(log, sizeof log, "%s/redis.log", h_.dir);
+  char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+                  "--appendfsync", h_fsync_always ? "always" : "everysec", "--dir", h_.dir, "--daemonize", "no", NULL};
+  h_.redis = h_spawn(argv, log);
+  for (double t0 = h_now(); h_now() - t0 < 30; h_sleep_ms(20)) {
+    redisContext *c = redisConnect("127.0.0.1", h_.port);
+    redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
+    bool ok = r && r->type == REDIS_REPLY_STATUS;
+    freeReplyObject(r);
+    if (c) redisFree(c);
+    if (ok) return;
+  }
+  fprintf(stderr, "redis-server did not start (see %s)\n", log);
+  exit(1);
 }
 
 /* Starts the private Redis; returns its port. */
@@ -140,22 +164,16 @@ static inline int h_redis_start(void) {
   signal(SIGSEGV, h_on_fatal);
   signal(SIGABRT, h_on_fatal);
   h_.port = h_free_port();
-  char port[16], log[300];
-  snprintf(port, sizeof port, "%d", h_.port);
-  snprintf(log, sizeof log, "%s/redis.log", h_.dir);
-  char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-                  "--dir", h_.dir, "--daemonize", "no", NULL};
-  h_.redis = h_spawn(argv, log);
-  for (double t0 = h_now(); h_now() - t0 < 10; h_sleep_ms(20)) {
-    redisContext *c = redisConnect("127.0.0.1", h_.port);
-    redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
-    bool ok = r && r->type == REDIS_REPLY_STATUS;
-    freeReplyObject(r);
-    if (c) redisFree(c);
-    if (ok) return h_.port;
-  }
-  fprintf(stderr, "redis-server did not start (see %s)\n", log);
-  exit(1);
+  h_redis_spawn();
+  return h_.port;
+}
+
+/* kill -9, down for down_ms, then the same server back from its AOF. */
+static inline void h_redis_crash_restart(int down_ms) {
+  kill(h_.redis, SIGKILL);
+  waitpid(h_.redis, NULL, 0);
+  h_sleep_ms(down_ms);
+  h_redis_spawn();
 }
 
 static inline const char *h_dir(void) { return h_.dir; }
@@ -229,6 +247,41 @@ static inline long long h_int(redisContext *c, const char *fmt, ...) {
   long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
   freeReplyObject(r);
   return v;
+}
+
+/* Lines of a log file that contain a (and b, when given). */
+static inline int h_log_lines(const char *path, const char *a, const char *b) {
+  FILE *f = fopen(path, "r");
+  char line[8192];
+  int n = 0;
+  while (f && fgets(line, sizeof line, f)) n += strstr(line, a) && (!b || strstr(line, b));
+  if (f) fclose(f);
+  return n;
+}
+
+/* The last n lines of a log on stderr (for a failing test). */
+static inline void h_tail_log(const char *path, int n) {
+  char cmd[400];
+  snprintf(cmd, sizeof cmd, "tail -n %d '%s' >&2", n, path);
+  if (system(cmd)) {
+  }
+}
+
+/* Events of `type` for job_id in the job events stream. */
+static inline int h_events_of(redisContext *c, const char *job_id, const char *type) {
+  redisReply *r = redisCommand(c, "XRANGE paella:jobs:events - +");
+  int n = 0;
+  for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+    redisReply *f = r->element[i]->element[1];
+    bool t = false, mine = false;
+    for (size_t k = 0; k + 1 < f->elements; k += 2) {
+      t |= !strcmp(f->element[k]->str, "type") && !strcmp(f->element[k + 1]->str, type);
+      mine |= !strcmp(f->element[k]->str, "id") && !strcmp(f->element[k + 1]->str, job_id);
+    }
+    n += t && mine;
+  }
+  freeReplyObject(r);
+  return n;
 }
 
 /* Waits for a child; its exit status, or -1 on timeout (then it is killed). */

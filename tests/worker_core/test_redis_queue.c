@@ -108,8 +108,8 @@ static void test_events_results(redisContext *c) {
   CHECK(pw_result_encode(&res, &buf, &len, &err) == 0);
   res.job_id = NULL;
   pw_result_free(&res);
-  CHECK_OK(q->ops->record_result(q, "e1", buf, len));
-  CHECK_OK(q->ops->record_result(q, "e1", buf, len)); /* idempotent: no second event */
+  CHECK_OK(q->ops->record_result(q, NULL, "e1", buf, len, NULL));
+  CHECK_OK(q->ops->record_result(q, NULL, "e1", buf, len, NULL)); /* idempotent: no second event */
   CHECK_OK(q->ops->publish_event(q, "e1", "start", (const uint8_t *)"x", 1)); /* a re-run's start */
   s = h_status(c, "e1");
   CHECK(s && !strcmp(s, "succeeded")); /* a final status is never regressed */
@@ -123,7 +123,7 @@ static void test_events_results(redisContext *c) {
     if (!strcmp(r->element[i]->element[1]->element[1]->str, "completed")) completed++;
   CHECK(completed == 1);
   freeReplyObject(r);
-  CHECK(q->ops->record_result(q, "e1", (const uint8_t *)"\x81", 1) == PA_ERR_INVALID);
+  CHECK(q->ops->record_result(q, NULL, "e1", (const uint8_t *)"\x81", 1, NULL) == PA_ERR_INVALID);
   free(buf);
   CHECK(!q->ops->is_canceled(q, "e2"));
   freeReplyObject(redisCommand(c, "HSET paella:job:e2 cancel 1"));

@@ -94,7 +94,7 @@ static int read_topic(const char *topic, int np, msg_fn fn, void *arg) {
   }
   CHECK(rd_kafka_assign(c, l) == RD_KAFKA_RESP_ERR_NO_ERROR);
   rd_kafka_topic_partition_list_destroy(l);
-  double end = now_s() + 15;
+  double end = now_s() + 60; /* a wait for a state: generous, a loaded machine is slow */
   while (got < total && now_s() < end) {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 200);
     if (!m) continue;
@@ -154,7 +154,7 @@ static void work_once(pa_queue *q, int max, tally *t) {
     snprintf(id, sizeof id, "job-%04d", j);
     snprintf(res, sizeof res, "result:%s", id);
     CHECK_OK(q->ops->publish_event(q, id, "progress", (const uint8_t *)"p", 1));
-    if (q->ops->record_result(q, id, (const uint8_t *)res, strlen(res)) != PA_OK) {
+    if (q->ops->record_result(q, NULL, id, (const uint8_t *)res, strlen(res), NULL) != PA_OK) {
       t->result_failures++; /* not acked: it comes back */
     } else if (q->ops->ack(q, &d[i]) == PA_OK) {
       if (j >= 0 && j < t->n && t->acks[j]++ == 0) t->done++;
@@ -268,9 +268,10 @@ static void test_redelivery(void) {
   if (!a) return;
   pa_delivery d;
   int n = 0;
-  for (double end = now_s() + 10; n == 0 && now_s() < end;) CHECK_OK(a->ops->claim(a, 1, 200, &d, &n));
+  /* waits for states, not windows: the first join and a rebalance take long on a loaded box */
+  for (double end = now_s() + 60; n == 0 && now_s() < end;) CHECK_OK(a->ops->claim(a, 1, 200, &d, &n));
   CHECK(n == 1 && job_of(&d) == 0 && d.deliveries == 1);
-  if (n) CHECK_OK(a->ops->record_result(a, "job-0000", (const uint8_t *)"result:job-0000", 15));
+  if (n) CHECK_OK(a->ops->record_result(a, NULL, "job-0000", (const uint8_t *)"result:job-0000", 15, NULL));
   if (n) pa_delivery_clear(&d);
   a->ops->close(a); /* dies before ack: nothing stored */
   static tally t;
@@ -279,9 +280,9 @@ static void test_redelivery(void) {
   pa_queue *b = open_queue("t2", "g2", "b", 5);
   if (!b) return;
   double t0 = now_s();
-  while (t.done < 5 && now_s() - t0 < 30) work_once(b, 4, &t);
+  while (t.done < 5 && now_s() - t0 < 120) work_once(b, 4, &t);
   b->ops->close(b);
-  CHECK(t.done == 5 && t.acks[0] == 1);
+  CHECK_MSG(t.done == 5 && t.acks[0] == 1, "%d of 5 done, job-0000 acked %d times", t.done, t.acks[0]);
   /* job-0000 has two results (one per run), all others one: at least once, idempotent by id */
   char ev[] = "t2.events";
   static results r;
@@ -370,7 +371,7 @@ static void test_pause(void) {
     usleep(100 * 1000);
   }
   CHECK_OK(q->ops->resume(q));
-  CHECK_OK(q->ops->record_result(q, "job", (const uint8_t *)"r", 1));
+  CHECK_OK(q->ops->record_result(q, NULL, "job", (const uint8_t *)"r", 1, NULL));
   CHECK_OK(q->ops->ack(q, &d));
   pa_delivery_clear(&d);
   CHECK_OK(pa_queue_kafka_stats(q, &after));
