@@ -309,6 +309,11 @@ def rendered(path, scenario):
                 fail(f"{component} Secret holds {sorted(secret.get('stringData', {}))}, want {sorted(keys)}")
             if secret and secret_refs(dep).keys() != {secret["metadata"]["name"]}:
                 fail(f"{component} pods read {sorted(secret_refs(dep))}, not their own Secret")
+            # both sides read the webhook secrets: the scheduler refuses unknown secret_ids
+            c = container(dep)
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            if "/etc/paella/webhook-secrets" not in mounts:
+                fail(f"{component}: webhook secrets not mounted")
     elif scenario == "legacy-secret":
         # secrets.existingSecret alone: both components read it, as before the split.
         want = {"ConfigMap", "Deployment", "Service", "ScaledObject", "TriggerAuthentication"}

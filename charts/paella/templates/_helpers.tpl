@@ -131,7 +131,7 @@ app.kubernetes.io/component: {{ .component }}
      for them; everything else in scheduler.config goes into the ConfigMap as
      PAELLA_<SNAKE_CASE>. tests/deploy/check.sh fails when this list and --help disagree. */}}
 {{- define "paella.scheduler.flagOnly" -}}
-maxBody maxBatchBody maxWait maxAttempts backoffMs jobTimeout shardSize
+maxBody maxBatchBody maxWait maxAttempts backoffMs jobTimeout shardSize maxConnections maxPerIp idleTimeout redisTimeoutMs
 {{- end }}
 {{- define "paella.worker.flagOnly" -}}
 once
