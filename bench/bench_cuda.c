@@ -307,7 +307,7 @@ int main(int argc, char **argv) {
   char dev[128] = "?";
   pa_cuda_device_name(dev, sizeof dev);
   printf("device: %s\n", dev);
-  if (pa_cuda_gemm_peak(8192, 20, &peak_tflops)) return fail("gemm peak");
+  if (pa_cuda_gemm_peak(real, 8192, 20, &peak_tflops)) return fail("gemm peak");
   printf("%-34s           %10s     %8.1f TFLOP/s (cuBLASLt bf16 8192^3, this run)\n", "bf16 GEMM peak", "", peak_tflops);
   int rc = 0;
   if (!rc && want(argc, argv, "paella")) rc = bench_paella(false);
@@ -317,7 +317,7 @@ int main(int argc, char **argv) {
   if (!rc && want(argc, argv, "clip")) rc = bench_clip();
   if (!rc && want(argc, argv, "vqgan")) rc = bench_vqgan();
   size_t live = 0, cached = 0;
-  pa_cuda_memory(&live, &cached);
+  pa_cuda_memory(real, &live, &cached);
   printf("device memory at exit: %zu MiB live, %zu MiB cached\n", live >> 20, cached >> 20);
   return rc;
 }

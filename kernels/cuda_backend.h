@@ -26,15 +26,18 @@ int pa_cuda_device_count(void);
 /* "NVIDIA H100 80GB HBM3, sm_90, 79.2 GiB" into buf. */
 int pa_cuda_device_name(char *buf, size_t cap);
 
+/* The functions below take the backend pa_cuda_backend() returned (its context: stream,
+ * cuBLASLt handle, allocator); they never look the singleton up themselves. */
+
 /* Times a cuBLASLt bf16 GEMM (n x n x n, bf16 out, F32 accumulation) over `iters` runs after a
  * warm-up; *tflops = 2 n^3 / mean time. The benchmarks' reference for "fraction of peak". */
-int pa_cuda_gemm_peak(int n, int iters, double *tflops);
+int pa_cuda_gemm_peak(pa_backend *be, int n, int iters, double *tflops);
 
 /* The device's Gumbel noise for all 2^24 open uniforms (out: 2^24 floats, host), to compare
  * exhaustively with the host's pa_gumbel (ops/rng.h). */
-int pa_cuda_gumbel_table(float *out);
+int pa_cuda_gumbel_table(pa_backend *be, float *out);
 
 /* Bytes held by the caching allocator: live (in tensors) and cached (free for reuse). */
-void pa_cuda_memory(size_t *live, size_t *cached);
+void pa_cuda_memory(pa_backend *be, size_t *live, size_t *cached);
 
 #endif

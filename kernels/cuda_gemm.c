@@ -192,9 +192,7 @@ fail:
 
 /* ---- the peak reference for the benchmarks ------------------------------------------------ */
 
-int pa_cuda_gemm_peak(int n, int iters, double *tflops) {
-  pa_backend *be = pa_cuda_backend();
-  if (!be) return PA_ERR_DEVICE;
+int pa_cuda_gemm_peak(pa_backend *be, int n, int iters, double *tflops) {
   cuda_ctx *c = be->ctx;
   int rc = PA_OK;
   size_t bytes = (size_t)n * n * 2;

@@ -289,7 +289,7 @@ static void t_vq(void) {
 
 static void t_gumbel(void) {
   float *dev = malloc(((size_t)1 << 24) * sizeof *dev);
-  CHECK_OK(pa_cuda_gumbel_table(dev));
+  CHECK_OK(pa_cuda_gumbel_table(gpu, dev));
   int64_t bad = 0;
   for (uint32_t i = 0; i < (1u << 24); i++) bad += dev[i] != pa_gumbel(pa_u32_to_uniform_open(i << 8));
   row("gumbel(all 2^24 uniforms)", "host vs device bits", (double)bad, 0, "(mismatches)");
@@ -633,7 +633,7 @@ int main(void) {
   t_encoders_mid();
   t_prior_vqgan_mid();
   size_t live = 0, cached = 0;
-  pa_cuda_memory(&live, &cached);
+  pa_cuda_memory(gpu, &live, &cached);
   printf("device memory: %zu MiB live, %zu MiB cached\n", live >> 20, cached >> 20);
   TEST_END();
 }
