@@ -493,12 +493,12 @@ static void t_encoders_mid(void) {
   row("t5-mid (byt5-xl widths, 2 layers)", "[2, 40, 2560]", relerr_host(hg, hc), TOL_BF16, "");
   pa_weights_free(w), pa_tensor_free(ids), pa_tensor_free(hc), pa_tensor_free(hg);
 
+  w = pa_weights_new("clip-mid"); /* both towers' synthetic weights, created once */
+  pa_weights_set_autocreate(w, 13, 0.05f);
   for (int vision = 0; vision < 2; vision++) {
     pa_clip_config cc = vision ? pa_clip_vision_default_config() : pa_clip_text_default_config();
     cc.num_layers = 2;
     if (vision) cc.image_size = 56;
-    w = pa_weights_new("clip-mid");
-    pa_weights_set_autocreate(w, 13, 0.05f);
     int64_t L = vision ? 1 + (56 / cc.patch_size) * (56 / cc.patch_size) : 20;
     pa_tensor *in;
     if (vision) {
@@ -514,8 +514,9 @@ static void t_encoders_mid(void) {
     row(vision ? "clip-vision-mid hidden (2 layers)" : "clip-text-mid hidden (2 layers)", vision ? "[1, 17, 1280]" : "[1, 20, 1024]",
         relerr_host(h2, h1), TOL_BF16, "");
     row(vision ? "clip-vision-mid embeds" : "clip-text-mid embeds", "[1, 1024]", relerr_host(e2, e1), TOL_BF16, "");
-    pa_weights_free(w), pa_tensor_free(in), pa_tensor_free(h1), pa_tensor_free(h2), pa_tensor_free(e1), pa_tensor_free(e2);
+    pa_tensor_free(in), pa_tensor_free(h1), pa_tensor_free(h2), pa_tensor_free(e1), pa_tensor_free(e2);
   }
+  pa_weights_free(w);
 }
 
 static int prior_run(pa_backend *be, pa_weights *w, const pa_prior_config *cfg, const pa_tensor *xh,
