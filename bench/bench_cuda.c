@@ -400,5 +400,6 @@ int main(int argc, char **argv) {
   size_t live = 0, cached = 0;
   pa_cuda_memory(real, &live, &cached);
   printf("device memory at exit: %zu MiB live, %zu MiB cached\n", live >> 20, cached >> 20);
+  printf("naive GEMM fallbacks: %lld calls\n", (long long)pa_cuda_gemm_fallbacks(real));
   return rc;
 }

@@ -16,6 +16,7 @@
 #define PAELLA_KERNELS_CUDA_BACKEND_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ops/backend.h"
 
@@ -32,6 +33,10 @@ int pa_cuda_device_name(char *buf, size_t cap);
 /* Times a cuBLASLt bf16 GEMM (n x n x n, bf16 out, F32 accumulation) over `iters` runs after a
  * warm-up; *tflops = 2 n^3 / mean time. The benchmarks' reference for "fraction of peak". */
 int pa_cuda_gemm_peak(pa_backend *be, int n, int iters, double *tflops);
+
+/* GEMM calls that ran the naive fallback kernel because cuBLASLt offered no algorithm for
+ * their shape and alignment (each such shape is logged on stderr once); 0 is the goal. */
+int64_t pa_cuda_gemm_fallbacks(pa_backend *be);
 
 /* The device's Gumbel noise for all 2^24 open uniforms (out: 2^24 floats, host), to compare
  * exhaustively with the host's pa_gumbel (ops/rng.h). */

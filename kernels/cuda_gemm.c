@@ -2,6 +2,7 @@
  * algorithm) per signature, created on first use and kept in a small cache, so the heuristic
  * runs once per shape. Row-major Y(M, N) = X(M, K) W^T is the column-major
  * Y^T(N, M) = W(N, K) X^T(K, M): A = w, B = x, D = y, no copies. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,6 +66,11 @@ static int plan_init(cuda_ctx *c, cuda_plan *p) {
       n > 0) {
     p->algo = res.algo;
     p->has_algo = true;
+  } else {
+    fprintf(stderr, "paella cuda: no cuBLASLt %s algorithm for GEMM M=%lld N=%lld K=%lld (w %s, epilogue %d, "
+                    "alignment %d B): the naive fallback kernel runs it (slow)\n",
+            p->fp32 ? "fp32" : "bf16", (long long)p->M, (long long)p->N, (long long)p->K, p->w_nk ? "(N, K)" : "(K, N)",
+            p->epi, p->align);
   }
 fail:
   if (pref) cublasLtMatmulPreferenceDestroy(pref);
@@ -172,6 +178,7 @@ int cuda_gemm(cuda_ctx *c, float *y, const float *x32, const uint16_t *x16, cons
   pthread_mutex_lock(&c->mu);
   rc = plan_get(c, key, &p);
   if (rc == PA_OK && p->has_algo) rc = run_plan(c, p, y, wa, xa, bias);
+  if (rc == PA_OK && !p->has_algo && !fp32) c->gemm_fallbacks++;
   pthread_mutex_unlock(&c->mu);
   if (rc) goto fail;
   if (!p->has_algo) { /* cuBLASLt has no kernel for this shape/alignment: the simple one */
@@ -188,6 +195,14 @@ fail:
   cuda_scratch_free(c, xs);
   cuda_scratch_free(c, ws);
   return rc;
+}
+
+int64_t pa_cuda_gemm_fallbacks(pa_backend *be) {
+  cuda_ctx *c = be->ctx;
+  pthread_mutex_lock(&c->mu);
+  int64_t n = c->gemm_fallbacks;
+  pthread_mutex_unlock(&c->mu);
+  return n;
 }
 
 /* ---- the peak reference for the benchmarks ------------------------------------------------ */

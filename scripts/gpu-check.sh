@@ -94,7 +94,7 @@ step() {
   {
     printf '%-15s %-18s %4ds of %4ds\n' "$name" "$verdict" $((SECONDS - t0)) "$limit"
     # the result lines: the device, failed rows, pass counts, benchmark figures, errors
-    grep -E 'device:|FAIL|CHECK failed|passed, [0-9]+ failed|TFLOP/s|ms per image|created and uploaded|SKIP|NOT FOUND|EXTRA|MISSING|rror' \
+    grep -E 'device:|FAIL|CHECK failed|passed, [0-9]+ failed|TFLOP/s|ms per image|created and uploaded|naive GEMM|no cuBLASLt|SKIP|NOT FOUND|EXTRA|MISSING|rror' \
       "$logs/$name.log" | grep -vE '^run.sh: (lib[^ ]* <-|glibc)' | head -n 60 | sed 's/^/    /'
   } | tee -a "$summary"
   if [[ $verdict != ok && $verdict != NO-DEVICE ]]; then

@@ -636,5 +636,6 @@ int main(void) {
   size_t live = 0, cached = 0;
   pa_cuda_memory(gpu, &live, &cached);
   printf("device memory: %zu MiB live, %zu MiB cached\n", live >> 20, cached >> 20);
+  printf("naive GEMM fallbacks: %lld calls\n", (long long)pa_cuda_gemm_fallbacks(gpu));
   TEST_END();
 }
