@@ -4,7 +4,7 @@
  * its per-step op counts from ops/counting.h); the prior's 60 CFG steps (product loop too);
  * ByT5-XL and CLIP-H encoders; the VQGAN decode of 64x64 tokens. Each line: ms, the GEMM+attention TFLOP/s the run reached
  * (FLOPs counted by wrapping the backend's GEMM ops) and its fraction of the card's bf16 GEMM
- * peak, measured first in the same run with cuBLASLt (8192^3).
+ * peak, measured first in the same run with cuBLASLt (8192^3, random operands).
  *
  * Each network's synthetic weights are created once per process (multi-threaded, ops/weights.c)
  * and Paella's model is uploaded once for both the forward and the sample.
@@ -388,7 +388,7 @@ int main(int argc, char **argv) {
   pa_cuda_device_name(dev, sizeof dev);
   printf("device: %s\n", dev);
   if (pa_cuda_gemm_peak(real, 8192, 20, &peak_tflops)) return fail("gemm peak");
-  printf("%-34s           %10s     %8.1f TFLOP/s (cuBLASLt bf16 8192^3, this run)\n", "bf16 GEMM peak", "", peak_tflops);
+  printf("%-34s           %10s     %8.1f TFLOP/s (cuBLASLt bf16 8192^3, random operands, this run)\n", "bf16 GEMM peak", "", peak_tflops);
   int rc = 0;
   if (!rc && want("paella")) rc = bench_paella(false);
   if (!rc && want("sample")) rc = bench_paella(true);

@@ -30,8 +30,8 @@ int pa_cuda_device_name(char *buf, size_t cap);
 /* The functions below take the backend pa_cuda_backend() returned (its context: stream,
  * cuBLASLt handle, allocator); they never look the singleton up themselves. */
 
-/* Times a cuBLASLt bf16 GEMM (n x n x n, bf16 out, F32 accumulation) over `iters` runs after a
- * warm-up; *tflops = 2 n^3 / mean time. The benchmarks' reference for "fraction of peak". */
+/* Times a cuBLASLt bf16 GEMM (n x n x n, random operands in [-1, 1), bf16 out, F32
+ * accumulation) over `iters` runs after a warm-up; *tflops = 2 n^3 / mean time. The benchmarks' reference for "fraction of peak". */
 int pa_cuda_gemm_peak(pa_backend *be, int n, int iters, double *tflops);
 
 /* GEMM calls that ran the naive fallback kernel because cuBLASLt offered no algorithm for

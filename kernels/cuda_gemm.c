@@ -207,10 +207,31 @@ int64_t pa_cuda_gemm_fallbacks(pa_backend *be) {
 
 /* ---- the peak reference for the benchmarks ------------------------------------------------ */
 
+/* dev (count bf16) = uniform values in [-1, 1) from the xorshift state *s: the peak is measured
+ * on random operands, since tensor cores draw less power (and may clock higher) on zeros. */
+static int upload_random_bf16(cuda_ctx *c, void *dev, size_t count, uint64_t *s) {
+  uint16_t *h = malloc(count * sizeof *h);
+  if (!h) return pa_fail(PA_ERR_NOMEM, "cuda gemm peak: out of host memory");
+  for (size_t i = 0; i < count; i++) {
+    *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+    float x = (float)(*s >> 40) * 0x1p-23f - 1.0f;
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    h[i] = (uint16_t)(bits >> 16); /* bf16: the top half of the float */
+  }
+  int rc = PA_OK;
+  CUDA_TRY(cudaMemcpyAsync(dev, h, count * sizeof *h, cudaMemcpyHostToDevice, c->stream));
+  CUDA_TRY(cudaStreamSynchronize(c->stream)); /* before h is freed */
+fail:
+  free(h);
+  return rc;
+}
+
 int pa_cuda_gemm_peak(pa_backend *be, int n, int iters, double *tflops) {
   cuda_ctx *c = be->ctx;
   int rc = PA_OK;
   size_t bytes = (size_t)n * n * 2;
+  uint64_t rng = 0x9E3779B97F4A7C15ull;
   void *a = cuda_scratch(c, bytes), *b = cuda_scratch(c, bytes), *d = cuda_scratch(c, bytes);
   cublasLtMatmulDesc_t desc = NULL;
   cublasLtMatrixLayout_t la = NULL;
@@ -220,8 +241,8 @@ int pa_cuda_gemm_peak(pa_backend *be, int n, int iters, double *tflops) {
     rc = PA_ERR_NOMEM;
     goto fail;
   }
-  CUDA_TRY(cudaMemsetAsync(a, 0, bytes, c->stream));
-  CUDA_TRY(cudaMemsetAsync(b, 0, bytes, c->stream));
+  PA_TRY(upload_random_bf16(c, a, (size_t)n * n, &rng));
+  PA_TRY(upload_random_bf16(c, b, (size_t)n * n, &rng));
   cublasOperation_t tt = CUBLAS_OP_T;
   CUBLAS_TRY(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   CUBLAS_TRY(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &tt, sizeof tt));
