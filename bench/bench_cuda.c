@@ -4,9 +4,15 @@
  * its per-step op counts from ops/counting.h); the prior's 60 CFG steps (product loop too);
  * ByT5-XL and CLIP-H encoders; the VQGAN decode of 64x64 tokens. Each line: ms, the GEMM+attention TFLOP/s the run reached
  * (FLOPs counted by wrapping the backend's GEMM ops) and its fraction of the card's bf16 GEMM
- * peak, measured first in the same run with cuBLASLt (8192^3).
+ * peak, measured first in the same run with cuBLASLt (8192^3, random operands).
  *
- * usage: bench_cuda [peak|paella|sample|prior|t5|clip|vqgan|all]... (default all) */
+ * Each network's synthetic weights are created once per process (multi-threaded, ops/weights.c)
+ * and Paella's model is uploaded once for both the forward and the sample.
+ *
+ * usage: bench_cuda [--batch N[,N...]]... [peak|paella|sample|prior|t5|clip|vqgan|all]...
+ *   names: what to run (default all; the bf16 GEMM peak always runs first);
+ *   --batch: the batch sizes of paella, sample and prior (1..16; default 1,4,16 for Paella and
+ *   1,16 for the prior), so a check can run batch 1 as its own step before the larger ones. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +30,10 @@
 
 static pa_backend counted, *real;
 static double flops, peak_tflops;
+
+#define MAX_BATCH 16 /* the per-image arrays below (seeds, timesteps) */
+/* --batch: the batch sizes asked for (n_batches = 0: each benchmark's defaults) */
+static int batches[MAX_BATCH], n_batches;
 
 /* ---- FLOP counting wrapper around the CUDA op table ---------------------------------------- */
 
@@ -101,7 +111,7 @@ static bool count_step(void *user, const char *stage, int step, int total) {
 static int sample_product_loop(pa_paella *m, pa_backend *cb, pa_paella_cond *c, pa_paella_cond *u, int B, int H) {
   int64_t n = (int64_t)H * H;
   int64_t *start = malloc((size_t)(B * n) * sizeof *start), *out = malloc((size_t)(B * n) * sizeof *out);
-  uint64_t seeds[16];
+  uint64_t seeds[MAX_BATCH];
   if (!start || !out) return fail("sample alloc");
   for (int b = 0; b < B; b++) {
     seeds[b] = 42 + (uint64_t)b;
@@ -125,19 +135,48 @@ static int sample_product_loop(pa_paella *m, pa_backend *cb, pa_paella_cond *c, 
   return 0;
 }
 
-static int bench_paella(bool sample) {
-  pa_backend *be = pa_counting_backend(&counted);
-  if (!be) return fail("counting backend");
+/* The batch sizes to run: --batch's, or `defaults`. */
+static int pick_batches(const int *defaults, int n_defaults, const int **out) {
+  *out = n_batches ? batches : defaults;
+  return n_batches ? n_batches : n_defaults;
+}
+
+/* Paella v3 with synthetic weights, created and uploaded once per process (the forward and
+ * the sample share it); `be` counts the product loop's ops. */
+static struct {
+  pa_backend *be;
+  pa_weights *w;
+  pa_paella *m;
+} paella;
+
+static int paella_model(void) {
+  if (paella.m) return 0;
+  if (!(paella.be = pa_counting_backend(&counted))) return fail("counting backend");
   pa_paella_config cfg = pa_paella_default_config();
-  pa_weights *w = pa_weights_new("paella-v3-random");
-  pa_weights_set_autocreate(w, 1, 0.02f);
-  pa_paella *m = NULL;
+  paella.w = pa_weights_new("paella-v3-random");
+  if (!paella.w) return fail("paella weights");
+  pa_weights_set_autocreate(paella.w, 1, 0.02f);
   double t0 = now();
-  if (pa_paella_load(be, w, &cfg, &m)) return fail("paella load");
+  if (pa_paella_load(paella.be, paella.w, &cfg, &paella.m)) return fail("paella load");
   printf("(paella: weights created and uploaded in %.1f s)\n", now() - t0);
-  const int batches[] = {1, 4, 16}, H = 64, L = 77;
-  for (int bi = 0; bi < 3; bi++) {
-    int B = batches[bi];
+  return 0;
+}
+
+static void paella_model_free(void) {
+  pa_paella_free(paella.m);
+  pa_weights_free(paella.w);
+  if (paella.be) pa_counting_backend_free(paella.be);
+}
+
+static int bench_paella(bool sample) {
+  if (paella_model()) return 1;
+  pa_backend *be = paella.be;
+  pa_paella *m = paella.m;
+  pa_paella_config cfg = *pa_paella_cfg(m);
+  const int *bs, defaults[] = {1, 4, 16}, H = 64, L = 77;
+  int nb = pick_batches(defaults, 3, &bs);
+  for (int bi = 0; bi < nb; bi++) {
+    int B = bs[bi];
     pa_tensor *byt5 = dev_rand(be, 3, (const int64_t[]){B, L, cfg.byt5_embd}, 1.0f);
     pa_tensor *clip = dev_rand(be, 2, (const int64_t[]){B, cfg.clip_embd}, 1.0f);
     pa_tensor *zb = dev_rand(be, 3, (const int64_t[]){B, L, cfg.byt5_embd}, 0.0f);
@@ -149,7 +188,7 @@ static int bench_paella(bool sample) {
     pa_paella_cond *c = NULL, *u = NULL;
     if (!byt5 || !clip || !zb || !zc || !tok || !init || !lc || !lu) return fail("paella alloc");
     if (pa_paella_cond_new(m, byt5, clip, NULL, &c) || pa_paella_cond_new(m, zb, zc, NULL, &u)) return fail("cond");
-    float r[16];
+    float r[MAX_BATCH];
     for (int i = 0; i < B; i++) r[i] = 0.5f;
     /* warm-up: plans, allocator blocks */
     if (pa_paella_forward(m, c, tok, r, NULL, lc) || be->sync(be)) return fail("paella forward");
@@ -168,9 +207,6 @@ static int bench_paella(bool sample) {
     pa_tensor *ts[] = {byt5, clip, zb, zc, tok, init, lc, lu};
     for (int i = 0; i < 8; i++) pa_release(be, ts[i]);
   }
-  pa_paella_free(m);
-  pa_weights_free(w);
-  pa_counting_backend_free(be);
   return 0;
 }
 
@@ -185,14 +221,15 @@ static int bench_prior(void) {
   pa_weights_set_autocreate(w, 2, 0.02f);
   pa_prior *m = NULL;
   if (pa_prior_load(be, w, &cfg, &m)) return fail("prior load");
-  const int batches[] = {1, 16};
-  float *text = calloc((size_t)cfg.clip_r, sizeof *text), *out = malloc((size_t)16 * cfg.clip_r * sizeof *out);
-  uint64_t seeds[16];
+  const int *bs, defaults[] = {1, 16};
+  int nb = pick_batches(defaults, 2, &bs);
+  float *text = calloc((size_t)cfg.clip_r, sizeof *text), *out = malloc((size_t)MAX_BATCH * cfg.clip_r * sizeof *out);
+  uint64_t seeds[MAX_BATCH];
   if (!text || !out) return fail("prior alloc");
   for (int d = 0; d < cfg.clip_r; d++) text[d] = (float)(d % 7) / 7.0f - 0.4f;
-  for (int b = 0; b < 16; b++) seeds[b] = 1000 + (uint64_t)b;
-  for (int bi = 0; bi < 2; bi++) {
-    int B = batches[bi];
+  for (int b = 0; b < MAX_BATCH; b++) seeds[b] = 1000 + (uint64_t)b;
+  for (int bi = 0; bi < nb; bi++) {
+    int B = bs[bi];
     pa_prior_job j = {.B = B, .steps = 60, .cfg = 3.0f, .seeds = seeds, .clip_text = text};
     if (pa_prior_sample(m, &j, out)) return fail("prior sample"); /* warm-up */
     flops = 0;
@@ -238,10 +275,11 @@ static int bench_t5(void) {
 
 static int bench_clip(void) {
   pa_backend *be = &counted;
+  pa_weights *w = pa_weights_new("clip-h-random"); /* one checkpoint holds both towers */
+  if (!w) return fail("clip weights");
+  pa_weights_set_autocreate(w, 4, 0.02f);
   for (int vision = 0; vision < 2; vision++) {
     pa_clip_config cfg = vision ? pa_clip_vision_default_config() : pa_clip_text_default_config();
-    pa_weights *w = pa_weights_new("clip-h-random");
-    pa_weights_set_autocreate(w, 4, 0.02f);
     pa_clip *m = NULL;
     if (pa_clip_load(be, w, &cfg, vision, &m)) return fail("clip load");
     int64_t L = vision ? 1 + (int64_t)(cfg.image_size / cfg.patch_size) * (cfg.image_size / cfg.patch_size) : 77;
@@ -262,8 +300,8 @@ static int bench_clip(void) {
     pa_release(be, h), pa_release(be, e), pa_release(be, px);
     pa_tensor_free(ids);
     pa_clip_free(m);
-    pa_weights_free(w);
   }
+  pa_weights_free(w);
   return 0;
 }
 
@@ -289,14 +327,56 @@ static int bench_vqgan(void) {
   return 0;
 }
 
-static bool want(int argc, char **argv, const char *name) {
-  if (argc < 2) return true;
-  for (int i = 1; i < argc; i++)
-    if (!strcmp(argv[i], name) || !strcmp(argv[i], "all")) return true;
+/* ---- command line ---------------------------------------------------------------------------- */
+
+static const char *const bench_names[] = {"peak", "paella", "sample", "prior", "t5", "clip", "vqgan", "all"};
+#define N_BENCH_NAMES (int)(sizeof bench_names / sizeof *bench_names)
+static bool wanted[N_BENCH_NAMES], any_wanted;
+
+static int usage(const char *why, const char *arg) {
+  fprintf(stderr, "bench_cuda: %s '%s'\nusage: bench_cuda [--batch N[,N...]]... [peak|paella|sample|prior|t5|clip|vqgan|all]...\n",
+          why, arg);
+  return 2;
+}
+
+/* "4,16" appended to batches[]: each 1..MAX_BATCH */
+static int parse_batches(const char *list) {
+  const char *p = list;
+  for (;;) {
+    char *end;
+    long b = strtol(p, &end, 10);
+    if (end == p || b < 1 || b > MAX_BATCH || (*end && *end != ',')) return usage("--batch wants sizes 1..16 separated by commas, not", list);
+    if (n_batches == MAX_BATCH) return usage("too many batch sizes in", list);
+    batches[n_batches++] = (int)b;
+    if (!*end) return 0;
+    p = end + 1;
+  }
+}
+
+static int parse_args(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--batch")) {
+      if (i + 1 >= argc) return usage("missing sizes after", argv[i]);
+      if (parse_batches(argv[++i])) return 2;
+      continue;
+    }
+    int k = 0;
+    while (k < N_BENCH_NAMES && strcmp(argv[i], bench_names[k])) k++;
+    if (k == N_BENCH_NAMES) return usage("unknown benchmark", argv[i]);
+    wanted[k] = any_wanted = true;
+  }
+  return 0;
+}
+
+static bool want(const char *name) {
+  if (!any_wanted || wanted[N_BENCH_NAMES - 1]) return true; /* none named, or "all" */
+  for (int k = 0; k < N_BENCH_NAMES; k++)
+    if (!strcmp(bench_names[k], name)) return wanted[k];
   return false;
 }
 
 int main(int argc, char **argv) {
+  if (parse_args(argc, argv)) return 2;
   if (pa_cuda_device_count() < 1) {
     printf("SKIP: no CUDA device\n");
     return 77;
@@ -307,17 +387,19 @@ int main(int argc, char **argv) {
   char dev[128] = "?";
   pa_cuda_device_name(dev, sizeof dev);
   printf("device: %s\n", dev);
-  if (pa_cuda_gemm_peak(8192, 20, &peak_tflops)) return fail("gemm peak");
-  printf("%-34s           %10s     %8.1f TFLOP/s (cuBLASLt bf16 8192^3, this run)\n", "bf16 GEMM peak", "", peak_tflops);
+  if (pa_cuda_gemm_peak(real, 8192, 20, &peak_tflops)) return fail("gemm peak");
+  printf("%-34s           %10s     %8.1f TFLOP/s (cuBLASLt bf16 8192^3, random operands, this run)\n", "bf16 GEMM peak", "", peak_tflops);
   int rc = 0;
-  if (!rc && want(argc, argv, "paella")) rc = bench_paella(false);
-  if (!rc && want(argc, argv, "sample")) rc = bench_paella(true);
-  if (!rc && want(argc, argv, "prior")) rc = bench_prior();
-  if (!rc && want(argc, argv, "t5")) rc = bench_t5();
-  if (!rc && want(argc, argv, "clip")) rc = bench_clip();
-  if (!rc && want(argc, argv, "vqgan")) rc = bench_vqgan();
+  if (!rc && want("paella")) rc = bench_paella(false);
+  if (!rc && want("sample")) rc = bench_paella(true);
+  paella_model_free();
+  if (!rc && want("prior")) rc = bench_prior();
+  if (!rc && want("t5")) rc = bench_t5();
+  if (!rc && want("clip")) rc = bench_clip();
+  if (!rc && want("vqgan")) rc = bench_vqgan();
   size_t live = 0, cached = 0;
-  pa_cuda_memory(&live, &cached);
+  pa_cuda_memory(real, &live, &cached);
   printf("device memory at exit: %zu MiB live, %zu MiB cached\n", live >> 20, cached >> 20);
+  printf("naive GEMM fallbacks: %lld calls\n", (long long)pa_cuda_gemm_fallbacks(real));
   return rc;
 }

@@ -318,9 +318,7 @@ static int cuda_diffuzz_step(pa_backend *be, pa_tensor *x, const pa_tensor *ec, 
   return PA_OK;
 }
 
-int pa_cuda_gumbel_table(float *out) {
-  pa_backend *be = pa_cuda_backend();
-  if (!be) return PA_ERR_DEVICE;
+int pa_cuda_gumbel_table(pa_backend *be, float *out) {
   cuda_ctx *c = be->ctx;
   size_t bytes = ((size_t)1 << 24) * sizeof(float);
   float *d = cuda_scratch(c, bytes);

@@ -16,6 +16,7 @@
 #define PAELLA_KERNELS_CUDA_BACKEND_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ops/backend.h"
 
@@ -26,15 +27,22 @@ int pa_cuda_device_count(void);
 /* "NVIDIA H100 80GB HBM3, sm_90, 79.2 GiB" into buf. */
 int pa_cuda_device_name(char *buf, size_t cap);
 
-/* Times a cuBLASLt bf16 GEMM (n x n x n, bf16 out, F32 accumulation) over `iters` runs after a
- * warm-up; *tflops = 2 n^3 / mean time. The benchmarks' reference for "fraction of peak". */
-int pa_cuda_gemm_peak(int n, int iters, double *tflops);
+/* The functions below take the backend pa_cuda_backend() returned (its context: stream,
+ * cuBLASLt handle, allocator); they never look the singleton up themselves. */
+
+/* Times a cuBLASLt bf16 GEMM (n x n x n, random operands in [-1, 1), bf16 out, F32
+ * accumulation) over `iters` runs after a warm-up; *tflops = 2 n^3 / mean time. The benchmarks' reference for "fraction of peak". */
+int pa_cuda_gemm_peak(pa_backend *be, int n, int iters, double *tflops);
+
+/* GEMM calls that ran the naive fallback kernel because cuBLASLt offered no algorithm for
+ * their shape and alignment (each such shape is logged on stderr once); 0 is the goal. */
+int64_t pa_cuda_gemm_fallbacks(pa_backend *be);
 
 /* The device's Gumbel noise for all 2^24 open uniforms (out: 2^24 floats, host), to compare
  * exhaustively with the host's pa_gumbel (ops/rng.h). */
-int pa_cuda_gumbel_table(float *out);
+int pa_cuda_gumbel_table(pa_backend *be, float *out);
 
 /* Bytes held by the caching allocator: live (in tensors) and cached (free for reuse). */
-void pa_cuda_memory(size_t *live, size_t *cached);
+void pa_cuda_memory(pa_backend *be, size_t *live, size_t *cached);
 
 #endif

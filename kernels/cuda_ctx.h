@@ -56,6 +56,9 @@ typedef struct {
   /* GEMM plans */
   cuda_plan plans[CUDA_PLANS];
   int next_evict;
+  /* GEMM calls cuBLASLt had no algorithm for, run by the naive fallback kernel instead (each
+   * such shape is also logged once, when its plan is made): never silent, it is far slower */
+  int64_t gemm_fallbacks;
 } cuda_ctx;
 
 /* cuda_mem.c */

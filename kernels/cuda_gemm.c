@@ -2,6 +2,7 @@
  * algorithm) per signature, created on first use and kept in a small cache, so the heuristic
  * runs once per shape. Row-major Y(M, N) = X(M, K) W^T is the column-major
  * Y^T(N, M) = W(N, K) X^T(K, M): A = w, B = x, D = y, no copies. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,6 +66,11 @@ static int plan_init(cuda_ctx *c, cuda_plan *p) {
       n > 0) {
     p->algo = res.algo;
     p->has_algo = true;
+  } else {
+    fprintf(stderr, "paella cuda: no cuBLASLt %s algorithm for GEMM M=%lld N=%lld K=%lld (w %s, epilogue %d, "
+                    "alignment %d B): the naive fallback kernel runs it (slow)\n",
+            p->fp32 ? "fp32" : "bf16", (long long)p->M, (long long)p->N, (long long)p->K, p->w_nk ? "(N, K)" : "(K, N)",
+            p->epi, p->align);
   }
 fail:
   if (pref) cublasLtMatmulPreferenceDestroy(pref);
@@ -172,6 +178,7 @@ int cuda_gemm(cuda_ctx *c, float *y, const float *x32, const uint16_t *x16, cons
   pthread_mutex_lock(&c->mu);
   rc = plan_get(c, key, &p);
   if (rc == PA_OK && p->has_algo) rc = run_plan(c, p, y, wa, xa, bias);
+  if (rc == PA_OK && !p->has_algo && !fp32) c->gemm_fallbacks++;
   pthread_mutex_unlock(&c->mu);
   if (rc) goto fail;
   if (!p->has_algo) { /* cuBLASLt has no kernel for this shape/alignment: the simple one */
@@ -190,14 +197,41 @@ fail:
   return rc;
 }
 
+int64_t pa_cuda_gemm_fallbacks(pa_backend *be) {
+  cuda_ctx *c = be->ctx;
+  pthread_mutex_lock(&c->mu);
+  int64_t n = c->gemm_fallbacks;
+  pthread_mutex_unlock(&c->mu);
+  return n;
+}
+
 /* ---- the peak reference for the benchmarks ------------------------------------------------ */
 
-int pa_cuda_gemm_peak(int n, int iters, double *tflops) {
-  pa_backend *be = pa_cuda_backend();
-  if (!be) return PA_ERR_DEVICE;
+/* dev (count bf16) = uniform values in [-1, 1) from the xorshift state *s: the peak is measured
+ * on random operands, since tensor cores draw less power (and may clock higher) on zeros. */
+static int upload_random_bf16(cuda_ctx *c, void *dev, size_t count, uint64_t *s) {
+  uint16_t *h = malloc(count * sizeof *h);
+  if (!h) return pa_fail(PA_ERR_NOMEM, "cuda gemm peak: out of host memory");
+  for (size_t i = 0; i < count; i++) {
+    *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+    float x = (float)(*s >> 40) * 0x1p-23f - 1.0f;
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    h[i] = (uint16_t)(bits >> 16); /* bf16: the top half of the float */
+  }
+  int rc = PA_OK;
+  CUDA_TRY(cudaMemcpyAsync(dev, h, count * sizeof *h, cudaMemcpyHostToDevice, c->stream));
+  CUDA_TRY(cudaStreamSynchronize(c->stream)); /* before h is freed */
+fail:
+  free(h);
+  return rc;
+}
+
+int pa_cuda_gemm_peak(pa_backend *be, int n, int iters, double *tflops) {
   cuda_ctx *c = be->ctx;
   int rc = PA_OK;
   size_t bytes = (size_t)n * n * 2;
+  uint64_t rng = 0x9E3779B97F4A7C15ull;
   void *a = cuda_scratch(c, bytes), *b = cuda_scratch(c, bytes), *d = cuda_scratch(c, bytes);
   cublasLtMatmulDesc_t desc = NULL;
   cublasLtMatrixLayout_t la = NULL;
@@ -207,8 +241,8 @@ int pa_cuda_gemm_peak(int n, int iters, double *tflops) {
     rc = PA_ERR_NOMEM;
     goto fail;
   }
-  CUDA_TRY(cudaMemsetAsync(a, 0, bytes, c->stream));
-  CUDA_TRY(cudaMemsetAsync(b, 0, bytes, c->stream));
+  PA_TRY(upload_random_bf16(c, a, (size_t)n * n, &rng));
+  PA_TRY(upload_random_bf16(c, b, (size_t)n * n, &rng));
   cublasOperation_t tt = CUBLAS_OP_T;
   CUBLAS_TRY(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   CUBLAS_TRY(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &tt, sizeof tt));

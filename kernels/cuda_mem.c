@@ -292,9 +292,8 @@ fail:
   return NULL;
 }
 
-void pa_cuda_memory(size_t *live, size_t *cached) {
-  pa_backend *be = pa_cuda_backend();
-  cuda_ctx *c = be ? be->ctx : NULL;
+void pa_cuda_memory(pa_backend *be, size_t *live, size_t *cached) {
+  cuda_ctx *c = be->ctx;
   if (live) *live = c ? c->live_bytes : 0;
   if (cached) *cached = c ? c->cached_bytes : 0;
 }

@@ -508,20 +508,3 @@ static pa_backend cpu_backend = {
 };
 
 pa_backend *pa_cpu_backend(void) { return &cpu_backend; }
-
-#ifdef PAELLA_WITH_CUDA /* defined for paella_lib by kernels/CMakeLists.txt */
-pa_backend *pa_cuda_backend(void); /* kernels/cuda_backend.c; NULL + error without a device */
-#endif
-
-pa_backend *pa_backend_by_name(const char *name) {
-  if (!name || strcmp(name, "cpu") == 0) return &cpu_backend;
-  if (strcmp(name, "cuda") == 0) {
-#ifdef PAELLA_WITH_CUDA
-    return pa_cuda_backend();
-#endif
-    pa_fail(PA_ERR_UNSUPPORTED, "this build has no CUDA backend (configure with -DPAELLA_CUDA=ON)");
-    return NULL;
-  }
-  pa_fail(PA_ERR_INVALID, "unknown device '%s' (expected cpu or cuda)", name);
-  return NULL;
-}

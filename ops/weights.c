@@ -122,11 +122,29 @@ void pa_weights_set_autocreate(pa_weights *w, uint64_t seed, float scale) {
   w->auto_scale = scale;
 }
 
+#define SPLITMIX_GAMMA 0x9E3779B97F4A7C15ull
+
 static uint64_t splitmix64(uint64_t *s) {
-  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  uint64_t z = (*s += SPLITMIX_GAMMA);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
+}
+
+/* Below this many elements a tensor is drawn on one thread (a parallel region costs more). */
+#define AUTOCREATE_PARALLEL_MIN (1 << 16)
+
+/* d[i] ~ N(0, scale^2) by Box-Muller from splitmix64 outputs 2i and 2i+1 of `stream` (the k-th
+ * output depends only on stream + k * gamma), so every element is drawn on its own and the
+ * values never depend on the thread count. `variance`: 1 + |z| instead. */
+static void draw_normal(float *d, int64_t n, uint64_t stream, float scale, bool variance) {
+#pragma omp parallel for schedule(static) if (n >= AUTOCREATE_PARALLEL_MIN)
+  for (int64_t i = 0; i < n; i++) {
+    uint64_t state = stream + 2 * (uint64_t)i * SPLITMIX_GAMMA;
+    double u1 = ((splitmix64(&state) >> 11) + 0.5) * 0x1p-53, u2 = (splitmix64(&state) >> 11) * 0x1p-53;
+    double z = sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2) * scale;
+    d[i] = (float)(variance ? 1.0 + fabs(z) : z);
+  }
 }
 
 /* A synthetic tensor for `name` (see pa_weights_set_autocreate); the stream depends only on
@@ -135,15 +153,9 @@ static int autocreate(pa_weights *w, const char *name, int ndim, const int64_t *
   if (ndim < 0) return pa_fail(PA_ERR_NOTFOUND, "%s: missing tensor '%s'", w->source, name);
   pa_tensor *t = pa_tensor_new(PA_F32, ndim, shape);
   if (!t) return PA_ERR_NOMEM;
-  uint64_t state = w->auto_seed;
-  for (const char *c = name; *c; c++) state = (state ^ (unsigned char)*c) * 0x100000001B3ull;
-  bool variance = strstr(name, "running_var") != NULL;
-  float *d = t->data;
-  for (int64_t i = 0; i < pa_numel(t); i++) {
-    double u1 = ((splitmix64(&state) >> 11) + 0.5) * 0x1p-53, u2 = (splitmix64(&state) >> 11) * 0x1p-53;
-    double z = sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2) * w->auto_scale;
-    d[i] = (float)(variance ? 1.0 + fabs(z) : z);
-  }
+  uint64_t stream = w->auto_seed;
+  for (const char *c = name; *c; c++) stream = (stream ^ (unsigned char)*c) * 0x100000001B3ull;
+  draw_normal(t->data, pa_numel(t), stream, w->auto_scale, strstr(name, "running_var") != NULL);
   return pa_weights_add(w, name, t);
 }
 

@@ -289,7 +289,7 @@ static void t_vq(void) {
 
 static void t_gumbel(void) {
   float *dev = malloc(((size_t)1 << 24) * sizeof *dev);
-  CHECK_OK(pa_cuda_gumbel_table(dev));
+  CHECK_OK(pa_cuda_gumbel_table(gpu, dev));
   int64_t bad = 0;
   for (uint32_t i = 0; i < (1u << 24); i++) bad += dev[i] != pa_gumbel(pa_u32_to_uniform_open(i << 8));
   row("gumbel(all 2^24 uniforms)", "host vs device bits", (double)bad, 0, "(mismatches)");
@@ -493,12 +493,12 @@ static void t_encoders_mid(void) {
   row("t5-mid (byt5-xl widths, 2 layers)", "[2, 40, 2560]", relerr_host(hg, hc), TOL_BF16, "");
   pa_weights_free(w), pa_tensor_free(ids), pa_tensor_free(hc), pa_tensor_free(hg);
 
+  w = pa_weights_new("clip-mid"); /* both towers' synthetic weights, created once */
+  pa_weights_set_autocreate(w, 13, 0.05f);
   for (int vision = 0; vision < 2; vision++) {
     pa_clip_config cc = vision ? pa_clip_vision_default_config() : pa_clip_text_default_config();
     cc.num_layers = 2;
     if (vision) cc.image_size = 56;
-    w = pa_weights_new("clip-mid");
-    pa_weights_set_autocreate(w, 13, 0.05f);
     int64_t L = vision ? 1 + (56 / cc.patch_size) * (56 / cc.patch_size) : 20;
     pa_tensor *in;
     if (vision) {
@@ -514,8 +514,9 @@ static void t_encoders_mid(void) {
     row(vision ? "clip-vision-mid hidden (2 layers)" : "clip-text-mid hidden (2 layers)", vision ? "[1, 17, 1280]" : "[1, 20, 1024]",
         relerr_host(h2, h1), TOL_BF16, "");
     row(vision ? "clip-vision-mid embeds" : "clip-text-mid embeds", "[1, 1024]", relerr_host(e2, e1), TOL_BF16, "");
-    pa_weights_free(w), pa_tensor_free(in), pa_tensor_free(h1), pa_tensor_free(h2), pa_tensor_free(e1), pa_tensor_free(e2);
+    pa_tensor_free(in), pa_tensor_free(h1), pa_tensor_free(h2), pa_tensor_free(e1), pa_tensor_free(e2);
   }
+  pa_weights_free(w);
 }
 
 static int prior_run(pa_backend *be, pa_weights *w, const pa_prior_config *cfg, const pa_tensor *xh,
@@ -633,7 +634,8 @@ int main(void) {
   t_encoders_mid();
   t_prior_vqgan_mid();
   size_t live = 0, cached = 0;
-  pa_cuda_memory(&live, &cached);
+  pa_cuda_memory(gpu, &live, &cached);
   printf("device memory: %zu MiB live, %zu MiB cached\n", live >> 20, cached >> 20);
+  printf("naive GEMM fallbacks: %lld calls\n", (long long)pa_cuda_gemm_fallbacks(gpu));
   TEST_END();
 }
