@@ -10,11 +10,7 @@
 
 void sched_config_defaults(sched_config *c) {
   memset(c, 0, sizeof *c);
-  snprintf(c->redis_host, sizeof c->redis_host, "127.0.0.1");
-  c->redis_port = 6379;
-  snprintf(c->stream, sizeof c->stream, "paella:jobs");
-  snprintf(c->group, sizeof c->group, "workers");
-  snprintf(c->events_group, sizeof c->events_group, "scheduler");
+  pa_redis_url_defaults(&c->redis);
   snprintf(c->listen_host, sizeof c->listen_host, "127.0.0.1");
   c->listen_port = 8080;
   c->rate = 50000;
@@ -39,47 +35,12 @@ void sched_config_defaults(sched_config *c) {
   snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
 }
 
-/* Copies the value of `name=` from a query string "a=1&b=2" into out; 1 when found. */
-static int query_param(const char *q, const char *name, char *out, size_t cap) {
-  size_t n = strlen(name);
-  while (q && *q) {
-    const char *end = strchr(q, '&');
-    size_t len = end ? (size_t)(end - q) : strlen(q);
-    if (len > n && strncmp(q, name, n) == 0 && q[n] == '=') {
-      snprintf(out, cap, "%.*s", (int)(len - n - 1), q + n + 1);
-      return 1;
-    }
-    q = end ? end + 1 : NULL;
-  }
-  return 0;
-}
-
+/* The workers' parser (worker/redis_url.c): one reading of --queue for both binaries. */
 int sched_config_set_queue(sched_config *c, const char *url) {
-  if (strncmp(url, "redis://", 8) != 0)
-    return pa_fail(PA_ERR_INVALID, "--queue %s: the scheduler keeps its registry in Redis "
-                   "(redis://HOST:PORT/DB?stream=...&group=...)", url);
-  const char *p = url + 8, *q = strchr(p, '?');
-  char hostport[256];
-  size_t hp = strcspn(p, "/?");
-  if (hp == 0 || hp >= sizeof hostport) return pa_fail(PA_ERR_INVALID, "--queue %s: no host", url);
-  memcpy(hostport, p, hp);
-  hostport[hp] = 0;
-  char *colon = strrchr(hostport, ':');
-  if (colon) {
-    *colon = 0;
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port <= 0 || port > 65535) return pa_fail(PA_ERR_INVALID, "--queue %s: bad port", url);
-    c->redis_port = (int)port;
-  }
-  snprintf(c->redis_host, sizeof c->redis_host, "%s", hostport);
-  if (p[hp] == '/' && p[hp + 1] && p[hp + 1] != '?') c->redis_db = atoi(p + hp + 1);
-  if (q) {
-    query_param(q + 1, "stream", c->stream, sizeof c->stream);
-    query_param(q + 1, "group", c->group, sizeof c->group);
-    query_param(q + 1, "events_group", c->events_group, sizeof c->events_group);
-  }
-  return PA_OK;
+  if (!strncmp(url, "kafka://", 8))
+    return pa_fail(PA_ERR_INVALID, "--queue: the scheduler keeps its registry in Redis "
+                   "(redis://[[USER]:PASSWORD@]HOST:PORT/DB?stream=...&group=...), not Kafka");
+  return pa_redis_url_parse(url, &c->redis);
 }
 
 int sched_config_set_storage(sched_config *c, const char *url) {
@@ -208,7 +169,7 @@ static const struct { const char *env, *flag; } ENV[] = {
 
 void sched_config_usage(void) {
   printf("usage: paella-scheduler [options]\n"
-         "  --queue redis://HOST:PORT/DB?stream=paella:jobs&group=workers   ($PAELLA_QUEUE)\n"
+         "  --queue redis://[[USER]:PASS@]HOST:PORT/DB?stream=paella:jobs&group=workers   ($PAELLA_QUEUE)\n"
          "  --storage file:///DIR        batch shards and manifests            ($PAELLA_STORAGE)\n"
          "  --listen HOST:PORT           [127.0.0.1:8080]                      ($PAELLA_LISTEN)\n"
          "  --api-key-hashes NAME:SHA256HEX[:admin],...  bearer keys, hashed ($PAELLA_API_KEY_HASHES)\n"

@@ -81,13 +81,13 @@ int jobs_submit(const sched_config *c, const pw_job *job, const char *owner, int
   else snprintf(k_idem, sizeof k_idem, "-");
   snprintf(k_index, sizeof k_index, "paella:owner:%s:jobs", owner);
   snprintf(k_active, sizeof k_active, "paella:owner:%s:active", owner);
-  snprintf(k_dead, sizeof k_dead, "%s:sched:deadlines", c->stream);
+  snprintf(k_dead, sizeof k_dead, "%s:sched:deadlines", c->redis.stream);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   snprintf(maxa, sizeof maxa, "%d", max_active);
   snprintf(ttl, sizeof ttl, "%d", c->idempotency_ttl_s);
   snprintf(idx, sizeof idx, "%ld", index);
   snprintf(deadline, sizeof deadline, "%" PRId64, job->deadline_ms);
-  const char *args[] = {k_job, c->stream, k_idem, k_index, k_active, k_dead, job->id, (const char *)mp,
+  const char *args[] = {k_job, c->redis.stream, k_idem, k_index, k_active, k_dead, job->id, (const char *)mp,
                         now, owner, maxa, body_sha ? body_sha : "", ttl, batch ? batch : "", idx, deadline};
   size_t lens[16];
   for (int i = 0; i < 16; i++) lens[i] = strlen(args[i]);
@@ -273,10 +273,10 @@ int jobs_cancel(const sched_config *c, const char *id, const char *owner, char *
   if (rc) return rc;
   char k_job[160], k_events[160], now[24];
   snprintf(k_job, sizeof k_job, "paella:job:%s", id);
-  snprintf(k_events, sizeof k_events, "%s:events", c->stream);
+  snprintf(k_events, sizeof k_events, "%s:events", c->redis.stream);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   sched_zsets z = sched_zsets_of(c);
-  const char *args[] = {k_job, c->stream, k_events, z.retry, now, owner ? owner : "", id, (const char *)mp};
+  const char *args[] = {k_job, c->redis.stream, k_events, z.retry, now, owner ? owner : "", id, (const char *)mp};
   size_t lens[8];
   for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
   lens[7] = mp_len;

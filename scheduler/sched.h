@@ -19,6 +19,7 @@
 
 #include "ops/error.h"
 #include "proto/proto.h"
+#include "worker/redis_url.h"
 
 /* ---- configuration (config.c) ------------------------------------------------------- */
 #define SCHED_MAX_KEYS 64
@@ -30,12 +31,8 @@ typedef struct {
 } sched_key;
 
 typedef struct {
-  char redis_host[256];
-  int redis_port;
-  int redis_db;
-  char stream[128];       /* jobs stream; {stream}:events and {stream}:dead derive from it */
-  char group[64];         /* the workers' consumer group (metrics read its lag) */
-  char events_group[64];  /* the schedulers' consumer group on {stream}:events */
+  pa_redis_url redis;     /* --queue, read as the workers read it: host, credentials, db, stream,
+                           * group (metrics read its lag), events_group */
   char storage_dir[1024]; /* file:///DIR: batches' shards and manifests, dashboard images */
   char listen_host[64];
   int listen_port;

@@ -216,14 +216,14 @@ static void process_entry(const sched_config *c, const redisReply *fields) {
 }
 
 static void ensure_group(const sched_config *c, const char *events) {
-  redisReply *r = sched_cmdf(c, "XGROUP CREATE %s %s 0 MKSTREAM", events, c->events_group);
+  redisReply *r = sched_cmdf(c, "XGROUP CREATE %s %s 0 MKSTREAM", events, c->redis.events_group);
   if (r) freeReplyObject(r); /* BUSYGROUP: it exists */
 }
 
 /* Reads one batch: first this consumer's own pending entries ("0": left by a crash of a
  * scheduler with the same name), then new ones (">"). Returns the entries handled. */
 static int consume_once(const sched_config *c, const char *events, const char *from) {
-  redisReply *r = sched_cmdf(c, "XREADGROUP GROUP %s %s COUNT 256 BLOCK 500 STREAMS %s %s", c->events_group,
+  redisReply *r = sched_cmdf(c, "XREADGROUP GROUP %s %s COUNT 256 BLOCK 500 STREAMS %s %s", c->redis.events_group,
                              c->consumer, events, from);
   if (!r) return -1;
   int n = 0;
@@ -233,7 +233,7 @@ static int consume_once(const sched_config *c, const char *events, const char *f
     for (size_t i = 0; i < entries->elements; i++) {
       const redisReply *e = entries->element[i];
       if (e->elements == 2 && e->element[1]->type == REDIS_REPLY_ARRAY) process_entry(c, e->element[1]);
-      redisReply *ack = sched_cmdf(c, "XACK %s %s %s", events, c->events_group, e->element[0]->str);
+      redisReply *ack = sched_cmdf(c, "XACK %s %s %s", events, c->redis.events_group, e->element[0]->str);
       if (ack) freeReplyObject(ack);
       n++;
     }
@@ -245,7 +245,7 @@ static int consume_once(const sched_config *c, const char *events, const char *f
 static void *consumer_main(void *arg) {
   sched_tracker *t = arg;
   char events[160];
-  snprintf(events, sizeof events, "%s:events", t->c->stream);
+  snprintf(events, sizeof events, "%s:events", t->c->redis.stream);
   ensure_group(t->c, events);
   while (!t->stop && consume_once(t->c, events, "0") > 0) {}
   while (!t->stop)
@@ -276,7 +276,7 @@ static char *event_json(const char *type, const char *msg, size_t len) {
 static void *fanout_main(void *arg) {
   sched_tracker *t = arg;
   char events[160], last[64] = "$";
-  snprintf(events, sizeof events, "%s:events", t->c->stream);
+  snprintf(events, sizeof events, "%s:events", t->c->redis.stream);
   while (!t->stop) {
     redisReply *r = sched_cmdf(t->c, "XREAD COUNT 512 BLOCK 500 STREAMS %s %s", events, last);
     if (!r) {
@@ -363,8 +363,8 @@ static void requeue_one(const sched_config *c, const char *id, const char *now) 
       pw_job_encode(&job, &mp, &mp_len, &err);
     }
   }
-  const char *args[] = {key, c->stream, z.retry, id, mp ? (const char *)mp : "", now};
-  size_t lens[] = {strlen(key), strlen(c->stream), strlen(z.retry), strlen(id), mp ? mp_len : 0, strlen(now)};
+  const char *args[] = {key, c->redis.stream, z.retry, id, mp ? (const char *)mp : "", now};
+  size_t lens[] = {strlen(key), strlen(c->redis.stream), strlen(z.retry), strlen(id), mp ? mp_len : 0, strlen(now)};
   if (mp) eval_int(c, REQUEUE_LUA, 3, 3, args, lens, NULL);
   else {
     redisReply *r = sched_cmdf(c, "ZREM %s %s", z.retry, id); /* unreadable: drop */
@@ -383,8 +383,8 @@ static void deadline_one(const sched_config *c, const char *id, const char *now)
     return;
   char key[160], events[160];
   snprintf(key, sizeof key, "paella:job:%s", id);
-  snprintf(events, sizeof events, "%s:events", c->stream);
-  const char *args[] = {key, c->stream, events, z.deadlines, z.retry, id, now, (const char *)mp};
+  snprintf(events, sizeof events, "%s:events", c->redis.stream);
+  const char *args[] = {key, c->redis.stream, events, z.deadlines, z.retry, id, now, (const char *)mp};
   size_t lens[8];
   for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
   lens[7] = mp_len;

@@ -586,7 +586,7 @@ static int open_cache(worker *w) {
   const pa_worker_config *c = w->cfg;
   const char *url = c->cache_url;
   if (url && !strcmp(url, "off")) return PA_OK;
-  if (!url || !*url) url = !strncmp(c->queue_url, "redis://", 8) ? c->queue_url : NULL;
+  if (!url || !*url) url = !strncmp(c->queue_url, "redis", 5) ? c->queue_url : NULL;
   pa_emb_cache_options o = {.redis_url = url, .ttl_s = c->cache_ttl_s, .max_entries = c->cache_max_entries,
                             .max_bytes = c->cache_max_bytes};
   int rc = pa_emb_cache_open(&o, &w->cache);

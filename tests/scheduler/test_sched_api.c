@@ -283,7 +283,7 @@ static int scripted_run(sched_config *c, const char *stream, bool succeed) {
 static void test_retries_and_deadletters(void) {
   sched_config c;
   harness_config(&c);
-  snprintf(c.stream, sizeof c.stream, "paella:retrytest");
+  snprintf(c.redis.stream, sizeof c.redis.stream, "paella:retrytest");
   c.max_attempts = 2;
   c.backoff_ms = 100;
   add_key(&c, "admin", "admin-token", true);
@@ -300,8 +300,8 @@ static void test_retries_and_deadletters(void) {
   char id[64], path[160];
   snprintf(id, sizeof id, "%s", h_str(r.json, "id") ? h_str(r.json, "id") : "");
   h_resp_free(&r);
-  CHECK(scripted_run(&c, c.stream, false) == 0); /* attempt 1: io_error -> retried after backoff */
-  CHECK(scripted_run(&c, c.stream, false) == 0); /* attempt 2: the last -> dead letters */
+  CHECK(scripted_run(&c, c.redis.stream, false) == 0); /* attempt 1: io_error -> retried after backoff */
+  CHECK(scripted_run(&c, c.redis.stream, false) == 0); /* attempt 2: the last -> dead letters */
   char dead[64] = "";
   for (double end = h_now() + 5; h_now() < end && !dead[0]; usleep(50000)) {
     CHECK(h_http(port, "GET", "/v1/deadletters", ADMIN, NULL, 0, 5, &r) == 0 && r.status == 200);
@@ -320,7 +320,7 @@ static void test_retries_and_deadletters(void) {
   h_resp_free(&r);
   CHECK(h_http(port, "POST", path, ADMIN, NULL, 0, 5, &r) == 0 && r.status == 404); /* gone */
   h_resp_free(&r);
-  CHECK(scripted_run(&c, c.stream, true) == 0);
+  CHECK(scripted_run(&c, c.redis.stream, true) == 0);
   snprintf(path, sizeof path, "/v1/jobs/%s", id);
   bool ok = false;
   for (double end = h_now() + 5; h_now() < end && !ok; usleep(50000)) {
@@ -340,7 +340,7 @@ done:
 static void test_rate_limit_and_quota(void) {
   sched_config c;
   harness_config(&c);
-  snprintf(c.stream, sizeof c.stream, "paella:ratetest"); /* no worker: jobs stay queued */
+  snprintf(c.redis.stream, sizeof c.redis.stream, "paella:ratetest"); /* no worker: jobs stay queued */
   c.rate = 0.5;
   c.burst = 3;
   c.max_active = 1;
