@@ -227,14 +227,16 @@ int jobs_render(const sched_config *c, const char *id, const char *owner, char *
 
 /* ---- cancel ------------------------------------------------------------------------- */
 
-/* KEYS: job hash, stream, events stream, retry zset. ARGV: now, owner ('' any), id, result.
+/* A queued job's stream entry is not deleted: XDEL of an entry no consumer has read breaks the
+ * group's lag (null in Redis 7.0-7.2, what KEDA wakes workers by). The final status marks it;
+ * the worker that claims it sees the job settled and acknowledges it without running it.
+ * KEYS: job hash, stream, events stream, retry zset. ARGV: now, owner ('' any), id, result.
  * {-1} unknown, {0, status} already final, {1} canceled while queued, {2} flag set (running). */
 static const char CANCEL_LUA[] =
     "local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'entry')\n"
     "if not h[1] then return {-1, ''} end\n"
     "if ARGV[2] ~= '' and h[2] ~= ARGV[2] then return {-1, ''} end\n"
     "if h[1] == 'queued' then\n"
-    "  if h[3] then redis.call('XDEL', KEYS[2], h[3]) end\n"
     "  redis.call('ZREM', KEYS[4], ARGV[3])\n"
     "  redis.call('HSET', KEYS[1], 'status', 'canceled', 'cancel', '1', 'updated_ms', ARGV[1],\n"
     "    'result', ARGV[4])\n"

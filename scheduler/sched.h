@@ -131,7 +131,8 @@ int jobs_submit(const sched_config *c, const pw_job *job, const char *owner, int
  * key (owner NULL: any). */
 int jobs_render(const sched_config *c, const char *id, const char *owner, char **json,
                 char *status, size_t status_cap);
-/* Cancels: queued -> canceled at once (the stream entry is deleted, so no worker runs it);
+/* Cancels: queued -> canceled at once (the stream entry stays, unread entries are never
+ * deleted: the worker that claims it finds the job final and acknowledges it unrun);
  * running -> the cancel flag is set and the worker stops at its next step. *state gets the
  * status after the call; PA_ERR_INVALID when already final. */
 int jobs_cancel(const sched_config *c, const char *id, const char *owner, char *state, size_t cap);

@@ -313,12 +313,13 @@ static const char REQUEUE_LUA[] =
     "redis.call('HSET', KEYS[1], 'entry', e, 'job', ARGV[2], 'updated_ms', ARGV[3])\n"
     "return 1\n";
 
-/* KEYS: job hash, stream, events, deadlines, retry. ARGV: id, now, failed result msgpack. */
+/* A queued job past its deadline is marked failed; its entry stays for a worker to acknowledge
+ * unrun (never XDEL an unread entry: see CANCEL_LUA in jobs.c).
+ * KEYS: job hash, stream, events, deadlines, retry. ARGV: id, now, failed result msgpack. */
 static const char DEADLINE_LUA[] =
     "redis.call('ZREM', KEYS[4], ARGV[1])\n"
     "local h = redis.call('HMGET', KEYS[1], 'status', 'entry')\n"
     "if h[1] == 'queued' then\n"
-    "  if h[2] then redis.call('XDEL', KEYS[2], h[2]) end\n"
     "  redis.call('ZREM', KEYS[5], ARGV[1])\n"
     "  redis.call('HSET', KEYS[1], 'status', 'failed', 'result', ARGV[3], 'updated_ms', ARGV[2])\n"
     "  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 'type', 'failed', 'id', ARGV[1], 'msg', ARGV[3])\n"

@@ -174,6 +174,42 @@ __attribute__((unused)) static void harness_stop_stack(sched_tracker *t, sched_s
   hub_shutdown();
 }
 
+/* The workers' lag read as KEDA's redis-streams scaler reads it for lagCount: the group's
+ * `lag` field of XINFO GROUPS, or XLEN while the group does not exist. -1: a null lag (Redis
+ * could not compute it; KEDA then never wakes the workers), -2: Redis failed. */
+__attribute__((unused)) static long long h_keda_lag(const sched_config *c, const char *stream, const char *group) {
+  redisReply *r = sched_cmdf(c, "XINFO GROUPS %s", stream);
+  long long lag = -2;
+  bool found = false;
+  for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+    const redisReply *g = r->element[i];
+    bool mine = false;
+    for (size_t k = 0; g->type == REDIS_REPLY_ARRAY && k + 1 < g->elements; k += 2) {
+      const char *key = g->element[k]->str;
+      const redisReply *v = g->element[k + 1];
+      if (!strcmp(key, "name")) mine = v->type == REDIS_REPLY_STRING && !strcmp(v->str, group);
+      if (mine && !strcmp(key, "lag")) {
+        found = true;
+        lag = v->type == REDIS_REPLY_INTEGER ? v->integer : -1;
+      }
+    }
+  }
+  if (r) freeReplyObject(r);
+  if (found) return lag;
+  r = sched_cmdf(c, "XLEN %s", stream);
+  if (r && r->type == REDIS_REPLY_INTEGER) lag = r->integer;
+  if (r) freeReplyObject(r);
+  return lag;
+}
+
+/* Waits until the KEDA-read lag is `want`; false (and the last value in *last) past timeout_s. */
+__attribute__((unused)) static bool h_wait_lag(const sched_config *c, const char *stream, const char *group,
+                                               long long want, double timeout_s, long long *last) {
+  for (double end = h_now() + timeout_s; h_now() < end; usleep(100000))
+    if ((*last = h_keda_lag(c, stream, group)) == want) return true;
+  return false;
+}
+
 /* ---- HTTP client -------------------------------------------------------------------- */
 typedef struct {
   int status;
