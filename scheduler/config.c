@@ -30,6 +30,8 @@ void sched_config_defaults(sched_config *c) {
   /* Above the tracker's 500 ms XREAD BLOCK, and short enough that /readyz and submissions
    * answer 503 within 2 s while Redis is frozen. */
   c->redis_timeout_ms = 1200;
+  c->job_ttl_s = 86400;
+  c->dead_letters_max = 10000;
   char host[64] = "scheduler";
   gethostname(host, sizeof host - 1);
   snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
@@ -153,6 +155,8 @@ static int apply(sched_config *c, const char *name, const char *v) {
   NUM("--max-per-ip", 1, 1e6, c->max_per_ip);
   NUM("--idle-timeout", 1, 3600, c->idle_timeout_s);
   NUM("--redis-timeout-ms", 100, 60000, c->redis_timeout_ms);
+  NUM("--job-ttl", 0, 86400 * 365, c->job_ttl_s);
+  NUM("--dead-letters-max", 1, 1e8, c->dead_letters_max);
 #undef NUM
   return pa_fail(PA_ERR_INVALID, "unknown option %s", name);
 }
@@ -164,6 +168,7 @@ static const struct { const char *env, *flag; } ENV[] = {
     {"PAELLA_MAX_ACTIVE", "--max-active"}, {"PAELLA_MAX_ATTEMPTS", "--max-attempts"},
     {"PAELLA_JOB_TIMEOUT", "--job-timeout"}, {"PAELLA_SHARD_SIZE", "--shard-size"},
     {"PAELLA_MAX_CONNECTIONS", "--max-connections"}, {"PAELLA_MAX_PER_IP", "--max-per-ip"},
+    {"PAELLA_JOB_TTL", "--job-ttl"},   {"PAELLA_DEAD_LETTERS_MAX", "--dead-letters-max"},
     {"PAELLA_WEBHOOK_SECRETS", "--webhook-secrets"}, {"PAELLA_WEBHOOK_ALLOW_UNSIGNED", "--webhook-allow-unsigned"},
 };
 
@@ -184,6 +189,9 @@ void sched_config_usage(void) {
          "  --max-connections N --max-per-ip N   open HTTP connections, in all and per client [10000, 1000]\n"
          "  --idle-timeout S             close connections silent this long [15]\n"
          "  --redis-timeout-ms MS        connect/reply timeout of Redis calls (then 503) [1200]\n"
+         "  --job-ttl S                  a finished job's record expires S after it ends; 0: never [86400]\n"
+         "                               ($PAELLA_JOB_TTL)\n"
+         "  --dead-letters-max N         dead letters kept, newest first (about) [10000]  ($PAELLA_DEAD_LETTERS_MAX)\n"
          "  --webhook-secrets DIR        the workers' secrets: a webhook whose secret_id is in neither DIR\n"
          "                               nor $PAELLA_WEBHOOK_SECRET_<ID> is refused (422)  ($PAELLA_WEBHOOK_SECRETS)\n"
          "  --webhook-allow-unsigned 1   accept such webhooks; workers send them unsigned ($PAELLA_WEBHOOK_ALLOW_UNSIGNED)\n");

@@ -95,6 +95,7 @@ static const char REQUEUE_DEAD_LUA[] =
     "redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0', 'cancel', '0', 'entry', e,\n"
     "  'job', ARGV[2], 'updated_ms', ARGV[3])\n"
     "redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[3])\n"
+    "redis.call('PERSIST', KEYS[1])\n" /* live again: retention restarts when it ends */
     "if KEYS[4] ~= '-' then redis.call('SADD', KEYS[4], ARGV[1]) end\n"
     "return 1\n";
 

@@ -194,7 +194,7 @@ int jobs_fetch(const sched_config *c, const char *id, redisReply **out) {
   }
   if (r->elements == 0) {
     freeReplyObject(r);
-    return pa_fail(PA_ERR_NOTFOUND, "no job %s", id);
+    return pa_fail(PA_ERR_NOTFOUND, "no job %s", id); /* unknown, or expired (--job-ttl after it ended) */
   }
   *out = r;
   return PA_OK;

@@ -54,6 +54,8 @@ typedef struct {
   int max_per_ip;         /* open HTTP connections from one client address */
   int idle_timeout_s;     /* a connection silent this long is closed (headers included) */
   int redis_timeout_ms;   /* connect and reply timeout of every Redis call: 503 past it */
+  int job_ttl_s;          /* a finished job's record expires this long after it ends (0: never) */
+  int dead_letters_max;   /* {stream}:dead keeps about this many newest entries */
   char webhook_secrets_dir[1024]; /* the workers' --webhook-secrets (else the variables) */
   bool webhook_allow_unsigned;    /* accept webhooks whose secret is not configured */
 } sched_config;
@@ -144,6 +146,9 @@ void jobs_new_id(char *out, size_t cap); /* "j-" + 26 hex chars of random */
 
 /* ---- tracker and reaper (tracker.c) ------------------------------------------------- */
 typedef struct sched_tracker sched_tracker;
+/* Retention of the streams (the reaper runs it every 5 s): acknowledged job entries are
+ * trimmed, never an unread or pending one; {stream}:dead keeps dead_letters_max. */
+int tracker_trim(const sched_config *c, long long *trimmed);
 int tracker_start(const sched_config *c, sched_tracker **out);
 void tracker_stop(sched_tracker *t);
 /* One reaper pass (deadlines, timeouts, due retries); exposed for tests. */

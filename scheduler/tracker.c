@@ -6,7 +6,7 @@
  *
  * State machine (status field; "cancel" and "cancel_reason" ride along):
  *   queued -> running            start event (the worker also writes it)
- *   queued -> canceled           POST cancel: the stream entry is deleted, no worker runs it
+ *   queued -> canceled           POST cancel: the worker acks the entry unrun (never XDEL'd)
  *   queued -> failed             deadline passed before a worker took it
  *   running -> succeeded|failed|canceled   the worker's Result
  *   failed (retryable) -> queued attempts < max_attempts, after backoff_ms * 2^attempts
@@ -61,12 +61,18 @@ static const char RETRY_LUA[] =
     "redis.call('ZREM', KEYS[3], ARGV[2])\n"
     "return 1\n";
 
-/* KEYS: job hash, running, deadlines, retry, owner active set (or "-").
- * ARGV: now, id, rewritten status ('' = keep), rewritten result. */
+/* Retention starts here, the one place a job becomes settled: its record and its webhook
+ * delivery log expire job_ttl_s later (batch members stay: their batch reads them).
+ * KEYS: job hash, running, deadlines, retry, owner active set (or "-"), deliveries list.
+ * ARGV: now, id, rewritten status ('' = keep), rewritten result, ttl seconds (0 = keep). */
 static const char FINAL_LUA[] =
     "if redis.call('HEXISTS', KEYS[1], 'finished_ms') == 1 then return 0 end\n"
     "if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4]) end\n"
     "redis.call('HSET', KEYS[1], 'finished_ms', ARGV[1], 'updated_ms', ARGV[1])\n"
+    "if tonumber(ARGV[5]) > 0 and redis.call('HEXISTS', KEYS[1], 'batch') == 0 then\n"
+    "  redis.call('EXPIRE', KEYS[1], ARGV[5])\n"
+    "  redis.call('EXPIRE', KEYS[6], ARGV[5])\n"
+    "end\n"
     "redis.call('ZREM', KEYS[2], ARGV[2])\n"
     "redis.call('ZREM', KEYS[3], ARGV[2])\n"
     "redis.call('ZREM', KEYS[4], ARGV[2])\n"
@@ -139,18 +145,20 @@ static void settle(const sched_config *c, const char *id, const redisReply *h, c
   bool rewrite = code != PW_OK;
   if (rewrite && jobs_final_result(id, status, code, message, &mp, &mp_len)) return;
   const char *owner = jobs_field(h, "owner", NULL);
-  char key[160], active[200], now[24];
+  char key[160], active[200], now[24], deliveries[180], ttl[16];
   snprintf(key, sizeof key, "paella:job:%s", id);
+  snprintf(deliveries, sizeof deliveries, "%s:deliveries", key);
   if (owner) snprintf(active, sizeof active, "paella:owner:%s:active", owner);
   else snprintf(active, sizeof active, "-");
   snprintf(now, sizeof now, "%" PRId64, now_ms());
-  const char *args[] = {key, z.running, z.deadlines, z.retry, active,
-                        now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : ""};
-  size_t lens[9];
-  for (int i = 0; i < 9; i++) lens[i] = strlen(args[i]);
-  lens[8] = rewrite ? mp_len : 0;
+  snprintf(ttl, sizeof ttl, "%d", c->job_ttl_s);
+  const char *args[] = {key, z.running, z.deadlines, z.retry, active, deliveries,
+                        now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : "", ttl};
+  size_t lens[11];
+  for (int i = 0; i < 11; i++) lens[i] = strlen(args[i]);
+  lens[9] = rewrite ? mp_len : 0;
   long long first = 0;
-  if (eval_int(c, FINAL_LUA, 5, 4, args, lens, &first) == PA_OK && first) {
+  if (eval_int(c, FINAL_LUA, 6, 5, args, lens, &first) == PA_OK && first) {
     sched_metrics_count(status == PW_STATUS_SUCCEEDED ? SCHED_M_SUCCEEDED
                         : status == PW_STATUS_FAILED  ? SCHED_M_FAILED
                                                       : SCHED_M_CANCELED);
@@ -416,9 +424,47 @@ int tracker_reap(const sched_config *c) {
   return PA_OK;
 }
 
+/* Acknowledged entries go: the stream keeps everything from the oldest entry some group still
+ * needs (its oldest pending entry, else its last delivered one) and nothing older, so no
+ * unread entry is ever removed (the lag stays exact: docs/queues.md). Dead letters keep the
+ * newest dead_letters_max. Atomic, so a group's position cannot move in between.
+ * KEYS: stream, dead stream. ARGV: dead letters kept. Returns entries trimmed from the stream. */
+static const char TRIM_LUA[] =
+    "local function older(a, b)\n"
+    "  local am, as = string.match(a, '(%d+)-(%d+)')\n"
+    "  local bm, bs = string.match(b, '(%d+)-(%d+)')\n"
+    "  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)\n"
+    "  return am < bm or (am == bm and as < bs)\n"
+    "end\n"
+    "redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])\n"
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+    "local groups = redis.call('XINFO', 'GROUPS', KEYS[1])\n"
+    "if #groups == 0 then return 0 end\n"
+    "local keep = nil\n"
+    "for _, g in ipairs(groups) do\n"
+    "  local f = {}\n"
+    "  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
+    "  local id = f['last-delivered-id']\n"
+    "  if f['pending'] > 0 then id = redis.call('XPENDING', KEYS[1], f['name'])[2] end\n"
+    "  if not keep or older(id, keep) then keep = id end\n"
+    "end\n"
+    "return redis.call('XTRIM', KEYS[1], 'MINID', keep)\n";
+
+int tracker_trim(const sched_config *c, long long *trimmed) {
+  char dead[160], keep[24];
+  snprintf(dead, sizeof dead, "%s:dead", c->redis.stream);
+  snprintf(keep, sizeof keep, "%d", c->dead_letters_max);
+  const char *args[] = {c->redis.stream, dead, keep};
+  long long n = 0;
+  int rc = eval_int(c, TRIM_LUA, 2, 1, args, NULL, &n);
+  if (trimmed) *trimmed = n;
+  return rc;
+}
+
 static void *reaper_main(void *arg) {
   sched_tracker *t = arg;
-  while (!t->stop) {
+  for (unsigned pass = 0; !t->stop; pass++) {
+    if (pass % 25 == 0) tracker_trim(t->c, NULL); /* every 5 s */
     tracker_reap(t->c);
     for (int i = 0; i < 4 && !t->stop; i++) usleep(50000); /* 200 ms between passes */
   }

@@ -317,12 +317,15 @@ static const char take_lua[] =
     "redis.call('ZADD', KEYS[1], ARGV[2], m[1])\n"
     "return {m[1], h}\n";
 
-/* KEYS: outbox, message hash, the job's deliveries list, metrics hash. ARGV: msg id, record
- * ("" = none), retry at (0 = finished), attempted (1/0), counters "a,b", records kept. */
+/* The deliveries list expires with the job record (the scheduler's retention, docs/queues.md).
+ * KEYS: outbox, message hash, the job's deliveries list, metrics hash, job hash. ARGV: msg id,
+ * record ("" = none), retry at (0 = finished), attempted (1/0), counters "a,b", records kept. */
 static const char settle_lua[] =
     "if ARGV[2] ~= '' then\n"
     "  redis.call('RPUSH', KEYS[3], ARGV[2])\n"
     "  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)\n"
+    "  local ttl = redis.call('PTTL', KEYS[5])\n"
+    "  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end\n"
     "end\n"
     "for c in string.gmatch(ARGV[5], '[^,]+') do redis.call('HINCRBY', KEYS[4], c, 1) end\n"
     "if ARGV[3] == '0' then\n"
@@ -557,14 +560,16 @@ static int rq_outbox_settle(pa_queue *qq, const pa_outbox_item *it, const char *
                             bool attempted, const char *counters) {
   rq *q = qq->impl;
   rq_args a = {0};
-  char hkey[512], list[160];
+  char hkey[512], list[160], job[160];
   hook_key(q, it->msg_id, hkey, sizeof hkey);
   snprintf(list, sizeof list, JOB_KEY_PREFIX "%s:deliveries", it->job_id);
-  eval_head(&a, settle_lua, 4);
+  snprintf(job, sizeof job, JOB_KEY_PREFIX "%s", it->job_id);
+  eval_head(&a, settle_lua, 5);
   arg(&a, q->outbox);
   arg(&a, hkey);
   arg(&a, list);
   arg(&a, "paella:metrics");
+  arg(&a, job);
   arg(&a, it->msg_id);
   arg(&a, record_json ? record_json : "");
   arg_int(&a, retry_at_ms);

@@ -1,7 +1,10 @@
 /* Redis as operators run it: with a password (requirepass) and an ACL user. The scheduler
  * and the worker read one --queue URL with one parser (worker/redis_url.c): the scheduler is
  * ready and a job runs through a worker with the same URL; a wrong or missing password is a
- * clear error on /readyz (503 with Redis' reason) and at worker start. */
+ * clear error on /readyz (503 with Redis' reason) and at worker start.
+ * Retention: a finished job's record expires after --job-ttl (then 404), acknowledged stream
+ * entries are trimmed (never a pending or unread one: the lag stays exact), dead letters are
+ * capped. */
 #include "tests/scheduler/harness.h"
 
 #define JSON_CT "Content-Type: application/json\r\n"
@@ -64,6 +67,81 @@ static void check_worker_refused(const char *url, const char *reason) {
   CHECK_MSG(strstr(text, reason), "worker log lacks '%s': %s", reason, text);
 }
 
+static long long int_cmd(const sched_config *c, const char *fmt, const char *a, const char *b) {
+  redisReply *r = sched_cmdf(c, fmt, a, b);
+  long long v = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -100;
+  if (r) freeReplyObject(r);
+  return v;
+}
+
+/* The finished job's record expires (--job-ttl 3 here), GET then answers 404 not_found; the
+ * stream keeps no acknowledged entry but the last delivered one, and the lag is 0. */
+static void test_retention_of_jobs(const sched_config *c, int port, const char *id) {
+  char key[160], path[160];
+  snprintf(key, sizeof key, "paella:job:%s", id);
+  long long ttl = int_cmd(c, "TTL %s%s", key, "");
+  CHECK_MSG(ttl > 0 && ttl <= 3, "TTL of a finished job: %lld", ttl);
+  snprintf(path, sizeof path, "/v1/jobs/%s", id);
+  bool gone = false;
+  for (double end = h_now() + 60; !gone && h_now() < end; usleep(200000)) {
+    h_resp r;
+    gone = h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && r.status == 404 &&
+           h_str_is(r.json, "error.code", "not_found") && r.body && strstr(r.body, "no job");
+    h_resp_free(&r);
+  }
+  CHECK_MSG(gone, "GET %s is not 404 after the retention", path);
+  long long trimmed = -1, lag = -3;
+  CHECK_OK(tracker_trim(c, &trimmed));
+  CHECK(int_cmd(c, "XLEN %s%s", c->redis.stream, "") == 1); /* the last delivered entry */
+  CHECK_MSG((lag = h_keda_lag(c, c->redis.stream, c->redis.group)) == 0, "lag after trimming: %lld", lag);
+}
+
+/* On a private stream: two groups, one pending entry, unread entries. Trimming keeps
+ * everything from the oldest entry a group still needs; dead letters keep the newest N. */
+static void test_trim_keeps_unread(void) {
+  sched_config c;
+  harness_config(&c);
+  char url[160];
+  snprintf(url, sizeof url, "redis://:pw@127.0.0.1:%d/0?stream=paella:trimtest", h_redis_port);
+  CHECK_OK(sched_config_set_queue(&c, url));
+  c.dead_letters_max = 3;
+  char ids[6][64];
+  redisReply *r = sched_cmdf(&c, "XGROUP CREATE paella:trimtest workers $ MKSTREAM");
+  if (r) freeReplyObject(r);
+  for (int i = 0; i < 6; i++) {
+    r = sched_cmdf(&c, "XADD paella:trimtest * id job%d", i);
+    snprintf(ids[i], sizeof ids[i], "%s", r && r->type == REDIS_REPLY_STRING ? r->str : "");
+    if (r) freeReplyObject(r);
+    r = sched_cmdf(&c, "XADD paella:trimtest:dead * id dead%d", i);
+    if (r) freeReplyObject(r);
+  }
+  r = sched_cmdf(&c, "XREADGROUP GROUP workers w1 COUNT 4 STREAMS paella:trimtest >");
+  if (r) freeReplyObject(r);
+  r = sched_cmdf(&c, "XACK paella:trimtest workers %s %s %s", ids[0], ids[1], ids[3]); /* ids[2] stays pending */
+  if (r) freeReplyObject(r);
+  long long n = -1, lag = -3;
+  CHECK_OK(tracker_trim(&c, &n));
+  CHECK_MSG(n == 2 && int_cmd(&c, "XLEN %s%s", "paella:trimtest", "") == 4, "trimmed %lld", n);
+  CHECK_MSG((lag = h_keda_lag(&c, "paella:trimtest", "workers")) == 2, "lag after trim: %lld", lag);
+  CHECK(int_cmd(&c, "XLEN %s%s", "paella:trimtest:dead", "") == 3);
+  /* A second group that read nothing needs every entry from the first one left. */
+  r = sched_cmdf(&c, "XGROUP CREATE paella:trimtest audit 0");
+  if (r) freeReplyObject(r);
+  r = sched_cmdf(&c, "XACK paella:trimtest workers %s", ids[2]);
+  if (r) freeReplyObject(r);
+  CHECK_OK(tracker_trim(&c, &n));
+  CHECK_MSG(n == 0 && int_cmd(&c, "XLEN %s%s", "paella:trimtest", "") == 4, "trimmed %lld with a group behind", n);
+  r = sched_cmdf(&c, "XGROUP DESTROY paella:trimtest audit");
+  if (r) freeReplyObject(r);
+  CHECK_OK(tracker_trim(&c, &n)); /* workers: nothing pending, last delivered ids[3] */
+  CHECK_MSG(n == 1 && int_cmd(&c, "XLEN %s%s", "paella:trimtest", "") == 3, "trimmed %lld", n);
+  CHECK_MSG((lag = h_keda_lag(&c, "paella:trimtest", "workers")) == 2, "lag after trim: %lld", lag);
+  r = sched_cmdf(&c, "XREADGROUP GROUP workers w1 COUNT 10 STREAMS paella:trimtest >");
+  CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->element[1]->elements == 2);
+  if (r) freeReplyObject(r);
+  CHECK_MSG((lag = h_keda_lag(&c, "paella:trimtest", "workers")) == 0, "lag once all read: %lld", lag);
+}
+
 static bool wait_succeeded(int port, const char *id, double timeout_s) {
   char path[128];
   snprintf(path, sizeof path, "/v1/jobs/%s", id);
@@ -90,6 +168,7 @@ int main(void) {
   snprintf(url, sizeof url, "redis://:pw@127.0.0.1:%d/0", h_redis_port);
   CHECK_OK(sched_config_set_queue(&c, url));
   snprintf(h_queue_url, sizeof h_queue_url, "%s", url);
+  c.job_ttl_s = 3;
   sched_tracker *t = NULL;
   sched_server *s = NULL;
   CHECK_OK(tracker_start(&c, &t));
@@ -105,7 +184,9 @@ int main(void) {
     if (h_str(r.json, "id")) snprintf(id, sizeof id, "%s", h_str(r.json, "id"));
     h_resp_free(&r);
     CHECK_MSG(id[0] && wait_succeeded(port, id, 240), "job %s did not succeed through the password-protected Redis", id);
+    test_retention_of_jobs(&c, port, id);
   }
+  test_trim_keeps_unread();
   /* An ACL user (AUTH USER PASSWORD) is ready too. */
   sched_config acl;
   harness_config(&acl);
