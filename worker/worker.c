@@ -404,7 +404,7 @@ static void prepare_job(worker *w, job_ctx *jc) {
     int rc = w->q->ops->ack(w->q, &jc->d);
     pa_log(PA_LOG_INFO, jc->job.id, json_pack("{s:s, s:i, s:b}", "entry", jc->d.handle, "deliveries", jc->d.deliveries,
                                               "acked", rc == PA_OK),
-           "job already final (result recorded, or canceled or expired while queued): acknowledged without running");
+           "result already recorded (or canceled or expired while queued): acknowledged without running again");
     jc->state = JOB_DONE;
     atomic_store(&jc->leased, false);
     goto out;
