@@ -454,9 +454,9 @@ static int queue_completed_webhook(const sched_config *c, const char *batch_id, 
   json_decref(body);
   if (!text) return pa_fail(PA_ERR_NOMEM, "batch webhook");
   char outbox[200], msg_id[200], hash[400], batch_key[160], now[24];
-  snprintf(outbox, sizeof outbox, "%s" PA_OUTBOX_SUFFIX, c->stream);
+  snprintf(outbox, sizeof outbox, "%s" PA_OUTBOX_SUFFIX, c->redis.stream);
   snprintf(msg_id, sizeof msg_id, "%s.batch.completed", batch_id);
-  snprintf(hash, sizeof hash, "%s" PA_OUTBOX_MESSAGE_SUFFIX "%s", c->stream, msg_id);
+  snprintf(hash, sizeof hash, "%s" PA_OUTBOX_MESSAGE_SUFFIX "%s", c->redis.stream, msg_id);
   snprintf(batch_key, sizeof batch_key, "paella:batch:%s", batch_id);
   snprintf(now, sizeof now, "%lld", (long long)now_ms());
   const char *args[] = {outbox, hash, batch_key, msg_id, batch_id, "batch.completed", url,

@@ -10,11 +10,7 @@
 
 void sched_config_defaults(sched_config *c) {
   memset(c, 0, sizeof *c);
-  snprintf(c->redis_host, sizeof c->redis_host, "127.0.0.1");
-  c->redis_port = 6379;
-  snprintf(c->stream, sizeof c->stream, "paella:jobs");
-  snprintf(c->group, sizeof c->group, "workers");
-  snprintf(c->events_group, sizeof c->events_group, "scheduler");
+  pa_redis_url_defaults(&c->redis);
   snprintf(c->listen_host, sizeof c->listen_host, "127.0.0.1");
   c->listen_port = 8080;
   c->rate = 50000;
@@ -34,52 +30,19 @@ void sched_config_defaults(sched_config *c) {
   /* Above the tracker's 500 ms XREAD BLOCK, and short enough that /readyz and submissions
    * answer 503 within 2 s while Redis is frozen. */
   c->redis_timeout_ms = 1200;
+  c->job_ttl_s = 86400;
+  c->dead_letters_max = 10000;
   char host[64] = "scheduler";
   gethostname(host, sizeof host - 1);
   snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
 }
 
-/* Copies the value of `name=` from a query string "a=1&b=2" into out; 1 when found. */
-static int query_param(const char *q, const char *name, char *out, size_t cap) {
-  size_t n = strlen(name);
-  while (q && *q) {
-    const char *end = strchr(q, '&');
-    size_t len = end ? (size_t)(end - q) : strlen(q);
-    if (len > n && strncmp(q, name, n) == 0 && q[n] == '=') {
-      snprintf(out, cap, "%.*s", (int)(len - n - 1), q + n + 1);
-      return 1;
-    }
-    q = end ? end + 1 : NULL;
-  }
-  return 0;
-}
-
+/* The workers' parser (worker/redis_url.c): one reading of --queue for both binaries. */
 int sched_config_set_queue(sched_config *c, const char *url) {
-  if (strncmp(url, "redis://", 8) != 0)
-    return pa_fail(PA_ERR_INVALID, "--queue %s: the scheduler keeps its registry in Redis "
-                   "(redis://HOST:PORT/DB?stream=...&group=...)", url);
-  const char *p = url + 8, *q = strchr(p, '?');
-  char hostport[256];
-  size_t hp = strcspn(p, "/?");
-  if (hp == 0 || hp >= sizeof hostport) return pa_fail(PA_ERR_INVALID, "--queue %s: no host", url);
-  memcpy(hostport, p, hp);
-  hostport[hp] = 0;
-  char *colon = strrchr(hostport, ':');
-  if (colon) {
-    *colon = 0;
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port <= 0 || port > 65535) return pa_fail(PA_ERR_INVALID, "--queue %s: bad port", url);
-    c->redis_port = (int)port;
-  }
-  snprintf(c->redis_host, sizeof c->redis_host, "%s", hostport);
-  if (p[hp] == '/' && p[hp + 1] && p[hp + 1] != '?') c->redis_db = atoi(p + hp + 1);
-  if (q) {
-    query_param(q + 1, "stream", c->stream, sizeof c->stream);
-    query_param(q + 1, "group", c->group, sizeof c->group);
-    query_param(q + 1, "events_group", c->events_group, sizeof c->events_group);
-  }
-  return PA_OK;
+  if (!strncmp(url, "kafka://", 8))
+    return pa_fail(PA_ERR_INVALID, "--queue: the scheduler keeps its registry in Redis "
+                   "(redis://[[USER]:PASSWORD@]HOST:PORT/DB?stream=...&group=...), not Kafka");
+  return pa_redis_url_parse(url, &c->redis);
 }
 
 int sched_config_set_storage(sched_config *c, const char *url) {
@@ -192,6 +155,8 @@ static int apply(sched_config *c, const char *name, const char *v) {
   NUM("--max-per-ip", 1, 1e6, c->max_per_ip);
   NUM("--idle-timeout", 1, 3600, c->idle_timeout_s);
   NUM("--redis-timeout-ms", 100, 60000, c->redis_timeout_ms);
+  NUM("--job-ttl", 0, 86400 * 365, c->job_ttl_s);
+  NUM("--dead-letters-max", 1, 1e8, c->dead_letters_max);
 #undef NUM
   return pa_fail(PA_ERR_INVALID, "unknown option %s", name);
 }
@@ -203,12 +168,13 @@ static const struct { const char *env, *flag; } ENV[] = {
     {"PAELLA_MAX_ACTIVE", "--max-active"}, {"PAELLA_MAX_ATTEMPTS", "--max-attempts"},
     {"PAELLA_JOB_TIMEOUT", "--job-timeout"}, {"PAELLA_SHARD_SIZE", "--shard-size"},
     {"PAELLA_MAX_CONNECTIONS", "--max-connections"}, {"PAELLA_MAX_PER_IP", "--max-per-ip"},
+    {"PAELLA_JOB_TTL", "--job-ttl"},   {"PAELLA_DEAD_LETTERS_MAX", "--dead-letters-max"},
     {"PAELLA_WEBHOOK_SECRETS", "--webhook-secrets"}, {"PAELLA_WEBHOOK_ALLOW_UNSIGNED", "--webhook-allow-unsigned"},
 };
 
 void sched_config_usage(void) {
   printf("usage: paella-scheduler [options]\n"
-         "  --queue redis://HOST:PORT/DB?stream=paella:jobs&group=workers   ($PAELLA_QUEUE)\n"
+         "  --queue redis://[[USER]:PASS@]HOST:PORT/DB?stream=paella:jobs&group=workers   ($PAELLA_QUEUE)\n"
          "  --storage file:///DIR        batch shards and manifests            ($PAELLA_STORAGE)\n"
          "  --listen HOST:PORT           [127.0.0.1:8080]                      ($PAELLA_LISTEN)\n"
          "  --api-key-hashes NAME:SHA256HEX[:admin],...  bearer keys, hashed ($PAELLA_API_KEY_HASHES)\n"
@@ -223,6 +189,9 @@ void sched_config_usage(void) {
          "  --max-connections N --max-per-ip N   open HTTP connections, in all and per client [10000, 1000]\n"
          "  --idle-timeout S             close connections silent this long [15]\n"
          "  --redis-timeout-ms MS        connect/reply timeout of Redis calls (then 503) [1200]\n"
+         "  --job-ttl S                  a finished job's record expires S after it ends; 0: never [86400]\n"
+         "                               ($PAELLA_JOB_TTL)\n"
+         "  --dead-letters-max N         dead letters kept, newest first (about) [10000]  ($PAELLA_DEAD_LETTERS_MAX)\n"
          "  --webhook-secrets DIR        the workers' secrets: a webhook whose secret_id is in neither DIR\n"
          "                               nor $PAELLA_WEBHOOK_SECRET_<ID> is refused (422)  ($PAELLA_WEBHOOK_SECRETS)\n"
          "  --webhook-allow-unsigned 1   accept such webhooks; workers send them unsigned ($PAELLA_WEBHOOK_ALLOW_UNSIGNED)\n");

@@ -17,7 +17,7 @@ int dlq_bury(const sched_config *c, const char *job_id, const char *code, const 
   const char *job = jobs_field(h, "job", &len), *att = jobs_field(h, "attempts", NULL);
   const char *entry = jobs_field(h, "entry", NULL);
   char dead[160];
-  snprintf(dead, sizeof dead, "%s:dead", c->stream);
+  snprintf(dead, sizeof dead, "%s:dead", c->redis.stream);
   const char *argv[] = {"XADD", dead, "*", "job", job ? job : "", "id", job_id, "code", code, "field", "",
                         "message", message, "deliveries", att ? att : "0", "entry", entry ? entry : ""};
   size_t lens[17];
@@ -67,7 +67,7 @@ static bool valid_entry_id(const char *s) {
 int dlq_list(const sched_config *c, const char *cursor, int limit, char **json) {
   char dead[160], max[48];
   if (cursor && *cursor && !valid_entry_id(cursor)) return pa_fail(PA_ERR_INVALID, "bad cursor");
-  snprintf(dead, sizeof dead, "%s:dead", c->stream);
+  snprintf(dead, sizeof dead, "%s:dead", c->redis.stream);
   snprintf(max, sizeof max, cursor && *cursor ? "(%s" : "+", cursor);
   redisReply *r = sched_cmdf(c, "XREVRANGE %s %s - COUNT %d", dead, max, limit);
   if (!r || r->type != REDIS_REPLY_ARRAY) {
@@ -95,13 +95,14 @@ static const char REQUEUE_DEAD_LUA[] =
     "redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0', 'cancel', '0', 'entry', e,\n"
     "  'job', ARGV[2], 'updated_ms', ARGV[3])\n"
     "redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[3])\n"
+    "redis.call('PERSIST', KEYS[1])\n" /* live again: retention restarts when it ends */
     "if KEYS[4] ~= '-' then redis.call('SADD', KEYS[4], ARGV[1]) end\n"
     "return 1\n";
 
 /* The dead entry's job, decoded and with its attempt count reset. */
 static int dead_job(const sched_config *c, const char *entry_id, pw_job *job) {
   char dead[160];
-  snprintf(dead, sizeof dead, "%s:dead", c->stream);
+  snprintf(dead, sizeof dead, "%s:dead", c->redis.stream);
   redisReply *r = sched_cmdf(c, "XRANGE %s %s %s", dead, entry_id, entry_id);
   if (!r) return PA_ERR_IO;
   int rc = pa_fail(PA_ERR_NOTFOUND, "no dead letter %s", entry_id);
@@ -139,12 +140,12 @@ int dlq_requeue(const sched_config *c, const char *entry_id, char *job_id, size_
   }
   char key[160], dead[160], active[200], now[24];
   snprintf(key, sizeof key, "paella:job:%s", job.id);
-  snprintf(dead, sizeof dead, "%s:dead", c->stream);
+  snprintf(dead, sizeof dead, "%s:dead", c->redis.stream);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   owner = sched_cmdf(c, "HGET %s owner", key);
   if (owner && owner->type == REDIS_REPLY_STRING) snprintf(active, sizeof active, "paella:owner:%s:active", owner->str);
   else snprintf(active, sizeof active, "-");
-  const char *args[] = {key, c->stream, dead, active, job.id, (const char *)mp, now, entry_id};
+  const char *args[] = {key, c->redis.stream, dead, active, job.id, (const char *)mp, now, entry_id};
   size_t lens[8];
   for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
   lens[5] = mp_len;

@@ -249,6 +249,7 @@ static enum MHD_Result healthz(http_ctx *h) {
 static enum MHD_Result readyz(http_ctx *h) {
   redisReply *r = sched_cmdf(h->c, "PING");
   bool ok = r && r->type == REDIS_REPLY_STATUS;
+  if (r && r->type == REDIS_REPLY_ERROR) pa_fail(PA_ERR_IO, "redis PING: %s", r->str); /* NOAUTH, ... */
   if (r) freeReplyObject(r);
   return ok && !http_stopping ? http_json(h->conn, 200, "{\"status\":\"ready\"}")
                               : http_error(h->conn, 503, "unavailable", "", "redis unreachable: %s", pa_errmsg());

@@ -81,13 +81,13 @@ int jobs_submit(const sched_config *c, const pw_job *job, const char *owner, int
   else snprintf(k_idem, sizeof k_idem, "-");
   snprintf(k_index, sizeof k_index, "paella:owner:%s:jobs", owner);
   snprintf(k_active, sizeof k_active, "paella:owner:%s:active", owner);
-  snprintf(k_dead, sizeof k_dead, "%s:sched:deadlines", c->stream);
+  snprintf(k_dead, sizeof k_dead, "%s:sched:deadlines", c->redis.stream);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   snprintf(maxa, sizeof maxa, "%d", max_active);
   snprintf(ttl, sizeof ttl, "%d", c->idempotency_ttl_s);
   snprintf(idx, sizeof idx, "%ld", index);
   snprintf(deadline, sizeof deadline, "%" PRId64, job->deadline_ms);
-  const char *args[] = {k_job, c->stream, k_idem, k_index, k_active, k_dead, job->id, (const char *)mp,
+  const char *args[] = {k_job, c->redis.stream, k_idem, k_index, k_active, k_dead, job->id, (const char *)mp,
                         now, owner, maxa, body_sha ? body_sha : "", ttl, batch ? batch : "", idx, deadline};
   size_t lens[16];
   for (int i = 0; i < 16; i++) lens[i] = strlen(args[i]);
@@ -194,7 +194,7 @@ int jobs_fetch(const sched_config *c, const char *id, redisReply **out) {
   }
   if (r->elements == 0) {
     freeReplyObject(r);
-    return pa_fail(PA_ERR_NOTFOUND, "no job %s", id);
+    return pa_fail(PA_ERR_NOTFOUND, "no job %s", id); /* unknown, or expired (--job-ttl after it ended) */
   }
   *out = r;
   return PA_OK;
@@ -227,14 +227,16 @@ int jobs_render(const sched_config *c, const char *id, const char *owner, char *
 
 /* ---- cancel ------------------------------------------------------------------------- */
 
-/* KEYS: job hash, stream, events stream, retry zset. ARGV: now, owner ('' any), id, result.
+/* A queued job's stream entry is not deleted: XDEL of an entry no consumer has read breaks the
+ * group's lag (null in Redis 7.0-7.2, what KEDA wakes workers by). The final status marks it;
+ * the worker that claims it sees the job settled and acknowledges it without running it.
+ * KEYS: job hash, stream, events stream, retry zset. ARGV: now, owner ('' any), id, result.
  * {-1} unknown, {0, status} already final, {1} canceled while queued, {2} flag set (running). */
 static const char CANCEL_LUA[] =
     "local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'entry')\n"
     "if not h[1] then return {-1, ''} end\n"
     "if ARGV[2] ~= '' and h[2] ~= ARGV[2] then return {-1, ''} end\n"
     "if h[1] == 'queued' then\n"
-    "  if h[3] then redis.call('XDEL', KEYS[2], h[3]) end\n"
     "  redis.call('ZREM', KEYS[4], ARGV[3])\n"
     "  redis.call('HSET', KEYS[1], 'status', 'canceled', 'cancel', '1', 'updated_ms', ARGV[1],\n"
     "    'result', ARGV[4])\n"
@@ -273,10 +275,10 @@ int jobs_cancel(const sched_config *c, const char *id, const char *owner, char *
   if (rc) return rc;
   char k_job[160], k_events[160], now[24];
   snprintf(k_job, sizeof k_job, "paella:job:%s", id);
-  snprintf(k_events, sizeof k_events, "%s:events", c->stream);
+  snprintf(k_events, sizeof k_events, "%s:events", c->redis.stream);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   sched_zsets z = sched_zsets_of(c);
-  const char *args[] = {k_job, c->stream, k_events, z.retry, now, owner ? owner : "", id, (const char *)mp};
+  const char *args[] = {k_job, c->redis.stream, k_events, z.retry, now, owner ? owner : "", id, (const char *)mp};
   size_t lens[8];
   for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
   lens[7] = mp_len;

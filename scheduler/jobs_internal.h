@@ -19,9 +19,9 @@ typedef struct {
 
 static inline sched_zsets sched_zsets_of(const sched_config *c) {
   sched_zsets z;
-  snprintf(z.retry, sizeof z.retry, "%s:sched:retry", c->stream);
-  snprintf(z.running, sizeof z.running, "%s:sched:running", c->stream);
-  snprintf(z.deadlines, sizeof z.deadlines, "%s:sched:deadlines", c->stream);
+  snprintf(z.retry, sizeof z.retry, "%s:sched:retry", c->redis.stream);
+  snprintf(z.running, sizeof z.running, "%s:sched:running", c->redis.stream);
+  snprintf(z.deadlines, sizeof z.deadlines, "%s:sched:deadlines", c->redis.stream);
   return z;
 }
 /* HGETALL paella:job:{id}; PA_ERR_NOTFOUND when absent. */

@@ -91,12 +91,12 @@ static void queue_gauges(const sched_config *c, text *t) {
   long long backlog = 0;
   double oldest = 0;
   char last[64] = "";
-  redisReply *r = sched_cmdf(c, "XINFO GROUPS %s", c->stream);
+  redisReply *r = sched_cmdf(c, "XINFO GROUPS %s", c->redis.stream);
   if (r && r->type == REDIS_REPLY_ARRAY) {
     for (size_t i = 0; i < r->elements; i++) {
       const redisReply *g = r->element[i];
       const char *name = kv(g, "name");
-      if (!name || strcmp(name, c->group) != 0) continue;
+      if (!name || strcmp(name, c->redis.group) != 0) continue;
       backlog = kv_int(g, "lag", -1);
       const char *ld = kv(g, "last-delivered-id");
       if (ld) snprintf(last, sizeof last, "%s", ld);
@@ -104,12 +104,12 @@ static void queue_gauges(const sched_config *c, text *t) {
   }
   if (r) freeReplyObject(r);
   if (backlog < 0 || !last[0]) { /* no group yet, or lag unknown after deletions */
-    r = sched_cmdf(c, "XLEN %s", c->stream);
+    r = sched_cmdf(c, "XLEN %s", c->redis.stream);
     if (r && r->type == REDIS_REPLY_INTEGER && !last[0]) backlog = r->integer;
     if (r) freeReplyObject(r);
     if (backlog < 0) backlog = 0;
   }
-  r = sched_cmdf(c, "XRANGE %s (%s + COUNT 1", c->stream, last[0] ? last : "0-0");
+  r = sched_cmdf(c, "XRANGE %s (%s + COUNT 1", c->redis.stream, last[0] ? last : "0-0");
   if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements >= 1) {
     long long ms = strtoll(r->element[0]->element[0]->str, NULL, 10);
     oldest = (double)(now_ms() - ms) / 1000.0;
@@ -121,7 +121,7 @@ static void queue_gauges(const sched_config *c, text *t) {
   put(t, "# HELP paella_oldest_queued_seconds Age of the oldest undelivered job.\n"
          "# TYPE paella_oldest_queued_seconds gauge\npaella_oldest_queued_seconds %.3f\n", oldest);
   long long inflight = 0;
-  r = sched_cmdf(c, "ZCARD %s:sched:running", c->stream);
+  r = sched_cmdf(c, "ZCARD %s:sched:running", c->redis.stream);
   if (r && r->type == REDIS_REPLY_INTEGER) inflight = r->integer;
   if (r) freeReplyObject(r);
   put(t, "# HELP paella_jobs_inflight Jobs a worker is running.\n"

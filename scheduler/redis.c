@@ -17,28 +17,8 @@ static void free_conn(void *p) { redisFree(p); }
 static void make_key(void) { pthread_key_create(&conn_key, free_conn); }
 
 redisContext *sched_redis_connect(const sched_config *c, int timeout_ms) {
-  struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-  redisContext *ctx = redisConnectWithTimeout(c->redis_host, c->redis_port, tv);
-  if (!ctx) {
-    pa_fail(PA_ERR_NOMEM, "redis: out of memory");
-    return NULL;
-  }
-  if (ctx->err || redisSetTimeout(ctx, tv) != REDIS_OK) {
-    pa_fail(PA_ERR_IO, "redis %s:%d: %s", c->redis_host, c->redis_port, ctx->err ? ctx->errstr : "cannot set a timeout");
-    redisFree(ctx);
-    return NULL;
-  }
-  if (c->redis_db) {
-    redisReply *r = redisCommand(ctx, "SELECT %d", c->redis_db);
-    bool ok = r && r->type != REDIS_REPLY_ERROR;
-    if (r) freeReplyObject(r);
-    if (!ok) {
-      pa_fail(PA_ERR_IO, "redis: SELECT %d failed", c->redis_db);
-      redisFree(ctx);
-      return NULL;
-    }
-  }
-  return ctx;
+  redisContext *ctx;
+  return pa_redis_connect(&c->redis, timeout_ms, timeout_ms, &ctx) ? NULL : ctx;
 }
 
 redisContext *sched_redis(const sched_config *c) {

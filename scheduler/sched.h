@@ -19,6 +19,7 @@
 
 #include "ops/error.h"
 #include "proto/proto.h"
+#include "worker/redis_url.h"
 
 /* ---- configuration (config.c) ------------------------------------------------------- */
 #define SCHED_MAX_KEYS 64
@@ -30,12 +31,8 @@ typedef struct {
 } sched_key;
 
 typedef struct {
-  char redis_host[256];
-  int redis_port;
-  int redis_db;
-  char stream[128];       /* jobs stream; {stream}:events and {stream}:dead derive from it */
-  char group[64];         /* the workers' consumer group (metrics read its lag) */
-  char events_group[64];  /* the schedulers' consumer group on {stream}:events */
+  pa_redis_url redis;     /* --queue, read as the workers read it: host, credentials, db, stream,
+                           * group (metrics read its lag), events_group */
   char storage_dir[1024]; /* file:///DIR: batches' shards and manifests, dashboard images */
   char listen_host[64];
   int listen_port;
@@ -57,6 +54,8 @@ typedef struct {
   int max_per_ip;         /* open HTTP connections from one client address */
   int idle_timeout_s;     /* a connection silent this long is closed (headers included) */
   int redis_timeout_ms;   /* connect and reply timeout of every Redis call: 503 past it */
+  int job_ttl_s;          /* a finished job's record expires this long after it ends (0: never) */
+  int dead_letters_max;   /* {stream}:dead keeps about this many newest entries */
   char webhook_secrets_dir[1024]; /* the workers' --webhook-secrets (else the variables) */
   bool webhook_allow_unsigned;    /* accept webhooks whose secret is not configured */
 } sched_config;
@@ -134,7 +133,8 @@ int jobs_submit(const sched_config *c, const pw_job *job, const char *owner, int
  * key (owner NULL: any). */
 int jobs_render(const sched_config *c, const char *id, const char *owner, char **json,
                 char *status, size_t status_cap);
-/* Cancels: queued -> canceled at once (the stream entry is deleted, so no worker runs it);
+/* Cancels: queued -> canceled at once (the stream entry stays, unread entries are never
+ * deleted: the worker that claims it finds the job final and acknowledges it unrun);
  * running -> the cancel flag is set and the worker stops at its next step. *state gets the
  * status after the call; PA_ERR_INVALID when already final. */
 int jobs_cancel(const sched_config *c, const char *id, const char *owner, char *state, size_t cap);
@@ -146,6 +146,9 @@ void jobs_new_id(char *out, size_t cap); /* "j-" + 26 hex chars of random */
 
 /* ---- tracker and reaper (tracker.c) ------------------------------------------------- */
 typedef struct sched_tracker sched_tracker;
+/* Retention of the streams (the reaper runs it every 5 s): acknowledged job entries are
+ * trimmed, never an unread or pending one; {stream}:dead keeps dead_letters_max. */
+int tracker_trim(const sched_config *c, long long *trimmed);
 int tracker_start(const sched_config *c, sched_tracker **out);
 void tracker_stop(sched_tracker *t);
 /* One reaper pass (deadlines, timeouts, due retries); exposed for tests. */

@@ -6,7 +6,7 @@
  *
  * State machine (status field; "cancel" and "cancel_reason" ride along):
  *   queued -> running            start event (the worker also writes it)
- *   queued -> canceled           POST cancel: the stream entry is deleted, no worker runs it
+ *   queued -> canceled           POST cancel: the worker acks the entry unrun (never XDEL'd)
  *   queued -> failed             deadline passed before a worker took it
  *   running -> succeeded|failed|canceled   the worker's Result
  *   failed (retryable) -> queued attempts < max_attempts, after backoff_ms * 2^attempts
@@ -61,12 +61,18 @@ static const char RETRY_LUA[] =
     "redis.call('ZREM', KEYS[3], ARGV[2])\n"
     "return 1\n";
 
-/* KEYS: job hash, running, deadlines, retry, owner active set (or "-").
- * ARGV: now, id, rewritten status ('' = keep), rewritten result. */
+/* Retention starts here, the one place a job becomes settled: its record and its webhook
+ * delivery log expire job_ttl_s later (batch members stay: their batch reads them).
+ * KEYS: job hash, running, deadlines, retry, owner active set (or "-"), deliveries list.
+ * ARGV: now, id, rewritten status ('' = keep), rewritten result, ttl seconds (0 = keep). */
 static const char FINAL_LUA[] =
     "if redis.call('HEXISTS', KEYS[1], 'finished_ms') == 1 then return 0 end\n"
     "if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4]) end\n"
     "redis.call('HSET', KEYS[1], 'finished_ms', ARGV[1], 'updated_ms', ARGV[1])\n"
+    "if tonumber(ARGV[5]) > 0 and redis.call('HEXISTS', KEYS[1], 'batch') == 0 then\n"
+    "  redis.call('EXPIRE', KEYS[1], ARGV[5])\n"
+    "  redis.call('EXPIRE', KEYS[6], ARGV[5])\n"
+    "end\n"
     "redis.call('ZREM', KEYS[2], ARGV[2])\n"
     "redis.call('ZREM', KEYS[3], ARGV[2])\n"
     "redis.call('ZREM', KEYS[4], ARGV[2])\n"
@@ -139,18 +145,20 @@ static void settle(const sched_config *c, const char *id, const redisReply *h, c
   bool rewrite = code != PW_OK;
   if (rewrite && jobs_final_result(id, status, code, message, &mp, &mp_len)) return;
   const char *owner = jobs_field(h, "owner", NULL);
-  char key[160], active[200], now[24];
+  char key[160], active[200], now[24], deliveries[180], ttl[16];
   snprintf(key, sizeof key, "paella:job:%s", id);
+  snprintf(deliveries, sizeof deliveries, "%s:deliveries", key);
   if (owner) snprintf(active, sizeof active, "paella:owner:%s:active", owner);
   else snprintf(active, sizeof active, "-");
   snprintf(now, sizeof now, "%" PRId64, now_ms());
-  const char *args[] = {key, z.running, z.deadlines, z.retry, active,
-                        now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : ""};
-  size_t lens[9];
-  for (int i = 0; i < 9; i++) lens[i] = strlen(args[i]);
-  lens[8] = rewrite ? mp_len : 0;
+  snprintf(ttl, sizeof ttl, "%d", c->job_ttl_s);
+  const char *args[] = {key, z.running, z.deadlines, z.retry, active, deliveries,
+                        now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : "", ttl};
+  size_t lens[11];
+  for (int i = 0; i < 11; i++) lens[i] = strlen(args[i]);
+  lens[9] = rewrite ? mp_len : 0;
   long long first = 0;
-  if (eval_int(c, FINAL_LUA, 5, 4, args, lens, &first) == PA_OK && first) {
+  if (eval_int(c, FINAL_LUA, 6, 5, args, lens, &first) == PA_OK && first) {
     sched_metrics_count(status == PW_STATUS_SUCCEEDED ? SCHED_M_SUCCEEDED
                         : status == PW_STATUS_FAILED  ? SCHED_M_FAILED
                                                       : SCHED_M_CANCELED);
@@ -216,14 +224,14 @@ static void process_entry(const sched_config *c, const redisReply *fields) {
 }
 
 static void ensure_group(const sched_config *c, const char *events) {
-  redisReply *r = sched_cmdf(c, "XGROUP CREATE %s %s 0 MKSTREAM", events, c->events_group);
+  redisReply *r = sched_cmdf(c, "XGROUP CREATE %s %s 0 MKSTREAM", events, c->redis.events_group);
   if (r) freeReplyObject(r); /* BUSYGROUP: it exists */
 }
 
 /* Reads one batch: first this consumer's own pending entries ("0": left by a crash of a
  * scheduler with the same name), then new ones (">"). Returns the entries handled. */
 static int consume_once(const sched_config *c, const char *events, const char *from) {
-  redisReply *r = sched_cmdf(c, "XREADGROUP GROUP %s %s COUNT 256 BLOCK 500 STREAMS %s %s", c->events_group,
+  redisReply *r = sched_cmdf(c, "XREADGROUP GROUP %s %s COUNT 256 BLOCK 500 STREAMS %s %s", c->redis.events_group,
                              c->consumer, events, from);
   if (!r) return -1;
   int n = 0;
@@ -233,7 +241,7 @@ static int consume_once(const sched_config *c, const char *events, const char *f
     for (size_t i = 0; i < entries->elements; i++) {
       const redisReply *e = entries->element[i];
       if (e->elements == 2 && e->element[1]->type == REDIS_REPLY_ARRAY) process_entry(c, e->element[1]);
-      redisReply *ack = sched_cmdf(c, "XACK %s %s %s", events, c->events_group, e->element[0]->str);
+      redisReply *ack = sched_cmdf(c, "XACK %s %s %s", events, c->redis.events_group, e->element[0]->str);
       if (ack) freeReplyObject(ack);
       n++;
     }
@@ -245,7 +253,7 @@ static int consume_once(const sched_config *c, const char *events, const char *f
 static void *consumer_main(void *arg) {
   sched_tracker *t = arg;
   char events[160];
-  snprintf(events, sizeof events, "%s:events", t->c->stream);
+  snprintf(events, sizeof events, "%s:events", t->c->redis.stream);
   ensure_group(t->c, events);
   while (!t->stop && consume_once(t->c, events, "0") > 0) {}
   while (!t->stop)
@@ -276,7 +284,7 @@ static char *event_json(const char *type, const char *msg, size_t len) {
 static void *fanout_main(void *arg) {
   sched_tracker *t = arg;
   char events[160], last[64] = "$";
-  snprintf(events, sizeof events, "%s:events", t->c->stream);
+  snprintf(events, sizeof events, "%s:events", t->c->redis.stream);
   while (!t->stop) {
     redisReply *r = sched_cmdf(t->c, "XREAD COUNT 512 BLOCK 500 STREAMS %s %s", events, last);
     if (!r) {
@@ -313,12 +321,13 @@ static const char REQUEUE_LUA[] =
     "redis.call('HSET', KEYS[1], 'entry', e, 'job', ARGV[2], 'updated_ms', ARGV[3])\n"
     "return 1\n";
 
-/* KEYS: job hash, stream, events, deadlines, retry. ARGV: id, now, failed result msgpack. */
+/* A queued job past its deadline is marked failed; its entry stays for a worker to acknowledge
+ * unrun (never XDEL an unread entry: see CANCEL_LUA in jobs.c).
+ * KEYS: job hash, stream, events, deadlines, retry. ARGV: id, now, failed result msgpack. */
 static const char DEADLINE_LUA[] =
     "redis.call('ZREM', KEYS[4], ARGV[1])\n"
     "local h = redis.call('HMGET', KEYS[1], 'status', 'entry')\n"
     "if h[1] == 'queued' then\n"
-    "  if h[2] then redis.call('XDEL', KEYS[2], h[2]) end\n"
     "  redis.call('ZREM', KEYS[5], ARGV[1])\n"
     "  redis.call('HSET', KEYS[1], 'status', 'failed', 'result', ARGV[3], 'updated_ms', ARGV[2])\n"
     "  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '100000', '*', 'type', 'failed', 'id', ARGV[1], 'msg', ARGV[3])\n"
@@ -363,8 +372,8 @@ static void requeue_one(const sched_config *c, const char *id, const char *now) 
       pw_job_encode(&job, &mp, &mp_len, &err);
     }
   }
-  const char *args[] = {key, c->stream, z.retry, id, mp ? (const char *)mp : "", now};
-  size_t lens[] = {strlen(key), strlen(c->stream), strlen(z.retry), strlen(id), mp ? mp_len : 0, strlen(now)};
+  const char *args[] = {key, c->redis.stream, z.retry, id, mp ? (const char *)mp : "", now};
+  size_t lens[] = {strlen(key), strlen(c->redis.stream), strlen(z.retry), strlen(id), mp ? mp_len : 0, strlen(now)};
   if (mp) eval_int(c, REQUEUE_LUA, 3, 3, args, lens, NULL);
   else {
     redisReply *r = sched_cmdf(c, "ZREM %s %s", z.retry, id); /* unreadable: drop */
@@ -383,8 +392,8 @@ static void deadline_one(const sched_config *c, const char *id, const char *now)
     return;
   char key[160], events[160];
   snprintf(key, sizeof key, "paella:job:%s", id);
-  snprintf(events, sizeof events, "%s:events", c->stream);
-  const char *args[] = {key, c->stream, events, z.deadlines, z.retry, id, now, (const char *)mp};
+  snprintf(events, sizeof events, "%s:events", c->redis.stream);
+  const char *args[] = {key, c->redis.stream, events, z.deadlines, z.retry, id, now, (const char *)mp};
   size_t lens[8];
   for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
   lens[7] = mp_len;
@@ -415,9 +424,47 @@ int tracker_reap(const sched_config *c) {
   return PA_OK;
 }
 
+/* Acknowledged entries go: the stream keeps everything from the oldest entry some group still
+ * needs (its oldest pending entry, else its last delivered one) and nothing older, so no
+ * unread entry is ever removed (the lag stays exact: docs/queues.md). Dead letters keep the
+ * newest dead_letters_max. Atomic, so a group's position cannot move in between.
+ * KEYS: stream, dead stream. ARGV: dead letters kept. Returns entries trimmed from the stream. */
+static const char TRIM_LUA[] =
+    "local function older(a, b)\n"
+    "  local am, as = string.match(a, '(%d+)-(%d+)')\n"
+    "  local bm, bs = string.match(b, '(%d+)-(%d+)')\n"
+    "  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)\n"
+    "  return am < bm or (am == bm and as < bs)\n"
+    "end\n"
+    "redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])\n"
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+    "local groups = redis.call('XINFO', 'GROUPS', KEYS[1])\n"
+    "if #groups == 0 then return 0 end\n"
+    "local keep = nil\n"
+    "for _, g in ipairs(groups) do\n"
+    "  local f = {}\n"
+    "  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
+    "  local id = f['last-delivered-id']\n"
+    "  if f['pending'] > 0 then id = redis.call('XPENDING', KEYS[1], f['name'])[2] end\n"
+    "  if not keep or older(id, keep) then keep = id end\n"
+    "end\n"
+    "return redis.call('XTRIM', KEYS[1], 'MINID', keep)\n";
+
+int tracker_trim(const sched_config *c, long long *trimmed) {
+  char dead[160], keep[24];
+  snprintf(dead, sizeof dead, "%s:dead", c->redis.stream);
+  snprintf(keep, sizeof keep, "%d", c->dead_letters_max);
+  const char *args[] = {c->redis.stream, dead, keep};
+  long long n = 0;
+  int rc = eval_int(c, TRIM_LUA, 2, 1, args, NULL, &n);
+  if (trimmed) *trimmed = n;
+  return rc;
+}
+
 static void *reaper_main(void *arg) {
   sched_tracker *t = arg;
-  while (!t->stop) {
+  for (unsigned pass = 0; !t->stop; pass++) {
+    if (pass % 25 == 0) tracker_trim(t->c, NULL); /* every 5 s */
     tracker_reap(t->c);
     for (int i = 0; i < 4 && !t->stop; i++) usleep(50000); /* 200 ms between passes */
   }

@@ -10,7 +10,7 @@
 
 #include "ops/tensor.h"
 #include "worker/log.h"
-#include "worker/url.h"
+#include "worker/redis_url.h"
 
 #define EMB_MAGIC "PAEM"
 #define EMB_VERSION 1
@@ -28,9 +28,9 @@ typedef struct lru_entry {
 struct pa_emb_cache {
   pa_embed_cache hook;
   pthread_mutex_t mu;
-  pa_url url;
+  pa_redis_url url; /* host, credentials, db: read like the queue URL */
   bool use_redis;
-  int db, ttl_s;
+  int ttl_s;
   redisContext *rc;
   time_t redis_down_until;
   size_t max_entries, max_bytes;
@@ -201,29 +201,11 @@ static bool redis_ready(pa_emb_cache *c) {
   if (!c->use_redis) return false;
   if (c->rc) return true;
   if (time(NULL) < c->redis_down_until) return false;
-  struct timeval ct = {1, 0}, io = {2, 0};
-  c->rc = redisConnectWithTimeout(c->url.host[0] ? c->url.host : "127.0.0.1", c->url.port ? c->url.port : 6379, ct);
-  if (!c->rc || c->rc->err || redisSetTimeout(c->rc, io) != REDIS_OK) {
-    redis_down(c, "connect failed");
+  if (pa_redis_connect(&c->url, 1000, 2000, &c->rc)) {
+    redis_down(c, pa_errmsg());
     return false;
   }
-  redisReply *r = NULL;
-  if (c->url.password[0]) {
-    r = c->url.user[0] ? redisCommand(c->rc, "AUTH %s %s", c->url.user, c->url.password)
-                       : redisCommand(c->rc, "AUTH %s", c->url.password);
-    if (!r || r->type == REDIS_REPLY_ERROR) goto fail;
-    freeReplyObject(r);
-  }
-  if (c->db) {
-    r = redisCommand(c->rc, "SELECT %d", c->db);
-    if (!r || r->type == REDIS_REPLY_ERROR) goto fail;
-    freeReplyObject(r);
-  }
   return true;
-fail:
-  freeReplyObject(r);
-  redis_down(c, "AUTH/SELECT refused");
-  return false;
 }
 
 /* The value bytes (malloc'd) or NULL on a miss. */
@@ -309,9 +291,7 @@ int pa_emb_cache_open(const pa_emb_cache_options *o, pa_emb_cache **out) {
   pa_emb_cache *c = calloc(1, sizeof *c);
   if (!c) return pa_fail(PA_ERR_NOMEM, "out of memory");
   if (o && o->redis_url && o->redis_url[0]) {
-    int rc = pa_url_parse(o->redis_url, &c->url);
-    if (!rc && strcmp(c->url.scheme, "redis")) rc = pa_fail(PA_ERR_INVALID, "cache URL must be redis://...");
-    if (!rc && c->url.path[0] && strcmp(c->url.path, "/")) c->db = atoi(c->url.path + 1);
+    int rc = pa_redis_url_parse(o->redis_url, &c->url);
     if (rc) {
       free(c);
       return rc;

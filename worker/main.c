@@ -22,7 +22,7 @@ static void usage(FILE *f) {
       "Pulls Paella jobs from a queue, generates the images, stores them and reports the result.\n"
       "Every option can also be set through the environment variable in brackets; flags win.\n"
       "\n"
-      "  --queue URL           redis://HOST:PORT/DB?stream=paella:jobs&group=workers or\n"
+      "  --queue URL           redis://[[USER]:PASS@]HOST:PORT/DB?stream=paella:jobs&group=workers or\n"
       "                        kafka://BROKERS?topic=paella.jobs&group=workers   [PAELLA_QUEUE]\n"
       "  --storage URL         s3://BUCKET/PREFIX (endpoint, region and credentials from\n"
       "                        AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,\n"

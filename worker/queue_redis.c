@@ -17,7 +17,7 @@
 #include "proto/proto.h"
 #include "worker/outbox.h"
 #include "worker/queue.h"
-#include "worker/url.h"
+#include "worker/redis_url.h"
 
 #define RQ_MAX_ARGS 32
 #define RQ_IO_TIMEOUT_S 60 /* longer than any BLOCK we issue (claim caps it at 30 s) */
@@ -25,11 +25,9 @@
 
 typedef struct {
   redisContext *c;
-  pa_url url;
-  int db;
-  char stream[256], group[128], consumer[256], events[300], dead[300];
+  pa_redis_url r; /* host, credentials, db, stream, group, events_maxlen */
+  char consumer[256], events[300], dead[300];
   int lease_ms, max_deliveries;
-  long events_maxlen;
   char cursor[64]; /* XAUTOCLAIM position, so successive claims walk the whole PEL */
   char outbox[300];   /* {stream}:webhooks: message ids by due time */
   char hook_prefix[300]; /* {stream}:webhook: + message id: the message hash */
@@ -62,21 +60,7 @@ static long long now_ms(void) {
 /* ---- connection --------------------------------------------------------------------- */
 
 static int rq_connect(rq *q) {
-  struct timeval ct = {5, 0}, io = {RQ_IO_TIMEOUT_S, 0};
-  const char *host = q->url.host[0] ? q->url.host : "127.0.0.1";
-  int port = q->url.port ? q->url.port : 6379;
-  redisContext *c = redisConnectWithTimeout(host, port, ct);
-  if (!c || c->err) {
-    int rc = pa_fail(PA_ERR_IO, "redis %s:%d: %s", host, port, c ? c->errstr : "out of memory");
-    if (c) redisFree(c);
-    return rc;
-  }
-  if (redisSetTimeout(c, io) != REDIS_OK) {
-    redisFree(c);
-    return pa_fail(PA_ERR_IO, "redis %s:%d: cannot set the socket timeout", host, port);
-  }
-  q->c = c;
-  return PA_OK;
+  return pa_redis_connect(&q->r, 5000, RQ_IO_TIMEOUT_S * 1000, &q->c);
 }
 
 static void rq_drop(rq *q) {
@@ -88,43 +72,12 @@ static redisReply *raw_cmd(rq *q, const rq_args *a) {
   return redisCommandArgv(q->c, a->n, (const char **)a->v, a->l);
 }
 
-/* AUTH and SELECT on a fresh connection */
-static int rq_login(rq *q) {
-  rq_args a = {0};
-  redisReply *r;
-  if (q->url.password[0]) {
-    arg(&a, "AUTH");
-    if (q->url.user[0]) arg(&a, q->url.user);
-    arg(&a, q->url.password);
-    r = raw_cmd(q, &a);
-    int bad = !r || r->type == REDIS_REPLY_ERROR;
-    int rc = bad ? pa_fail(PA_ERR_IO, "redis AUTH: %s", r ? r->str : q->c->errstr) : PA_OK;
-    freeReplyObject(r);
-    if (rc) return rc;
-  }
-  if (q->db) {
-    a.n = 0;
-    arg(&a, "SELECT");
-    arg_int(&a, q->db);
-    r = raw_cmd(q, &a);
-    int bad = !r || r->type == REDIS_REPLY_ERROR;
-    int rc = bad ? pa_fail(PA_ERR_IO, "redis SELECT %d: %s", q->db, r ? r->str : q->c->errstr) : PA_OK;
-    freeReplyObject(r);
-    if (rc) return rc;
-  }
-  return PA_OK;
-}
-
 /* Runs a command, reconnecting first when the previous one broke the connection (a Redis
  * restart or failover must not kill the worker). Never retries a command whose fate is
  * unknown. Returns the reply, or NULL with pa_fail set (I/O failure or an error reply). */
 static redisReply *rq_cmd(rq *q, const rq_args *a) {
   if (!q->c) {
     if (rq_connect(q)) return NULL;
-    if (rq_login(q)) {
-      rq_drop(q);
-      return NULL;
-    }
   }
   redisReply *r = raw_cmd(q, a);
   if (!r) {
@@ -144,8 +97,8 @@ static int rq_create_group(rq *q) {
   rq_args a = {0};
   arg(&a, "XGROUP");
   arg(&a, "CREATE");
-  arg(&a, q->stream);
-  arg(&a, q->group);
+  arg(&a, q->r.stream);
+  arg(&a, q->r.group);
   arg(&a, "0"); /* entries added before the group existed are jobs too */
   arg(&a, "MKSTREAM");
   redisReply *r = rq_cmd(q, &a);
@@ -188,8 +141,8 @@ static int entry_to_delivery(const redisReply *e, int deliveries, pa_delivery *d
 static int delivery_count(rq *q, const char *id, int *count) {
   rq_args a = {0};
   arg(&a, "XPENDING");
-  arg(&a, q->stream);
-  arg(&a, q->group);
+  arg(&a, q->r.stream);
+  arg(&a, q->r.group);
   arg(&a, "IDLE");
   arg(&a, "0");
   arg(&a, id);
@@ -228,8 +181,8 @@ fail:
 static int rq_autoclaim(rq *q, int max, pa_delivery *out, int *n) {
   rq_args a = {0};
   arg(&a, "XAUTOCLAIM");
-  arg(&a, q->stream);
-  arg(&a, q->group);
+  arg(&a, q->r.stream);
+  arg(&a, q->r.group);
   arg(&a, q->consumer);
   arg_int(&a, q->lease_ms);
   arg(&a, q->cursor);
@@ -255,7 +208,7 @@ static int rq_read_new(rq *q, int max, int block_ms, pa_delivery *out, int *n) {
   rq_args a = {0};
   arg(&a, "XREADGROUP");
   arg(&a, "GROUP");
-  arg(&a, q->group);
+  arg(&a, q->r.group);
   arg(&a, q->consumer);
   arg(&a, "COUNT");
   arg_int(&a, max - *n);
@@ -264,7 +217,7 @@ static int rq_read_new(rq *q, int max, int block_ms, pa_delivery *out, int *n) {
     arg_int(&a, block_ms > RQ_MAX_BLOCK_MS ? RQ_MAX_BLOCK_MS : block_ms);
   }
   arg(&a, "STREAMS");
-  arg(&a, q->stream);
+  arg(&a, q->r.stream);
   arg(&a, ">");
   redisReply *r = rq_cmd(q, &a);
   if (!r) return PA_ERR_IO;
@@ -364,12 +317,15 @@ static const char take_lua[] =
     "redis.call('ZADD', KEYS[1], ARGV[2], m[1])\n"
     "return {m[1], h}\n";
 
-/* KEYS: outbox, message hash, the job's deliveries list, metrics hash. ARGV: msg id, record
- * ("" = none), retry at (0 = finished), attempted (1/0), counters "a,b", records kept. */
+/* The deliveries list expires with the job record (the scheduler's retention, docs/queues.md).
+ * KEYS: outbox, message hash, the job's deliveries list, metrics hash, job hash. ARGV: msg id,
+ * record ("" = none), retry at (0 = finished), attempted (1/0), counters "a,b", records kept. */
 static const char settle_lua[] =
     "if ARGV[2] ~= '' then\n"
     "  redis.call('RPUSH', KEYS[3], ARGV[2])\n"
     "  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)\n"
+    "  local ttl = redis.call('PTTL', KEYS[5])\n"
+    "  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end\n"
     "end\n"
     "for c in string.gmatch(ARGV[5], '[^,]+') do redis.call('HINCRBY', KEYS[4], c, 1) end\n"
     "if ARGV[3] == '0' then\n"
@@ -436,7 +392,7 @@ static void job_key(const char *job_id, char *buf, size_t cap) { snprintf(buf, c
 
 /* The fencing token's arguments (OWNS_LUA): group, consumer, entry, count. */
 static void fence_args(rq *q, rq_args *a, const pa_delivery *d) {
-  arg(a, q->group);
+  arg(a, q->r.group);
   arg(a, q->consumer);
   arg(a, d->handle);
   arg_int(a, d->deliveries);
@@ -447,7 +403,7 @@ static int fenced(rq *q, const char *script, const pa_delivery *d, const char *w
   rq_args a = {0};
   long long owned = 0;
   eval_head(&a, script, 1);
-  arg(&a, q->stream);
+  arg(&a, q->r.stream);
   fence_args(q, &a, d);
   int rc = rq_eval(q, &a, &owned);
   if (!rc && !owned)
@@ -471,7 +427,7 @@ static int rq_publish_event(pa_queue *qq, const char *job_id, const char *type, 
   arg_bin(&a, msg, len);
   arg(&a, q->consumer);
   arg_int(&a, now_ms());
-  arg_int(&a, q->events_maxlen);
+  arg_int(&a, q->r.events_maxlen);
   return rq_eval(q, &a, NULL);
 }
 
@@ -510,7 +466,7 @@ static int rq_record_result(pa_queue *qq, const pa_delivery *d, const char *job_
   eval_head(&a, result_lua, 5);
   arg(&a, key);
   arg(&a, q->events);
-  arg(&a, q->stream);
+  arg(&a, q->r.stream);
   arg(&a, q->outbox);
   arg(&a, hkey);
   arg(&a, status);
@@ -518,9 +474,9 @@ static int rq_record_result(pa_queue *qq, const pa_delivery *d, const char *job_
   arg(&a, job_id);
   arg(&a, q->consumer);
   arg_int(&a, now_ms());
-  arg_int(&a, q->events_maxlen);
+  arg_int(&a, q->r.events_maxlen);
   arg(&a, event);
-  arg(&a, q->group);
+  arg(&a, q->r.group);
   arg(&a, d ? d->handle : "");
   arg_int(&a, d ? d->deliveries : 0);
   arg(&a, hook ? "1" : "0");
@@ -541,7 +497,7 @@ static int rq_enqueue_webhook(pa_queue *qq, const pa_delivery *d, const pa_webho
   char hkey[512];
   hook_key(q, m->msg_id, hkey, sizeof hkey);
   eval_head(&a, enqueue_lua, 3);
-  arg(&a, q->stream);
+  arg(&a, q->r.stream);
   arg(&a, q->outbox);
   arg(&a, hkey);
   fence_args(q, &a, d);
@@ -604,14 +560,16 @@ static int rq_outbox_settle(pa_queue *qq, const pa_outbox_item *it, const char *
                             bool attempted, const char *counters) {
   rq *q = qq->impl;
   rq_args a = {0};
-  char hkey[512], list[160];
+  char hkey[512], list[160], job[160];
   hook_key(q, it->msg_id, hkey, sizeof hkey);
   snprintf(list, sizeof list, JOB_KEY_PREFIX "%s:deliveries", it->job_id);
-  eval_head(&a, settle_lua, 4);
+  snprintf(job, sizeof job, JOB_KEY_PREFIX "%s", it->job_id);
+  eval_head(&a, settle_lua, 5);
   arg(&a, q->outbox);
   arg(&a, hkey);
   arg(&a, list);
   arg(&a, "paella:metrics");
+  arg(&a, job);
   arg(&a, it->msg_id);
   arg(&a, record_json ? record_json : "");
   arg_int(&a, retry_at_ms);
@@ -626,9 +584,9 @@ static int rq_dead_letter(pa_queue *qq, const pa_delivery *d, const char *code, 
   rq *q = qq->impl;
   rq_args a = {0};
   eval_head(&a, dead_lua, 2);
-  arg(&a, q->stream);
+  arg(&a, q->r.stream);
   arg(&a, q->dead);
-  arg(&a, q->group);
+  arg(&a, q->r.group);
   arg(&a, d->handle);
   arg_bin(&a, d->payload ? (const void *)d->payload : "", d->len);
   arg(&a, code ? code : "");
@@ -731,33 +689,13 @@ static const pa_queue_ops rq_ops = {
 
 /* ---- open --------------------------------------------------------------------------- */
 
-static int query_or(const pa_url *u, const char *name, const char *def, char *out, size_t cap) {
-  int found = pa_url_query(u, name, out, cap);
-  if (found < 0) return pa_fail(PA_ERR_INVALID, "queue URL: %s is too long", name);
-  if (!found) snprintf(out, cap, "%s", def);
-  if (!out[0]) return pa_fail(PA_ERR_INVALID, "queue URL: %s is empty", name);
-  return PA_OK;
-}
-
 static int parse_config(rq *q, const char *url, const pa_queue_options *o) {
-  int rc = pa_url_parse(url, &q->url);
-  char num[32];
+  int rc = pa_redis_url_parse(url, &q->r);
   if (rc) return rc;
-  if (q->url.path[0] && strcmp(q->url.path, "/")) {
-    char *end;
-    long db = strtol(q->url.path + 1, &end, 10);
-    if (*end || db < 0 || db > 1000000) return pa_fail(PA_ERR_INVALID, "queue URL: bad database '%s'", q->url.path + 1);
-    q->db = (int)db;
-  }
-  if ((rc = query_or(&q->url, "stream", "paella:jobs", q->stream, sizeof q->stream))) return rc;
-  if ((rc = query_or(&q->url, "group", "workers", q->group, sizeof q->group))) return rc;
-  if ((rc = query_or(&q->url, "events_maxlen", "100000", num, sizeof num))) return rc;
-  q->events_maxlen = strtol(num, NULL, 10);
-  if (q->events_maxlen < 1) return pa_fail(PA_ERR_INVALID, "queue URL: events_maxlen must be >= 1");
-  snprintf(q->events, sizeof q->events, "%s:events", q->stream);
-  snprintf(q->dead, sizeof q->dead, "%s:dead", q->stream);
-  snprintf(q->outbox, sizeof q->outbox, "%s" PA_OUTBOX_SUFFIX, q->stream);
-  snprintf(q->hook_prefix, sizeof q->hook_prefix, "%s" PA_OUTBOX_MESSAGE_SUFFIX, q->stream);
+  snprintf(q->events, sizeof q->events, "%s:events", q->r.stream);
+  snprintf(q->dead, sizeof q->dead, "%s:dead", q->r.stream);
+  snprintf(q->outbox, sizeof q->outbox, "%s" PA_OUTBOX_SUFFIX, q->r.stream);
+  snprintf(q->hook_prefix, sizeof q->hook_prefix, "%s" PA_OUTBOX_MESSAGE_SUFFIX, q->r.stream);
   if (!(q->url_text = strdup(url))) return pa_fail(PA_ERR_NOMEM, "out of memory");
   if (o && o->consumer && o->consumer[0]) {
     snprintf(q->consumer, sizeof q->consumer, "%s", o->consumer);

@@ -1,6 +1,7 @@
 /* Configuration URL parsing (see url.h). */
 #include "worker/url.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,15 +61,15 @@ static int hexval(char c) {
   return -1;
 }
 
-/* percent-decodes s[0..n) into out */
-static int decode_value(const char *s, size_t n, char *out, size_t cap) {
+/* percent-decodes s[0..n) into out; '+' is a space only in a query (form encoding) */
+static int decode_value(const char *s, size_t n, bool plus_is_space, char *out, size_t cap) {
   size_t k = 0;
   for (size_t i = 0; i < n; i++) {
     char c = s[i];
     if (c == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
       c = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
       i += 2;
-    } else if (c == '+') {
+    } else if (c == '+' && plus_is_space) {
       c = ' ';
     }
     if (k + 1 >= cap) return -1;
@@ -83,9 +84,13 @@ int pa_url_query(const pa_url *u, const char *name, char *out, size_t cap) {
   for (const char *p = u->query; *p;) {
     size_t len = strcspn(p, "&");
     if (len > nlen && !strncmp(p, name, nlen) && p[nlen] == '=')
-      return decode_value(p + nlen + 1, len - nlen - 1, out, cap);
+      return decode_value(p + nlen + 1, len - nlen - 1, true, out, cap);
     p += len;
     if (*p == '&') p++;
   }
   return 0;
+}
+
+int pa_url_decode(const char *s, char *out, size_t cap) {
+  return decode_value(s, strlen(s), false, out, cap) == 1 ? 0 : -1;
 }

@@ -19,5 +19,7 @@ int pa_url_parse(const char *url, pa_url *u);
 /* The percent-decoded value of query parameter `name`: 1 when present, 0 when absent,
  * -1 when it does not fit `cap`. */
 int pa_url_query(const pa_url *u, const char *name, char *out, size_t cap);
+/* Percent-decodes s (a user or password) into out: 0, or -1 when it does not fit `cap`. */
+int pa_url_decode(const char *s, char *out, size_t cap);
 
 #endif

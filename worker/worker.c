@@ -404,7 +404,7 @@ static void prepare_job(worker *w, job_ctx *jc) {
     int rc = w->q->ops->ack(w->q, &jc->d);
     pa_log(PA_LOG_INFO, jc->job.id, json_pack("{s:s, s:i, s:b}", "entry", jc->d.handle, "deliveries", jc->d.deliveries,
                                               "acked", rc == PA_OK),
-           "result already recorded: acknowledged without running again");
+           "result already recorded (or canceled or expired while queued): acknowledged without running again");
     jc->state = JOB_DONE;
     atomic_store(&jc->leased, false);
     goto out;
@@ -586,7 +586,7 @@ static int open_cache(worker *w) {
   const pa_worker_config *c = w->cfg;
   const char *url = c->cache_url;
   if (url && !strcmp(url, "off")) return PA_OK;
-  if (!url || !*url) url = !strncmp(c->queue_url, "redis://", 8) ? c->queue_url : NULL;
+  if (!url || !*url) url = !strncmp(c->queue_url, "redis", 5) ? c->queue_url : NULL;
   pa_emb_cache_options o = {.redis_url = url, .ttl_s = c->cache_ttl_s, .max_entries = c->cache_max_entries,
                             .max_bytes = c->cache_max_bytes};
   int rc = pa_emb_cache_open(&o, &w->cache);

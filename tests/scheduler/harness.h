@@ -26,6 +26,10 @@
 static pid_t h_redis_pid, h_worker_pid;
 static char h_dir[256];
 static int h_redis_port;
+/* Extra redis-server arguments (NULL-terminated; e.g. --requirepass) and the workers' --queue
+ * when it is not the plain redis://127.0.0.1:PORT/0 (e.g. with credentials). */
+static const char *const *h_redis_extra;
+static char h_queue_url[512];
 
 __attribute__((unused)) static double h_now(void) {
   struct timespec ts;
@@ -105,15 +109,17 @@ __attribute__((unused)) static int harness_start_redis(void) {
     char port[16], log[300];
     snprintf(port, sizeof port, "%d", h_redis_port);
     snprintf(log, sizeof log, "%s/redis.log", h_dir);
-    char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", h_dir, "--save", "",
-                    "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--daemonize", "no", NULL};
+    char *argv[40] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", h_dir, "--save", "",
+                      "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--daemonize", "no", NULL};
+    for (int i = 0, n = 15; h_redis_extra && h_redis_extra[i] && n < 39; i++) argv[n++] = (char *)h_redis_extra[i];
     h_redis_pid = h_spawn(argv, log);
     for (int i = 0; i < 100; i++) {
       struct timeval tv = {0, 200000};
       redisContext *c = redisConnectWithTimeout("127.0.0.1", h_redis_port, tv);
       bool ok = c && !c->err;
       redisReply *r = ok ? redisCommand(c, "PING") : NULL;
-      ok = r && r->type == REDIS_REPLY_STATUS;
+      /* NOAUTH: up, with a password (h_redis_extra) */
+      ok = r && (r->type == REDIS_REPLY_STATUS || (r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOAUTH", 6)));
       if (r) freeReplyObject(r);
       if (c) redisFree(c);
       if (ok) return 0;
@@ -127,15 +133,16 @@ __attribute__((unused)) static int harness_start_redis(void) {
 
 __attribute__((unused)) static void harness_config(sched_config *c) {
   sched_config_defaults(c);
-  c->redis_port = h_redis_port;
+  c->redis.port = h_redis_port;
   c->listen_port = 0;
   snprintf(c->storage_dir, sizeof c->storage_dir, "%s/shards", h_dir);
   mkdir(c->storage_dir, 0755);
 }
 
 __attribute__((unused)) static int harness_start_worker(const char *extra_flag) {
-  char queue[128], storage[400], log[300];
+  char queue[512], storage[400], log[300];
   snprintf(queue, sizeof queue, "redis://127.0.0.1:%d/0", h_redis_port);
+  if (h_queue_url[0]) snprintf(queue, sizeof queue, "%s", h_queue_url);
   snprintf(storage, sizeof storage, "file://%s/outputs", h_dir);
   snprintf(log, sizeof log, "%s/worker.log", h_dir);
   char *argv[] = {PAELLA_BINARY_DIR "/paella-worker", "--queue", queue, "--storage", storage, "--lease-ms", "5000",
@@ -165,6 +172,42 @@ __attribute__((unused)) static void harness_stop_stack(sched_tracker *t, sched_s
   sched_redis_drop();
   harness_cleanup();
   hub_shutdown();
+}
+
+/* The workers' lag read as KEDA's redis-streams scaler reads it for lagCount: the group's
+ * `lag` field of XINFO GROUPS, or XLEN while the group does not exist. -1: a null lag (Redis
+ * could not compute it; KEDA then never wakes the workers), -2: Redis failed. */
+__attribute__((unused)) static long long h_keda_lag(const sched_config *c, const char *stream, const char *group) {
+  redisReply *r = sched_cmdf(c, "XINFO GROUPS %s", stream);
+  long long lag = -2;
+  bool found = false;
+  for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+    const redisReply *g = r->element[i];
+    bool mine = false;
+    for (size_t k = 0; g->type == REDIS_REPLY_ARRAY && k + 1 < g->elements; k += 2) {
+      const char *key = g->element[k]->str;
+      const redisReply *v = g->element[k + 1];
+      if (!strcmp(key, "name")) mine = v->type == REDIS_REPLY_STRING && !strcmp(v->str, group);
+      if (mine && !strcmp(key, "lag")) {
+        found = true;
+        lag = v->type == REDIS_REPLY_INTEGER ? v->integer : -1;
+      }
+    }
+  }
+  if (r) freeReplyObject(r);
+  if (found) return lag;
+  r = sched_cmdf(c, "XLEN %s", stream);
+  if (r && r->type == REDIS_REPLY_INTEGER) lag = r->integer;
+  if (r) freeReplyObject(r);
+  return lag;
+}
+
+/* Waits until the KEDA-read lag is `want`; false (and the last value in *last) past timeout_s. */
+__attribute__((unused)) static bool h_wait_lag(const sched_config *c, const char *stream, const char *group,
+                                               long long want, double timeout_s, long long *last) {
+  for (double end = h_now() + timeout_s; h_now() < end; usleep(100000))
+    if ((*last = h_keda_lag(c, stream, group)) == want) return true;
+  return false;
 }
 
 /* ---- HTTP client -------------------------------------------------------------------- */

@@ -181,6 +181,10 @@ static void test_cancel_and_sse(sched_config *c) {
   h_resp_free(&r);
   CHECK(h_http(port, "POST", path, ALICE, NULL, 0, 10, &r) == 0 && r.status == 409);
   h_resp_free(&r);
+  /* The canceled job's entry stays unread, counted: an XDEL would make the lag null, and
+   * KEDA would never wake a worker again (charts/paella/README.md, Autoscaling). */
+  long long lag = h_keda_lag(c, c->redis.stream, c->redis.group);
+  CHECK_MSG(lag >= 1, "lag after cancelling a queued job: %lld", lag);
   /* SSE on the running job: progress events, then the canceled status ends the stream. */
   snprintf(path, sizeof path, "/v1/jobs/%s/cancel", longid);
   usleep(800000);
@@ -202,9 +206,10 @@ static void test_cancel_and_sse(sched_config *c) {
   CHECK(r.body && strstr(r.body, "event: progress") && strstr(r.body, "\"stage\":\"denoise\""));
   CHECK(r.body && strstr(r.body, "event: status") && strstr(r.body, "\"status\":\"succeeded\""));
   h_resp_free(&r);
+  CHECK_MSG(h_wait_lag(c, c->redis.stream, c->redis.group, 0, 60, &lag), "lag %lld, not 0, once the queue is empty", lag);
 }
 
-static void test_deadlines(void) {
+static void test_deadlines(const sched_config *c) {
   char longid[64], queued[64], running[64], body[256], e[128];
   h_resp r;
   submit(LONG, longid, sizeof longid);
@@ -215,6 +220,8 @@ static void test_deadlines(void) {
   snprintf(body, sizeof body, "{\"prompt\":\"late\",\"width\":32,\"height\":32,\"deadline_ms\":%" PRId64 "}", now + 400);
   submit(body, queued, sizeof queued);
   CHECK(wait_status(queued, "failed", 10));
+  long long lag = h_keda_lag(c, c->redis.stream, c->redis.group); /* reaped, unread, counted (not null) */
+  CHECK_MSG(lag >= 1, "lag after reaping a queued job: %lld", lag);
   snprintf(e, sizeof e, "/v1/jobs/%s", queued);
   CHECK(h_http(port, "GET", e, ALICE, NULL, 0, 5, &r) == 0 && h_str_is(r.json, "error.code", "deadline_exceeded"));
   h_resp_free(&r);
@@ -231,6 +238,9 @@ static void test_deadlines(void) {
   CHECK(wait_status(running, "failed", 20));
   snprintf(e, sizeof e, "/v1/jobs/%s", running);
   CHECK(h_http(port, "GET", e, ALICE, NULL, 0, 5, &r) == 0 && h_str_is(r.json, "error.code", "deadline_exceeded"));
+  h_resp_free(&r);
+  CHECK_MSG(h_wait_lag(c, c->redis.stream, c->redis.group, 0, 60, &lag), "lag %lld, not 0, once the queue is empty", lag);
+  CHECK(h_http(port, "GET", "/metrics", NULL, NULL, 0, 5, &r) == 0 && r.body && strstr(r.body, "\npaella_queue_backlog 0\n"));
   h_resp_free(&r);
 }
 
@@ -283,7 +293,7 @@ static int scripted_run(sched_config *c, const char *stream, bool succeed) {
 static void test_retries_and_deadletters(void) {
   sched_config c;
   harness_config(&c);
-  snprintf(c.stream, sizeof c.stream, "paella:retrytest");
+  snprintf(c.redis.stream, sizeof c.redis.stream, "paella:retrytest");
   c.max_attempts = 2;
   c.backoff_ms = 100;
   add_key(&c, "admin", "admin-token", true);
@@ -300,8 +310,8 @@ static void test_retries_and_deadletters(void) {
   char id[64], path[160];
   snprintf(id, sizeof id, "%s", h_str(r.json, "id") ? h_str(r.json, "id") : "");
   h_resp_free(&r);
-  CHECK(scripted_run(&c, c.stream, false) == 0); /* attempt 1: io_error -> retried after backoff */
-  CHECK(scripted_run(&c, c.stream, false) == 0); /* attempt 2: the last -> dead letters */
+  CHECK(scripted_run(&c, c.redis.stream, false) == 0); /* attempt 1: io_error -> retried after backoff */
+  CHECK(scripted_run(&c, c.redis.stream, false) == 0); /* attempt 2: the last -> dead letters */
   char dead[64] = "";
   for (double end = h_now() + 5; h_now() < end && !dead[0]; usleep(50000)) {
     CHECK(h_http(port, "GET", "/v1/deadletters", ADMIN, NULL, 0, 5, &r) == 0 && r.status == 200);
@@ -311,6 +321,8 @@ static void test_retries_and_deadletters(void) {
     h_resp_free(&r);
   }
   CHECK(dead[0]);
+  long long lag = h_keda_lag(&c, c.redis.stream, c.redis.group); /* retried, then dead: all acknowledged */
+  CHECK_MSG(lag == 0, "lag after a retry and a dead letter: %lld", lag);
   snprintf(path, sizeof path, "/v1/jobs/%s", id);
   CHECK(h_http(port, "GET", path, ADMIN, NULL, 0, 5, &r) == 0 && h_str_is(r.json, "status", "failed") &&
         h_str_is(r.json, "error.code", "too_many_attempts"));
@@ -320,7 +332,7 @@ static void test_retries_and_deadletters(void) {
   h_resp_free(&r);
   CHECK(h_http(port, "POST", path, ADMIN, NULL, 0, 5, &r) == 0 && r.status == 404); /* gone */
   h_resp_free(&r);
-  CHECK(scripted_run(&c, c.stream, true) == 0);
+  CHECK(scripted_run(&c, c.redis.stream, true) == 0);
   snprintf(path, sizeof path, "/v1/jobs/%s", id);
   bool ok = false;
   for (double end = h_now() + 5; h_now() < end && !ok; usleep(50000)) {
@@ -329,6 +341,7 @@ static void test_retries_and_deadletters(void) {
     h_resp_free(&r);
   }
   CHECK(ok);
+  CHECK_MSG(h_wait_lag(&c, c.redis.stream, c.redis.group, 0, 10, &lag), "lag %lld after the requeued job ran", lag);
   CHECK(h_http(port, "GET", "/metrics", NULL, NULL, 0, 5, &r) == 0 && strstr(r.body, "paella_jobs_total{status=\"retried\"} 1"));
   h_resp_free(&r);
   port = saved;
@@ -340,7 +353,7 @@ done:
 static void test_rate_limit_and_quota(void) {
   sched_config c;
   harness_config(&c);
-  snprintf(c.stream, sizeof c.stream, "paella:ratetest"); /* no worker: jobs stay queued */
+  snprintf(c.redis.stream, sizeof c.redis.stream, "paella:ratetest"); /* no worker: jobs stay queued */
   c.rate = 0.5;
   c.burst = 3;
   c.max_active = 1;
@@ -386,7 +399,7 @@ int main(void) {
     test_idempotency();
     test_list();
     test_cancel_and_sse(&c);
-    test_deadlines();
+    test_deadlines(&c);
     test_retries_and_deadletters();
     test_rate_limit_and_quota();
   }

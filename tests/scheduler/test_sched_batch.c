@@ -57,7 +57,7 @@ static json_t *batch_status(const char *id) {
 }
 
 static long long stream_len(const sched_config *c) {
-  redisReply *r = sched_cmdf(c, "XLEN %s", c->stream);
+  redisReply *r = sched_cmdf(c, "XLEN %s", c->redis.stream);
   long long n = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
   if (r) freeReplyObject(r);
   return n;

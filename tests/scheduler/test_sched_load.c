@@ -49,7 +49,7 @@ int main(void) {
     CHECK(rps > 1000);
     CHECK(p99 > 0 && p99 < 200);
     CHECK_MSG(!strstr(out, "Non-2xx"), "some submissions were refused");
-    redisReply *r = sched_cmdf(&c, "XLEN %s", c.stream);
+    redisReply *r = sched_cmdf(&c, "XLEN %s", c.redis.stream);
     CHECK(r && r->type == REDIS_REPLY_INTEGER && r->integer > 5000);
     if (r) freeReplyObject(r);
   }
