@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "model/default_model.h"
 #include "model/pipeline.h"
 #include "ops/parse.h"
 
@@ -17,7 +18,9 @@ static void usage(FILE *f) {
       "usage: paella generate PROMPT [options]\n"
       "\n"
       "Text to image with Paella v3 (ByT5-XL + CLIP-H conditioning, CLIP prior, VQGAN f4).\n"
-      "With no models configured, runs a small built-in model with random weights (noise).\n"
+      "With no models configured, runs the built-in default model: the same architecture at\n"
+      "emoji scale, trained on Twemoji (CC-BY 4.0) at its native size of 32x32 pixels; it draws\n"
+      "emoji-like pictures of short captions (\"fox face\", \"red apple\"). See docs/models.md.\n"
       "\n"
       "output:\n"
       "  -o, --output FILE       PNG to write (default paella.png); with several images\n"
@@ -25,8 +28,9 @@ static void usage(FILE *f) {
       "      --json              print a JSON summary (seed, timings, outputs) on stdout\n"
       "  -q, --quiet             no progress bar\n"
       "image:\n"
-      "  -W, --width N, -H, --height N   size in pixels, multiples of 32 (default 256, or\n"
-      "                          the input image's size cropped to a multiple of 32)\n"
+      "  -W, --width N, -H, --height N   size in pixels, multiples of 32 (16 with the built-in\n"
+      "                          model; default 256, 32 with the built-in model, or the input\n"
+      "                          image's size cropped to a multiple of 32)\n"
       "      --batch N           images per run (image i uses seed + i) (default 1)\n"
       "  -s, --seed N            random seed (default 0)\n"
       "      --max-size N        largest side accepted (default 1024)\n"
@@ -346,6 +350,8 @@ int cmd_generate(int argc, char **argv) {
   }
   if (rc) return rc;
   if (!o.models) o.models = getenv("PAELLA_MODELS");
+  if (!o.size_given && !(o.models && o.models[0])) /* the built-in model draws at its training size */
+    o.req.width = o.req.height = PA_DEFAULT_NATIVE_SIZE;
   pa_backend *be = pa_backend_by_name(o.device);
   if (!be) {
     fprintf(stderr, "paella generate: %s\n", pa_errmsg());
@@ -371,9 +377,6 @@ int cmd_generate(int argc, char **argv) {
   o.req.image = image;
   o.req.mask = mask;
   PA_TRY(pa_gen_request_check(p, &o.req)); /* fail before any compute */
-  if (pa_pipeline_untrained(p))
-    fprintf(stderr, "paella: WARNING: no models configured (--models DIR or PAELLA_MODELS): using the embedded "
-                    "model with untrained random weights; its output is noise\n");
   PA_TRY(run_all(&o, p, results, n_runs, t));
   PA_TRY(write_all(&o, results, n_runs, outputs));
   if (o.json)

@@ -317,8 +317,8 @@ int main(void) {
   pa_pipeline_options o = {.models_dir = NULL, .be = pa_cpu_backend()};
   CHECK_OK(pa_pipeline_open(&o, &p));
   if (!p) TEST_END();
-  CHECK(pa_pipeline_untrained(p));
-  CHECK(pa_pipeline_size_multiple(p) == 32);
+  CHECK(!pa_pipeline_untrained(p)); /* the trained default model (model/default_model.h) */
+  CHECK(pa_pipeline_size_multiple(p) == 16); /* VQGAN f4 x patch 2 x two levels */
   test_determinism_and_batch();
   test_inpaint_outpaint_img2img();
   test_interpolation_regions_cfg();
