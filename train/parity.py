@@ -4,37 +4,15 @@ max-norm relative error printed and required below 1e-3.
 
 Usage: parity.py WEIGHTS_DIR PAELLA_BINARY
 """
-import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import torch
 
 import nets
 import train
-
-DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64, "I32": np.int32}
-
-
-def read_safetensors(path):
-    raw = open(path, "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    meta = header.pop("__metadata__", {})
-    data = raw[8 + n:]
-    out = {}
-    for k, v in header.items():
-        b, e = v["data_offsets"]
-        arr = np.frombuffer(data[b:e], dtype=DTYPES[v["dtype"]]).reshape(v["shape"])
-        out[k] = torch.from_numpy(arr.copy())
-        if out[k].dtype == torch.float16:
-            out[k] = out[k].float()
-    return out, json.loads(meta.get("config", "{}"))
-
 
 def load(model, sd):
     own = model.state_dict()
@@ -47,7 +25,7 @@ def c_eval(paella, net, weights, inputs, config):
         fin, fout = os.path.join(d, "in.safetensors"), os.path.join(d, "out.safetensors")
         train.write_safetensors(fin, {**weights, **inputs}, config, f16=False)
         subprocess.run([paella, "eval", net, "--in", fin, "--out", fout], check=True)
-        return read_safetensors(fout)[0]
+        return train.read_safetensors(fout)[0]
 
 
 def err(a, b):
@@ -59,7 +37,7 @@ def main():
     torch.manual_seed(0)
     worst = 0.0
     with torch.no_grad():
-        sd, cfg = read_safetensors(os.path.join(wdir, "default_paella.safetensors"))
+        sd, cfg = train.read_safetensors(os.path.join(wdir, "default_paella.safetensors"))
         m = load(nets.Paella(**cfg), sd)
         B, L = 2, 7
         x = torch.randint(0, cfg["num_labels"], (B, 8, 8))
@@ -74,7 +52,7 @@ def main():
         print(f"paella logits: {e:.2e}")
         worst = max(worst, e)
 
-        sd, cfg = read_safetensors(os.path.join(wdir, "default_t5.safetensors"))
+        sd, cfg = train.read_safetensors(os.path.join(wdir, "default_t5.safetensors"))
         m = load(nets.T5Encoder(cfg["vocab_size"], cfg["d_model"], cfg["d_kv"], cfg["d_ff"], cfg["num_layers"],
                                 cfg["num_heads"]), sd)
         ids, pad = train.byt5_ids(["grinning cat face with smiling eyes and a long tail of text", "fox"])
@@ -87,7 +65,7 @@ def main():
         print(f"t5 hidden: {e1:.2e} {e2:.2e}; padded vs unpadded {e3:.2e}")
         worst = max(worst, e1, e2, e3)
 
-        sd, cfg = read_safetensors(os.path.join(wdir, "default_clip.safetensors"))
+        sd, cfg = train.read_safetensors(os.path.join(wdir, "default_clip.safetensors"))
         tc, vc = cfg["text_config"], cfg["vision_config"]
         text = load(nets.ClipText(tc["vocab_size"], tc["max_position_embeddings"], tc["hidden_size"],
                                   tc["intermediate_size"], tc["num_hidden_layers"], tc["num_attention_heads"],
@@ -108,7 +86,7 @@ def main():
         print(f"clip vision: {e:.2e}")
         worst = max(worst, e)
 
-        sd, cfg = read_safetensors(os.path.join(wdir, "default_prior.safetensors"))
+        sd, cfg = train.read_safetensors(os.path.join(wdir, "default_prior.safetensors"))
         m = load(nets.Prior(**cfg), sd)
         x, c, r = torch.randn(2, cfg["clip_r"]), torch.randn(2, cfg["clip_r"]), torch.tensor([0.9, 0.2])
         out = c_eval(paella, "prior", sd, {"in.x": x, "in.c": c, "in.r": r}, cfg)
@@ -116,7 +94,7 @@ def main():
         print(f"prior: {e:.2e}")
         worst = max(worst, e)
 
-        sd, cfg = read_safetensors(os.path.join(wdir, "default_vqgan.safetensors"))
+        sd, cfg = train.read_safetensors(os.path.join(wdir, "default_vqgan.safetensors"))
         m = load(nets.VQModel(**cfg), sd)
         img = torch.rand(2, 3, 32, 32)
         out = c_eval(paella, "vqgan", sd, {"in.image": img}, cfg)

@@ -4,6 +4,7 @@ seeds. Writes the five safetensors files the C pipeline embeds (model/data/defau
 retrieval set of the quality test, a loss log and a loss plot.
 
 Usage: train.py DATA.npz OUT_DIR MINUTES_VQGAN MINUTES_CLIP MINUTES_PRIOR MINUTES_PAELLA
+       train.py DATA.npz OUT_DIR --resume-paella MINUTES   (continue the Paella stage in OUT_DIR)
 """
 import json
 import math
@@ -38,6 +39,7 @@ PAELLA = dict(c_in=32, c_out=32, num_labels=VQGAN["codebook_size"], c_r=64, patc
 
 LOG = []
 T0 = time.time()
+EARLIER_WALL = 0.0  # a resumed run's predecessors
 
 
 def log(stage, step, **vals):
@@ -93,6 +95,31 @@ def write_safetensors(path, tensors, config, f16=True):
         for b in blobs:
             f.write(b)
     os.replace(tmp, path)
+
+
+DTYPES = {"F16": np.float16, "F32": np.float32, "I64": np.int64, "I32": np.int32}
+
+
+def read_safetensors(path):
+    """(tensors with floats widened to F32, the config metadata)"""
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    data = raw[8 + n:]
+    out = {}
+    for k, v in header.items():
+        b, e = v["data_offsets"]
+        t = torch.from_numpy(np.frombuffer(data[b:e], dtype=DTYPES[v["dtype"]]).reshape(v["shape"]).copy())
+        out[k] = t.float() if t.dtype == torch.float16 else t
+    return out, json.loads(meta.get("config", "{}"))
+
+
+def load_exported(model, path):
+    sd, _ = read_safetensors(path)
+    own = model.state_dict()
+    model.load_state_dict({k: sd[k].to(own[k].dtype) for k in own})
+    return model
 
 
 def export(model, path, config, skip=()):
@@ -156,14 +183,28 @@ def clip_batch_ids(ids):
     return ids[:, :L]
 
 
-def train_clip(images, cap_ids, cap_img, minutes, out):
-    torch.manual_seed(2)
+def build_clip():
     text = nets.ClipText(CLIP_TEXT["vocab_size"], CLIP_TEXT["max_position_embeddings"], CLIP_TEXT["hidden_size"],
                          CLIP_TEXT["intermediate_size"], CLIP_TEXT["num_hidden_layers"],
                          CLIP_TEXT["num_attention_heads"], CLIP_PROJ)
     vision = nets.ClipVision(CLIP_VISION["image_size"], CLIP_VISION["patch_size"], CLIP_VISION["hidden_size"],
                              CLIP_VISION["intermediate_size"], CLIP_VISION["num_hidden_layers"],
                              CLIP_VISION["num_attention_heads"], CLIP_PROJ)
+    return text, vision
+
+
+def clip_embeddings(text, vision, images, cap_ids):
+    """CLIP image embeddings of all images and text embeddings of all captions."""
+    with torch.no_grad():
+        px = nets.clip_normalise(images)
+        img = torch.cat([vision(px[i:i + 256]) for i in range(0, len(px), 256)])
+        txt = torch.cat([text(clip_batch_ids(cap_ids[i:i + 256])) for i in range(0, len(cap_ids), 256)])
+    return img, txt
+
+
+def train_clip(images, cap_ids, cap_img, minutes, out):
+    torch.manual_seed(2)
+    text, vision = build_clip()
     logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
     params = list(text.parameters()) + list(vision.parameters()) + [logit_scale]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
@@ -184,9 +225,8 @@ def train_clip(images, cap_ids, cap_img, minutes, out):
         log("clip", i, loss=loss.item())
 
     steps = run_budget(minutes, step, opt, 1e-3)
+    img_emb, txt_emb = clip_embeddings(text, vision, images, cap_ids)
     with torch.no_grad():
-        img_emb = torch.cat([vision(px[i:i + 256]) for i in range(0, N, 256)])
-        txt_emb = torch.cat([text(clip_batch_ids(cap_ids[i:i + 256])) for i in range(0, len(cap_ids), 256)])
         # Rescale both projections so every embedding coordinate has RMS 1 (the contrastive loss
         # is scale-free; the prior's diffusion and Paella's mappers want unit-scale inputs).
         si, st = img_emb.pow(2).mean().sqrt(), txt_emb.pow(2).mean().sqrt()
@@ -236,7 +276,8 @@ def byt5_ids(texts):
     return ids, ids == 0
 
 
-def train_paella(tokens, captions, cap_img, txt_emb, img_emb, empty_txt_emb, minutes, out):
+def train_paella(tokens, captions, cap_img, txt_emb, img_emb, empty_txt_emb, minutes, out, resume=False):
+    """resume: continue from the exported F16 weights (a fresh optimiser, half the peak rate)."""
     torch.manual_seed(4)
     t5 = nets.T5Encoder(T5["vocab_size"], T5["d_model"], T5["d_kv"], T5["d_ff"], T5["num_layers"], T5["num_heads"],
                         T5["relative_attention_num_buckets"], T5["relative_attention_max_distance"])
@@ -246,8 +287,15 @@ def train_paella(tokens, captions, cap_img, txt_emb, img_emb, empty_txt_emb, min
             if isinstance(m, nets.TimestepBlock):
                 m.mapper.weight.zero_()
         paella.out_mapper[1].weight.copy_(paella.in_mapper[0].weight[:, :, None, None])
+    first_step = 0
+    if resume:
+        torch.manual_seed(5)
+        load_exported(t5, os.path.join(out, "default_t5.safetensors"))
+        load_exported(paella, os.path.join(out, "default_paella.safetensors"))
+        first_step = 1 + max(r["step"] for r in LOG if r["stage"] == "paella")
     params = list(t5.parameters()) + list(paella.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    peak = 5e-4 if resume else 1e-3
+    opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
     K, n, B = PAELLA["num_labels"], len(captions), 64
     cap_img_t = torch.from_numpy(cap_img).long()
 
@@ -279,16 +327,16 @@ def train_paella(tokens, captions, cap_img, txt_emb, img_emb, empty_txt_emb, min
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         acc = (logits.argmax(1) == x0)[mask].float().mean().item() if mask.any() else 0.0
-        log("paella", i, loss=loss.item(), acc_masked=acc)
+        log("paella", first_step + i, loss=loss.item(), acc_masked=acc)
 
-    steps = run_budget(minutes, step, opt, 1e-3, on_tick=save)
+    steps = run_budget(minutes, step, opt, peak, on_tick=save)
     print(f"paella: {steps} steps", flush=True)
     save()
 
 
 def write_log(out):
     with open(os.path.join(out, "train_log.json"), "w") as f:
-        json.dump({"wall_seconds": time.time() - T0, "log": LOG}, f)
+        json.dump({"wall_seconds": EARLIER_WALL + time.time() - T0, "log": LOG}, f)
     plot(os.path.join(out, "loss.png"))
 
 
@@ -315,8 +363,34 @@ def plot(path):
     fig.savefig(path, dpi=80)
 
 
+def resume_paella(data_path, out, minutes):
+    """Continues the Paella stage of an earlier run in `out` for `minutes` more."""
+    global EARLIER_WALL
+    prev = json.load(open(os.path.join(out, "train_log.json")))
+    LOG.extend(prev["log"])
+    EARLIER_WALL = prev["wall_seconds"]
+    d = np.load(data_path)
+    images = torch.from_numpy(d["images"]).permute(0, 3, 1, 2).float() / 255.0
+    captions, cap_img, cap_ids = list(d["captions"]), d["caption_image"], torch.from_numpy(d["clip_ids"]).long()
+    tokens = read_safetensors(os.path.join(out, "default_retrieval.safetensors"))[0]["tokens"].long()
+    text, vision = build_clip()
+    load_exported(text, os.path.join(out, "default_clip.safetensors"))
+    load_exported(vision, os.path.join(out, "default_clip.safetensors"))
+    img_emb, txt_emb = clip_embeddings(text, vision, images, cap_ids)
+    train_paella(tokens, captions, cap_img, txt_emb, img_emb, empty_clip_embedding(text), minutes, out, resume=True)
+    write_log(out)
+
+
+def empty_clip_embedding(text):
+    with torch.no_grad():
+        return text(torch.tensor([[49406, 49407]]))[0]  # "" -> [SOT, EOT]
+
+
 def main():
     data_path, out = sys.argv[1], sys.argv[2]
+    if sys.argv[3] == "--resume-paella":
+        resume_paella(data_path, out, float(sys.argv[4]))
+        return
     minutes = [float(v) for v in sys.argv[3:7]]
     torch.manual_seed(0)
     np.random.seed(0)
@@ -329,11 +403,7 @@ def main():
         "names": [str(s) for s in d["names"]], "native_size": 32})
     text, img_emb, txt_emb = train_clip(images, cap_ids, cap_img, minutes[1], out)
     train_prior(img_emb, txt_emb, cap_img, minutes[2], out)
-    with torch.no_grad():
-        empty = torch.zeros(1, 77, dtype=torch.long)
-        empty[0, 0], empty[0, 1] = 49406, 49407  # "" -> [SOT, EOT]
-        empty_emb = text(empty[:, :2])[0]
-    train_paella(tokens, captions, cap_img, txt_emb, img_emb, empty_emb, minutes[3], out)
+    train_paella(tokens, captions, cap_img, txt_emb, img_emb, empty_clip_embedding(text), minutes[3], out)
     write_log(out)
     print(f"total wall time {(time.time() - T0) / 60:.1f} min", flush=True)
 
