@@ -29,7 +29,7 @@ def main():
             img = Image.open(path).convert("RGB").resize((cell, cell), Image.NEAREST)
             x, y = (i % 4) * cell, (i // 4) * (cell + CAPTION_H)
             grid.paste(img, (x, y))
-            label = prompt if len(prompt) <= 21 else prompt[:20] + "…"
+            label = prompt if len(prompt) <= 21 else prompt[:19] + "..."
             draw.text((x + 2, y + cell + 1), label, fill="black")
     grid.save(out)
     print(f"{len(PROMPTS)} prompts -> {out}")
