@@ -16,6 +16,7 @@
 #include "cli/job_opts.h"
 #include "cli/opts.h"
 #include "cli/output.h"
+#include "model/default_model.h"
 #include "model/pipeline.h"
 #include "proto/proto.h"
 #include "worker/job_map.h"
@@ -29,7 +30,10 @@ static void usage(FILE *f) {
       "usage: paella generate PROMPT [options]\n"
       "\n"
       "Text to image with Paella v3 (ByT5-XL + CLIP-H conditioning, CLIP prior, VQGAN f4).\n"
-      "With no models configured, runs a small built-in model with random weights (noise).\n"
+      "With no models configured, runs the built-in default model: the same architecture at\n"
+      "emoji scale, trained briefly on Twemoji (CC-BY 4.0) at its native size of 32x32 pixels.\n"
+      "It is undertrained: it draws the emoji style (white ground, round faces, a caption's\n"
+      "colours) but rarely the object itself. See docs/models.md.\n"
       "Defaults and limits are the HTTP API's (docs/protocol.md): the same settings and seed\n"
       "give the same image here and through a scheduler and worker.\n"
       "Exit status: 0 done, 1 failed while running, 2 bad command line.\n"
@@ -49,7 +53,8 @@ static void usage(FILE *f) {
       "image:\n"
       "  -W, --width N, -H, --height N   size in pixels, multiples of " STR(PW_SIZE_MULTIPLE) ", "
       STR(PW_SIZE_MIN) ".." STR(PW_SIZE_MAX) "\n"
-      "                          (default " STR(PW_DEFAULT_SIZE) ", or the input image's size cropped to a multiple of 32)\n"
+      "                          (default " STR(PW_DEFAULT_SIZE) "; 32, its native size, with the built-in model;\n"
+      "                          or the input image's size cropped to a multiple of 32)\n"
       "      --batch N           images per run, 1.." STR(PW_BATCH_MAX) " (image i uses seed + i) (default 1)\n"
       "  -s, --seed N            random seed, 0..2^53-1 (default 0)\n"
       "      --max-size N        largest side accepted (default 1024)\n"
@@ -392,6 +397,8 @@ int cmd_generate(int argc, char **argv) {
     return rc == -1 ? CLI_EXIT_OK : rc;
   }
   if (!o.models) o.models = getenv("PAELLA_MODELS");
+  if (!o.cj.size_given && !(o.models && o.models[0])) /* the built-in model draws at its training size */
+    o.cj.job.width = o.cj.job.height = PA_DEFAULT_NATIVE_SIZE;
   pa_backend *be = pa_backend_by_name(o.device);
   if (!be) {
     cli_job_free(&o.cj);
@@ -414,9 +421,6 @@ int cmd_generate(int argc, char **argv) {
   t_load = now() - t_load;
   PA_TRY(load_inputs(&o, p, &image, &mask));
   PA_TRY(revalidate(&o, p, image, mask));
-  if (pa_pipeline_untrained(p))
-    fprintf(stderr, "paella: WARNING: no models configured (--models DIR or PAELLA_MODELS): using the embedded "
-                    "model with untrained random weights; its output is noise\n");
   PA_TRY(run_all(&o, p, image, mask, &ps, results, n_runs, t));
   PA_TRY(write_all(&o, results, n_runs, outputs));
   if (o.json)

@@ -10,7 +10,7 @@
 #include "ops/error.h"
 
 typedef struct {
-  int byt5, clip, json, max_len;
+  int byt5, clip, json, lines, max_len;
   const char *merges; /* NULL: the merges file linked into the library */
   const char *text;
 } tokenize_opts;
@@ -22,6 +22,7 @@ static void tokenize_usage(FILE *f) {
           "  --clip          CLIP ids: [SOT] BPE ids [EOT], padded with 0 to %d\n"
           "  --merges FILE   CLIP merges file (bpe_simple_vocab_16e6.txt.gz or merges.txt)\n"
           "  --json          print a JSON array instead of space-separated ids\n"
+          "  --lines         with '-': every stdin line is one text, one output line each\n"
           "  TEXT            the text as UTF-8; '-' reads it from stdin\n",
           PA_BYT5_MAX_LEN, PA_CLIP_CONTEXT);
 }
@@ -35,6 +36,7 @@ static int parse_opts(int argc, char **argv, tokenize_opts *o) {
     if (!strcmp(a, "--byt5")) o->byt5 = 1;
     else if (!strcmp(a, "--clip")) o->clip = 1;
     else if (!strcmp(a, "--json")) o->json = 1;
+    else if (!strcmp(a, "--lines")) o->lines = 1;
     else if (!strcmp(a, "--max-len") && i + 1 < argc) o->max_len = atoi(argv[++i]);
     else if (!strcmp(a, "--merges") && i + 1 < argc) o->merges = argv[++i];
     else if ((a[0] == '-' && a[1] != 0) || o->text) {
@@ -43,7 +45,7 @@ static int parse_opts(int argc, char **argv, tokenize_opts *o) {
       return 2;
     } else o->text = a;
   }
-  if (o->byt5 + o->clip != 1 || !o->text || o->max_len < 1) return 2;
+  if (o->byt5 + o->clip != 1 || !o->text || o->max_len < 1 || (o->lines && strcmp(o->text, "-"))) return 2;
   return 0;
 }
 
@@ -80,9 +82,29 @@ static int clip_ids(const tokenize_opts *o, const char *text, size_t len, int64_
   return rc;
 }
 
+static int tokenize_one(const tokenize_opts *o, const char *text, size_t len, int64_t *ids) {
+  int n = PA_CLIP_CONTEXT;
+  int rc = o->clip ? clip_ids(o, text, len, ids) : pa_byt5_tokenize(text, len, o->max_len, ids, &n);
+  if (rc == PA_OK) print_ids(ids, n, o->json);
+  else fprintf(stderr, "paella tokenize: %s\n", pa_errmsg());
+  return rc;
+}
+
+/* --lines: many texts in one process (training data), each line without its newline. */
+static int tokenize_lines(const tokenize_opts *o, char *input, size_t len, int64_t *ids) {
+  int rc = PA_OK;
+  for (size_t start = 0; start < len && rc == PA_OK;) {
+    char *nl = memchr(input + start, '\n', len - start);
+    size_t end = nl ? (size_t)(nl - input) : len;
+    rc = tokenize_one(o, input + start, end - start, ids);
+    start = end + 1;
+  }
+  return rc;
+}
+
 int cmd_tokenize(int argc, char **argv) {
   tokenize_opts o;
-  int rc = parse_opts(argc, argv, &o), n = PA_CLIP_CONTEXT;
+  int rc = parse_opts(argc, argv, &o);
   if (rc) {
     tokenize_usage(rc == 1 ? stdout : stderr);
     return rc == 1 ? 0 : 2;
@@ -93,11 +115,8 @@ int cmd_tokenize(int argc, char **argv) {
   if (!ids || (!input && !strcmp(o.text, "-"))) {
     rc = pa_fail(PA_ERR_NOMEM, "out of memory");
   } else {
-    const char *text = input ? input : o.text;
-    rc = o.clip ? clip_ids(&o, text, len, ids) : pa_byt5_tokenize(text, len, o.max_len, ids, &n);
+    rc = o.lines ? tokenize_lines(&o, input, len, ids) : tokenize_one(&o, input ? input : o.text, len, ids);
   }
-  if (rc == PA_OK) print_ids(ids, n, o.json);
-  else fprintf(stderr, "paella tokenize: %s\n", pa_errmsg());
   free(ids);
   free(input);
   return rc == PA_OK ? 0 : 1;

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "model/clip.h"
+#include "model/default_model.h"
 #include "model/paella.h"
 #include "model/prior.h"
 #include "model/t5.h"
@@ -15,39 +16,22 @@
 #include "model/vqgan.h"
 #include "model/pipeline_internal.h"
 
-#define EMBEDDED_SEED 0x9aE11a5EEDull
 
 /* ---- opening ----------------------------------------------------------------------------- */
 
-/* The embedded default: the published architectures at toy widths, so the whole pipeline
- * (tokenizers, five networks, sampler, PNG) runs anywhere in seconds. */
-static int open_embedded(pa_pipeline *p) {
-  int rc = PA_OK;
-  pa_t5_config t5 = pa_t5_default_config();
-  t5.d_model = 32, t5.d_kv = 8, t5.d_ff = 64, t5.num_layers = 2, t5.num_heads = 4;
-  pa_clip_config ct = pa_clip_text_default_config(), cv = pa_clip_vision_default_config();
-  ct.hidden_size = 32, ct.intermediate_size = 64, ct.num_layers = 2, ct.num_heads = 4, ct.projection_dim = 32;
-  cv.hidden_size = 32, cv.intermediate_size = 64, cv.num_layers = 2, cv.num_heads = 4, cv.projection_dim = 32;
-  pa_prior_config pr = {.clip_r = 32, .c_hidden = 64, .c_r = 64, .num_blocks = 2};
-  pa_vqgan_config vq = {.levels = 2, .bottleneck_blocks = 2, .c_hidden = 32, .c_latent = 4,
-                        .codebook_size = 256, .scale_factor = 0.3764};
-  pa_paella_config pc = pa_paella_default_config();
-  pc.c_in = 16, pc.c_out = 16, pc.num_labels = 256, pc.c_cond = 32, pc.byt5_embd = 32, pc.clip_embd = 32;
-  pc.c_hidden[0] = 32, pc.c_hidden[1] = 64, pc.c_hidden[2] = 64, pc.nhead[1] = 4, pc.nhead[2] = 4;
-  pc.blocks[0] = 1, pc.blocks[1] = 2, pc.blocks[2] = 1;
-  pa_weights **ws[] = {&p->w_t5, &p->w_clip, &p->w_prior, &p->w_vqgan, &p->w_paella};
-  for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
-    if (!(*ws[i] = pa_weights_new("embedded default model"))) return PA_ERR_NOMEM;
-    /* the VQGAN at a larger scale, so its (untrained) output spans the pixel range visibly */
-    pa_weights_set_autocreate(*ws[i], EMBEDDED_SEED + i, ws[i] == &p->w_vqgan ? 0.5f : 0.1f);
-  }
-  PA_TRY(pa_t5_load(p->be, p->w_t5, &t5, &p->t5));
-  PA_TRY(pa_clip_load(p->be, p->w_clip, &ct, false, &p->clip_text));
-  PA_TRY(pa_clip_load(p->be, p->w_clip, &cv, true, &p->clip_vision));
-  PA_TRY(pa_prior_load(p->be, p->w_prior, &pr, &p->prior));
-  PA_TRY(pa_vqgan_load(p->be, p->w_vqgan, &vq, &p->vqgan));
-  PA_TRY(pa_paella_load(p->be, p->w_paella, &pc, &p->paella));
-  p->untrained = true;
+/* The embedded default model (model/default_model.h), or its random-weight twin. */
+static int open_embedded(pa_pipeline *p, bool random_weights) {
+  pa_default_model d;
+  int rc = pa_default_model_open(random_weights, &d);
+  if (rc) return rc;
+  p->w_t5 = d.t5, p->w_clip = d.clip, p->w_prior = d.prior, p->w_vqgan = d.vqgan, p->w_paella = d.paella;
+  PA_TRY(pa_t5_load(p->be, p->w_t5, &d.t5_cfg, &p->t5));
+  PA_TRY(pa_clip_load(p->be, p->w_clip, &d.clip_text_cfg, false, &p->clip_text));
+  PA_TRY(pa_clip_load(p->be, p->w_clip, &d.clip_vision_cfg, true, &p->clip_vision));
+  PA_TRY(pa_prior_load(p->be, p->w_prior, &d.prior_cfg, &p->prior));
+  PA_TRY(pa_vqgan_load(p->be, p->w_vqgan, &d.vqgan_cfg, &p->vqgan));
+  PA_TRY(pa_paella_load(p->be, p->w_paella, &d.paella_cfg, &p->paella));
+  p->untrained = random_weights;
 fail:
   return rc;
 }
@@ -154,7 +138,7 @@ int pa_pipeline_open(const pa_pipeline_options *o, pa_pipeline **out) {
   if (o->models_dir && o->models_dir[0])
     PA_TRY(open_dir(p, o->models_dir));
   else
-    PA_TRY(open_embedded(p));
+    PA_TRY(open_embedded(p, o->random_weights));
   PA_TRY(check_compatible(p));
   set_encoder_ids(p);
   *out = p;

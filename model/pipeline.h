@@ -22,14 +22,16 @@ typedef struct pa_pipeline pa_pipeline;
 #define PA_DIR_CLIP "CLIP-ViT-H-14-laion2B-s32B-b79K"  /* model.safetensors (transformers) */
 
 typedef struct {
-  const char *models_dir; /* NULL or "": the embedded untrained default model */
+  const char *models_dir; /* NULL or "": the embedded default model (model/default_model.h) */
+  bool random_weights;    /* with the embedded model: its architecture with random weights
+                             (the quality test's baseline; its images are noise) */
   pa_backend *be;
   int max_side;           /* largest width/height accepted (pixels), 0 = 1024 */
 } pa_pipeline_options;
 
 int pa_pipeline_open(const pa_pipeline_options *o, pa_pipeline **out);
 void pa_pipeline_free(pa_pipeline *p);
-/* True for the embedded model: deterministic random weights, its images are noise. */
+/* True for the random-weight twin of the embedded model (random_weights): its images are noise. */
 bool pa_pipeline_untrained(const pa_pipeline *p);
 /* Image sides must be multiples of this (32 for the published models). */
 int pa_pipeline_size_multiple(const pa_pipeline *p);

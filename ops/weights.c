@@ -374,6 +374,29 @@ done:
   return rc;
 }
 
+/* The whole file in memory: u64 header length, JSON header, data section. */
+static int st_parse(pa_weights *w, const char *base, size_t len) {
+  uint64_t hlen;
+  memcpy(&hlen, base, 8); /* little-endian hosts only (x86-64, aarch64) */
+  if (hlen > ST_MAX_HEADER || hlen > len - 8)
+    return pa_fail(PA_ERR_FORMAT, "%s: header length %llu exceeds the file (%zu bytes)", w->source,
+                   (unsigned long long)hlen, len);
+  return st_parse_header(w, base + 8, hlen, base + 8 + hlen, len - 8 - hlen);
+}
+
+int pa_safetensors_open_memory(const void *data, size_t len, const char *source, pa_weights **out) {
+  pa_weights *w = pa_weights_new(source);
+  if (!w) return PA_ERR_NOMEM;
+  int rc = len < 8 ? pa_fail(PA_ERR_FORMAT, "%s: %zu bytes is too short for a safetensors file", source, len)
+                   : st_parse(w, data, len);
+  if (rc) {
+    pa_weights_free(w);
+    return rc;
+  }
+  *out = w;
+  return PA_OK;
+}
+
 int pa_safetensors_open(const char *path, pa_weights **out) {
   int rc, fd = -1;
   pa_weights *w = pa_weights_new(path);
@@ -396,15 +419,7 @@ int pa_safetensors_open(const char *path, pa_weights **out) {
   }
   w->map = map;
   w->map_len = len;
-  uint64_t hlen;
-  memcpy(&hlen, map, 8); /* little-endian hosts only (x86-64, aarch64) */
-  if (hlen > ST_MAX_HEADER || hlen > len - 8) {
-    rc = pa_fail(PA_ERR_FORMAT, "%s: header length %llu exceeds the file (%zu bytes)", path,
-                 (unsigned long long)hlen, len);
-    goto fail;
-  }
-  const char *base = map;
-  if ((rc = st_parse_header(w, base + 8, hlen, base + 8 + hlen, len - 8 - hlen))) goto fail;
+  if ((rc = st_parse(w, map, len))) goto fail;
   close(fd);
   *out = w;
   return PA_OK;

@@ -16,6 +16,9 @@ typedef struct pa_weights pa_weights;
 /* Detects the format from the first bytes (zip "PK\3\4" or safetensors) and loads it. */
 int pa_weights_open(const char *path, pa_weights **out);
 int pa_safetensors_open(const char *path, pa_weights **out);
+/* A safetensors image in memory (e.g. linked into the binary); tensors borrow `data`, which
+ * must outlive the weights. `source` names it in error messages. */
+int pa_safetensors_open_memory(const void *data, size_t len, const char *source, pa_weights **out);
 /* Reads a torch.save zip checkpoint into `w` (tensors under their state_dict names; a nested
  * {"state_dict": {...}} is flattened to its inner keys). Defined in ops/torch_load.c. */
 int pa_torch_load(const char *path, pa_weights *w);

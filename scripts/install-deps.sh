@@ -24,15 +24,8 @@ APT_PACKAGES=(
   stress-ng                      # test-only: scripts/test-under-load.sh (the suite beside busy CPUs)
 )
 
-need_install=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_install+=("$p")
-done
-if [ "${#need_install[@]}" -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_install[@]}"
-fi
+source "$(dirname "$0")/apt-ensure.sh"
+apt_ensure "${APT_PACKAGES[@]}"
 echo "install-deps: all packages present"
 
 # Test-only: s3rver, a local S3 API for the storage integration test (tests/worker), and
@@ -48,12 +41,5 @@ echo "install-deps: s3rver and redocly present"
 # docker-compose.yml, Go + sprig build charts/render (Debian has no helm), python3-yaml and
 # python3-jsonschema check the rendered chart and values.schema.json.
 DEPLOY_CHECK_PACKAGES=(docker-compose golang-go golang-github-masterminds-sprig-dev python3-yaml python3-jsonschema)
-deploy_missing=()
-for p in "${DEPLOY_CHECK_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || deploy_missing+=("$p")
-done
-if [ "${#deploy_missing[@]}" -gt 0 ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${deploy_missing[@]}"
-fi
+apt_ensure "${DEPLOY_CHECK_PACKAGES[@]}"
 echo "install-deps: deployment check tools present"

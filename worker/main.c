@@ -27,7 +27,7 @@ static void usage(FILE *f) {
       "  --storage URL         s3://BUCKET/PREFIX (endpoint, region and credentials from\n"
       "                        AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,\n"
       "                        AWS_SESSION_TOKEN) or file:///DIR                 [PAELLA_STORAGE]\n"
-      "  --models DIR          published checkpoints; unset: the embedded untrained tiny model\n"
+      "  --models DIR          published checkpoints; unset: the built-in 32 px emoji model\n"
       "                                                                          [PAELLA_MODELS]\n"
       "  --device cpu|cuda     backend (default cpu)                             [PAELLA_DEVICE]\n"
       "  --max-batch N         compatible jobs claimed and run together (1..64, default 1)\n"

@@ -615,8 +615,6 @@ static int setup(worker *w) {
   pa_pipeline_options po = {.models_dir = c->models_dir && *c->models_dir ? c->models_dir : NULL, .be = be,
                             .max_side = c->max_side};
   PA_TRY(pa_pipeline_open(&po, &w->pipe));
-  if (pa_pipeline_untrained(w->pipe))
-    pa_log(PA_LOG_WARN, NULL, NULL, "no models configured (--models): the embedded untrained model makes noise");
   PA_TRY(open_cache(w));
   PA_TRY(pa_notifier_new(c, &w->notify));
   PA_TRY(heartbeat_start(w));

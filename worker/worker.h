@@ -9,7 +9,7 @@
 typedef struct {
   const char *queue_url;      /* redis://... or kafka://... (required) */
   const char *storage_url;    /* s3://BUCKET/PREFIX or file:///DIR (required) */
-  const char *models_dir;     /* NULL: the embedded tiny untrained model */
+  const char *models_dir;     /* NULL: the built-in default model (32 px emoji) */
   const char *device;         /* "cpu" (default) or "cuda" */
   const char *consumer;       /* name in the consumer group (default hostname-pid) */
   int max_batch;              /* jobs claimed and run together (default 1) */

@@ -1,7 +1,9 @@
 /* The denoising loop keeps its tokens: a fixed set of requests covering every mode (and
  * grouped batches with mixed prompt lengths and negative prompts) on the embedded model,
- * compared with tokens recorded before the loop moved onto the backend
- * (tests/model/denoise_tokens.txt). PAELLA_WRITE_FIXTURE=path writes the file instead.
+ * compared with recorded tokens (tests/model/denoise_tokens.txt). PAELLA_WRITE_FIXTURE=path
+ * writes the file instead. The first recording (the old toy model, before the loop moved onto
+ * the backend) matched the loop exactly, 7424/7424 tokens; the file was recorded again when the
+ * trained default model replaced the toy one, so it now guards the loop against regressions.
  *
  * Identical tokens are expected; where float summation order changed (batched CFG rows,
  * fused GEMMs) the issue allows argmax agreement >= 99.9%, so the test asserts that on the
