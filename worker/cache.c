@@ -13,7 +13,8 @@
 #include "worker/redis_url.h"
 
 #define EMB_MAGIC "PAEM"
-#define EMB_VERSION 1
+/* 2: float32 values (1 held bf16, whose rounding made a hit draw a different image) */
+#define EMB_VERSION 2
 #define LRU_BUCKETS 1024
 #define REDIS_RETRY_S 5 /* after a Redis failure, skip it this long instead of timing out per lookup */
 
@@ -83,11 +84,11 @@ void pa_emb_cache_key(const char *encoder, const int64_t *ids, int n, char out[7
   hex32(sha, out + 11);
 }
 
-/* "PAEM" | version u8 | ndim u8 | encoder length u16 | encoder | shape int64[ndim] | bf16[numel] */
+/* "PAEM" | version u8 | ndim u8 | encoder length u16 | encoder | shape int64[ndim] | f32 LE[numel] */
 static uint8_t *serialize(const char *encoder, const pa_tensor *t, size_t *len) {
   size_t elen = strlen(encoder), n = (size_t)pa_numel(t);
   if (t->dtype != PA_F32 || t->device != PA_HOST || elen > 0xffff) return NULL;
-  *len = 8 + elen + 8 * (size_t)t->ndim + 2 * n;
+  *len = 8 + elen + 8 * (size_t)t->ndim + 4 * n;
   uint8_t *b = malloc(*len), *p = b;
   if (!b) return NULL;
   memcpy(p, EMB_MAGIC, 4);
@@ -98,7 +99,11 @@ static uint8_t *serialize(const char *encoder, const pa_tensor *t, size_t *len) 
   p += 8 + elen;
   for (int d = 0; d < t->ndim; d++, p += 8) put_le(p, (uint64_t)t->shape[d], 8);
   const float *x = t->data;
-  for (size_t i = 0; i < n; i++, p += 2) put_le(p, pa_f32_to_bf16(x[i]), 2);
+  for (size_t i = 0; i < n; i++, p += 4) {
+    uint32_t bits;
+    memcpy(&bits, &x[i], 4);
+    put_le(p, bits, 4);
+  }
   return b;
 }
 
@@ -116,11 +121,14 @@ static pa_tensor *deserialize(const char *encoder, const uint8_t *b, size_t len)
     shape[d] = (int64_t)get_le(p, 8);
     if (shape[d] < 1 || shape[d] > (1 << 24) || (n *= (uint64_t)shape[d]) > (1u << 28)) return NULL;
   }
-  if ((size_t)(b + len - p) != 2 * n) return NULL;
+  if ((size_t)(b + len - p) != 4 * n) return NULL;
   pa_tensor *t = pa_tensor_new(PA_F32, ndim, shape);
   if (!t) return NULL;
   float *x = t->data;
-  for (uint64_t i = 0; i < n; i++, p += 2) x[i] = pa_bf16_to_f32((uint16_t)get_le(p, 2));
+  for (uint64_t i = 0; i < n; i++, p += 4) {
+    uint32_t bits = (uint32_t)get_le(p, 4);
+    memcpy(&x[i], &bits, 4);
+  }
   return t;
 }
 

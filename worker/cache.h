@@ -1,13 +1,11 @@
 /* The text-embedding cache shared by every worker (a pa_embed_cache for the pipeline).
  *
  * Key: SHA-256 of (encoder id, exact token ids) -> Redis string `paella:emb:{hex}` with a TTL.
- * Value: a small header (magic, encoder id, shape) and the values in bf16, so a ByT5-XL
- * prompt costs L x 2048 x 2 bytes. An in-process LRU, bounded in entries and bytes, sits in
+ * Value: a small header (magic, encoder id, shape) and the float32 values, exactly as the
+ * encoder produced them, so a hit draws the same image as a miss (a ByT5-XL prompt costs
+ * L x 2560 x 4 bytes). An in-process LRU, bounded in entries and bytes, sits in
  * front, so a worker's repeated prompts never touch the network. Redis failures are misses:
- * the cache can make a job faster, never make it fail.
- *
- * Note: values come back rounded to bf16, so a hit conditions the model on embeddings that
- * differ from a miss's float32 ones by bf16 rounding (relative 2^-9). */
+ * the cache can make a job faster, never make it fail. */
 #ifndef PAELLA_WORKER_CACHE_H
 #define PAELLA_WORKER_CACHE_H
 
