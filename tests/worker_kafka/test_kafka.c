@@ -331,7 +331,7 @@ static void test_dead_letter(void) {
   if (!q) return;
   pa_delivery d[4];
   int n = 0;
-  for (double end = now_s() + 10; n == 0 && now_s() < end;) CHECK_OK(q->ops->claim(q, 4, 200, d, &n));
+  for (double end = now_s() + 60; n == 0 && now_s() < end;) CHECK_OK(q->ops->claim(q, 4, 200, d, &n));
   CHECK_MSG(n == 1 && job_of(&d[0]) == 1, "claimed %d", n);
   if (n == 1) {
     CHECK_OK(q->ops->dead_letter(q, &d[0], "invalid_type", "prior.steps", "steps must be an integer"));
@@ -356,7 +356,7 @@ static void test_pause(void) {
   if (!q) return;
   pa_delivery d;
   int n = 0;
-  for (double end = now_s() + 10; n == 0 && now_s() < end;) CHECK_OK(q->ops->claim(q, 1, 200, &d, &n));
+  for (double end = now_s() + 60; n == 0 && now_s() < end;) CHECK_OK(q->ops->claim(q, 1, 200, &d, &n));
   CHECK(n == 1);
   if (n != 1) {
     q->ops->close(q);
@@ -384,7 +384,7 @@ static void test_pause(void) {
   /* Control: the same job without renew overruns max.poll.interval.ms; the consumer leaves the
    * group, its ack is refused and the job comes back to this instance as a redelivery. */
   n = 0;
-  for (double end = now_s() + 10; n == 0 && now_s() < end;) CHECK_OK(q->ops->claim(q, 1, 200, &d, &n));
+  for (double end = now_s() + 60; n == 0 && now_s() < end;) CHECK_OK(q->ops->claim(q, 1, 200, &d, &n));
   CHECK(n == 1);
   if (n != 1) {
     q->ops->close(q);
