@@ -5,6 +5,9 @@ retrieval set of the quality test, a loss log and a loss plot.
 
 Usage: train.py DATA.npz OUT_DIR MINUTES_VQGAN MINUTES_CLIP MINUTES_PRIOR MINUTES_PAELLA
        train.py DATA.npz OUT_DIR --resume-paella MINUTES   (continue the Paella stage in OUT_DIR)
+       train.py DATA.npz OUT_DIR --refit-text MINUTES_CLIP MINUTES_PRIOR MINUTES_PAELLA
+           (train the CLIP towers and the prior again from scratch, longer, then continue Paella
+           and its byte encoder in OUT_DIR on the new CLIP embeddings; the VQGAN is kept)
 """
 import json
 import math
@@ -381,6 +384,28 @@ def resume_paella(data_path, out, minutes):
     write_log(out)
 
 
+def refit_text(data_path, out, minutes):
+    """The second phase of the default model's recipe: the first phase's CLIP towers (7 min)
+    were barely trained (caption -> image top-1 about 1%), so the prior could not map a caption
+    to its image embedding and Paella, which sees the true image embedding in training, got a
+    generic one at inference. Retrains CLIP and the prior for longer, then continues Paella."""
+    global EARLIER_WALL
+    prev = json.load(open(os.path.join(out, "train_log.json")))
+    LOG.extend(r for r in prev["log"] if r["stage"] not in ("clip", "prior"))
+    EARLIER_WALL = prev["wall_seconds"]
+    torch.manual_seed(6)
+    np.random.seed(6)
+    d = np.load(data_path)
+    images = torch.from_numpy(d["images"]).permute(0, 3, 1, 2).float() / 255.0
+    captions, cap_img, cap_ids = list(d["captions"]), d["caption_image"], torch.from_numpy(d["clip_ids"]).long()
+    tokens = read_safetensors(os.path.join(out, "default_retrieval.safetensors"))[0]["tokens"].long()
+    text, img_emb, txt_emb = train_clip(images, cap_ids, cap_img, minutes[0], out)
+    train_prior(img_emb, txt_emb, cap_img, minutes[1], out)
+    write_log(out)
+    train_paella(tokens, captions, cap_img, txt_emb, img_emb, empty_clip_embedding(text), minutes[2], out, resume=True)
+    write_log(out)
+
+
 def empty_clip_embedding(text):
     with torch.no_grad():
         return text(torch.tensor([[49406, 49407]]))[0]  # "" -> [SOT, EOT]
@@ -390,6 +415,9 @@ def main():
     data_path, out = sys.argv[1], sys.argv[2]
     if sys.argv[3] == "--resume-paella":
         resume_paella(data_path, out, float(sys.argv[4]))
+        return
+    if sys.argv[3] == "--refit-text":
+        refit_text(data_path, out, [float(v) for v in sys.argv[4:7]])
         return
     minutes = [float(v) for v in sys.argv[3:7]]
     torch.manual_seed(0)
