@@ -290,8 +290,42 @@ static enum MHD_Result job_events(http_ctx *h, const char *id) {
   return ok;
 }
 
-/* ---- GET /v1/jobs/{id}/outputs/{n}: a finished image (file:// stores are served, URLs
- * redirected), so the dashboard can show it -------------------------------------------- */
+/* ---- GET /v1/jobs/{id}/outputs/{n}: a finished image (read from the store when the result
+ * has no URL, as for directory stores; presigned URLs redirected), so the dashboard can show
+ * it ----------------------------------------------------------------------------------- */
+
+static const char *image_type(const char *name) {
+  size_t n = strlen(name); /* the worker names outputs N.png, N.jpg or N.webp */
+  return n > 4 && !strcmp(name + n - 4, ".jpg") ? "image/jpeg" : n > 5 && !strcmp(name + n - 5, ".webp") ? "image/webp" : "image/png";
+}
+
+#define OUTPUT_SERVE_MAX ((size_t)64 << 20)
+
+/* Output `object` of the job read back from its store. */
+static enum MHD_Result serve_object(http_ctx *h, const redisReply *hr, const char *object) {
+  size_t jl = 0, len = 0;
+  const char *jb = jobs_field(hr, "job", &jl);
+  pw_job job;
+  pw_error err;
+  pa_storage *store = NULL;
+  void *data = NULL;
+  pw_job_init(&job);
+  int rc = jb && pw_job_decode(jb, jl, &job, &err) == 0 ? sched_storage_of_job(h->c, &job, &store) : PA_ERR_FORMAT;
+  if (rc == PA_OK) rc = pa_storage_get(store, object, OUTPUT_SERVE_MAX, &data, &len);
+  pw_job_free(&job);
+  if (rc == PA_ERR_NOTFOUND || rc == PA_ERR_FORMAT) return http_error(h->conn, 404, "not_found", "", "output file is gone");
+  if (rc) return http_error(h->conn, 503, "unavailable", "", "storage: %s", pa_errmsg());
+  struct MHD_Response *r = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
+  if (!r) {
+    free(data);
+    return MHD_NO;
+  }
+  enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, image_type(object)) == MHD_YES
+                           ? MHD_queue_response(h->conn, 200, r)
+                           : MHD_NO;
+  MHD_destroy_response(r);
+  return ok;
+}
 
 static enum MHD_Result serve_file(http_ctx *h, const char *path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -305,10 +339,7 @@ static enum MHD_Result serve_file(http_ctx *h, const char *path) {
     close(fd);
     return MHD_NO;
   }
-  size_t n = strlen(path); /* the worker names outputs N.png, N.jpg or N.webp */
-  const char *type = n > 4 && !strcmp(path + n - 4, ".jpg") ? "image/jpeg"
-                   : n > 5 && !strcmp(path + n - 5, ".webp") ? "image/webp" : "image/png";
-  enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type) == MHD_YES
+  enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, image_type(path)) == MHD_YES
                            ? MHD_queue_response(h->conn, 200, r)
                            : MHD_NO;
   MHD_destroy_response(r);
@@ -328,9 +359,11 @@ static enum MHD_Result job_output(http_ctx *h, const char *id, const char *index
   long n = strtol(index, NULL, 10);
   enum MHD_Result ok;
   if (!owner || strcmp(owner, h->owner) || !mp || pw_result_decode(mp, len, &res, &err) || n < 0 ||
-      (size_t)n >= res.n_outputs || !res.outputs[n].url) {
+      (size_t)n >= res.n_outputs) {
     ok = http_error(h->conn, 404, "not_found", "", "no output %s of job %s", index, id);
-  } else if (!strncmp(res.outputs[n].url, "file://", 7)) {
+  } else if (!res.outputs[n].url) {
+    ok = serve_object(h, hr, res.outputs[n].key);
+  } else if (!strncmp(res.outputs[n].url, "file://", 7)) { /* recorded by an older worker */
     ok = serve_file(h, res.outputs[n].url + 7);
   } else {
     struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);

@@ -1,23 +1,25 @@
 /* Bulk batches: many prompts with shared settings, one job per prompt (id "{batch}-NNNNNN"),
- * results gathered into WebDataset tar shards (NNNNNN.png/.jpg/.webp + NNNNNN.json) and a manifest in
- * the storage directory. Ids are deterministic, so resubmitting a batch finds what exists:
- * written shards and jobs that are queued, running or succeeded are skipped; failed items
- * run again.
+ * results gathered into WebDataset tar shards (NNNNNN.png/.jpg/.webp + NNNNNN.json) and a
+ * manifest in the workers' store (--storage: {prefix}/{batch}/shard-NNNNNN.tar, streamed there
+ * as S3 multipart uploads; the members are read back from the same store). Ids are
+ * deterministic, so resubmitting a batch finds what exists: written shards and jobs that are
+ * queued, running or succeeded are skipped; failed items run again. A name reused with other
+ * settings, items or shard size is a conflict.
  *
- * Redis: paella:batch:{id} (hash: owner, total, shard_size, settings, created_ms,
- * resumed_ms, done_at_resume), :done and :ok (sets of indexes), :done:{k} (per shard),
- * :written (shards on disk), :shards (hash shard -> manifest entry JSON). */
+ * Redis: paella:batch:{id} (hash: owner, total, shard_size, settings, items_sha256,
+ * created_ms, resumed_ms, done_at_resume), :done and :ok (sets of indexes), :done:{k} (per
+ * shard), :written (shards stored), :shards (hash shard -> manifest entry JSON). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "scheduler/jobs_internal.h"
 #include "worker/outbox.h"
 
 #define BATCH_MAX_ITEMS 1000000
+#define OUTPUT_READ_MAX ((size_t)64 << 20) /* one finished image read back (1024 px PNG: ~3 MiB) */
 
 /* Shards are written by the tracker and by submissions (after a crash); one at a time per
  * process keeps two writers from racing on one temporary file. */
@@ -162,8 +164,29 @@ static void derive_id(const batch_request *r, const char *owner, char *out, size
   snprintf(out, cap, "b-%.24s", hex);
 }
 
+/* The same name again is the same batch only with the same settings, items and (when the
+ * request names one) shard size; anything else is a 409, not a silent reuse. */
+static int check_same(const sched_config *c, const char *id, const char *key, long total, int shard_size,
+                      const char *settings, const char *items_sha) {
+  if (hget_int(c, key, "total", -1) != total)
+    return pa_fail(PA_ERR_INVALID, "batch %s exists with a different number of items", id);
+  if (shard_size > 0 && hget_int(c, key, "shard_size", shard_size) != shard_size)
+    return pa_fail(PA_ERR_INVALID, "batch %s exists with another shard_size", id);
+  const char *fields[] = {"settings", "items_sha256"}, *want[] = {settings, items_sha};
+  for (int i = 0; i < 2; i++) {
+    redisReply *r = sched_cmdf(c, "HGET %s %s", key, fields[i]);
+    if (!r) return PA_ERR_IO;
+    bool differs = r->type == REDIS_REPLY_STRING && strcmp(r->str, want[i]) != 0; /* absent: an older record */
+    freeReplyObject(r);
+    if (differs)
+      return pa_fail(PA_ERR_INVALID, "batch %s exists with other %s: choose another name", id,
+                     i == 0 ? "settings" : "items");
+  }
+  return PA_OK;
+}
+
 static int register_batch(const sched_config *c, const char *id, const char *owner, long total, int shard_size,
-                          const char *settings) {
+                          int asked_shard_size, const char *settings, const char *items_sha) {
   char key[160], now[24], tot[24], ss[24];
   snprintf(key, sizeof key, "paella:batch:%s", id);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
@@ -175,8 +198,8 @@ static int register_batch(const sched_config *c, const char *id, const char *own
   bool other = exists && strcmp(r->str, owner) != 0;
   freeReplyObject(r);
   if (other) return pa_fail(PA_ERR_INVALID, "batch %s belongs to another key", id);
-  if (exists && hget_int(c, key, "total", -1) != total)
-    return pa_fail(PA_ERR_INVALID, "batch %s exists with a different number of items", id);
+  int rc = exists ? check_same(c, id, key, total, asked_shard_size, settings, items_sha) : PA_OK;
+  if (rc) return rc;
   char done_key[200];
   snprintf(done_key, sizeof done_key, "%s:done", key);
   char done[24];
@@ -184,10 +207,10 @@ static int register_batch(const sched_config *c, const char *id, const char *own
   const char *argv[] = {"HSET", key, "owner", owner, "total", tot, "settings", settings,
                         "resumed_ms", now, "done_at_resume", done};
   r = sched_cmd(c, 12, argv, NULL);
-  int rc = r && r->type == REDIS_REPLY_INTEGER ? PA_OK : pa_fail(PA_ERR_IO, "HSET %s failed", key);
+  rc = r && r->type == REDIS_REPLY_INTEGER ? PA_OK : pa_fail(PA_ERR_IO, "HSET %s failed", key);
   if (r) freeReplyObject(r);
   if (rc == PA_OK && !exists) {
-    r = sched_cmdf(c, "HSET %s created_ms %s shard_size %s", key, now, ss);
+    r = sched_cmdf(c, "HSET %s created_ms %s shard_size %s items_sha256 %s", key, now, ss, items_sha);
     if (r) freeReplyObject(r);
   }
   return rc;
@@ -229,7 +252,8 @@ int batch_submit(const sched_config *c, const batch_request *r, const char *owne
   job_list jobs = {0};
   int rc = PA_OK;
   memset(err, 0, sizeof *err);
-  if (!c->storage_dir[0]) return pa_fail(PA_ERR_UNSUPPORTED, "batches need --storage file:///DIR");
+  pa_storage *store;
+  if (sched_storage(c, &store)) return pa_fail_context(PA_ERR_UNSUPPORTED, "batches: ");
   derive_id(r, owner, batch_id, cap);
   json_error_t je;
   settings = r->settings_json ? json_loads(r->settings_json, JSON_REJECT_DUPLICATES, &je) : json_object();
@@ -241,8 +265,10 @@ int batch_submit(const sched_config *c, const batch_request *r, const char *owne
   }
   if ((rc = parse_items(c, r, settings, batch_id, &jobs, err))) goto done;
   int shard_size = r->shard_size > 0 ? r->shard_size : c->shard_size;
-  char *settings_text = json_dumps(settings, JSON_COMPACT | JSON_SORT_KEYS);
-  rc = settings_text ? register_batch(c, batch_id, owner, jobs.n, shard_size, settings_text) : PA_ERR_NOMEM;
+  char *settings_text = json_dumps(settings, JSON_COMPACT | JSON_SORT_KEYS), items_sha[65];
+  sha256_hex(r->items, r->items_len, items_sha);
+  rc = settings_text ? register_batch(c, batch_id, owner, jobs.n, shard_size, r->shard_size, settings_text, items_sha)
+                     : PA_ERR_NOMEM;
   free(settings_text);
   if (rc) goto done;
   char key[160];
@@ -250,7 +276,7 @@ int batch_submit(const sched_config *c, const batch_request *r, const char *owne
   shard_size = (int)hget_int(c, key, "shard_size", shard_size); /* a resubmission keeps the first layout */
   for (long i = 0; i < jobs.n && rc == PA_OK; i++) {
     if (i % shard_size == 0 && shard_written(c, batch_id, i / shard_size)) {
-      i += shard_size - 1; /* the whole shard is on disk */
+      i += shard_size - 1; /* the whole shard is stored */
       continue;
     }
     rc = submit_item(c, batch_id, &jobs.jobs[i], i, shard_size, owner);
@@ -284,20 +310,6 @@ int batch_item_done(const sched_config *c, const char *batch_id, long index, boo
   return batch_write_ready_shards(c, batch_id);
 }
 
-static int read_file(const char *path, uint8_t **data, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return pa_fail(PA_ERR_IO, "open %s: %s", path, strerror(errno));
-  int rc = PA_OK;
-  if (fseek(f, 0, SEEK_END) || (*len = (size_t)ftell(f), fseek(f, 0, SEEK_SET))) rc = pa_fail(PA_ERR_IO, "seek %s", path);
-  if (rc == PA_OK && !(*data = malloc(*len + 1))) rc = pa_fail(PA_ERR_NOMEM, "read %s", path);
-  if (rc == PA_OK && fread(*data, 1, *len, f) != *len) {
-    free(*data);
-    rc = pa_fail(PA_ERR_IO, "read %s", path);
-  }
-  fclose(f);
-  return rc;
-}
-
 /* Adds item i (its images and NNNNNN.json) to the shard; 1 when added, 0 when the item
  * did not succeed (it is listed as failed in the manifest instead). */
 static int add_item(const sched_config *c, tar_writer *w, const char *batch_id, long i, const json_t *settings,
@@ -317,16 +329,17 @@ static int add_item(const sched_config *c, tar_writer *w, const char *batch_id, 
   if (!st || strcmp(st, "succeeded") || !jb || !rb || pw_job_decode(jb, jl, &job, &err) ||
       pw_result_decode(rb, rl, &res, &err) || res.n_outputs == 0)
     goto done;
+  pa_storage *store;
+  if ((rc = sched_storage_of_job(c, &job, &store))) goto done;
   for (size_t o = 0; o < res.n_outputs; o++) {
-    const char *url = res.outputs[o].url;
-    uint8_t *png = NULL;
+    const char *object = res.outputs[o].key; /* from the store's root, as the worker wrote it */
+    void *png = NULL;
     size_t len = 0;
-    if (!url || strncmp(url, "file://", 7)) {
-      rc = pa_fail(PA_ERR_UNSUPPORTED, "%s: only file:// outputs can be gathered into shards", id);
+    if ((rc = pa_storage_get(store, object, OUTPUT_READ_MAX, &png, &len))) {
+      rc = pa_fail_context(rc, "%s output %zu: ", id, o);
       goto done;
     }
-    if ((rc = read_file(url + 7, &png, &len))) goto done;
-    const char *ext = strrchr(url, '.'); /* the job's output_format: .png, .jpg or .webp */
+    const char *ext = strrchr(object, '.'); /* the job's output_format: .png, .jpg or .webp */
     if (!ext || strchr(ext, '/') || strlen(ext) > 5) ext = ".png";
     if (o == 0) snprintf(name, sizeof name, "%06ld%s", i, ext);
     else snprintf(name, sizeof name, "%06ld.%zu%s", i, o, ext);
@@ -349,8 +362,8 @@ done:
   return rc ? rc : added;
 }
 
-static int write_manifest(const sched_config *c, const char *batch_id, const char *dir) {
-  char key[160], path[1200], tmp[1210];
+static int write_manifest(const sched_config *c, const char *batch_id, pa_storage *store) {
+  char key[160], name[200];
   snprintf(key, sizeof key, "paella:batch:%s", batch_id);
   redisReply *r = sched_cmdf(c, "HGETALL %s:shards", key);
   if (!r || r->type != REDIS_REPLY_ARRAY) {
@@ -369,22 +382,23 @@ static int write_manifest(const sched_config *c, const char *batch_id, const cha
   json_t *m = json_pack("{s:s,s:I,s:I,s:I,s:o,s:b}", "batch", batch_id, "total", (json_int_t)total, "shard_size",
                         (json_int_t)size, "succeeded", (json_int_t)scard(c, okk), "shards", shards, "complete",
                         (int)json_array_size(shards) == n_shards);
-  snprintf(path, sizeof path, "%s/manifest.json", dir);
-  snprintf(tmp, sizeof tmp, "%s.part", path);
-  int rc = m && json_dump_file(m, tmp, JSON_INDENT(1)) == 0 && rename(tmp, path) == 0
-               ? PA_OK
-               : pa_fail(PA_ERR_IO, "write %s: %s", path, strerror(errno));
+  char *text = m ? json_dumps(m, JSON_INDENT(1)) : NULL;
   json_decref(m);
+  snprintf(name, sizeof name, "%s/manifest.json", batch_id);
+  int rc = text ? pa_storage_put(store, name, text, strlen(text), "application/json", NULL, NULL)
+                : pa_fail(PA_ERR_NOMEM, "manifest");
+  free(text);
   return rc;
 }
 
 static int write_shard(const sched_config *c, const char *batch_id, long k, long first, long count,
-                       const json_t *settings, const char *dir) {
-  char path[1200], name[64];
+                       const json_t *settings, pa_storage *store) {
+  char path[200], name[64];
   tar_writer w;
+  uint64_t bytes = 0;
   snprintf(name, sizeof name, "shard-%06ld.tar", k);
-  snprintf(path, sizeof path, "%s/%s", dir, name);
-  int rc = tar_open(&w, path);
+  snprintf(path, sizeof path, "%s/%s", batch_id, name);
+  int rc = tar_open(&w, store, path);
   if (rc) return rc;
   int64_t mtime = now_ms() / 1000;
   json_t *failed = json_array();
@@ -399,14 +413,13 @@ static int write_shard(const sched_config *c, const char *batch_id, long k, long
     if (a) added++;
     else json_array_append_new(failed, json_integer(i));
   }
-  if ((rc = tar_close(&w))) {
+  if ((rc = tar_close(&w, &bytes))) {
     json_decref(failed);
     return rc;
   }
-  struct stat st;
   json_t *entry = json_pack("{s:s,s:I,s:I,s:I,s:I,s:o}", "name", name, "first", (json_int_t)first, "count",
                             (json_int_t)count, "images", (json_int_t)added, "bytes",
-                            (json_int_t)(stat(path, &st) == 0 ? st.st_size : 0), "failed", failed);
+                            (json_int_t)bytes, "failed", failed);
   char *text = entry ? json_dumps(entry, JSON_COMPACT) : NULL;
   json_decref(entry);
   if (!text) return pa_fail(PA_ERR_NOMEM, "shard entry");
@@ -415,7 +428,7 @@ static int write_shard(const sched_config *c, const char *batch_id, long k, long
   if (r) freeReplyObject(r);
   r = sched_cmdf(c, "SADD paella:batch:%s:written %ld", batch_id, k);
   if (r) freeReplyObject(r);
-  return write_manifest(c, batch_id, dir);
+  return write_manifest(c, batch_id, store);
 }
 
 /* KEYS: outbox, message hash, batch hash. ARGV: the message (PA_OUTBOX_ENQUEUE_LUA). Once
@@ -468,28 +481,75 @@ static int queue_completed_webhook(const sched_config *c, const char *batch_id, 
   return rc;
 }
 
-int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
-  char key[160], dir[1100];
+/* ARGV: batch id, first index, count, ttl seconds. The members' records (and webhook logs) of
+ * one slice of a batch; keys are built here, like the ids ("{batch}-NNNNNN"). */
+static const char EXPIRE_MEMBERS_LUA[] =
+    "for i = tonumber(ARGV[2]), tonumber(ARGV[2]) + tonumber(ARGV[3]) - 1 do\n"
+    "  local j = string.format('paella:job:%s-%06d', ARGV[1], i)\n"
+    "  redis.call('EXPIRE', j, ARGV[4])\n"
+    "  redis.call('EXPIRE', j .. ':deliveries', ARGV[4])\n"
+    "end\n"
+    "return 1\n";
+
+#define EXPIRE_SLICE 10000 /* members per script call: Redis stays responsive */
+
+/* Retention of a complete batch: its shards hold the results now, so its records and its
+ * members' expire together, job_ttl_s later (members never expire before: shards read them).
+ * A resubmission while they live renews the time. */
+static int expire_with_batch(const sched_config *c, const char *batch_id, long long total, long long size) {
+  if (c->job_ttl_s <= 0) return PA_OK;
+  char key[160], ttl[16], first[24], count[24];
   snprintf(key, sizeof key, "paella:batch:%s", batch_id);
-  snprintf(dir, sizeof dir, "%s/%s", c->storage_dir, batch_id);
-  if (mkdir(dir, 0755) && errno != EEXIST) return pa_fail(PA_ERR_IO, "mkdir %s: %s", dir, strerror(errno));
+  snprintf(ttl, sizeof ttl, "%d", c->job_ttl_s);
+  static const char *const suffixes[] = {"", ":done", ":ok", ":written", ":shards"};
+  for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
+    redisReply *r = sched_cmdf(c, "EXPIRE %s%s %s", key, suffixes[i], ttl);
+    if (!r) return PA_ERR_IO;
+    freeReplyObject(r);
+  }
+  redisReply *r = sched_cmdf(c, "EXPIRE paella:job:%s:deliveries %s", batch_id, ttl); /* the batch's webhook log */
+  if (r) freeReplyObject(r);
+  for (long long k = 0; k * size < total; k++) {
+    r = sched_cmdf(c, "EXPIRE %s:done:%lld %s", key, k, ttl);
+    if (r) freeReplyObject(r);
+  }
+  for (long long i = 0; i < total; i += EXPIRE_SLICE) {
+    snprintf(first, sizeof first, "%lld", i);
+    snprintf(count, sizeof count, "%lld", total - i < EXPIRE_SLICE ? total - i : EXPIRE_SLICE);
+    const char *args[] = {batch_id, first, count, ttl};
+    r = sched_eval(c, EXPIRE_MEMBERS_LUA, 0, 4, args, NULL);
+    bool ok = r && r->type == REDIS_REPLY_INTEGER;
+    if (r) freeReplyObject(r);
+    if (!ok) return pa_fail(PA_ERR_IO, "batch %s: members' expiry not set", batch_id);
+  }
+  return PA_OK;
+}
+
+int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
+  char key[160];
+  pa_storage *store;
+  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
+  int rc = sched_storage(c, &store);
+  if (rc) return rc;
   long long total = hget_int(c, key, "total", 0), size = hget_int(c, key, "shard_size", 0);
   if (size <= 0) return pa_fail(PA_ERR_NOTFOUND, "no batch %s", batch_id);
   redisReply *sr = sched_cmdf(c, "HGET %s settings", key);
   json_t *settings = sr && sr->type == REDIS_REPLY_STRING ? json_loads(sr->str, 0, NULL) : json_object();
   if (sr) freeReplyObject(sr);
-  int rc = PA_OK;
   pthread_mutex_lock(&shard_mu);
   for (long k = 0; k * size < total && rc == PA_OK; k++) {
     long count = (long)(total - k * size < size ? total - k * size : size);
     char done[200];
     snprintf(done, sizeof done, "%s:done:%ld", key, k);
     if (shard_written(c, batch_id, k) || scard(c, done) < count) continue;
-    rc = write_shard(c, batch_id, k, (long)(k * size), count, settings, dir);
+    rc = write_shard(c, batch_id, k, (long)(k * size), count, settings, store);
   }
   char written[200];
   snprintf(written, sizeof written, "%s:written", key);
-  if (rc == PA_OK && scard(c, written) == (total + size - 1) / size) rc = queue_completed_webhook(c, batch_id, settings);
+  if (rc == PA_OK && scard(c, written) == (total + size - 1) / size) {
+    rc = queue_completed_webhook(c, batch_id, settings);
+    if (rc == PA_OK) rc = expire_with_batch(c, batch_id, total, size);
+  }
   pthread_mutex_unlock(&shard_mu);
   json_decref(settings);
   return rc;
@@ -512,13 +572,22 @@ int batch_render(const sched_config *c, const char *batch_id, const char *owner,
   long long resumed = hget_int(c, key, "resumed_ms", now_ms()), base = hget_int(c, key, "done_at_resume", 0);
   double elapsed = (double)(now_ms() - resumed) / 1000.0, rate = elapsed > 0 ? (double)(done - base) / elapsed : 0;
   bool complete = written == shards;
-  char manifest[1200];
-  snprintf(manifest, sizeof manifest, "file://%s/%s/manifest.json", c->storage_dir, batch_id);
+  /* "s3://bucket/prefix/{id}/manifest.json", or relative to a directory store: never a
+   * server path */
+  char name[200], *object = NULL, *manifest = NULL;
+  pa_storage *store;
+  snprintf(name, sizeof name, "%s/manifest.json", batch_id);
+  int rc = sched_storage(c, &store);
+  if (rc == PA_OK) rc = pa_storage_key(store, name, &object);
+  if (rc == PA_OK) rc = pa_storage_name(store, object, &manifest);
+  free(object);
+  if (rc) return rc;
   json_t *o = json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:{s:I,s:I,s:I},s:s}", "id", batch_id, "status",
                         complete ? "completed" : "running", "total", (json_int_t)total, "succeeded", (json_int_t)ok,
                         "failed", (json_int_t)(done - ok), "pending", (json_int_t)(total - done), "created_ms",
                         (json_int_t)hget_int(c, key, "created_ms", 0), "shards", "total", (json_int_t)shards,
                         "written", (json_int_t)written, "size", (json_int_t)size, "manifest", manifest);
+  free(manifest);
   if (!o) return pa_fail(PA_ERR_NOMEM, "batch json");
   json_object_set_new(o, "items_per_second", json_real(rate));
   json_object_set_new(o, "eta_seconds", complete ? json_integer(0)

@@ -1,5 +1,5 @@
 /* Scheduler configuration: defaults, then environment variables, then flags (the worker's
- * conventions: --queue redis://..., --storage file:///DIR). */
+ * conventions: --queue redis://..., --storage s3://BUCKET/PREFIX). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,12 +45,13 @@ int sched_config_set_queue(sched_config *c, const char *url) {
   return pa_redis_url_parse(url, &c->redis);
 }
 
+/* The workers' --storage URL: opened here (the workers' parser, AWS_* variables for S3), so a
+ * bad URL or missing credentials stop the scheduler at start rather than at the first batch. */
 int sched_config_set_storage(sched_config *c, const char *url) {
-  if (strncmp(url, "file://", 7) != 0 || url[7] != '/')
-    return pa_fail(PA_ERR_UNSUPPORTED, "--storage %s: only file:///DIR is supported for shards", url);
-  if (strlen(url + 7) >= sizeof c->storage_dir) return pa_fail(PA_ERR_INVALID, "--storage: path too long");
-  snprintf(c->storage_dir, sizeof c->storage_dir, "%s", url + 7);
-  return PA_OK;
+  if (strlen(url) >= sizeof c->storage) return pa_fail(PA_ERR_INVALID, "--storage: URL too long");
+  snprintf(c->storage, sizeof c->storage, "%s", url);
+  pa_storage *s;
+  return sched_storage(c, &s);
 }
 
 static int hex_nibble(char ch) {
@@ -175,7 +176,9 @@ static const struct { const char *env, *flag; } ENV[] = {
 void sched_config_usage(void) {
   printf("usage: paella-scheduler [options]\n"
          "  --queue redis://[[USER]:PASS@]HOST:PORT/DB?stream=paella:jobs&group=workers   ($PAELLA_QUEUE)\n"
-         "  --storage file:///DIR        batch shards and manifests            ($PAELLA_STORAGE)\n"
+         "  --storage URL                the workers' store: s3://BUCKET/PREFIX (AWS_ENDPOINT_URL, AWS_REGION,\n"
+         "                               AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or file:///DIR; batch shards\n"
+         "                               and manifests go there                ($PAELLA_STORAGE)\n"
          "  --listen HOST:PORT           [127.0.0.1:8080]                      ($PAELLA_LISTEN)\n"
          "  --api-key-hashes NAME:SHA256HEX[:admin],...  bearer keys, hashed ($PAELLA_API_KEY_HASHES)\n"
          "                               (none: no authentication, for development)\n"

@@ -20,6 +20,7 @@
 #include "ops/error.h"
 #include "proto/proto.h"
 #include "worker/redis_url.h"
+#include "worker/storage.h"
 
 /* ---- configuration (config.c) ------------------------------------------------------- */
 #define SCHED_MAX_KEYS 64
@@ -33,7 +34,8 @@ typedef struct {
 typedef struct {
   pa_redis_url redis;     /* --queue, read as the workers read it: host, credentials, db, stream,
                            * group (metrics read its lag), events_group */
-  char storage_dir[1024]; /* file:///DIR: batches' shards and manifests, dashboard images */
+  char storage[1100];     /* --storage: the workers' store (s3://BUCKET/PREFIX or file:///DIR):
+                           * batch shards and manifests are written there, images read back */
   char listen_host[64];
   int listen_port;
   sched_key keys[SCHED_MAX_KEYS];
@@ -180,15 +182,24 @@ int batch_item_done(const sched_config *c, const char *batch_id, long index, boo
 /* Writes every shard whose items are all final (tracker thread, and at submit). */
 int batch_write_ready_shards(const sched_config *c, const char *batch_id);
 
+/* ---- storage (storage.c) ------------------------------------------------------------ */
+/* The store at --storage, opened once per process through the workers' module
+ * (worker/storage.c): PA_ERR_UNSUPPORTED when none is configured. */
+int sched_storage(const sched_config *c, pa_storage **out);
+/* The store a job's outputs went to: its own `output` target (admin keys) or --storage. */
+int sched_storage_of_job(const sched_config *c, const pw_job *job, pa_storage **out);
+
 /* ---- tar (tar.c) -------------------------------------------------------------------- */
+/* Streams a ustar archive into the store (a multipart upload on S3): nothing is visible
+ * until tar_close, so a crash never leaves half a shard. */
 typedef struct {
-  FILE *f;
-  char path[1100], tmp[1100];
+  pa_storage_upload *u;
+  char key[300];
 } tar_writer;
-int tar_open(tar_writer *w, const char *path);
+int tar_open(tar_writer *w, pa_storage *store, const char *key);
 int tar_add(tar_writer *w, const char *name, const void *data, size_t len, int64_t mtime);
-/* Ends the archive and renames it into place (atomic: a crash never leaves half a shard). */
-int tar_close(tar_writer *w);
+/* Ends the archive and publishes it; *size (optional) gets its length. */
+int tar_close(tar_writer *w, uint64_t *size);
 void tar_abort(tar_writer *w);
 
 /* ---- auth and limits (auth.c) ------------------------------------------------------- */

@@ -1,20 +1,15 @@
 /* A minimal ustar writer for WebDataset shards: regular files only, names < 100 bytes.
- * The archive is written to a temporary name and renamed when complete. */
-#include <errno.h>
+ * The archive streams into the store (worker/storage.h uploads: S3 multipart, or a temporary
+ * file renamed into place), so a shard of any size costs one part of memory. */
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "scheduler/sched.h"
 
-int tar_open(tar_writer *w, const char *path) {
+int tar_open(tar_writer *w, pa_storage *store, const char *key) {
   memset(w, 0, sizeof *w);
-  if (strlen(path) + 8 >= sizeof w->tmp) return pa_fail(PA_ERR_INVALID, "tar path too long: %s", path);
-  snprintf(w->path, sizeof w->path, "%s", path);
-  snprintf(w->tmp, sizeof w->tmp, "%s.part", path);
-  w->f = fopen(w->tmp, "wb");
-  if (!w->f) return pa_fail(PA_ERR_IO, "open %s: %s", w->tmp, strerror(errno));
-  return PA_OK;
+  snprintf(w->key, sizeof w->key, "%s", key);
+  return pa_storage_upload_open(store, key, "application/x-tar", &w->u);
 }
 
 static void octal(char *dst, size_t width, uint64_t v) {
@@ -41,26 +36,25 @@ int tar_add(tar_writer *w, const char *name, const void *data, size_t len, int64
   snprintf((char *)h + 148, 8, "%06o", sum);
   static const unsigned char pad[512];
   size_t rest = (512 - len % 512) % 512;
-  if (fwrite(h, 1, 512, w->f) != 512 || (len && fwrite(data, 1, len, w->f) != len) ||
-      fwrite(pad, 1, rest, w->f) != rest)
-    return pa_fail(PA_ERR_IO, "write %s: %s", w->tmp, strerror(errno));
-  return PA_OK;
+  int rc = pa_storage_upload_write(w->u, h, 512);
+  if (rc == PA_OK && len) rc = pa_storage_upload_write(w->u, data, len);
+  if (rc == PA_OK) rc = pa_storage_upload_write(w->u, pad, rest);
+  return rc ? pa_fail_context(rc, "tar %s: ", w->key) : PA_OK;
 }
 
-int tar_close(tar_writer *w) {
+int tar_close(tar_writer *w, uint64_t *size) {
   static const unsigned char end[1024];
-  int rc = PA_OK;
-  if (fwrite(end, 1, sizeof end, w->f) != sizeof end || fflush(w->f) || fsync(fileno(w->f)))
-    rc = pa_fail(PA_ERR_IO, "write %s: %s", w->tmp, strerror(errno));
-  if (fclose(w->f) && rc == PA_OK) rc = pa_fail(PA_ERR_IO, "close %s: %s", w->tmp, strerror(errno));
-  w->f = NULL;
-  if (rc == PA_OK && rename(w->tmp, w->path)) rc = pa_fail(PA_ERR_IO, "rename %s: %s", w->tmp, strerror(errno));
-  if (rc) unlink(w->tmp);
-  return rc;
+  int rc = pa_storage_upload_write(w->u, end, sizeof end);
+  if (rc) {
+    tar_abort(w);
+    return pa_fail_context(rc, "tar %s: ", w->key);
+  }
+  rc = pa_storage_upload_commit(w->u, size);
+  w->u = NULL;
+  return rc ? pa_fail_context(rc, "tar %s: ", w->key) : PA_OK;
 }
 
 void tar_abort(tar_writer *w) {
-  if (w->f) fclose(w->f);
-  w->f = NULL;
-  unlink(w->tmp);
+  pa_storage_upload_abort(w->u);
+  w->u = NULL;
 }

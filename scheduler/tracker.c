@@ -62,12 +62,15 @@ static const char RETRY_LUA[] =
     "return 1\n";
 
 /* Retention starts here, the one place a job becomes settled: its record and its webhook
- * delivery log expire job_ttl_s later (batch members stay: their batch reads them).
+ * delivery log expire job_ttl_s later (batch members stay until their batch is complete:
+ * batch.c expires them with it), and the stored job loses its inline inputs.
  * KEYS: job hash, running, deadlines, retry, owner active set (or "-"), deliveries list.
- * ARGV: now, id, rewritten status ('' = keep), rewritten result, ttl seconds (0 = keep). */
+ * ARGV: now, id, rewritten status ('' = keep), rewritten result, ttl seconds (0 = keep),
+ * the job without inline inputs ('' = keep). */
 static const char FINAL_LUA[] =
     "if redis.call('HEXISTS', KEYS[1], 'finished_ms') == 1 then return 0 end\n"
     "if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4]) end\n"
+    "if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'job', ARGV[6]) end\n"
     "redis.call('HSET', KEYS[1], 'finished_ms', ARGV[1], 'updated_ms', ARGV[1])\n"
     "if tonumber(ARGV[5]) > 0 and redis.call('HEXISTS', KEYS[1], 'batch') == 0 then\n"
     "  redis.call('EXPIRE', KEYS[1], ARGV[5])\n"
@@ -135,6 +138,38 @@ static int schedule_retry(const sched_config *c, const char *id, long attempts) 
   return rc;
 }
 
+/* An inline input (image or mask bytes, up to 16 MiB each) is not kept once the job has
+ * ended: the stored job then names it by digest, https://inline.invalid/sha256/<hex> (".invalid"
+ * is reserved and never resolves), so the record still decodes and says what ran. The stream
+ * entry goes with the reaper's trim of acknowledged entries. *out NULL: nothing to drop. */
+static void drop_inline_inputs(const redisReply *h, uint8_t **out, size_t *out_len) {
+  size_t len = 0;
+  const char *bytes = jobs_field(h, "job", &len);
+  pw_job job;
+  pw_error err;
+  *out = NULL;
+  pw_job_init(&job);
+  if (!bytes || pw_job_decode(bytes, len, &job, &err)) goto done;
+  pw_image *inputs[] = {&job.image, &job.mask};
+  bool dropped = false;
+  for (int i = 0; i < 2; i++) {
+    pw_image *im = inputs[i];
+    if (!im->present || !im->data) continue;
+    char hex[65], url[100];
+    sha256_hex(im->data, im->len, hex);
+    snprintf(url, sizeof url, "https://inline.invalid/sha256/%s", hex);
+    free(im->data);
+    im->data = NULL;
+    im->len = 0;
+    im->url = strdup(url);
+    dropped = true;
+    if (!im->url) goto done;
+  }
+  if (dropped && pw_job_encode(&job, out, out_len, &err)) *out = NULL;
+done:
+  pw_job_free(&job);
+}
+
 /* Records the end of a job: the bookkeeping, a rewritten Result when the scheduler decides
  * the outcome (deadline, attempts used up), metrics and the batch's shard accounting. */
 static void settle(const sched_config *c, const char *id, const redisReply *h, const pw_result *res,
@@ -144,6 +179,9 @@ static void settle(const sched_config *c, const char *id, const redisReply *h, c
   size_t mp_len = 0;
   bool rewrite = code != PW_OK;
   if (rewrite && jobs_final_result(id, status, code, message, &mp, &mp_len)) return;
+  uint8_t *lean = NULL; /* the job without its inline inputs */
+  size_t lean_len = 0;
+  drop_inline_inputs(h, &lean, &lean_len);
   const char *owner = jobs_field(h, "owner", NULL);
   char key[160], active[200], now[24], deliveries[180], ttl[16];
   snprintf(key, sizeof key, "paella:job:%s", id);
@@ -153,12 +191,14 @@ static void settle(const sched_config *c, const char *id, const redisReply *h, c
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   snprintf(ttl, sizeof ttl, "%d", c->job_ttl_s);
   const char *args[] = {key, z.running, z.deadlines, z.retry, active, deliveries,
-                        now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : "", ttl};
-  size_t lens[11];
-  for (int i = 0; i < 11; i++) lens[i] = strlen(args[i]);
+                        now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : "", ttl,
+                        lean ? (const char *)lean : ""};
+  size_t lens[12];
+  for (int i = 0; i < 12; i++) lens[i] = strlen(args[i]);
   lens[9] = rewrite ? mp_len : 0;
+  lens[11] = lean ? lean_len : 0;
   long long first = 0;
-  if (eval_int(c, FINAL_LUA, 6, 5, args, lens, &first) == PA_OK && first) {
+  if (eval_int(c, FINAL_LUA, 6, 6, args, lens, &first) == PA_OK && first) {
     sched_metrics_count(status == PW_STATUS_SUCCEEDED ? SCHED_M_SUCCEEDED
                         : status == PW_STATUS_FAILED  ? SCHED_M_FAILED
                                                       : SCHED_M_CANCELED);
@@ -166,6 +206,7 @@ static void settle(const sched_config *c, const char *id, const redisReply *h, c
     const char *batch = jobs_field(h, "batch", NULL), *index = jobs_field(h, "index", NULL);
     if (batch && *batch && index) batch_item_done(c, batch, strtol(index, NULL, 10), status == PW_STATUS_SUCCEEDED);
   }
+  free(lean);
   free(mp);
 }
 

@@ -170,16 +170,6 @@ static int open_job_store(job_ctx *jc, pa_storage **out) {
   return pa_storage_open(url, NULL, out);
 }
 
-/* "s3://bucket/a/b.png" -> "a/b.png"; "file:///d/b.png" -> "/d/b.png" */
-static const char *location_key(const char *loc) {
-  if (!strncmp(loc, "file://", 7)) return loc + 7;
-  if (!strncmp(loc, "s3://", 5)) {
-    const char *slash = strchr(loc + 5, '/');
-    return slash ? slash + 1 : loc;
-  }
-  return loc;
-}
-
 /* Image `index` of the job in its output format, with its generation parameters. */
 static int encode_output(job_ctx *jc, const pa_image *img, int index, void **buf, size_t *len) {
   const pw_job *j = &jc->job;
@@ -194,7 +184,7 @@ static int encode_output(job_ctx *jc, const pa_image *img, int index, void **buf
 static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index, pw_output *o) {
   void *bytes = NULL;
   size_t len = 0;
-  char key[128], *loc = NULL, *url = NULL;
+  char key[128], *url = NULL;
   pa_image_format f = pa_image_format_of_job(&jc->job);
   /* deterministic: a re-run overwrites */
   snprintf(key, sizeof key, "%s/%d%s", jc->job.id, index, pa_image_format_extension(f));
@@ -207,17 +197,17 @@ static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index,
     free(bytes);
     return PA_ERR_CANCELED;
   }
-  rc = pa_storage_put(s, key, bytes, len, pa_image_format_mime(f), &loc, &url);
+  rc = pa_storage_put(s, key, bytes, len, pa_image_format_mime(f), NULL, &url);
   free(bytes);
   if (rc) {
     job_fail(jc, PW_E_STORAGE, true, "upload %s: %s", key, pa_errmsg());
     return rc;
   }
-  o->key = strdup(location_key(loc));
+  /* The key from the store's root ("prefix/JOB/0.png"), never a server path: the scheduler
+   * reads it back from the same store (batch shards, GET .../outputs/N). */
   o->url = url && strlen(url) <= PW_MAX_URL_BYTES ? url : NULL;
   if (o->url != url) free(url);
-  free(loc);
-  if (!o->key) {
+  if (pa_storage_key(s, key, &o->key)) {
     job_fail(jc, PW_E_NO_MEMORY, true, "out of memory");
     return PA_ERR_NOMEM;
   }

@@ -30,6 +30,8 @@ static int h_redis_port;
  * when it is not the plain redis://127.0.0.1:PORT/0 (e.g. with credentials). */
 static const char *const *h_redis_extra;
 static char h_queue_url[512];
+/* The store of the workers and the scheduler ("": file://{h_dir}/outputs), e.g. an s3rver bucket. */
+static char h_storage[384];
 
 __attribute__((unused)) static double h_now(void) {
   struct timespec ts;
@@ -135,8 +137,9 @@ __attribute__((unused)) static void harness_config(sched_config *c) {
   sched_config_defaults(c);
   c->redis.port = h_redis_port;
   c->listen_port = 0;
-  snprintf(c->storage_dir, sizeof c->storage_dir, "%s/shards", h_dir);
-  mkdir(c->storage_dir, 0755);
+  /* the workers' store (harness_start_worker): shards go beside the images they gather */
+  if (h_storage[0]) snprintf(c->storage, sizeof c->storage, "%s", h_storage);
+  else snprintf(c->storage, sizeof c->storage, "file://%s/outputs", h_dir);
 }
 
 __attribute__((unused)) static int harness_start_worker(const char *extra_flag) {
@@ -144,6 +147,7 @@ __attribute__((unused)) static int harness_start_worker(const char *extra_flag) 
   snprintf(queue, sizeof queue, "redis://127.0.0.1:%d/0", h_redis_port);
   if (h_queue_url[0]) snprintf(queue, sizeof queue, "%s", h_queue_url);
   snprintf(storage, sizeof storage, "file://%s/outputs", h_dir);
+  if (h_storage[0]) snprintf(storage, sizeof storage, "%s", h_storage);
   snprintf(log, sizeof log, "%s/worker.log", h_dir);
   char *argv[] = {PAELLA_BINARY_DIR "/paella-worker", "--queue", queue, "--storage", storage, "--lease-ms", "5000",
                   (char *)extra_flag, NULL};
