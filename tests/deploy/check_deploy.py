@@ -97,9 +97,9 @@ def secret_refs(workload):
     return refs
 
 
-# Credentials only one side may read: the scheduler has no use for S3's, the workers none
-# for the API key hashes.
-FOREIGN_KEYS = {"scheduler": ("AWS_",), "worker": ("PAELLA_API_KEY_HASHES",)}
+# Credentials only one side may read: the workers have no use for the API key hashes (both
+# write to the store: the scheduler its batch shards).
+FOREIGN_KEYS = {"scheduler": (), "worker": ("PAELLA_API_KEY_HASHES",)}
 
 
 def check_secrets(docs):
@@ -298,8 +298,9 @@ def rendered(path, scenario):
             fail("ScaledObject rendered with autoscaling.enabled=false")
         if one(docs, "Deployment", "worker").get("spec", {}).get("replicas") != 1:
             fail("fixed worker replicas missing without autoscaling")
-        for component, keys in (("scheduler", {"PAELLA_API_KEY_HASHES", "redis-password"}),
-                                ("worker", {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "redis-password"})):
+        s3_keys = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+        for component, keys in (("scheduler", {"PAELLA_API_KEY_HASHES", "redis-password"} | s3_keys),
+                                ("worker", {"redis-password"} | s3_keys)):
             dep = one(docs, "Deployment", component)
             env = {e["name"]: e for e in container(dep).get("env", [])}
             if "$(PAELLA_REDIS_PASSWORD)@" not in env.get("PAELLA_QUEUE", {}).get("value", ""):
