@@ -1,6 +1,7 @@
 /* clients/python against a real scheduler (in this process), redis-server and a CPU
  * paella-worker that signs webhooks: runs clients/python/tests/test_client.py with Debian's
- * /usr/bin/python3 and passes when it does. */
+ * /usr/bin/python3 and passes when it does. PAELLA_TEST_STORE_DIR: the file:// store's
+ * directory, where the test reads batch shards. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -15,11 +16,11 @@ int main(void) {
   sched_server *s;
   CHECK(harness_start_stack(&c, &t, &s, "--webhook-allow-private") == 0);
   if (s && t) {
-    char cmd[1024];
+    char cmd[2048];
     snprintf(cmd, sizeof cmd,
              "PAELLA_URL=http://127.0.0.1:%d PAELLA_TEST_WEBHOOK_SECRET=%s PAELLA_SOURCE_DIR=%s "
-             "/usr/bin/python3 %s/clients/python/tests/test_client.py",
-             sched_server_port(s), WEBHOOK_SECRET, PAELLA_SOURCE_DIR, PAELLA_SOURCE_DIR);
+             "PAELLA_TEST_STORE_DIR=%s/outputs /usr/bin/python3 %s/clients/python/tests/test_client.py",
+             sched_server_port(s), WEBHOOK_SECRET, PAELLA_SOURCE_DIR, h_dir, PAELLA_SOURCE_DIR);
     int st = system(cmd);
     CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "test_client.py exited %d (worker log: %s/worker.log)",
               WIFEXITED(st) ? WEXITSTATUS(st) : -1, h_dir);

@@ -138,7 +138,9 @@ def test_batch(c, spec):
     done = c.wait_batch(b["id"], timeout=180)
     check(done["status"] == "completed" and done["succeeded"] == 2 and spec.valid("Batch", done), f"batch {done}")
     # the shard holds the images in the batch's output format
-    manifest_path = done["manifest"][len("file://"):]
+    # named relative to the file:// store, never by a server path
+    check(not done["manifest"].startswith(("file:", "/")), f"manifest {done['manifest']}")
+    manifest_path = os.path.join(os.environ["PAELLA_TEST_STORE_DIR"], done["manifest"])
     with open(manifest_path) as f:
         manifest = json.load(f)
     shard = os.path.join(os.path.dirname(manifest_path), manifest["shards"][0]["name"])
