@@ -208,6 +208,19 @@ static void test_name_conflict(void) {
   CHECK(wait_complete("same", 120));
 }
 
+/* --storage is checked when given; without one, batches are refused with the reason. */
+static void test_storage_config(const sched_config *c) {
+  sched_config other = *c;
+  CHECK(sched_config_set_storage(&other, "ftp://x/y") == PA_ERR_INVALID && strstr(pa_errmsg(), "ftp://x/y"));
+  CHECK(sched_config_set_storage(&other, "s3://Bad_Bucket/p") == PA_ERR_INVALID && strstr(pa_errmsg(), "bucket"));
+  other.storage[0] = 0;
+  batch_request req = {.items = "a cat\n", .items_len = 6};
+  char id[160], *json = NULL;
+  pw_error err;
+  CHECK(batch_submit(&other, &req, "anon", id, sizeof id, &err, &json) == PA_ERR_UNSUPPORTED && !json &&
+        strstr(pa_errmsg(), "--storage"));
+}
+
 /* A 32x32 PNG as base64, for an inline input. */
 static char *png_base64(void) {
   pa_image *img = NULL;
@@ -386,6 +399,7 @@ int main(int argc, char **argv) {
   CHECK(harness_start_worker(NULL) == 0);
   if (s && t) {
     port = sched_server_port(s);
+    test_storage_config(&c);
     test_multipart_and_errors();
     test_name_conflict();
     test_inline_input_and_names(&c);
