@@ -19,6 +19,7 @@
 #include "worker/outbox.h"
 
 #define BATCH_MAX_ITEMS 1000000
+#define BATCH_RETRY_KEY "paella:batches:retry" /* zset: batch id -> when its shards are tried again */
 #define OUTPUT_READ_MAX ((size_t)64 << 20) /* one finished image read back (1024 px PNG: ~3 MiB) */
 
 /* Shards are written by the tracker and by submissions (after a crash); one at a time per
@@ -426,9 +427,13 @@ static int write_shard(const sched_config *c, const char *batch_id, long k, long
   redisReply *r = sched_cmdf(c, "HSET paella:batch:%s:shards %ld %s", batch_id, k, text);
   free(text);
   if (r) freeReplyObject(r);
+  /* the manifest first: once the shard counts as written (and the batch maybe as completed),
+   * the stored manifest lists it; a failure here writes the shard again next time */
+  if ((rc = write_manifest(c, batch_id, store))) return rc;
   r = sched_cmdf(c, "SADD paella:batch:%s:written %ld", batch_id, k);
-  if (r) freeReplyObject(r);
-  return write_manifest(c, batch_id, store);
+  if (!r) return PA_ERR_IO;
+  freeReplyObject(r);
+  return PA_OK;
 }
 
 /* KEYS: outbox, message hash, batch hash. ARGV: the message (PA_OUTBOX_ENQUEUE_LUA). Once
@@ -552,7 +557,28 @@ int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
   }
   pthread_mutex_unlock(&shard_mu);
   json_decref(settings);
+  if (rc && rc != PA_ERR_NOTFOUND) { /* no later event would write this shard: the reaper will */
+    char due[24];
+    snprintf(due, sizeof due, "%" PRId64, now_ms() + BATCH_RETRY_MS);
+    redisReply *q = sched_cmdf(c, "ZADD " BATCH_RETRY_KEY " %s %s", due, batch_id);
+    if (q) freeReplyObject(q);
+  }
   return rc;
+}
+
+void batch_retry_due(const sched_config *c) {
+  char now[24];
+  snprintf(now, sizeof now, "%" PRId64, now_ms());
+  redisReply *r = sched_cmdf(c, "ZRANGEBYSCORE " BATCH_RETRY_KEY " -inf %s LIMIT 0 16", now);
+  for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+    const char *id = r->element[i]->str;
+    redisReply *q = sched_cmdf(c, "ZREM " BATCH_RETRY_KEY " %s", id);
+    bool mine = q && q->type == REDIS_REPLY_INTEGER && q->integer == 1; /* one replica takes it */
+    if (q) freeReplyObject(q);
+    if (mine && batch_write_ready_shards(c, id))
+      fprintf(stderr, "paella-scheduler: batch %s: %s (retried in %d s)\n", id, pa_errmsg(), BATCH_RETRY_MS / 1000);
+  }
+  if (r) freeReplyObject(r);
 }
 
 int batch_render(const sched_config *c, const char *batch_id, const char *owner, char **json) {

@@ -179,8 +179,12 @@ int batch_submit(const sched_config *c, const batch_request *r, const char *owne
 int batch_render(const sched_config *c, const char *batch_id, const char *owner, char **json);
 /* Called by the tracker when a batch item reached a final state. */
 int batch_item_done(const sched_config *c, const char *batch_id, long index, bool succeeded);
-/* Writes every shard whose items are all final (tracker thread, and at submit). */
+/* Writes every shard whose items are all final (tracker thread, and at submit). When a write
+ * fails (the store is down), the batch is due again BATCH_RETRY_MS later. */
 int batch_write_ready_shards(const sched_config *c, const char *batch_id);
+#define BATCH_RETRY_MS 5000
+/* The reaper: batches whose shard writes failed and are due again. */
+void batch_retry_due(const sched_config *c);
 
 /* ---- storage (storage.c) ------------------------------------------------------------ */
 /* The store at --storage, opened once per process through the workers' module

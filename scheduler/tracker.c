@@ -204,7 +204,8 @@ static void settle(const sched_config *c, const char *id, const redisReply *h, c
                                                       : SCHED_M_CANCELED);
     if (res) observe(res);
     const char *batch = jobs_field(h, "batch", NULL), *index = jobs_field(h, "index", NULL);
-    if (batch && *batch && index) batch_item_done(c, batch, strtol(index, NULL, 10), status == PW_STATUS_SUCCEEDED);
+    if (batch && *batch && index && batch_item_done(c, batch, strtol(index, NULL, 10), status == PW_STATUS_SUCCEEDED))
+      fprintf(stderr, "paella-scheduler: batch %s: %s (retried in %d s)\n", batch, pa_errmsg(), BATCH_RETRY_MS / 1000);
   }
   free(lean);
   free(mp);
@@ -462,6 +463,7 @@ int tracker_reap(const sched_config *c) {
     eval_int(c, TIMEOUT_LUA, 2, 2, args, NULL, NULL);
   }
   freeReplyObject(r);
+  batch_retry_due(c);
   return PA_OK;
 }
 

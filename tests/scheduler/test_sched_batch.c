@@ -221,6 +221,39 @@ static void test_storage_config(const sched_config *c) {
         strstr(pa_errmsg(), "--storage"));
 }
 
+/* A shard that cannot be written (here: a file where the batch's folder goes; in production
+ * the store down) is tried again by the reaper until it can be: the batch completes. */
+static void test_shard_retry(const sched_config *c) {
+  char block[1200];
+  snprintf(block, sizeof block, "%s/retryb", c->storage + strlen("file://"));
+  FILE *f = fopen(block, "w");
+  CHECK(f != NULL);
+  if (f) fclose(f);
+  const char *body = "{\"settings\":{\"width\":32,\"height\":32,\"steps\":2,\"prior\":{\"steps\":2}},"
+                     "\"shard_size\":2,\"name\":\"retryb\"}\na cat\na dog\n";
+  h_resp r;
+  CHECK(h_http(port, "POST", "/v1/batches", "Content-Type: application/x-ndjson\r\n", body, strlen(body), 30, &r) == 0 &&
+        r.status == 202);
+  h_resp_free(&r);
+  bool due = false;
+  for (double end = h_now() + 120; !due && h_now() < end; usleep(100000)) {
+    redisReply *q = sched_cmdf(c, "ZSCORE paella:batches:retry retryb");
+    due = q && q->type == REDIS_REPLY_STRING;
+    if (q) freeReplyObject(q);
+  }
+  CHECK_MSG(due, "the failed shard write was not scheduled again");
+  json_t *st = batch_status("retryb");
+  CHECK(st && h_str_is(st, "status", "running"));
+  json_decref(st);
+  unlink(block);
+  CHECK(wait_complete("retryb", 60));
+  size_t len = 0;
+  int pngs = 0, jsons = 0;
+  void *tar = read_object(c, "retryb/shard-000000.tar", &len);
+  CHECK(tar && check_tar(tar, len, &pngs, &jsons) == 0 && pngs == 2 && jsons == 2);
+  free(tar);
+}
+
 /* A 32x32 PNG as base64, for an inline input. */
 static char *png_base64(void) {
   pa_image *img = NULL;
@@ -403,6 +436,7 @@ int main(int argc, char **argv) {
     test_multipart_and_errors();
     test_name_conflict();
     test_inline_input_and_names(&c);
+    if (!on_s3) test_shard_retry(&c);
     test_completed_webhook(&c);
     test_big_batch(&c);
     test_inline_entry_trimmed(&c);
