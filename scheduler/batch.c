@@ -557,7 +557,7 @@ int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
   }
   pthread_mutex_unlock(&shard_mu);
   json_decref(settings);
-  if (rc && rc != PA_ERR_NOTFOUND) { /* no later event would write this shard: the reaper will */
+  if (rc == PA_ERR_IO) { /* the store or Redis failed: no later event would write this shard, the reaper will */
     char due[24];
     snprintf(due, sizeof due, "%" PRId64, now_ms() + BATCH_RETRY_MS);
     redisReply *q = sched_cmdf(c, "ZADD " BATCH_RETRY_KEY " %s %s", due, batch_id);
