@@ -68,6 +68,9 @@
 #define PW_DEFAULT_PRIOR_GUIDANCE 4.0
 #define PW_DEFAULT_FRAMES 8
 #define PW_DEFAULT_PRIORITY 5
+/* Bulk work yields to interactive jobs: a batch item without its own priority (in the item
+ * or the batch's settings) gets this one, the lowest lane (worker/redis_keys.h). */
+#define PW_BATCH_DEFAULT_PRIORITY 0
 #define PW_DEFAULT_OUTPUT_QUALITY 90 /* output_format defaults to png (lossless) */
 
 #endif

@@ -89,6 +89,7 @@ static void *heartbeat_main(void *arg) {
       memset(&ds[k], 0, sizeof ds[k]);
       memcpy(ds[k].handle, w->batch[i].d.handle, sizeof ds[k].handle);
       ds[k].deliveries = w->batch[i].d.deliveries;
+      ds[k].lane = w->batch[i].d.lane;
       jcs[k++] = &w->batch[i];
     }
     pthread_mutex_unlock(&w->hb_mu);
