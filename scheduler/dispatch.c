@@ -30,6 +30,19 @@ int sched_lane_of_hash(const redisReply *h) {
   return PA_LANE_NORMAL;
 }
 
+int dispatch_ensure_lanes(const sched_config *c) {
+  int rc = PA_OK;
+  for (int lane = 0; lane < PA_LANES; lane++) {
+    pa_key stream = pa_key_lane(c->redis.stream, lane);
+    redisReply *r = sched_cmdf(c, "XGROUP CREATE %s %s 0 MKSTREAM", stream.s, c->redis.group);
+    if (!r) rc = PA_ERR_IO;
+    else if (r->type == REDIS_REPLY_ERROR && !strstr(r->str, "BUSYGROUP"))
+      rc = pa_fail(PA_ERR_IO, "XGROUP CREATE %s: %s", stream.s, r->str);
+    if (r) freeReplyObject(r);
+  }
+  return rc;
+}
+
 /* KEYS: lane stream, ring. ARGV: queue prefix, group, depth. */
 static const char DISPATCH_LUA[] = SCHED_WAIT_LUA "return dispatch(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])\n";
 

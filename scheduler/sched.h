@@ -160,6 +160,9 @@ int tracker_reap(const sched_config *c);
 /* Moves waiting jobs onto every lane's stream, round-robin over API keys, until the lane holds
  * dispatch_depth undelivered entries (docs/queues.md, "Priorities and fair share"). */
 int dispatch_all(const sched_config *c, long long *moved);
+/* Creates every lane's stream and the workers' group on it (as workers do), so that KEDA's
+ * triggers read a lag of 0, not an error, from a lane nothing was ever queued on. */
+int dispatch_ensure_lanes(const sched_config *c);
 /* Jobs waiting to enter the lanes' streams, per lane (by pa_lane) and in all. */
 int dispatch_waiting(const sched_config *c, long long per_lane[PA_LANES], long long *total);
 

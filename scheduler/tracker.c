@@ -4,14 +4,18 @@
  * deadlines and running-time limits. A second reader fans every event out to this process's
  * waiters (SSE, Prefer: wait) without a group, so every replica sees every event.
  *
- * State machine (status field; "cancel" and "cancel_reason" ride along):
- *   queued (waiting in its owner's queue of its lane -> dispatched onto the lane's stream,
- *           dispatch.c) -> running   start event (the worker also writes it)
- *   queued -> canceled           POST cancel: the worker acks the entry unrun (never XDEL'd)
- *   queued -> failed             deadline passed before a worker took it
- *   running -> succeeded|failed|canceled   the worker's Result
- *   failed (retryable) -> queued attempts < max_attempts, after backoff_ms * 2^attempts
- *   failed (retryable, last) -> failed + an entry in {stream}:dead
+ * State machine (status field; "cancel" and "cancel_reason" ride along). Each transition has
+ * one writer, one script (the table in docs/queues.md):
+ *   -> queued                    SUBMIT_LUA (jobs.c): waits in its owner's queue of its lane
+ *   queued: waiting -> on the lane's stream   dispatch() of SCHED_WAIT_LUA (dispatch.c)
+ *   queued -> running            the worker's start event script; START_LUA here only books it
+ *   queued -> canceled           CANCEL_LUA: the worker acks the entry unrun (never XDEL'd)
+ *   queued -> failed             DEADLINE_LUA: deadline passed before a worker took it
+ *   running -> succeeded|failed|canceled   the worker's result script (first result wins)
+ *   failed (retryable) -> queued RETRY_LUA, attempts < max_attempts, after backoff_ms * 2^attempts;
+ *                                REQUEUE_LUA puts it back in its owner's queue when due
+ *   failed (retryable, last) -> failed + an entry in {stream}:dead   FINAL_LUA (+ dlq_bury)
+ *   dead letter -> queued        REQUEUE_DEAD_LUA (deadletters.c)
  * A job is settled when finished_ms is set: the tracker did its bookkeeping. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -35,11 +39,12 @@ static bool retryable(pw_code code) {
 
 /* ---- state transitions (Lua) -------------------------------------------------------- */
 
-/* KEYS: job hash, running zset. ARGV: now, id. */
+/* queued -> running has one writer, the worker's start event script (docs/queues.md): the
+ * tracker only books a job the worker marked running. A late start event of an earlier attempt
+ * (the job already retried, so queued again) changes nothing.
+ * KEYS: job hash, running zset. ARGV: now, id. */
 static const char START_LUA[] =
-    "local s = redis.call('HGET', KEYS[1], 'status')\n"
-    "if s ~= 'queued' and s ~= 'running' then return 0 end\n"
-    "redis.call('HSET', KEYS[1], 'status', 'running', 'updated_ms', ARGV[1])\n"
+    "if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end\n"
     "redis.call('HSETNX', KEYS[1], 'started_ms', ARGV[1])\n"
     "redis.call('ZADD', KEYS[2], 'NX', ARGV[1], ARGV[2])\n"
     "return 1\n";
@@ -481,7 +486,10 @@ int tracker_trim(const sched_config *c, long long *trimmed) {
 static void *reaper_main(void *arg) {
   sched_tracker *t = arg;
   for (unsigned pass = 0; !t->stop; pass++) {
-    if (pass % 25 == 0) tracker_trim(t->c, NULL); /* every 5 s */
+    if (pass % 25 == 0) { /* every 5 s */
+      dispatch_ensure_lanes(t->c);
+      tracker_trim(t->c, NULL);
+    }
     tracker_reap(t->c);
     dispatch_all(t->c, NULL);
     for (int i = 0; i < 4 && !t->stop; i++) usleep(50000); /* 200 ms between passes */

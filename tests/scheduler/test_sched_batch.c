@@ -62,11 +62,12 @@ static json_t *batch_status(const char *id) {
   return j;
 }
 
-/* The id of the last entry ever added to the job stream ("" on error): unlike XLEN it does not
- * move when the reaper trims acknowledged entries. */
+/* The id of the last entry ever added to the batch items' lane (the low one: batches default
+ * to priority 0) ("" on error): unlike XLEN it does not move when the reaper trims
+ * acknowledged entries. */
 static void stream_last_id(const sched_config *c, char *out, size_t cap) {
   out[0] = 0;
-  redisReply *r = sched_cmdf(c, "XINFO STREAM %s", c->redis.stream);
+  redisReply *r = sched_cmdf(c, "XINFO STREAM %s", pa_key_lane(c->redis.stream, PA_LANE_LOW).s);
   for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2)
     if (r->element[i]->type == REDIS_REPLY_STRING && !strcmp(r->element[i]->str, "last-generated-id") &&
         r->element[i + 1]->type == REDIS_REPLY_STRING)

@@ -4,16 +4,19 @@
 #include "harness.h"
 #include "tests/test.h"
 #include "worker/queue.h"
+#include "worker/redis_keys.h"
 
-static pa_queue *open_q(const char *consumer, int lease_ms) {
-  char url[128];
-  snprintf(url, sizeof url, "redis://127.0.0.1:%d/0?stream=t:jobs&group=g", h_.port);
+static pa_queue *open_stream(const char *stream, const char *consumer, int lease_ms) {
+  char url[160];
+  snprintf(url, sizeof url, "redis://127.0.0.1:%d/0?stream=%s&group=g", h_.port, stream);
   pa_queue_options o = {.consumer = consumer, .lease_ms = lease_ms, .max_deliveries = 3};
   pa_queue *q = NULL;
   CHECK_OK(pa_queue_open_redis(url, &o, &q));
   if (!q) exit(1);
   return q;
 }
+
+static pa_queue *open_q(const char *consumer, int lease_ms) { return open_stream("t:jobs", consumer, lease_ms); }
 
 static void clear_all(pa_delivery *d, int n) {
   for (int i = 0; i < n; i++) pa_delivery_clear(&d[i]);
@@ -158,6 +161,52 @@ static void test_group_recreated(redisContext *c) {
   q->ops->close(q);
 }
 
+/* Priority lanes (worker/redis_keys.h): the high lane is read before the normal one (the
+ * stream itself), the low one last, also when the entries were added in the other order;
+ * acks, reclaims and dead letters act on the entry's own lane. */
+static long long pending(redisContext *c, const char *stream) {
+  redisReply *r = redisCommand(c, "XPENDING %s g", stream);
+  long long n = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 ? r->element[0]->integer : -1;
+  if (r) freeReplyObject(r);
+  return n;
+}
+
+static void test_lanes(redisContext *c) {
+  pa_queue *a = open_stream("l:jobs", "a", 200), *b = open_stream("l:jobs", "b", 200);
+  h_xadd(c, "l:jobs:lane:low", "l1", "low", 3, NULL);
+  h_xadd(c, "l:jobs", "n1", "normal", 6, NULL);
+  h_xadd(c, "l:jobs:lane:high", "h1", "high", 4, NULL);
+  const char *want[] = {"high", "normal", "low"};
+  const int lanes[] = {PA_LANE_HIGH, PA_LANE_NORMAL, PA_LANE_LOW};
+  for (int i = 0; i < 3; i++) {
+    pa_delivery d[1];
+    int n = 0;
+    CHECK_OK(a->ops->claim(a, 1, 100, d, &n));
+    CHECK_MSG(n == 1 && d[0].len == strlen(want[i]) && !memcmp(d[0].payload, want[i], d[0].len) && d[0].lane == lanes[i],
+              "claim %d: got %.*s (lane %d), want %s", i, n ? (int)d[0].len : 0, n ? (char *)d[0].payload : "",
+              n ? d[0].lane : -1, want[i]);
+    if (n) CHECK_OK(a->ops->ack(a, &d[0]));
+    clear_all(d, n);
+  }
+  CHECK(pending(c, "l:jobs:lane:high") == 0 && pending(c, "l:jobs") == 0 && pending(c, "l:jobs:lane:low") == 0);
+  /* a crashed consumer's high-lane entry: reclaimed by another, then dead-lettered there */
+  h_xadd(c, "l:jobs:lane:high", "h2", "crash", 5, NULL);
+  pa_delivery d[1], e[1];
+  int n = 0, m = 0;
+  CHECK_OK(a->ops->claim(a, 1, 100, d, &n));
+  CHECK(n == 1 && d[0].lane == PA_LANE_HIGH);
+  h_sleep_ms(300);
+  CHECK_OK(b->ops->claim(b, 1, 100, e, &m));
+  CHECK(m == 1 && e[0].lane == PA_LANE_HIGH && e[0].deliveries == 2 && n == 1 && !strcmp(e[0].handle, d[0].handle));
+  if (m) CHECK(a->ops->ack(a, &d[0]) == PA_ERR_NOTFOUND); /* fenced: the entry is b's now */
+  if (m) CHECK_OK(b->ops->dead_letter(b, &e[0], "malformed", "", "test"));
+  CHECK(h_int(c, "XLEN l:jobs:dead") == 1 && pending(c, "l:jobs:lane:high") == 0);
+  clear_all(d, n);
+  clear_all(e, m);
+  a->ops->close(a);
+  b->ops->close(b);
+}
+
 int main(void) {
   h_redis_start();
   redisContext *c = h_connect();
@@ -166,6 +215,7 @@ int main(void) {
   test_events_results(c);
   test_no_job_field(c);
   test_group_recreated(c);
+  test_lanes(c);
   pa_queue *q = NULL;
   CHECK(pa_queue_open_redis("redis://127.0.0.1:1/0", NULL, &q) == PA_ERR_IO && !q);
   CHECK(pa_queue_open_redis("redis://127.0.0.1:1/x", NULL, &q) == PA_ERR_INVALID);
