@@ -9,6 +9,7 @@
  *   before 20 more of the priority-5 ones (they are in the high lane, which workers read
  *   first; fair share cannot help: one key).
  * Jobs go through jobs_submit, the function POST /v1/jobs calls after validation. */
+#include "scheduler/jobs_internal.h"
 #include "tests/scheduler/harness.h"
 
 #define SMALL "\"prompt\":\"a red fox\",\"width\":32,\"height\":32,\"steps\":2,\"prior\":{\"steps\":2}"
@@ -104,6 +105,57 @@ static bool wait_started(const sched_config *c, const char *mark, const char *pr
   return false;
 }
 
+/* No job is lost between the structures, read atomically (one script) while the worker and
+ * the dispatcher run: every queued or running job is waiting in an owner's queue, unread on a
+ * lane's stream or pending for a worker (no cancels or retries happened yet: max_attempts 1;
+ * entry fields are `job`, `id`: e[1][2][4] is the job id).
+ * KEYS: the lanes' streams, then their rings. ARGV: group, then the queue prefixes. */
+static const char ACCOUNT_LUA[] =
+    "local live, waiting, stream = 0, 0, 0\n"
+    "for i = 1, 3 do\n"
+    "  for _, owner in ipairs(redis.call('LRANGE', KEYS[3 + i], 0, -1)) do\n"
+    "    waiting = waiting + redis.call('LLEN', ARGV[1 + i] .. owner)\n"
+    "  end\n"
+    "  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[i])) do\n"
+    "    local f = {}\n"
+    "    for k = 1, #g, 2 do f[g[k]] = g[k + 1] end\n"
+    "    if f['name'] == ARGV[1] then\n"
+    "      stream = stream + f['lag']\n"
+    /* a pending entry whose job is already final (result recorded, ack not yet) is no live job */
+    "      for _, p in ipairs(redis.call('XPENDING', KEYS[i], ARGV[1], '-', '+', 100000)) do\n"
+    "        local e = redis.call('XRANGE', KEYS[i], p[1], p[1])\n"
+    "        local id = e[1] and e[1][2][4]\n"
+    "        local st = id and redis.call('HGET', '" PA_KEY_JOB_PREFIX "' .. id, 'status')\n"
+    "        if st == 'queued' or st == 'running' then stream = stream + 1 end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "for _, k in ipairs(redis.call('KEYS', '" PA_KEY_JOB_PREFIX "*')) do\n"
+    "  if not string.find(k, ':deliveries', 1, true) then\n"
+    "    local s = redis.call('HGET', k, 'status')\n"
+    "    if s == 'queued' or s == 'running' then live = live + 1 end\n"
+    "  end\n"
+    "end\n"
+    "return {live, waiting, stream}\n";
+
+static void check_accounting(const sched_config *c, const char *tag) {
+  sched_lane l[PA_LANES];
+  for (int lane = 0; lane < PA_LANES; lane++) l[lane] = sched_lane_of(c, lane);
+  const char *args[] = {l[0].stream.s, l[1].stream.s, l[2].stream.s, l[0].ring.s, l[1].ring.s, l[2].ring.s,
+                        c->redis.group, l[0].queue.s, l[1].queue.s, l[2].queue.s};
+  redisReply *r = sched_eval(c, ACCOUNT_LUA, 6, 4, args, NULL);
+  CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 3);
+  if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+    long long live = r->element[0]->integer, waiting = r->element[1]->integer, stream = r->element[2]->integer;
+    printf("%s: %lld jobs queued or running = %lld waiting in the keys' queues + %lld on the lanes' streams\n", tag,
+           live, waiting, stream);
+    CHECK_MSG(live == waiting + stream && live > 0, "%s: %lld live jobs, %lld waiting + %lld on streams", tag, live,
+              waiting, stream);
+  }
+  if (r) freeReplyObject(r);
+}
+
 static void test_starvation(sched_config *c, int bulk_priority, const char *tag) {
   char id[64], mark[64], bulk[32], urgent[32];
   snprintf(bulk, sizeof bulk, "%s-a-", tag);
@@ -130,6 +182,7 @@ static void test_starvation(sched_config *c, int bulk_priority, const char *tag)
   CHECK_MSG(n.urgent == 20, "%s: only %ld of key B's 20 jobs started while %ld of key A's did", tag, n.urgent, n.bulk);
   CHECK_MSG(n.urgent == 20 && n.bulk_at_last_urgent < 200, "%s: %ld of key A's jobs started before key B's last",
             tag, n.bulk_at_last_urgent);
+  check_accounting(c, tag);
 }
 
 static void test_priority(sched_config *c) {
