@@ -3,8 +3,8 @@
  * One consumer group on each lane's stream (high, normal, low: the job's priority). claim()
  * first takes over entries that another consumer left idle past the lease (XAUTOCLAIM: a
  * crashed worker's jobs), then reads new ones (XREADGROUP ... >), in both cases the highest
- * lane first: a lower lane is read only when the higher ones have nothing. The state changes that must not be split by a crash (the final
- * status + result + event, a dead letter + its XACK) each run as one Lua script: atomic like
+ * lane first: a lower lane is read only when the higher ones have nothing. The state changes
+ * that must not be split by a crash (the final status + result + event, a dead letter + its XACK) each run as one Lua script: atomic like
  * MULTI, and able to skip the write when the job is already final, which keeps a re-run of a
  * job whose result was recorded (the worker died before XACK) from recording it twice. */
 #include <hiredis/hiredis.h>
@@ -258,19 +258,20 @@ static int rq_read_new(rq *q, int first, int last, int max, int block_ms, pa_del
   return rc;
 }
 
+static int stash_take(rq *q, int max, pa_delivery *out, int *n);
+
 static int rq_claim(pa_queue *qq, int max, int block_ms, pa_delivery *out, int *n) {
   rq *q = qq->impl;
   *n = 0;
   if (max < 1) return pa_fail(PA_ERR_INVALID, "claim: max must be >= 1");
-  int rc = PA_OK;
-  while (q->n_stash > 0 && *n < max) out[(*n)++] = q->stash[--q->n_stash];
+  int rc = stash_take(q, max, out, n);
   for (int lane = 0; !rc && lane < PA_LANES && *n < max; lane++) rc = rq_autoclaim(q, lane, max, out, n);
   for (int lane = 0; !rc && lane < PA_LANES && *n < max; lane++) rc = rq_read_new(q, lane, lane, max, 0, out, n);
   if (!rc && !*n && block_ms > 0) {
     /* Idle: wait on every lane at once, one entry each (extras go to the stash), then fill
      * the rest highest lane first. */
     rc = rq_read_new(q, 0, PA_LANES - 1, 1, block_ms, out, n);
-    while (!rc && q->n_stash > 0 && *n < max) out[(*n)++] = q->stash[--q->n_stash];
+    if (!rc) rc = stash_take(q, max, out, n);
     for (int lane = 0; !rc && *n && lane < PA_LANES && *n < max; lane++) rc = rq_read_new(q, lane, lane, max, 0, out, n);
   }
   /* the stream or group was deleted under us (FLUSHALL, an operator): recreate it */
@@ -447,6 +448,19 @@ static int fenced(rq *q, const char *script, const pa_delivery *d, const char *w
 }
 
 static int rq_renew(pa_queue *qq, const pa_delivery *d) { return fenced(qq->impl, renew_lua, d, "lease renewal"); }
+
+/* Hands out stashed entries, each renewed first: one that waited past its lease while this
+ * worker was busy may have been reclaimed by another (the renewal is refused), and is dropped. */
+static int stash_take(rq *q, int max, pa_delivery *out, int *n) {
+  while (q->n_stash > 0 && *n < max) {
+    pa_delivery d = q->stash[--q->n_stash];
+    int rc = fenced(q, renew_lua, &d, "stashed entry");
+    if (rc == PA_OK) out[(*n)++] = d;
+    else pa_delivery_clear(&d);
+    if (rc && rc != PA_ERR_NOTFOUND) return rc;
+  }
+  return PA_OK;
+}
 
 static int rq_publish_event(pa_queue *qq, const char *job_id, const char *type, const uint8_t *msg, size_t len) {
   rq *q = qq->impl;

@@ -1,6 +1,8 @@
 /* The Redis Streams adapter against a real redis-server: claim, ack, lease renewal,
  * XAUTOCLAIM of idle entries with delivery counting, events and results (idempotent),
  * dead letters, the cancel flag, entries without a job. */
+#include <pthread.h>
+
 #include "harness.h"
 #include "tests/test.h"
 #include "worker/queue.h"
@@ -207,6 +209,52 @@ static void test_lanes(redisContext *c) {
   b->ops->close(b);
 }
 
+/* An idle worker blocks on every lane at once; entries that arrive on two lanes together
+ * (one transaction) may come back from one read: the second is kept for the next claim, not
+ * left pending until its lease runs out. Either way each is delivered once, promptly. */
+typedef struct {
+  pa_queue *q;
+  pa_delivery d[1];
+  int n, rc;
+} blocked_claim;
+
+static void *claim_blocking(void *arg) {
+  blocked_claim *b = arg;
+  b->rc = b->q->ops->claim(b->q, 1, 10000, b->d, &b->n);
+  return NULL;
+}
+
+static void test_lanes_blocking(redisContext *c) {
+  pa_queue *q = open_stream("k:jobs", "a", 60000);
+  blocked_claim b = {.q = q};
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, claim_blocking, &b) == 0);
+  h_sleep_ms(500); /* the claim is blocked by now (or soon: it then reads both at once) */
+  freeReplyObject(redisCommand(c, "MULTI"));
+  freeReplyObject(redisCommand(c, "XADD k:jobs:lane:low * job low id l"));
+  freeReplyObject(redisCommand(c, "XADD k:jobs:lane:high * job high id h"));
+  freeReplyObject(redisCommand(c, "EXEC"));
+  pthread_join(t, NULL);
+  long long pending_both = pending(c, "k:jobs:lane:low") + pending(c, "k:jobs:lane:high");
+  printf("blocking claim over the lanes: got %d, %lld pending after it (2: the second kept for the next claim)\n",
+         b.n, pending_both);
+  CHECK(b.rc == PA_OK && b.n == 1);
+  pa_delivery d[2];
+  int n = 0;
+  double t0 = h_now();
+  CHECK_OK(q->ops->claim(q, 2, 100, d, &n));
+  CHECK_MSG(n == 1 && h_now() - t0 < 5, "the second entry: %d in %.1f s", n, h_now() - t0);
+  if (b.n == 1 && n == 1) {
+    CHECK(d[0].deliveries == 1 && b.d[0].deliveries == 1 && d[0].lane != b.d[0].lane);
+    CHECK_OK(q->ops->ack(q, &b.d[0]));
+    CHECK_OK(q->ops->ack(q, &d[0]));
+  }
+  CHECK(pending(c, "k:jobs:lane:low") == 0 && pending(c, "k:jobs:lane:high") == 0);
+  clear_all(b.d, b.n);
+  clear_all(d, n);
+  q->ops->close(q);
+}
+
 int main(void) {
   h_redis_start();
   redisContext *c = h_connect();
@@ -216,6 +264,7 @@ int main(void) {
   test_no_job_field(c);
   test_group_recreated(c);
   test_lanes(c);
+  test_lanes_blocking(c);
   pa_queue *q = NULL;
   CHECK(pa_queue_open_redis("redis://127.0.0.1:1/0", NULL, &q) == PA_ERR_IO && !q);
   CHECK(pa_queue_open_redis("redis://127.0.0.1:1/x", NULL, &q) == PA_ERR_INVALID);
