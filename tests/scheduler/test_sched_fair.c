@@ -209,6 +209,33 @@ static void test_priority(sched_config *c) {
             n.urgent, n.bulk_at_last_urgent);
 }
 
+/* A job past its deadline while still waiting in its key's queue (behind `depth` others) is
+ * failed by the reaper and dropped by the dispatcher: it never reaches a stream or a worker. */
+static void test_deadline_waiting(sched_config *c) {
+  char json[512];
+  snprintf(json, sizeof json, "{\"id\":\"late-1\",\"deadline_ms\":%lld," SMALL "}", (long long)now_ms() + 300);
+  pw_job job;
+  pw_error err;
+  pw_job_init(&job);
+  submit_outcome out = SUBMIT_QUOTA;
+  CHECK(pw_job_from_json(json, strlen(json), &job, &err) == 0 &&
+        jobs_submit(c, &job, "key-a", 1 << 30, NULL, NULL, 0, &out, NULL, 0) == PA_OK && out == SUBMIT_CREATED);
+  pw_job_free(&job);
+  redisReply *r = NULL;
+  bool failed = false;
+  for (double end = h_now() + 60; !failed && h_now() < end; usleep(100000)) {
+    if (r) freeReplyObject(r);
+    r = sched_cmdf(c, "HMGET %s status waiting entry worker", pa_key_job("late-1").s);
+    failed = r && r->type == REDIS_REPLY_ARRAY && r->element[0]->type == REDIS_REPLY_STRING &&
+             !strcmp(r->element[0]->str, "failed");
+  }
+  CHECK_MSG(failed, "the waiting job past its deadline is not failed");
+  if (failed) /* still waiting (never dispatched), never run */
+    CHECK(r->element[1]->type == REDIS_REPLY_STRING && !strcmp(r->element[1]->str, "1") &&
+          r->element[2]->type == REDIS_REPLY_NIL && r->element[3]->type == REDIS_REPLY_NIL);
+  if (r) freeReplyObject(r);
+}
+
 /* Every job not started is canceled (a waiting one is dropped by the dispatcher, a dispatched
  * one acknowledged unrun), so the next case starts with an idle worker. The lanes drain. */
 static void drain(sched_config *c) {
@@ -245,6 +272,7 @@ int main(void) {
   CHECK(harness_start_worker(NULL) == 0);
   double t0 = h_now();
   test_starvation(&c, PW_DEFAULT_PRIORITY, "def");
+  test_deadline_waiting(&c);
   drain(&c);
   test_starvation(&c, PW_BATCH_DEFAULT_PRIORITY, "bat");
   drain(&c);
