@@ -1,6 +1,7 @@
 /* The job registry: paella:job:{id} hashes (docs/queues.md) and the scheduler's own indexes.
  * Every transition is one Lua script, so Redis applies it atomically and the AOF records it
- * whole; a crash never leaves a job in the hash but not on the stream or the reverse. */
+ * whole; a crash never leaves a job in the hash but neither waiting in its owner's queue nor on
+ * a lane's stream, or the reverse (dispatch.c). Key names come from worker/redis_keys.h. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,6 +1,7 @@
 /* Every Redis key name paella uses, in one place (docs/queues.md has the table). The worker,
- * its embedding cache, the scheduler and the tests build keys only through these functions, so
- * a writer and its readers cannot disagree on a name.
+ * its embedding cache and the scheduler build keys only through these functions (the CLI talks
+ * HTTP and names no key), so a writer and its readers cannot disagree on a name;
+ * tests/worker/test_redis_keys.c pins every name to the documented one.
  *
  * Two families:
  *  - global keys: paella:job:{id}, paella:owner:{owner}:..., paella:batch:{id}..., paella:emb:...,
