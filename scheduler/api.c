@@ -240,10 +240,11 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
     }
     hub_event ev;
     if (hub_wait(&s->cursor, s->id, 1000, &ev)) {
-      if (!strcmp(ev.type, "progress") || !strcmp(ev.type, "start")) sse_append(s, ev.type, ev.data);
+      bool step_event = !strcmp(ev.type, "progress") || !strcmp(ev.type, "preview");
+      if (step_event || !strcmp(ev.type, "start")) sse_append(s, ev.type, ev.data);
       free(ev.data);
       s->idle_since = now_ms();
-      if (strcmp(ev.type, "progress")) sse_status(s);
+      if (!step_event) sse_status(s);
     } else {
       sse_status(s); /* also catches transitions whose event this replica missed */
       if (s->out_len == 0 && now_ms() - s->idle_since > 10000) {
