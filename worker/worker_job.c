@@ -181,7 +181,7 @@ static const char *location_key(const char *loc) {
 }
 
 /* Image `index` of the job in its output format, with its generation parameters (*params,
- * malloc'd: the same text goes into the result record). */
+ * malloc'd: the same text goes into the result record, freed with it). */
 static int encode_output(job_ctx *jc, const pa_image *img, int index, void **buf, size_t *len, char **params) {
   const pw_job *j = &jc->job;
   uint64_t seed = jc->seed + (j->kind == PW_KIND_INTERPOLATE ? 0 : (uint64_t)index); /* image b: seed + b */
@@ -193,38 +193,34 @@ static int encode_output(job_ctx *jc, const pa_image *img, int index, void **buf
 static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index, pw_output *o) {
   void *bytes = NULL;
   size_t len = 0;
-  char key[128], *loc = NULL, *url = NULL, *params = NULL;
+  char key[128], *loc = NULL, *url = NULL;
   pa_image_format f = pa_image_format_of_job(&jc->job);
   /* deterministic: a re-run overwrites */
   snprintf(key, sizeof key, "%s/%d%s", jc->job.id, index, pa_image_format_extension(f));
-  int rc = encode_output(jc, img, index, &bytes, &len, &params);
+  int rc = encode_output(jc, img, index, &bytes, &len, &o->params); /* the record carries what the image embeds */
   if (rc) {
     job_fail(jc, PW_E_INTERNAL, false, "%s encoding: %s", pa_image_format_name(f), pa_errmsg());
-    goto fail;
+    return rc;
   }
   if (!job_still_owned(jc)) { /* checked right before the write: a fenced attempt writes nothing */
-    rc = PA_ERR_CANCELED;
-    goto fail;
+    free(bytes);
+    return PA_ERR_CANCELED;
   }
-  if ((rc = pa_storage_put(s, key, bytes, len, pa_image_format_mime(f), &loc, &url))) {
-    job_fail(jc, PW_E_STORAGE, true, "upload %s: %s", key, pa_errmsg());
-    goto fail;
-  }
-  if (!(o->key = strdup(location_key(loc)))) {
-    job_fail(jc, PW_E_NO_MEMORY, true, "out of memory");
-    rc = PA_ERR_NOMEM;
-    goto fail;
-  }
-  o->url = url && strlen(url) <= PW_MAX_URL_BYTES ? url : NULL;
-  if (o->url == url) url = NULL;
-  o->params = params; /* the record carries what the image embeds */
-  params = NULL;
-fail:
+  rc = pa_storage_put(s, key, bytes, len, pa_image_format_mime(f), &loc, &url);
   free(bytes);
+  if (rc) {
+    job_fail(jc, PW_E_STORAGE, true, "upload %s: %s", key, pa_errmsg());
+    return rc;
+  }
+  o->key = strdup(location_key(loc));
+  o->url = url && strlen(url) <= PW_MAX_URL_BYTES ? url : NULL;
+  if (o->url != url) free(url);
   free(loc);
-  free(url);
-  free(params);
-  return rc;
+  if (!o->key) {
+    job_fail(jc, PW_E_NO_MEMORY, true, "out of memory");
+    return PA_ERR_NOMEM;
+  }
+  return PA_OK;
 }
 
 void job_preview(void *user, int step, int total, const pa_image *img) {
@@ -267,6 +263,7 @@ int job_store_outputs(job_ctx *jc, pw_result *res) {
     for (int b = 0; b < jc->results[f].n && !rc; b++, k++) {
       rc = put_image(jc, own ? own : jc->w->store, jc->results[f].images[b], k, &res->outputs[k]);
       if (!rc) res->n_outputs = (size_t)k + 1;
+      else free(res->outputs[k].params), res->outputs[k].params = NULL; /* not counted, so not freed with it */
     }
   pa_storage_free(own);
   return rc;
