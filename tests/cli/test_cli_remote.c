@@ -222,6 +222,22 @@ static void preview_events(void) {
   snprintf(path, sizeof path, "/v1/jobs/%s", without);
   CHECK(h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && r.status == 200 && !json_object_get(r.json, "preview"));
   h_resp_free(&r);
+  /* GET .../preview serves the image; none for the job without previews */
+  snprintf(path, sizeof path, "/v1/jobs/%s/preview", with);
+  CHECK(h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && r.status == 200 && r.head &&
+        strstr(r.head, "image/png") && r.body && !memcmp(r.body, "\x89PNG", 4));
+  h_resp_free(&r);
+  snprintf(path, sizeof path, "/v1/jobs/%s/preview", without);
+  CHECK(h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && r.status == 404);
+  h_resp_free(&r);
+  /* paella wait --preview FILE writes the latest one */
+  char args[600], file[400];
+  snprintf(file, sizeof file, "%s/watch.png", h_dir);
+  snprintf(args, sizeof args, "wait %s --preview %s", with, file);
+  CHECK_MSG(paella(args) == 0, "wait --preview: %s", slurp("err", NULL));
+  w = h = 0;
+  CHECK_MSG(png_size(file, &w, &h) && w == 64 && h == 64, "wait --preview wrote %dx%d", w, h);
+  CHECK(paella("wait --preview - j-1") == 2 && file_has("err", "--preview: needs a file"));
   for (int i = 0; i < 2; i++) h_resp_free(&rd[i].r);
 }
 
