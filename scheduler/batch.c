@@ -336,8 +336,12 @@ static int add_item(const sched_config *c, tar_writer *w, const char *batch_id, 
     free(png);
     if (rc) goto done;
   }
-  json_t *meta = json_pack("{s:s,s:I,s:O,s:s}", "prompt", job.prompt ? job.prompt : "", "seed",
-                           (json_int_t)(res.has_seed ? res.seed : job.seed), "settings", settings, "job_id", id);
+  json_t *params = json_array(); /* each image's embedded generation parameters, as the result records them */
+  for (size_t o = 0; params && o < res.n_outputs; o++)
+    json_array_append_new(params, res.outputs[o].params ? json_string(res.outputs[o].params) : json_null());
+  json_t *meta = json_pack("{s:s,s:I,s:O,s:s,s:o}", "prompt", job.prompt ? job.prompt : "", "seed",
+                           (json_int_t)(res.has_seed ? res.seed : job.seed), "settings", settings, "job_id", id,
+                           "params", params);
   char *text = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
   json_decref(meta);
   snprintf(name, sizeof name, "%06ld.json", i);

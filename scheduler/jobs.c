@@ -167,6 +167,12 @@ json_t *jobs_resource(const char *id, const redisReply *h) {
   if ((v = field_of(h, "cancel", NULL)) && !strcmp(v, "1")) json_object_set_new(o, "cancel_requested", json_true());
   json_t *p = progress_json(h);
   if (p) json_object_set_new(o, "progress", p);
+  if ((v = field_of(h, "preview_url", NULL)) && *v) { /* the latest preview (preview_every) */
+    json_t *pv = json_pack("{s:s}", "url", v);
+    set_int_field(pv, "step", h, "preview_step");
+    set_int_field(pv, "total", h, "preview_total");
+    json_object_set_new(o, "preview", pv);
+  }
   if ((v = field_of(h, "batch", NULL)) && *v) {
     json_t *b = json_object();
     json_object_set_new(b, "id", json_string(v));

@@ -56,6 +56,14 @@ static const char PROGRESS_LUA[] =
     "redis.call('HSET', KEYS[1], 'updated_ms', ARGV[1], 'stage', ARGV[2], 'step', ARGV[3], 'total', ARGV[4])\n"
     "return 1\n";
 
+/* The latest preview of a running job. KEYS: job hash. ARGV: now, URL, step, total. */
+static const char PREVIEW_LUA[] =
+    "local s = redis.call('HGET', KEYS[1], 'status')\n"
+    "if s ~= 'queued' and s ~= 'running' then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'updated_ms', ARGV[1], 'preview_url', ARGV[2], 'preview_step', ARGV[3],\n"
+    "  'preview_total', ARGV[4])\n"
+    "return 1\n";
+
 /* KEYS: job hash, retry zset, running zset. ARGV: now, id, due. Only a job that
  * is still final (not canceled/requeued meanwhile) goes back to queued. */
 static const char RETRY_LUA[] =
@@ -116,6 +124,22 @@ static void on_progress(const sched_config *c, const char *id, const char *msg, 
     snprintf(total, sizeof total, "%" PRId64, p.total);
     const char *args[] = {key.s, now, pw_stage_name(p.stage), step, total};
     eval_int(c, PROGRESS_LUA, 1, 4, args, NULL, NULL);
+  }
+  pw_progress_free(&p);
+}
+
+static void on_preview(const sched_config *c, const char *id, const char *msg, size_t len) {
+  pw_progress p;
+  pw_error err;
+  pw_progress_init(&p);
+  if (pw_progress_decode(msg, len, &p, &err) == 0 && p.preview) {
+    char key[160], now[24], step[24], total[24];
+    snprintf(key, sizeof key, "paella:job:%s", id);
+    snprintf(now, sizeof now, "%" PRId64, now_ms());
+    snprintf(step, sizeof step, "%" PRId64, p.step);
+    snprintf(total, sizeof total, "%" PRId64, p.total);
+    const char *args[] = {key, now, p.preview, step, total};
+    eval_int(c, PREVIEW_LUA, 1, 4, args, NULL, NULL);
   }
   pw_progress_free(&p);
 }
@@ -225,6 +249,7 @@ static bool process_entry(const sched_config *c, const redisReply *fields) {
   if (!type || !id || strlen(id) > PW_MAX_ID_BYTES) return false;
   if (!strcmp(type, "start")) on_start(c, id);
   else if (!strcmp(type, "progress") && msg) on_progress(c, id, msg, len);
+  else if (!strcmp(type, "preview") && msg) on_preview(c, id, msg, len);
   else if ((!strcmp(type, "completed") || !strcmp(type, "failed")) && msg) on_final(c, id, msg, len);
   return !strcmp(type, "start");
 }

@@ -248,7 +248,8 @@ static void share_counters(worker *w) {
 }
 
 static void clear_outputs(pw_result *res) {
-  for (size_t i = 0; i < res->n_outputs; i++) free(res->outputs[i].key), free(res->outputs[i].url);
+  for (size_t i = 0; i < res->n_outputs; i++)
+    free(res->outputs[i].key), free(res->outputs[i].url), free(res->outputs[i].params);
   free(res->outputs);
   res->outputs = NULL;
   res->n_outputs = 0;
@@ -466,6 +467,8 @@ static int build_requests(job_ctx **group, int n, pa_gen_request *reqs, job_ctx 
         break;
       }
       reqs[k].progress = on_progress;
+      reqs[k].preview = job_preview;
+      reqs[k].preview_user = jc;
     }
   }
   return k;

@@ -17,7 +17,7 @@
 static int port;
 
 /* Walks a ustar archive: checks every header's checksum, counts members, checks PNG
- * signatures and that each .json carries prompt, seed and settings. */
+ * signatures and that each .json carries prompt, seed, settings and the image's params. */
 static int check_tar(const char *path, int *pngs, int *jsons) {
   FILE *f = fopen(path, "rb");
   if (!f) return -1;
@@ -41,6 +41,14 @@ static int check_tar(const char *path, int *pngs, int *jsons) {
       if (!j || !json_is_string(json_object_get(j, "prompt")) || !json_is_integer(json_object_get(j, "seed")) ||
           !json_is_object(json_object_get(j, "settings")))
         bad++;
+      /* the image's embedded parameters, as its result records them: its seed and the weights' checksums */
+      const char *text = json_string_value(json_array_get(json_object_get(j, "params"), 0));
+      json_t *params = text ? json_loads(text, 0, NULL) : NULL;
+      if (json_array_size(json_object_get(j, "params")) != 1 || !params ||
+          !json_equal(json_object_get(params, "seed"), json_object_get(j, "seed")) ||
+          !json_is_string(json_object_get(json_object_get(params, "models"), "paella")))
+        bad++;
+      json_decref(params);
       json_decref(j);
     } else {
       bad++;
