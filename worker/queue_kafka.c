@@ -582,7 +582,7 @@ static int watcher_new(kq *k, const kq_url *u, const char *client) {
   char id[160], group[300];
   snprintf(id, sizeof id, "%s-watch", client);
   snprintf(group, sizeof group, "%s.watch.%s", u->group, client);
-  const char *const defaults[] = {"group.id", group, "enable.auto.commit", "false", "enable.partition.eof", "false",
+  const char *const defaults[] = {"group.id", group, "enable.auto.commit", "false", "enable.partition.eof", "true",
                                   "fetch.wait.max.ms", "100", NULL};
   rd_kafka_conf_t *c;
   int rc = conf_new(k, u, id, defaults, &c);
@@ -858,13 +858,17 @@ static void count_drop(kq *k, const char *akey) {
   k->counts[i] = k->counts[--k->n_counts];
 }
 
+/* The watcher has read (p of topic) up to `next`. */
+static void watch_advance(kq *k, const char *topic, int32_t p, int64_t next) {
+  for (size_t i = 0; i < k->n_watched; i++)
+    if (k->watched[i].partition == p && strcmp(k->watched[i].topic, topic) == 0 && next > k->watched[i].next)
+      k->watched[i].next = next;
+}
+
 /* One record of a watched topic. */
 static void watch_apply(kq *k, const rd_kafka_message_t *m) {
   const char *topic = rd_kafka_topic_name(m->rkt);
-  for (size_t i = 0; i < k->n_watched; i++)
-    if (k->watched[i].partition == m->partition && strcmp(k->watched[i].topic, topic) == 0 &&
-        m->offset + 1 > k->watched[i].next)
-      k->watched[i].next = m->offset + 1;
+  watch_advance(k, topic, m->partition, m->offset + 1);
   char *key = dup_n(m->key ? m->key : "", m->key ? m->key_len : 0);
   if (!key) return;
   if (strcmp(topic, k->control_topic) == 0) {
@@ -896,7 +900,11 @@ static void watch_drain(kq *k, int timeout_ms) {
     if (!m) return;
     if (!m->err) {
       watch_apply(k, m);
-    } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+    } else if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      /* at the end: also past records compaction removed from the tail, which a count of the
+       * records read would never reach */
+      if (m->rkt) watch_advance(k, rd_kafka_topic_name(m->rkt), m->partition, m->offset);
+    } else {
       k->stats.errors++;
       fprintf(stderr, "paella kafka: watcher: %s\n", rd_kafka_message_errstr(m));
     }
