@@ -18,6 +18,7 @@
 #include "cli/output.h"
 #include "model/default_model.h"
 #include "model/pipeline.h"
+#include "ops/threads.h"
 #include "proto/proto.h"
 #include "worker/job_map.h"
 
@@ -97,7 +98,9 @@ static void usage(FILE *f) {
       "models:\n"
       "      --models DIR        published checkpoints (default $PAELLA_MODELS; see\n"
       "                          docs/models.md for the file names)\n"
-      "      --device cpu|cuda   backend (default cpu)\n");
+      "      --device cpu|cuda   backend (default cpu)\n"
+      "      --threads N         CPU threads, 1.." STR(PA_THREADS_MAX) " (default $OMP_NUM_THREADS, else one per\n"
+      "                          core). Speed only: any N gives the same bytes (docs/determinism.md)\n");
 }
 
 /* The job holds every setting the API has; the rest are this command's own. */
@@ -105,6 +108,7 @@ typedef struct {
   cli_job cj; /* the API's settings */
   const char *output, *models, *device, *preview;
   int max_side;
+  int threads; /* 0: OpenMP's default */
   bool json, quiet;
   /* settings the API does not have */
   bool no_prior;
@@ -160,7 +164,8 @@ static void write_preview(void *user, int step, int total, const pa_image *img) 
   free(buf);
 }
 
-enum { O_JSON = 256, O_PREVIEW, O_MAXSIZE, O_CONDSTEPS, O_TYPICAL, O_ATTNW, O_PSTEPS, O_RIGHT, O_BOTTOM, O_MODELS, O_DEVICE };
+enum { O_JSON = 256, O_PREVIEW, O_MAXSIZE, O_CONDSTEPS, O_TYPICAL, O_ATTNW, O_PSTEPS, O_RIGHT, O_BOTTOM, O_MODELS,
+       O_DEVICE, O_THREADS };
 
 /* This command's own options; the job options (cli/job_opts.h) are added to them. */
 static const struct option own_opts[] = {
@@ -171,7 +176,7 @@ static const struct option own_opts[] = {
     {"prior-steps", required_argument, 0, O_PSTEPS}, /* before the job's: 0 turns the prior off here */
     {"right", required_argument, 0, O_RIGHT}, {"bottom", required_argument, 0, O_BOTTOM},
     {"models", required_argument, 0, O_MODELS}, {"device", required_argument, 0, O_DEVICE},
-    {"help", no_argument, 0, 'h'}};
+    {"threads", required_argument, 0, O_THREADS}, {"help", no_argument, 0, 'h'}};
 
 /* One option of this command's own; 0, CLI_EXIT_USAGE, or -1 when it is a job option. */
 static int own_option(gen_opts *o, int c, const char *opt, const char *v) {
@@ -200,6 +205,7 @@ static int own_option(gen_opts *o, int c, const char *opt, const char *v) {
     case O_BOTTOM: o->region_prompt = v; o->regions = PA_REGIONS_TOP_BOTTOM; return 0;
     case O_MODELS: o->models = v; return 0;
     case O_DEVICE: o->device = v; return 0;
+    case O_THREADS: rc = cli_opt_int(CMD, opt, v, 1, PA_THREADS_MAX, &x); o->threads = (int)x; return rc;
   }
   return -1;
 }
@@ -313,6 +319,7 @@ static void print_json(const gen_opts *o, const pa_pipeline *p, json_t *outputs,
                         "outputs", json_incref(outputs), "seconds", "load", t_load, "encode", t[0], "prior", t[1],
                         "denoise", t[2], "decode", t[3]);
   if (j && o->preview) json_object_set_new(j, "previews", json_integer(previews));
+  if (j) json_object_set_new(j, "threads", json_integer(pa_threads_get()));
   char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
   if (s) printf("%s\n", s);
   free(s);
@@ -428,6 +435,10 @@ int cmd_generate(int argc, char **argv) {
   if (!o.models) o.models = getenv("PAELLA_MODELS");
   if (!o.cj.size_given && !(o.models && o.models[0])) /* the built-in model draws at its training size */
     o.cj.job.width = o.cj.job.height = PA_DEFAULT_NATIVE_SIZE;
+  if (o.threads && pa_threads_set(o.threads)) { /* range checked above: cannot fail */
+    cli_job_free(&o.cj);
+    return cli_usage_error(CMD, "--threads", "%s", pa_errmsg());
+  }
   pa_backend *be = pa_backend_by_name(o.device);
   if (!be) {
     cli_job_free(&o.cj);

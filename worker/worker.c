@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ops/threads.h"
 #include "worker/log.h"
 #include "worker/worker_internal.h"
 
@@ -652,8 +653,8 @@ int pa_worker_run(const pa_worker_config *cfg) {
     return rc;
   }
   pa_log(PA_LOG_INFO, NULL,
-         json_pack("{s:s, s:s, s:i, s:i, s:i}", "queue", cfg->queue_url, "storage", cfg->storage_url, "max_batch", max,
-                   "lease_ms", cfg->lease_ms, "max_deliveries", cfg->max_deliveries),
+         json_pack("{s:s, s:s, s:i, s:i, s:i, s:i}", "queue", cfg->queue_url, "storage", cfg->storage_url, "max_batch",
+                   max, "lease_ms", cfg->lease_ms, "max_deliveries", cfg->max_deliveries, "threads", pa_threads_get()),
          "worker started");
   double backoff = 0.1;
   while (!stop_requested) {
