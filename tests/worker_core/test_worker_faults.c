@@ -167,13 +167,15 @@ static void test_fencing(redisContext *c) {
   snprintf(log_a, sizeof log_a, "%s/fence-a.log", h_dir());
   snprintf(log_b, sizeof log_b, "%s/fence-b.log", h_dir());
   snprintf(png, sizeof png, "%s/fx1/0.png", out_dir);
-  submit_hooked(c, "fx1", port, "wh-1", "\"completed\"", "\"width\":256,\"height\":256,\"steps\":40");
+  /* long enough to be caught running; small enough for wB to finish it under the sanitizers
+   * (256 px, 40 steps took more than 180 s there) */
+  submit_hooked(c, "fx1", port, "wh-1", "\"completed\"", "\"width\":128,\"height\":128,\"steps\":20");
   pid_t a = h_worker(out_dir, log_a, "--webhook-allow-private", "--lease-ms", "1000", "--consumer", "wA", NULL);
   CHECK(h_wait_status(c, "fx1", "running", 60));
   kill(a, SIGSTOP);
   pid_t b = h_worker(out_dir, log_b, "--webhook-allow-private", "--lease-ms", "1000", "--consumer", "wB", NULL);
-  CHECK(h_wait_status(c, "fx1", "succeeded", 180));
-  for (double t0 = h_now(); h_now() - t0 < 60 && h_hooks_with_id("fx1.completed") < 1; h_sleep_ms(20)) {
+  CHECK(h_wait_status(c, "fx1", "succeeded", 400));
+  for (double t0 = h_now(); h_now() - t0 < 120 && h_hooks_with_id("fx1.completed") < 1; h_sleep_ms(20)) {
   }
   char *by = h_hget(c, "paella:job:fx1", "worker");
   CHECK_MSG(by && !strcmp(by, "wB"), "result by %s", by ? by : "(none)");
