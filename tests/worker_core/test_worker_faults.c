@@ -112,7 +112,15 @@ static void test_hanging_receiver(redisContext *c) {
 
 /* Finding 8: records, counters, refused and unsigned deliveries. */
 static void test_deliveries_and_secrets(redisContext *c) {
-  int port = h_receiver_start(), dead_port = h_free_port();
+  /* a port bound here and never listened on: connections are refused, and no other test can
+   * start a server on it meanwhile */
+  int dead = socket(AF_INET, SOCK_STREAM, 0), dead_port = 0;
+  struct sockaddr_in da = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t dlen = sizeof da;
+  CHECK(dead >= 0 && bind(dead, (struct sockaddr *)&da, sizeof da) == 0 &&
+        getsockname(dead, (struct sockaddr *)&da, &dlen) == 0);
+  dead_port = ntohs(da.sin_port);
+  int port = h_receiver_start();
   long long ok0 = counter(c, "webhook_deliveries:ok"), failed0 = counter(c, "webhook_deliveries:failed");
   long long att_ok0 = counter(c, "webhook_attempts:ok"), att_failed0 = counter(c, "webhook_attempts:failed");
   long long unsigned0 = counter(c, "webhook_deliveries:unsigned");
@@ -158,6 +166,7 @@ static void test_deliveries_and_secrets(redisContext *c) {
   CHECK(h_wait_exit(w, 30) == 0);
   freeReplyObject(redisCommand(c, "DEL paella:jobs:webhooks"));
   h_receiver_stop();
+  close(dead);
 }
 
 /* Finding 3: SIGSTOP a worker past its lease, let another finish the job, SIGCONT. */
