@@ -342,7 +342,7 @@ static void test_retries_and_deadletters(void) {
     h_resp_free(&r);
   }
   CHECK(ok);
-  CHECK_MSG(h_wait_lag(&c, c.redis.stream, c.redis.group, 0, 60, &lag), "lag %lld after the requeued job ran", lag);
+  CHECK_MSG(h_wait_lag(&c, c.redis.stream, c.redis.group, 0, 10, &lag), "lag %lld after the requeued job ran", lag);
   CHECK(h_http(port, "GET", "/metrics", NULL, NULL, 0, 5, &r) == 0 && strstr(r.body, "paella_jobs_total{status=\"retried\"} 1"));
   h_resp_free(&r);
   port = saved;
