@@ -215,7 +215,7 @@ static int s3rver_start(const char *dir, s3rver *sv) {
           BUCKET, (char *)NULL);
     _exit(127);
   }
-  for (int i = 0; i < 300; i++) { /* up to 15 s for node to start */
+  for (int i = 0; i < 1200; i++) { /* up to 60 s for node to start on a loaded machine */
     size_t len = 0;
     char *text = read_file(log, &len);
     char *at = text ? memmem(text, len, "listening on 127.0.0.1:", 23) : NULL;

@@ -56,7 +56,9 @@ static void test_claim_ack(redisContext *c) {
 /* A crashed consumer's entry is reclaimed after the lease, counting deliveries; the old
  * owner's renewal then reports the lease lost instead of stealing it back. */
 static void test_reclaim(redisContext *c) {
-  pa_queue *a = open_q("a", 200), *b = open_q("b", 200);
+  /* a 3 s lease: "still leased" must hold however long this process is descheduled between
+   * two claims on a loaded machine; the sleeps outlast it */
+  pa_queue *a = open_q("a", 3000), *b = open_q("b", 3000);
   pa_delivery d[2], e[2];
   int n = 0, m = 0;
   h_xadd(c, "t:jobs", "r1", "job", 3, NULL);
@@ -64,12 +66,12 @@ static void test_reclaim(redisContext *c) {
   CHECK(n == 1 && d[0].deliveries == 1);
   CHECK_OK(b->ops->claim(b, 1, 50, e, &m));
   CHECK(m == 0); /* still leased by a */
-  h_sleep_ms(250);
+  h_sleep_ms(3100);
   CHECK_OK(b->ops->claim(b, 1, 50, e, &m));
   CHECK(m == 1 && e[0].deliveries == 2 && !strcmp(e[0].handle, d[0].handle));
   CHECK(a->ops->renew(a, &d[0]) == PA_ERR_NOTFOUND);
   CHECK_OK(b->ops->renew(b, &e[0]));
-  h_sleep_ms(250);
+  h_sleep_ms(3100);
   pa_delivery f[1];
   int k = 0;
   CHECK_OK(a->ops->claim(a, 1, 50, f, &k));

@@ -253,7 +253,7 @@ static void test_exactly_once(void) {
   pa_queue *q = open_queue("t1", "g1", "w1", 5);
   if (!q) return;
   double t0 = now_s();
-  while (t.done < N && now_s() - t0 < 30) work_once(q, 8, &t);
+  while (t.done < N && now_s() - t0 < 120) work_once(q, 8, &t); /* a wait for a state */
   double dt = now_s() - t0;
   pa_kafka_stats s;
   CHECK_OK(pa_queue_kafka_stats(q, &s));
@@ -451,7 +451,7 @@ typedef struct {
 
 static void *outage_thread(void *arg) {
   outage *o = arg;
-  double end = now_s() + 30;
+  double end = now_s() + 120;
   while (o->t->done < o->trigger && now_s() < end) usleep(2000);
   o->down_err = rd_kafka_mock_broker_set_down(mc, 1);
   o->down_at = now_s();
@@ -479,7 +479,7 @@ static void test_broker_down(void) {
   pthread_t th;
   CHECK(pthread_create(&th, NULL, outage_thread, &o) == 0);
   double t0 = now_s();
-  while (t.done < N && now_s() - t0 < 45) work_once(q, 4, &t);
+  while (t.done < N && now_s() - t0 < 120) work_once(q, 4, &t); /* a wait for a state */
   double dt = now_s() - t0;
   pthread_join(th, NULL);
   CHECK(o.down_err == RD_KAFKA_RESP_ERR_NO_ERROR && o.up_err == RD_KAFKA_RESP_ERR_NO_ERROR && o.down_at > 0);
