@@ -349,7 +349,7 @@ static void test_retries_and_deadletters(int priority) {
     h_resp_free(&r);
   }
   CHECK(ok);
-  CHECK_MSG(h_wait_lag(&c, stream, c.redis.group, 0, 10, &lag), "lag %lld after the requeued job ran", lag);
+  CHECK_MSG(h_wait_lag(&c, stream, c.redis.group, 0, 60, &lag), "lag %lld after the requeued job ran", lag);
   static int runs; /* the counters are the process's: one retry per run */
   char retried[64];
   snprintf(retried, sizeof retried, "paella_jobs_total{status=\"retried\"} %d\n", ++runs);
