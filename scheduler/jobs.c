@@ -301,6 +301,9 @@ int jobs_cancel(const sched_config *c, const char *id, const char *owner, char *
   snprintf(state, cap, "%s", r->element[1]->str ? r->element[1]->str : "");
   if (outcome < 0) rc = pa_fail(PA_ERR_NOTFOUND, "no job %s", id);
   else if (outcome == 0) rc = pa_fail(PA_ERR_INVALID, "job %s is already %s", id, state);
+  /* On Kafka the workers learn of a cancel from {topic}.control, not from the hash: a queued job
+   * may already be on the jobs topic, a running one checks the record between steps. */
+  else if (c->kafka.on) rc = sched_kafka_cancel(c, id);
 fail:
   if (r) freeReplyObject(r);
   free(mp);

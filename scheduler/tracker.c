@@ -29,6 +29,7 @@ struct sched_tracker {
   const sched_config *c;
   pthread_t consumer, fanout, reaper;
   int started; /* threads started, for stop */
+  sched_kafka *kafka; /* the forwarder and the bridge of a Kafka queue (kafka.c), else NULL */
   atomic_bool stop;
 };
 
@@ -527,6 +528,13 @@ int tracker_start(const sched_config *c, sched_tracker **out) {
   sched_tracker *t = calloc(1, sizeof *t);
   if (!t) return pa_fail(PA_ERR_NOMEM, "tracker");
   t->c = c;
+  if (c->kafka.on) {
+    int rc = sched_kafka_start(c, &t->kafka);
+    if (rc) {
+      free(t);
+      return rc;
+    }
+  }
   void *(*mains[3])(void *) = {consumer_main, fanout_main, reaper_main};
   pthread_t *threads[3] = {&t->consumer, &t->fanout, &t->reaper};
   for (int i = 0; i < 3; i++) {
@@ -545,5 +553,6 @@ void tracker_stop(sched_tracker *t) {
   t->stop = true;
   pthread_t *threads[3] = {&t->consumer, &t->fanout, &t->reaper};
   for (int i = 0; i < t->started; i++) pthread_join(*threads[i], NULL);
+  sched_kafka_stop(t->kafka);
   free(t);
 }

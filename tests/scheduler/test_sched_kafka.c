@@ -1,0 +1,260 @@
+/* The scheduler in front of a Kafka fleet (docs/queues.md, "The scheduler on Kafka"):
+ * librdkafka's mock cluster runs in this process and the real paella-worker (a child) reaches
+ * it over loopback; the registry is a real redis-server; the scheduler runs in this process with
+ * --queue kafka://... --registry redis://....
+ *   - a job canceled while queued stays canceled and its cancel record is on {topic}.control;
+ *   - a job submitted over HTTP runs on the Kafka worker: its SSE stream carries start, progress
+ *     and completed events and its status ends succeeded with an output;
+ *   - a poison record on the jobs topic ends in GET /v1/deadletters;
+ *   - `paella submit --wait` works unchanged against this scheduler.
+ * Waits are for states with generous timeouts; figures are printed. */
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include "tests/scheduler/harness.h"
+#include "worker/kafka_topics.h"
+
+#define JSON_CT "Content-Type: application/json\r\n"
+#define SMALL "{\"prompt\":\"a red fox\",\"width\":32,\"height\":32,\"steps\":2,\"prior\":{\"steps\":2}}"
+#define TOPIC "t.jobs"
+/* Short group timings so the mock coordinator settles within seconds (its first join is held
+ * 3 s, so the session timeout must exceed that). */
+#define PROPS                                                                                         \
+  "&session.timeout.ms=6000&heartbeat.interval.ms=500&max.poll.interval.ms=60000"                   \
+  "&auto.commit.interval.ms=100&topic.metadata.refresh.interval.ms=500&reconnect.backoff.ms=50" \
+  "&reconnect.backoff.max.ms=200&fetch.wait.max.ms=10&log_level=3"
+
+static int port;
+static rd_kafka_mock_cluster_t *mc;
+static const char *boot;
+
+static int submit(const char *body, char *id, size_t cap) {
+  h_resp r;
+  id[0] = 0;
+  int status = h_http(port, "POST", "/v1/jobs", JSON_CT, body, strlen(body), 60, &r) == 0 ? r.status : -1;
+  if (h_str(r.json, "id")) snprintf(id, cap, "%s", h_str(r.json, "id"));
+  h_resp_free(&r);
+  return status;
+}
+
+static char *status_of(const char *id, char *out, size_t cap) {
+  char path[128];
+  h_resp r;
+  snprintf(path, sizeof path, "/v1/jobs/%s", id);
+  out[0] = 0;
+  if (h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && h_str(r.json, "status"))
+    snprintf(out, cap, "%s", h_str(r.json, "status"));
+  h_resp_free(&r);
+  return out;
+}
+
+static bool wait_status(const char *id, const char *want, double timeout_s) {
+  char s[32];
+  for (double end = h_now() + timeout_s; h_now() < end; usleep(200000))
+    if (!strcmp(status_of(id, s, sizeof s), want)) return true;
+  fprintf(stderr, "job %s: %s, not %s after %.0f s\n", id, s, want, timeout_s);
+  return false;
+}
+
+/* The value of the last record under `key` on `topic` (partition 0, from the beginning), or "". */
+static void last_record(const char *topic, const char *key, char *out, size_t cap) {
+  char err[256];
+  out[0] = 0;
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", boot, err, sizeof err);
+  rd_kafka_conf_set(conf, "group.id", "test-reader", err, sizeof err);
+  rd_kafka_conf_set(conf, "enable.partition.eof", "true", err, sizeof err);
+  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+  if (!rk) return;
+  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(l, topic, 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
+  rd_kafka_assign(rk, l);
+  rd_kafka_topic_partition_list_destroy(l);
+  for (double end = h_now() + 30; h_now() < end;) {
+    rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+    if (!m) continue;
+    bool eof = m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF;
+    if (!m->err && m->key && m->key_len == strlen(key) && !memcmp(m->key, key, m->key_len))
+      snprintf(out, cap, "%.*s", (int)m->len, m->payload ? (const char *)m->payload : "");
+    rd_kafka_message_destroy(m);
+    if (eof) break;
+  }
+  rd_kafka_consumer_close(rk);
+  rd_kafka_destroy(rk);
+}
+
+static void produce_raw(const char *topic, const char *key, const char *value) {
+  char err[256];
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "bootstrap.servers", boot, err, sizeof err);
+  rd_kafka_t *p = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  CHECK(p != NULL);
+  if (!p) return;
+  CHECK(rd_kafka_producev(p, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
+                          RD_KAFKA_V_VALUE((void *)value, strlen(value)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                          RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR_NO_ERROR);
+  CHECK(rd_kafka_flush(p, 30000) == RD_KAFKA_RESP_ERR_NO_ERROR);
+  rd_kafka_destroy(p);
+}
+
+/* ---- SSE in a thread (it blocks until the job settles) ------------------------------------- */
+typedef struct {
+  char path[160];
+  h_resp r;
+  int rc;
+} sse_call;
+
+static void *sse_main(void *arg) {
+  sse_call *s = arg;
+  s->rc = h_http(port, "GET", s->path, NULL, NULL, 0, 240, &s->r);
+  return NULL;
+}
+
+/* ---- the tests -------------------------------------------------------------------------- */
+
+/* No worker runs yet: the job is forwarded to the jobs topic, then canceled. */
+static void test_cancel_queued(char *id, size_t cap) {
+  CHECK(submit(SMALL, id, cap) == 202 && id[0]);
+  char path[128], value[4096] = "";
+  double t0 = h_now();
+  for (double end = h_now() + 60; h_now() < end && !value[0];) last_record(TOPIC, id, value, sizeof value);
+  CHECK_MSG(value[0], "job %s never reached the jobs topic", id);
+  printf("kafka: submitted job on the jobs topic after %.2f s\n", h_now() - t0);
+  h_resp r;
+  snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
+  CHECK(h_http(port, "POST", path, NULL, NULL, 0, 60, &r) == 0 && r.status == 200 &&
+        h_str_is(r.json, "status", "canceled"));
+  h_resp_free(&r);
+  last_record(TOPIC PA_KAFKA_CONTROL_SUFFIX, id, value, sizeof value);
+  CHECK_MSG(!strcmp(value, PA_KAFKA_CANCEL_VALUE), "control record of %s: \"%s\"", id, value);
+}
+
+static void test_run_with_sse(const char *canceled) {
+  char id[64], st[32];
+  double t0 = h_now();
+  CHECK(submit(SMALL, id, sizeof id) == 202 && id[0]);
+  sse_call s = {.rc = -1};
+  snprintf(s.path, sizeof s.path, "/v1/jobs/%s/events", id);
+  pthread_t th;
+  CHECK(pthread_create(&th, NULL, sse_main, &s) == 0);
+  CHECK(harness_start_worker(NULL) == 0); /* only now: the SSE stream sees every event */
+  CHECK(wait_status(id, "succeeded", 180));
+  pthread_join(th, NULL);
+  CHECK(s.rc == 0 && s.r.status == 200 && s.r.body);
+  const char *b = s.r.body ? s.r.body : "";
+  /* the stream ends with the status event of the settled job (as on Redis: test_sched_api) */
+  CHECK_MSG(strstr(b, "event: start") && strstr(b, "event: progress") && strstr(b, "\"stage\":\"denoise\"") &&
+                strstr(b, "\"status\":\"running\"") && strstr(b, "\"status\":\"succeeded\""),
+            "SSE stream: %.600s", b);
+  h_resp_free(&s.r);
+  char path[128];
+  h_resp r;
+  snprintf(path, sizeof path, "/v1/jobs/%s", id);
+  CHECK(h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && r.status == 200 &&
+        json_array_size(json_object_get(json_object_get(r.json, "result"), "outputs")) == 1 &&
+        json_integer_value(json_object_get(r.json, "attempts")) == 1);
+  h_resp_free(&r);
+  printf("kafka: submit -> succeeded (worker start included) in %.1f s\n", h_now() - t0);
+  /* the canceled job was on the topic before this one: the worker has read it by now, and
+   * whatever it made of it, the registry keeps the client's cancel */
+  CHECK_MSG(!strcmp(status_of(canceled, st, sizeof st), "canceled"), "canceled job is %s", st);
+}
+
+static void test_poison(void) {
+  produce_raw(TOPIC, "poison-1", "not msgpack at all");
+  bool found = false;
+  double t0 = h_now();
+  for (double end = h_now() + 120; h_now() < end && !found; usleep(300000)) {
+    h_resp r;
+    if (h_http(port, "GET", "/v1/deadletters", NULL, NULL, 0, 10, &r) == 0 && r.status == 200) {
+      json_t *data = json_object_get(r.json, "data"), *e;
+      size_t i;
+      json_array_foreach(data, i, e) if (h_str_is(e, "job_id", "poison-1") && h_str(e, "code") &&
+                                         *h_str(e, "code")) found = true;
+    }
+    h_resp_free(&r);
+  }
+  CHECK_MSG(found, "poison-1 not in /v1/deadletters");
+  printf("kafka: poison record in the dead-letter view after %.1f s\n", h_now() - t0);
+}
+
+static void test_cli(void) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd,
+           "PAELLA_URL=http://127.0.0.1:%d OMP_NUM_THREADS=1 %s/paella submit --prompt 'a fox' -W 32 -H 32 --steps 2 "
+           "--prior-steps 2 --wait 180 >%s/cli.out 2>%s/cli.err",
+           port, PAELLA_BINARY_DIR, h_dir, h_dir);
+  CHECK(system(cmd) == 0);
+  char path[300];
+  snprintf(path, sizeof path, "%s/cli.out", h_dir);
+  FILE *f = fopen(path, "r");
+  char buf[8192] = "";
+  size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+  buf[n] = 0;
+  if (f) fclose(f);
+  CHECK_MSG(strstr(buf, "\"status\": \"succeeded\""), "paella submit --wait: %.400s", buf);
+}
+
+int main(void) {
+  double t0 = h_now();
+  CHECK(harness_start_redis() == 0);
+  char err[256];
+  rd_kafka_conf_t *hc = rd_kafka_conf_new();
+  rd_kafka_t *holder = rd_kafka_new(RD_KAFKA_PRODUCER, hc, err, sizeof err);
+  CHECK_MSG(holder != NULL, "%s", err);
+  if (!holder) TEST_END();
+  mc = rd_kafka_mock_cluster_new(holder, 1);
+  CHECK(mc != NULL);
+  if (!mc) TEST_END();
+  boot = rd_kafka_mock_cluster_bootstraps(mc);
+  /* one partition for the jobs: the canceled job is read before the next one */
+  const char *topics[] = {TOPIC, TOPIC PA_KAFKA_EVENTS_SUFFIX, TOPIC PA_KAFKA_DEAD_SUFFIX,
+                          TOPIC PA_KAFKA_CONTROL_SUFFIX, TOPIC ".attempts"};
+  for (size_t i = 0; i < sizeof topics / sizeof *topics; i++)
+    CHECK(rd_kafka_mock_topic_create(mc, topics[i], 1, 1) == RD_KAFKA_RESP_ERR_NO_ERROR);
+
+  sched_config c;
+  harness_config(&c);
+  char url[sizeof h_queue_url], registry[128];
+  snprintf(url, sizeof url, "kafka://%s?topic=" TOPIC "&group=workers" PROPS, boot);
+  snprintf(registry, sizeof registry, "redis://127.0.0.1:%d/0", h_redis_port);
+  CHECK(sched_config_set_queue(&c, url) == PA_OK && c.kafka.on);
+  CHECK(sched_config_set_registry(&c, registry) == PA_OK);
+  snprintf(h_queue_url, sizeof h_queue_url, "%s", url); /* the worker reads the same URL */
+
+  /* flags: a Kafka queue without a registry is refused with a message that says why */
+  sched_config bad;
+  sched_config_defaults(&bad);
+  bool help;
+  char *argv[] = {"paella-scheduler", "--queue", url, NULL};
+  CHECK(sched_config_parse(&bad, 3, argv, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--registry"));
+  char *argv2[] = {"paella-scheduler", "--queue", "kafka://b:9092?enable.idempotence=false", NULL};
+  CHECK(sched_config_parse(&bad, 3, argv2, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "enable.idempotence"));
+
+  sched_tracker *t = NULL;
+  sched_server *s = NULL;
+  CHECK(tracker_start(&c, &t) == PA_OK && sched_server_start(&c, &s) == PA_OK);
+  port = s ? sched_server_port(s) : 0;
+  if (port) {
+    char canceled[64];
+    test_cancel_queued(canceled, sizeof canceled);
+    test_run_with_sse(canceled);
+    test_poison();
+    test_cli();
+  }
+  if (test_failed_) {
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "tail -30 %s/worker.log >&2", h_dir);
+    if (system(cmd)) {
+    }
+  }
+  sched_server_stop(s);
+  tracker_stop(t);
+  sched_redis_drop();
+  harness_cleanup();
+  hub_shutdown();
+  rd_kafka_mock_cluster_destroy(mc);
+  rd_kafka_destroy(holder);
+  printf("test_sched_kafka: %.1f s\n", h_now() - t0);
+  TEST_END();
+}
