@@ -7,10 +7,15 @@
  *
  *   forwarder: the lanes' streams are the jobs topic's outbox. Fair dispatch moves jobs onto
  *              them as on Redis; this thread reads them as the consumer group {group} (the role
- *              Redis workers play), produces each job to {topic} (key = job id) with the
- *              idempotent producer and XACKs the entry only after the delivery report. A crash
- *              in between leaves the entry pending: it is produced again (XAUTOCLAIM after
- *              FORWARD_RECLAIM_MS), and a duplicate job id costs one idempotent re-run.
+ *              Redis workers play), highest lane first, produces each job to {topic} (key = job
+ *              id) with the idempotent producer and XACKs the entry only after the delivery
+ *              report. A crash in between leaves the entry pending: it is produced again
+ *              (XAUTOCLAIM after FORWARD_RECLAIM_MS), and a duplicate job id costs one
+ *              idempotent re-run. Kafka cannot reorder a topic, so fair share and priorities
+ *              are kept by handing over only a window: jobs produced and not yet started are
+ *              booked in {stream}:sched:kafka (by produce time) and the forwarder reads the
+ *              lanes only while fewer than --dispatch-depth are; the rest wait in their
+ *              owners' queues and enter round-robin, as on Redis.
  *   bridge:    a consumer of {topic}.events and {topic}.dead in the group events_group. Each
  *              record is applied to Redis by one script that does what the Redis worker's
  *              event, result and dead-letter scripts do (status running / final result, first
@@ -212,8 +217,11 @@ static bool settled(const sched_config *c, const char *id) {
   return final;
 }
 
-/* entries: [[entry id, [field, value...]]...]. Produces them, then XACKs the delivered ones.
- * Returns the number handled. */
+/* The handed-over window: ids produced to {topic} whose start (or end) no event has reported. */
+static pa_key unstarted_key(const sched_config *c) { return pa_key_sched(c->redis.stream, "kafka"); }
+
+/* entries: [[entry id, [field, value...]]...]. Produces them, then books and XACKs the delivered
+ * ones. Returns the number handled. */
 static int forward_entries(sched_kafka *k, const char *stream, const redisReply *entries) {
   const sched_config *c = k->c;
   int n = (int)entries->elements, status[FORWARD_BATCH] = {0};
@@ -230,10 +238,14 @@ static int forward_entries(sched_kafka *k, const char *stream, const redisReply 
     }
   }
   wait_delivered(k->producer, status, n);
+  pa_key unstarted = unstarted_key(c);
   for (int i = 0; i < n; i++) {
     if (status[i] < 0) fprintf(stderr, "paella-scheduler kafka: job not delivered; it stays in the outbox\n");
     if (status[i] <= 0) continue; /* stays pending: re-sent after FORWARD_RECLAIM_MS */
-    redisReply *r = sched_cmdf(c, "XACK %s %s %s", stream, c->redis.group, entries->element[i]->element[0]->str);
+    const char *id = entry_field(entries->element[i]->element[1], "id", NULL);
+    redisReply *r = status[i] == 1 && id ? sched_cmdf(c, "ZADD %s %lld %s", unstarted.s, (long long)now_ms(), id) : NULL;
+    if (r) freeReplyObject(r);
+    r = sched_cmdf(c, "XACK %s %s %s", stream, c->redis.group, entries->element[i]->element[0]->str);
     if (r) freeReplyObject(r);
   }
   return n;
@@ -244,20 +256,35 @@ static int forward_entries(sched_kafka *k, const char *stream, const redisReply 
 static int forward_once(sched_kafka *k) {
   const sched_config *c = k->c;
   int total = 0;
-  for (int lane = 0; lane < PA_LANES && !k->stop; lane++) {
+  /* A booked job that never reports (its record lost with a topic's retention) frees its slot
+   * after --job-timeout, so the window cannot close for good. */
+  pa_key unstarted = unstarted_key(c);
+  redisReply *r = sched_cmdf(c, "ZREMRANGEBYSCORE %s -inf %lld", unstarted.s,
+                             (long long)(now_ms() - (int64_t)c->job_timeout_s * 1000));
+  if (r) freeReplyObject(r);
+  r = sched_cmdf(c, "ZCARD %s", unstarted.s);
+  long long room = r && r->type == REDIS_REPLY_INTEGER ? c->dispatch_depth - r->integer : -1;
+  if (r) freeReplyObject(r);
+  if (!r) return -1;
+  for (int lane = 0; lane < PA_LANES && !k->stop && room > 0; lane++) {
     pa_key stream = pa_key_lane(c->redis.stream, lane);
-    redisReply *r = sched_cmdf(c, "XAUTOCLAIM %s %s %s %d 0-0 COUNT %d", stream.s, c->redis.group, c->consumer,
-                               FORWARD_RECLAIM_MS, FORWARD_BATCH);
+    int n = 0, count = room < FORWARD_BATCH ? (int)room : FORWARD_BATCH;
+    r = sched_cmdf(c, "XAUTOCLAIM %s %s %s %d 0-0 COUNT %d", stream.s, c->redis.group, c->consumer,
+                   FORWARD_RECLAIM_MS, count);
     if (!r) return -1;
     if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 && r->element[1]->type == REDIS_REPLY_ARRAY)
-      total += forward_entries(k, stream.s, r->element[1]);
+      n += forward_entries(k, stream.s, r->element[1]);
     freeReplyObject(r);
-    r = sched_cmdf(c, "XREADGROUP GROUP %s %s COUNT %d STREAMS %s >", c->redis.group, c->consumer, FORWARD_BATCH,
-                   stream.s);
-    if (!r) return -1;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements == 2)
-      total += forward_entries(k, stream.s, r->element[0]->element[1]);
-    freeReplyObject(r);
+    if (n < count) {
+      r = sched_cmdf(c, "XREADGROUP GROUP %s %s COUNT %d STREAMS %s >", c->redis.group, c->consumer, count - n,
+                     stream.s);
+      if (!r) return -1;
+      if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements == 2)
+        n += forward_entries(k, stream.s, r->element[0]->element[1]);
+      freeReplyObject(r);
+    }
+    total += n;
+    room -= n;
   }
   return total;
 }
@@ -279,8 +306,10 @@ static void *forwarder_main(void *arg) {
  * fences a stale worker by its group generation. A start marks the job running unless final and
  * counts an attempt; a result is recorded only when none is (the first result wins, and a job
  * the scheduler settled - canceled, past its deadline - keeps its outcome).
- * KEYS: events stream, job hash. ARGV: type, id, msg, now, maxlen, status of a result. */
+ * A start or a result also frees the job's slot in the forwarder's window.
+ * KEYS: events stream, job hash, window zset. ARGV: type, id, msg, now, maxlen, status of a result. */
 static const char EVENT_LUA[] =
+    "if ARGV[1] ~= 'progress' and ARGV[1] ~= 'preview' then redis.call('ZREM', KEYS[3], ARGV[2]) end\n"
     "local s = redis.call('HGET', KEYS[2], 'status')\n"
     "local final = s == 'succeeded' or s == 'failed' or s == 'canceled'\n"
     "if ARGV[1] == 'completed' or ARGV[1] == 'failed' then\n"
@@ -316,15 +345,16 @@ static int bridge_event(const sched_config *c, const rd_kafka_message_t *m, cons
     pw_result_free(&res);
     if (bad) return PA_OK; /* an unreadable result cannot settle anything */
   }
-  pa_key events = pa_key_events(c->redis.stream), job = pa_key_job(id);
+  pa_key events = pa_key_events(c->redis.stream), job = pa_key_job(id), window = unstarted_key(c);
   char now[24], maxlen[24];
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   snprintf(maxlen, sizeof maxlen, "%ld", c->redis.events_maxlen);
-  const char *args[] = {events.s, job.s, type, id, m->payload ? (const char *)m->payload : "", now, maxlen, status};
-  size_t lens[8];
-  for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
-  lens[4] = m->payload ? m->len : 0;
-  redisReply *r = sched_eval(c, EVENT_LUA, 2, 6, args, lens);
+  const char *args[] = {events.s, job.s, window.s, type, id, m->payload ? (const char *)m->payload : "", now, maxlen,
+                        status};
+  size_t lens[9];
+  for (int i = 0; i < 9; i++) lens[i] = strlen(args[i]);
+  lens[5] = m->payload ? m->len : 0;
+  redisReply *r = sched_eval(c, EVENT_LUA, 3, 6, args, lens);
   int rc = r && r->type == REDIS_REPLY_INTEGER ? PA_OK : PA_ERR_IO;
   if (r) freeReplyObject(r);
   return rc;
@@ -355,6 +385,8 @@ static int bridge_dead(const sched_config *c, const rd_kafka_message_t *m, const
   redisReply *r = sched_cmd(c, n, argv, lens);
   int rc = r && r->type == REDIS_REPLY_STRING ? PA_OK : PA_ERR_IO;
   if (r) freeReplyObject(r);
+  pa_key window = unstarted_key(c);
+  if (rc == PA_OK && (r = sched_cmdf(c, "ZREM %s %s", window.s, id))) freeReplyObject(r);
   return rc;
 }
 

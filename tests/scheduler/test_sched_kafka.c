@@ -3,8 +3,10 @@
  * it over loopback; the registry is a real redis-server; the scheduler runs in this process with
  * --queue kafka://... --registry redis://....
  *   - a job canceled while queued stays canceled and its cancel record is on {topic}.control;
- *   - a job submitted over HTTP runs on the Kafka worker: its SSE stream carries start, progress
- *     and completed events and its status ends succeeded with an output;
+ *   - the forwarder hands over at most --dispatch-depth jobs not yet started (fair share and
+ *     priorities keep working in the owners' queues);
+ *   - jobs submitted over HTTP run on the Kafka worker: an SSE stream carries start, progress and
+ *     the status events, the job ends succeeded with an output and 1 attempt;
  *   - a poison record on the jobs topic ends in GET /v1/deadletters;
  *   - `paella submit --wait` works unchanged against this scheduler.
  * Waits are for states with generous timeouts; figures are printed. */
@@ -129,16 +131,27 @@ static void test_cancel_queued(char *id, size_t cap) {
   CHECK_MSG(!strcmp(value, PA_KAFKA_CANCEL_VALUE), "control record of %s: \"%s\"", id, value);
 }
 
-static void test_run_with_sse(const char *canceled) {
-  char id[64], st[32];
+/* The window (--dispatch-depth 2 here): with the canceled job and B[0] on the topic and no
+ * worker, B[1] and B[2] wait in their owner's queue; once a worker starts, everything runs.
+ * B[0]'s SSE stream, opened before the worker starts, carries every event. */
+static void test_window_and_sse(const char *canceled) {
+  char id[3][64], st[32], value[4096] = "";
   double t0 = h_now();
-  CHECK(submit(SMALL, id, sizeof id) == 202 && id[0]);
+  for (int i = 0; i < 3; i++) CHECK(submit(SMALL, id[i], sizeof id[i]) == 202 && id[i][0]);
+  for (double end = h_now() + 60; h_now() < end && !value[0];) last_record(TOPIC, id[0], value, sizeof value);
+  CHECK_MSG(value[0], "job %s never reached the jobs topic", id[0]);
+  sleep(2); /* room for a wrong forwarder to hand over more */
+  for (int i = 1; i < 3; i++) {
+    last_record(TOPIC, id[i], value, sizeof value);
+    CHECK_MSG(!value[0], "job %s was handed over beyond the window", id[i]);
+    CHECK(!strcmp(status_of(id[i], st, sizeof st), "queued"));
+  }
   sse_call s = {.rc = -1};
-  snprintf(s.path, sizeof s.path, "/v1/jobs/%s/events", id);
+  snprintf(s.path, sizeof s.path, "/v1/jobs/%s/events", id[0]);
   pthread_t th;
   CHECK(pthread_create(&th, NULL, sse_main, &s) == 0);
   CHECK(harness_start_worker(NULL) == 0); /* only now: the SSE stream sees every event */
-  CHECK(wait_status(id, "succeeded", 180));
+  for (int i = 0; i < 3; i++) CHECK(wait_status(id[i], "succeeded", 180));
   pthread_join(th, NULL);
   CHECK(s.rc == 0 && s.r.status == 200 && s.r.body);
   const char *b = s.r.body ? s.r.body : "";
@@ -149,13 +162,13 @@ static void test_run_with_sse(const char *canceled) {
   h_resp_free(&s.r);
   char path[128];
   h_resp r;
-  snprintf(path, sizeof path, "/v1/jobs/%s", id);
+  snprintf(path, sizeof path, "/v1/jobs/%s", id[0]);
   CHECK(h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && r.status == 200 &&
         json_array_size(json_object_get(json_object_get(r.json, "result"), "outputs")) == 1 &&
         json_integer_value(json_object_get(r.json, "attempts")) == 1);
   h_resp_free(&r);
-  printf("kafka: submit -> succeeded (worker start included) in %.1f s\n", h_now() - t0);
-  /* the canceled job was on the topic before this one: the worker has read it by now, and
+  printf("kafka: 3 jobs submitted -> succeeded (worker start included) in %.1f s\n", h_now() - t0);
+  /* the canceled job was on the topic before these: the worker has read it by now, and
    * whatever it made of it, the registry keeps the client's cancel */
   CHECK_MSG(!strcmp(status_of(canceled, st, sizeof st), "canceled"), "canceled job is %s", st);
 }
@@ -196,6 +209,7 @@ static void test_cli(void) {
 }
 
 int main(void) {
+  setvbuf(stdout, NULL, _IOLBF, 0); /* nothing buffered is copied into a forked child */
   double t0 = h_now();
   CHECK(harness_start_redis() == 0);
   char err[256];
@@ -215,6 +229,7 @@ int main(void) {
 
   sched_config c;
   harness_config(&c);
+  c.dispatch_depth = 2; /* jobs on the topic and not started yet, at most */
   char url[sizeof h_queue_url], registry[128];
   snprintf(url, sizeof url, "kafka://%s?topic=" TOPIC "&group=workers" PROPS, boot);
   snprintf(registry, sizeof registry, "redis://127.0.0.1:%d/0", h_redis_port);
@@ -238,7 +253,7 @@ int main(void) {
   if (port) {
     char canceled[64];
     test_cancel_queued(canceled, sizeof canceled);
-    test_run_with_sse(canceled);
+    test_window_and_sse(canceled);
     test_poison();
     test_cli();
   }
