@@ -372,12 +372,13 @@ static int bridge_dead(const sched_config *c, const rd_kafka_message_t *m, const
   const char *argv[8 + 2 * N] = {"XADD", dead.s, "*", "job", m->payload ? (const char *)m->payload : "", "id", id};
   size_t lens[8 + 2 * N];
   int n = 7;
-  for (int i = 0; i < N; i++)
-    if (header(m, names[i], values[i], sizeof values[i]) || i < 4) {
-      if (i < 4 && !header(m, names[i], values[i], sizeof values[i])) values[i][0] = 0;
-      argv[n++] = names[i];
-      argv[n++] = values[i];
-    }
+  for (int i = 0; i < N; i++) {
+    bool have = header(m, names[i], values[i], sizeof values[i]) != NULL;
+    if (!have && i >= 4) continue; /* last_*: only when the worker noted a failure before */
+    if (!have) values[i][0] = 0;
+    argv[n++] = names[i];
+    argv[n++] = values[i];
+  }
   argv[n++] = "entry";
   argv[n++] = entry;
   for (int i = 0; i < n; i++) lens[i] = strlen(argv[i]);
