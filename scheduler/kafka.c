@@ -98,7 +98,7 @@ static int url_param(sched_kafka_url *u, const char *s, size_t n) {
     if (!*value) return pa_fail(PA_ERR_INVALID, "kafka URL: empty %s", key);
     size_t cap = slot == u->topic ? sizeof u->topic : sizeof u->group;
     if (strlen(value) >= cap) return pa_fail(PA_ERR_INVALID, "kafka URL: %s is too long", key);
-    snprintf(slot, cap, "%s", value);
+    memcpy(slot, value, strlen(value) + 1); /* fits: checked above */
     return PA_OK;
   }
   if (reserved(key)) return pa_fail(PA_ERR_INVALID, "kafka URL: %s is set by the scheduler and cannot be overridden", key);
