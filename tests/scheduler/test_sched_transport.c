@@ -1,13 +1,17 @@
-/* The scheduler in front of a Kafka fleet (docs/queues.md, "The scheduler on Kafka"):
- * librdkafka's mock cluster runs in this process and the real paella-worker (a child) reaches
- * it over loopback; the registry is a real redis-server; the scheduler runs in this process with
- * --queue kafka://... --registry redis://....
- *   - a job canceled while queued stays canceled and its cancel record is on {topic}.control;
- *   - the forwarder hands over at most --dispatch-depth jobs not yet started (fair share and
- *     priorities keep working in the owners' queues);
+/* One behaviour, two transports: the same scenario against the scheduler on Redis and on Kafka
+ * (docs/queues.md, "The scheduler on Kafka"), picked by PAELLA_TEST_TRANSPORT=redis|kafka (two
+ * ctest entries). On Kafka, librdkafka's mock cluster runs in this process and the real
+ * paella-worker (a child) reaches it over loopback, the registry is a real redis-server and the
+ * scheduler runs in this process with --queue kafka://... --registry redis://...; on Redis, the
+ * same redis-server is the queue. What differs is only how the test looks at the transport
+ * (a record on the topic, an entry on the stream) and where it puts a poison job.
+ *   - a job canceled while queued (handed over to the transport) stays canceled; on Kafka its
+ *     cancel record is on {topic}.control;
+ *   - at most --dispatch-depth jobs not yet started are handed over to the transport, the rest
+ *     wait in their owner's queue (fair share and priorities work on both);
  *   - jobs submitted over HTTP run on the Kafka worker: an SSE stream carries start, progress and
  *     the status events, the job ends succeeded with an output and 1 attempt;
- *   - a poison record on the jobs topic ends in GET /v1/deadletters;
+ *   - a poison job put on the transport directly ends in GET /v1/deadletters;
  *   - `paella submit --wait` works unchanged against this scheduler.
  * Waits are for states with generous timeouts; figures are printed. */
 #include <librdkafka/rdkafka.h>
@@ -27,8 +31,10 @@
   "&reconnect.backoff.max.ms=200&fetch.wait.max.ms=10&log_level=3"
 
 static int port;
+static bool kafka; /* PAELLA_TEST_TRANSPORT=kafka */
 static rd_kafka_mock_cluster_t *mc;
 static const char *boot;
+static const sched_config *cfg;
 
 static int submit(const char *body, char *id, size_t cap) {
   h_resp r;
@@ -99,6 +105,36 @@ static void produce_raw(const char *topic, const char *key, const char *value) {
   rd_kafka_destroy(p);
 }
 
+/* ---- the transport, as the workers see it ---------------------------------------------- */
+
+/* Whether job `id` was handed over: a record on the jobs topic, an entry on the (normal) lane. */
+static bool handed_over(const char *id) {
+  if (kafka) {
+    char value[4096];
+    last_record(TOPIC, id, value, sizeof value);
+    return value[0] != 0;
+  }
+  redisReply *r = sched_cmdf(cfg, "XRANGE %s - +", cfg->redis.stream);
+  bool found = false;
+  for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements && !found; i++) {
+    const redisReply *f = r->element[i]->element[1];
+    for (size_t k = 0; k + 1 < f->elements; k += 2)
+      found |= !strcmp(f->element[k]->str, "id") && !strcmp(f->element[k + 1]->str, id);
+  }
+  if (r) freeReplyObject(r);
+  return found;
+}
+
+static void put_poison(const char *id, const char *bytes) {
+  if (kafka) {
+    produce_raw(TOPIC, id, bytes);
+    return;
+  }
+  redisReply *r = sched_cmdf(cfg, "XADD %s * job %s id %s", cfg->redis.stream, bytes, id);
+  CHECK(r && r->type == REDIS_REPLY_STRING);
+  if (r) freeReplyObject(r);
+}
+
 /* ---- SSE in a thread (it blocks until the job settles) ------------------------------------- */
 typedef struct {
   char path[160];
@@ -117,16 +153,18 @@ static void *sse_main(void *arg) {
 /* No worker runs yet: the job is forwarded to the jobs topic, then canceled. */
 static void test_cancel_queued(char *id, size_t cap) {
   CHECK(submit(SMALL, id, cap) == 202 && id[0]);
-  char path[128], value[4096] = "";
+  char path[128], value[64];
   double t0 = h_now();
-  for (double end = h_now() + 60; h_now() < end && !value[0];) last_record(TOPIC, id, value, sizeof value);
-  CHECK_MSG(value[0], "job %s never reached the jobs topic", id);
-  printf("kafka: submitted job on the jobs topic after %.2f s\n", h_now() - t0);
+  bool over = false;
+  for (double end = h_now() + 60; h_now() < end && !(over = handed_over(id));) usleep(100000);
+  CHECK_MSG(over, "job %s was never handed over", id);
+  printf("%s: submitted job handed over after %.2f s\n", kafka ? "kafka" : "redis", h_now() - t0);
   h_resp r;
   snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
   CHECK(h_http(port, "POST", path, NULL, NULL, 0, 60, &r) == 0 && r.status == 200 &&
         h_str_is(r.json, "status", "canceled"));
   h_resp_free(&r);
+  if (!kafka) return;
   last_record(TOPIC PA_KAFKA_CONTROL_SUFFIX, id, value, sizeof value);
   CHECK_MSG(!strcmp(value, PA_KAFKA_CANCEL_VALUE), "control record of %s: \"%s\"", id, value);
 }
@@ -135,15 +173,15 @@ static void test_cancel_queued(char *id, size_t cap) {
  * worker, B[1] and B[2] wait in their owner's queue; once a worker starts, everything runs.
  * B[0]'s SSE stream, opened before the worker starts, carries every event. */
 static void test_window_and_sse(const char *canceled) {
-  char id[3][64], st[32], value[4096] = "";
+  char id[3][64], st[32];
   double t0 = h_now();
   for (int i = 0; i < 3; i++) CHECK(submit(SMALL, id[i], sizeof id[i]) == 202 && id[i][0]);
-  for (double end = h_now() + 60; h_now() < end && !value[0];) last_record(TOPIC, id[0], value, sizeof value);
-  CHECK_MSG(value[0], "job %s never reached the jobs topic", id[0]);
-  sleep(2); /* room for a wrong forwarder to hand over more */
+  bool over = false;
+  for (double end = h_now() + 60; h_now() < end && !(over = handed_over(id[0]));) usleep(100000);
+  CHECK_MSG(over, "job %s was never handed over", id[0]);
+  sleep(2); /* room for a wrong dispatcher or forwarder to hand over more */
   for (int i = 1; i < 3; i++) {
-    last_record(TOPIC, id[i], value, sizeof value);
-    CHECK_MSG(!value[0], "job %s was handed over beyond the window", id[i]);
+    CHECK_MSG(!handed_over(id[i]), "job %s was handed over beyond the window", id[i]);
     CHECK(!strcmp(status_of(id[i], st, sizeof st), "queued"));
   }
   sse_call s = {.rc = -1};
@@ -167,14 +205,15 @@ static void test_window_and_sse(const char *canceled) {
         json_array_size(json_object_get(json_object_get(r.json, "result"), "outputs")) == 1 &&
         json_integer_value(json_object_get(r.json, "attempts")) == 1);
   h_resp_free(&r);
-  printf("kafka: 3 jobs submitted -> succeeded (worker start included) in %.1f s\n", h_now() - t0);
-  /* the canceled job was on the topic before these: the worker has read it by now, and
+  printf("%s: 3 jobs submitted -> succeeded (worker start included) in %.1f s\n", kafka ? "kafka" : "redis",
+         h_now() - t0);
+  /* the canceled job was on the transport before these: the worker has read it by now, and
    * whatever it made of it, the registry keeps the client's cancel */
   CHECK_MSG(!strcmp(status_of(canceled, st, sizeof st), "canceled"), "canceled job is %s", st);
 }
 
 static void test_poison(void) {
-  produce_raw(TOPIC, "poison-1", "not msgpack at all");
+  put_poison("poison-1", "not msgpack at all");
   bool found = false;
   double t0 = h_now();
   for (double end = h_now() + 120; h_now() < end && !found; usleep(300000)) {
@@ -188,7 +227,7 @@ static void test_poison(void) {
     h_resp_free(&r);
   }
   CHECK_MSG(found, "poison-1 not in /v1/deadletters");
-  printf("kafka: poison record in the dead-letter view after %.1f s\n", h_now() - t0);
+  printf("%s: poison job in the dead-letter view after %.1f s\n", kafka ? "kafka" : "redis", h_now() - t0);
 }
 
 static void test_cli(void) {
@@ -208,44 +247,51 @@ static void test_cli(void) {
   CHECK_MSG(strstr(buf, "\"status\": \"succeeded\""), "paella submit --wait: %.400s", buf);
 }
 
-int main(void) {
-  setvbuf(stdout, NULL, _IOLBF, 0); /* nothing buffered is copied into a forked child */
-  double t0 = h_now();
-  CHECK(harness_start_redis() == 0);
+/* The mock cluster and the scheduler's Kafka settings (--dispatch-depth is set by the caller). */
+static rd_kafka_t *holder;
+static void setup_kafka(sched_config *c) {
   char err[256];
   rd_kafka_conf_t *hc = rd_kafka_conf_new();
-  rd_kafka_t *holder = rd_kafka_new(RD_KAFKA_PRODUCER, hc, err, sizeof err);
+  holder = rd_kafka_new(RD_KAFKA_PRODUCER, hc, err, sizeof err);
   CHECK_MSG(holder != NULL, "%s", err);
-  if (!holder) TEST_END();
-  mc = rd_kafka_mock_cluster_new(holder, 1);
+  mc = holder ? rd_kafka_mock_cluster_new(holder, 1) : NULL;
   CHECK(mc != NULL);
-  if (!mc) TEST_END();
+  if (!mc) return;
   boot = rd_kafka_mock_cluster_bootstraps(mc);
   /* one partition for the jobs: the canceled job is read before the next one */
   const char *topics[] = {TOPIC, TOPIC PA_KAFKA_EVENTS_SUFFIX, TOPIC PA_KAFKA_DEAD_SUFFIX,
                           TOPIC PA_KAFKA_CONTROL_SUFFIX, TOPIC ".attempts"};
   for (size_t i = 0; i < sizeof topics / sizeof *topics; i++)
     CHECK(rd_kafka_mock_topic_create(mc, topics[i], 1, 1) == RD_KAFKA_RESP_ERR_NO_ERROR);
-
-  sched_config c;
-  harness_config(&c);
-  c.dispatch_depth = 2; /* jobs on the topic and not started yet, at most */
   char url[sizeof h_queue_url], registry[128];
   snprintf(url, sizeof url, "kafka://%s?topic=" TOPIC "&group=workers" PROPS, boot);
   snprintf(registry, sizeof registry, "redis://127.0.0.1:%d/0", h_redis_port);
-  CHECK(sched_config_set_queue(&c, url) == PA_OK && c.kafka.on);
-  CHECK(sched_config_set_registry(&c, registry) == PA_OK);
+  CHECK(sched_config_set_queue(c, url) == PA_OK && c->kafka.on);
+  CHECK(sched_config_set_registry(c, registry) == PA_OK);
   snprintf(h_queue_url, sizeof h_queue_url, "%s", url); /* the worker reads the same URL */
-
   /* flags: a Kafka queue without a registry is refused with a message that says why */
   sched_config bad;
   sched_config_defaults(&bad);
   bool help;
   char *argv[] = {"paella-scheduler", "--queue", url, NULL};
   CHECK(sched_config_parse(&bad, 3, argv, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--registry"));
-  char *argv2[] = {"paella-scheduler", "--queue", "kafka://b:9092?enable.idempotence=false", NULL};
-  CHECK(sched_config_parse(&bad, 3, argv2, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "enable.idempotence"));
+}
 
+int main(void) {
+  setvbuf(stdout, NULL, _IOLBF, 0); /* nothing buffered is copied into a forked child */
+  const char *transport = getenv("PAELLA_TEST_TRANSPORT");
+  kafka = transport && !strcmp(transport, "kafka");
+  if (transport && !kafka && strcmp(transport, "redis")) {
+    fprintf(stderr, "PAELLA_TEST_TRANSPORT=%s: redis or kafka\n", transport);
+    return 2;
+  }
+  double t0 = h_now();
+  CHECK(harness_start_redis() == 0);
+  sched_config c;
+  harness_config(&c);
+  cfg = &c;
+  c.dispatch_depth = 2; /* jobs handed over and not started yet, at most */
+  if (kafka) setup_kafka(&c);
   sched_tracker *t = NULL;
   sched_server *s = NULL;
   CHECK(tracker_start(&c, &t) == PA_OK && sched_server_start(&c, &s) == PA_OK);
@@ -268,8 +314,8 @@ int main(void) {
   sched_redis_drop();
   harness_cleanup();
   hub_shutdown();
-  rd_kafka_mock_cluster_destroy(mc);
-  rd_kafka_destroy(holder);
-  printf("test_sched_kafka: %.1f s\n", h_now() - t0);
+  if (mc) rd_kafka_mock_cluster_destroy(mc);
+  if (holder) rd_kafka_destroy(holder);
+  printf("test_sched_transport (%s): %.1f s\n", kafka ? "kafka" : "redis", h_now() - t0);
   TEST_END();
 }
