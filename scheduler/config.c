@@ -187,8 +187,8 @@ static const struct { const char *env, *flag; } ENV[] = {
 void sched_config_usage(void) {
   printf("usage: paella-scheduler [options]\n"
          "  --queue redis://[[USER]:PASS@]HOST:PORT/DB?stream=paella:jobs&group=workers   ($PAELLA_QUEUE)\n"
-         "  --queue kafka://BROKERS?topic=paella.jobs&events_group=scheduler[&PROPERTY=VALUE...]\n"
-         "                               jobs to a Kafka fleet; needs --registry  (docs/queues.md)\n"
+         "        or kafka://BROKERS?topic=paella.jobs&events_group=scheduler[&PROPERTY=VALUE...]: jobs go to\n"
+         "        a Kafka fleet, the registry below keeps their state (docs/queues.md)\n"
          "  --registry redis://...       the job registry beside a Kafka queue  ($PAELLA_REGISTRY)\n"
          "  --storage file:///DIR        batch shards and manifests            ($PAELLA_STORAGE)\n"
          "  --listen HOST:PORT           [127.0.0.1:8080]                      ($PAELLA_LISTEN)\n"
