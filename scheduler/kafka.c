@@ -242,8 +242,8 @@ static int forward_entries(sched_kafka *k, const char *stream, const redisReply 
   for (int i = 0; i < n; i++) {
     if (status[i] < 0) fprintf(stderr, "paella-scheduler kafka: job not delivered; it stays in the outbox\n");
     if (status[i] <= 0) continue; /* stays pending: re-sent after FORWARD_RECLAIM_MS */
-    const char *id = entry_field(entries->element[i]->element[1], "id", NULL);
-    redisReply *r = status[i] == 1 && id ? sched_cmdf(c, "ZADD %s %lld %s", unstarted.s, (long long)now_ms(), id) : NULL;
+    const char *id = status[i] == 1 ? entry_field(entries->element[i]->element[1], "id", NULL) : NULL;
+    redisReply *r = id ? sched_cmdf(c, "ZADD %s %lld %s", unstarted.s, (long long)now_ms(), id) : NULL;
     if (r) freeReplyObject(r);
     r = sched_cmdf(c, "XACK %s %s %s", stream, c->redis.group, entries->element[i]->element[0]->str);
     if (r) freeReplyObject(r);

@@ -12,7 +12,8 @@
  *   - jobs submitted over HTTP run on the Kafka worker: an SSE stream carries start, progress and
  *     the status events, the job ends succeeded with an output and 1 attempt;
  *   - a poison job put on the transport directly ends in GET /v1/deadletters;
- *   - `paella submit --wait` works unchanged against this scheduler.
+ *   - `paella submit --wait` works unchanged against this scheduler; /metrics counts the jobs
+ *     and the dashboard is served.
  * Waits are for states with generous timeouts; figures are printed. */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -277,6 +278,20 @@ static void setup_kafka(sched_config *c) {
   CHECK(sched_config_parse(&bad, 3, argv, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--registry"));
 }
 
+/* The metrics and the dashboard read the same registry on both transports: 4 jobs succeeded
+ * (3 + the CLI's) and 1 canceled in this process. */
+static void test_metrics_dashboard(void) {
+  h_resp r;
+  CHECK(h_http(port, "GET", "/metrics", NULL, NULL, 0, 10, &r) == 0 && r.status == 200 && r.body);
+  CHECK_MSG(r.body && strstr(r.body, "paella_jobs_total{status=\"succeeded\"} 4\n") &&
+                strstr(r.body, "paella_jobs_total{status=\"canceled\"} 1\n"),
+            "metrics: %.800s", r.body ? r.body : "");
+  h_resp_free(&r);
+  CHECK(h_http(port, "GET", "/", NULL, NULL, 0, 10, &r) == 0 && r.status == 200 && r.body &&
+        strstr(r.body, "EventSource"));
+  h_resp_free(&r);
+}
+
 int main(void) {
   setvbuf(stdout, NULL, _IOLBF, 0); /* nothing buffered is copied into a forked child */
   const char *transport = getenv("PAELLA_TEST_TRANSPORT");
@@ -302,6 +317,7 @@ int main(void) {
     test_window_and_sse(canceled);
     test_poison();
     test_cli();
+    test_metrics_dashboard();
   }
   if (test_failed_) {
     char cmd[400];
