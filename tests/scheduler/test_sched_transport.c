@@ -12,8 +12,8 @@
  *   - jobs submitted over HTTP run on the Kafka worker: an SSE stream carries start, progress and
  *     the status events, the job ends succeeded with an output and 1 attempt;
  *   - a poison job put on the transport directly ends in GET /v1/deadletters;
- *   - `paella submit --wait` works unchanged against this scheduler; /metrics counts the jobs
- *     and the dashboard is served.
+ *   - `paella submit --wait` works unchanged against this scheduler, a batch completes (its items
+ *     on the low lane); /metrics counts the jobs and the dashboard is served.
  * Waits are for states with generous timeouts; figures are printed. */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -278,12 +278,32 @@ static void setup_kafka(sched_config *c) {
   CHECK(sched_config_parse(&bad, 3, argv, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--registry"));
 }
 
-/* The metrics and the dashboard read the same registry on both transports: 4 jobs succeeded
- * (3 + the CLI's) and 1 canceled in this process. */
+/* A batch of 3 (its items go to the low lane: priority 0), complete with its shard. */
+static void test_batch(void) {
+  const char *body = "{\"settings\":{\"width\":32,\"height\":32,\"steps\":2,\"prior\":{\"steps\":2}},"
+                     "\"shard_size\":3,\"name\":\"b1\"}\n{\"prompt\":\"a cat\"}\n{\"prompt\":\"a dog\"}\n"
+                     "{\"prompt\":\"a bird\"}\n";
+  h_resp r;
+  double t0 = h_now();
+  CHECK(h_http(port, "POST", "/v1/batches", "Content-Type: application/x-ndjson\r\n", body, strlen(body), 60, &r) == 0 &&
+        r.status == 202 && h_str_is(r.json, "id", "b1"));
+  h_resp_free(&r);
+  bool done = false;
+  for (double end = h_now() + 180; h_now() < end && !done; usleep(200000)) {
+    if (h_http(port, "GET", "/v1/batches/b1", NULL, NULL, 0, 10, &r) == 0)
+      done = h_str_is(r.json, "status", "completed") && json_integer_value(json_object_get(r.json, "succeeded")) == 3;
+    h_resp_free(&r);
+  }
+  CHECK_MSG(done, "batch b1 not completed with 3 succeeded");
+  printf("%s: batch of 3 completed in %.1f s\n", kafka ? "kafka" : "redis", h_now() - t0);
+}
+
+/* The metrics and the dashboard read the same registry on both transports: 7 jobs succeeded
+ * (3 + the CLI's + the batch's 3) and 1 canceled in this process. */
 static void test_metrics_dashboard(void) {
   h_resp r;
   CHECK(h_http(port, "GET", "/metrics", NULL, NULL, 0, 10, &r) == 0 && r.status == 200 && r.body);
-  CHECK_MSG(r.body && strstr(r.body, "paella_jobs_total{status=\"succeeded\"} 4\n") &&
+  CHECK_MSG(r.body && strstr(r.body, "paella_jobs_total{status=\"succeeded\"} 7\n") &&
                 strstr(r.body, "paella_jobs_total{status=\"canceled\"} 1\n"),
             "metrics: %.800s", r.body ? r.body : "");
   h_resp_free(&r);
@@ -317,6 +337,7 @@ int main(void) {
     test_window_and_sse(canceled);
     test_poison();
     test_cli();
+    test_batch();
     test_metrics_dashboard();
   }
   if (test_failed_) {
