@@ -165,6 +165,8 @@ static void test_cancel_queued(char *id, size_t cap) {
   CHECK(h_http(port, "POST", path, NULL, NULL, 0, 60, &r) == 0 && r.status == 200 &&
         h_str_is(r.json, "status", "canceled"));
   h_resp_free(&r);
+  CHECK(h_http(port, "POST", path, NULL, NULL, 0, 60, &r) == 0 && r.status == 409); /* already canceled */
+  h_resp_free(&r);
   if (!kafka) return;
   last_record(TOPIC PA_KAFKA_CONTROL_SUFFIX, id, value, sizeof value);
   CHECK_MSG(!strcmp(value, PA_KAFKA_CANCEL_VALUE), "control record of %s: \"%s\"", id, value);
