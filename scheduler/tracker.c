@@ -440,7 +440,12 @@ static void deadline_one(const sched_config *c, const char *id, const char *now)
   size_t lens[8];
   for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
   lens[7] = mp_len;
-  eval_int(c, DEADLINE_LUA, 5, 3, args, lens, NULL);
+  long long outcome = 0;
+  eval_int(c, DEADLINE_LUA, 5, 3, args, lens, &outcome);
+  /* A running job's cancel flag reaches Kafka workers as a cancel record (no retry follows a
+   * deadline, so the record cannot cancel a later attempt; a timeout's retry would be). */
+  if (outcome == 2 && c->kafka.on && sched_kafka_cancel(c, id))
+    fprintf(stderr, "paella-scheduler: deadline of %s: %s\n", id, pa_errmsg());
   free(mp);
 }
 

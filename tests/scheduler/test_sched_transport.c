@@ -13,7 +13,8 @@
  *     the status events, the job ends succeeded with an output and 1 attempt;
  *   - a poison job put on the transport directly ends in GET /v1/deadletters;
  *   - `paella submit --wait` works unchanged against this scheduler, a batch completes (its items
- *     on the low lane); /metrics counts the jobs and the dashboard is served.
+ *     on the low lane); /metrics counts the jobs and the dashboard is served;
+ *   - on Kafka, a running job past its deadline gets its cancel record.
  * Waits are for states with generous timeouts; figures are printed. */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -280,6 +281,28 @@ static void setup_kafka(sched_config *c) {
   CHECK(sched_config_parse(&bad, 3, argv, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--registry"));
 }
 
+/* A running job past its deadline: on Kafka the reaper produces its cancel record (workers
+ * that read {topic}.control stop it and the tracker records deadline_exceeded; on Redis the
+ * cancel flag does, test_sched_api). Last: the worker is left busy with a long job. */
+static void test_running_deadline(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  char body[256], id[64], value[64] = "";
+  snprintf(body, sizeof body,
+           "{\"prompt\":\"slow\",\"width\":256,\"height\":256,\"steps\":100,\"prior\":{\"steps\":2},"
+           "\"deadline_ms\":%lld}", (long long)(now + 60000));
+  CHECK(submit(body, id, sizeof id) == 202 && id[0]);
+  CHECK(wait_status(id, "running", 120));
+  /* the deadline moves to now through the registry's deadline index: the reaper acts at once */
+  redisReply *r = sched_cmdf(cfg, "ZADD %s %lld %s", pa_key_sched(cfg->redis.stream, "deadlines").s, 0LL, id);
+  CHECK(r && r->type == REDIS_REPLY_INTEGER);
+  if (r) freeReplyObject(r);
+  for (double end = h_now() + 60; h_now() < end && strcmp(value, PA_KAFKA_CANCEL_VALUE); usleep(200000))
+    last_record(TOPIC PA_KAFKA_CONTROL_SUFFIX, id, value, sizeof value);
+  CHECK_MSG(!strcmp(value, PA_KAFKA_CANCEL_VALUE), "no cancel record for %s past its deadline", id);
+}
+
 /* A batch of 3 (its items go to the low lane: priority 0), complete with its shard. */
 static void test_batch(void) {
   const char *body = "{\"settings\":{\"width\":32,\"height\":32,\"steps\":2,\"prior\":{\"steps\":2}},"
@@ -341,6 +364,7 @@ int main(void) {
     test_cli();
     test_batch();
     test_metrics_dashboard();
+    if (kafka) test_running_deadline();
   }
   if (test_failed_) {
     char cmd[400];
