@@ -249,6 +249,28 @@ static void test_cli(void) {
   buf[n] = 0;
   if (f) fclose(f);
   CHECK_MSG(strstr(buf, "\"status\": \"succeeded\""), "paella submit --wait: %.400s", buf);
+  /* paella submit (no wait), then paella wait ID */
+  snprintf(cmd, sizeof cmd,
+           "PAELLA_URL=http://127.0.0.1:%d %s/paella submit --prompt 'a hen' -W 32 -H 32 --steps 2 --prior-steps 2 "
+           ">%s/cli.out 2>%s/cli.err",
+           port, PAELLA_BINARY_DIR, h_dir, h_dir);
+  CHECK(system(cmd) == 0);
+  f = fopen(path, "r");
+  n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+  buf[n] = 0;
+  if (f) fclose(f);
+  json_t *j = json_loads(buf, 0, NULL);
+  const char *id = json_string_value(json_object_get(j, "id"));
+  CHECK_MSG(id, "paella submit printed: %.300s", buf);
+  snprintf(cmd, sizeof cmd, "PAELLA_URL=http://127.0.0.1:%d %s/paella wait --timeout 180 %s >%s/cli.out 2>%s/cli.err",
+           port, PAELLA_BINARY_DIR, id ? id : "none", h_dir, h_dir);
+  json_decref(j);
+  CHECK(system(cmd) == 0);
+  f = fopen(path, "r");
+  n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+  buf[n] = 0;
+  if (f) fclose(f);
+  CHECK_MSG(strstr(buf, "\"status\": \"succeeded\""), "paella wait: %.400s", buf);
 }
 
 /* The mock cluster and the scheduler's Kafka settings (--dispatch-depth is set by the caller). */
@@ -323,12 +345,12 @@ static void test_batch(void) {
   printf("%s: batch of 3 completed in %.1f s\n", kafka ? "kafka" : "redis", h_now() - t0);
 }
 
-/* The metrics and the dashboard read the same registry on both transports: 7 jobs succeeded
- * (3 + the CLI's + the batch's 3) and 1 canceled in this process. */
+/* The metrics and the dashboard read the same registry on both transports: 8 jobs succeeded
+ * (3 + the CLI's 2 + the batch's 3) and 1 canceled in this process. */
 static void test_metrics_dashboard(void) {
   h_resp r;
   CHECK(h_http(port, "GET", "/metrics", NULL, NULL, 0, 10, &r) == 0 && r.status == 200 && r.body);
-  CHECK_MSG(r.body && strstr(r.body, "paella_jobs_total{status=\"succeeded\"} 7\n") &&
+  CHECK_MSG(r.body && strstr(r.body, "paella_jobs_total{status=\"succeeded\"} 8\n") &&
                 strstr(r.body, "paella_jobs_total{status=\"canceled\"} 1\n"),
             "metrics: %.800s", r.body ? r.body : "");
   h_resp_free(&r);
