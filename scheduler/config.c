@@ -38,12 +38,20 @@ void sched_config_defaults(sched_config *c) {
   snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
 }
 
-/* The workers' parser (worker/redis_url.c): one reading of --queue for both binaries. */
+/* The workers' parser (worker/redis_url.c): one reading of --queue for both binaries. A Kafka
+ * queue keeps the registry in the Redis of --registry (kafka.c says why). */
 int sched_config_set_queue(sched_config *c, const char *url) {
-  if (!strncmp(url, "kafka://", 8))
-    return pa_fail(PA_ERR_INVALID, "--queue: the scheduler keeps its registry in Redis "
-                   "(redis://[[USER]:PASSWORD@]HOST:PORT/DB?stream=...&group=...), not Kafka");
+  if (!strncmp(url, "kafka://", 8)) return sched_kafka_parse_url(url, &c->kafka);
+  c->kafka.on = false;
   return pa_redis_url_parse(url, &c->redis);
+}
+
+int sched_config_set_registry(sched_config *c, const char *url) {
+  if (strncmp(url, "redis://", 8) && strncmp(url, "rediss://", 9))
+    return pa_fail(PA_ERR_INVALID, "--registry: a redis:// URL (the job registry beside a Kafka queue)");
+  int rc = pa_redis_url_parse(url, &c->redis);
+  if (rc == PA_OK) c->registry_set = true;
+  return rc;
 }
 
 int sched_config_set_storage(sched_config *c, const char *url) {
@@ -130,6 +138,7 @@ static int apply(sched_config *c, const char *name, const char *v) {
     return rc;                                                         \
   }
   if (strcmp(name, "--queue") == 0) return sched_config_set_queue(c, v);
+  if (strcmp(name, "--registry") == 0) return sched_config_set_registry(c, v);
   if (strcmp(name, "--storage") == 0) return sched_config_set_storage(c, v);
   if (strcmp(name, "--listen") == 0) return set_listen(c, v);
   if (strcmp(name, "--api-key-hashes") == 0) return sched_config_add_keys(c, v);
@@ -164,7 +173,7 @@ static int apply(sched_config *c, const char *name, const char *v) {
 }
 
 static const struct { const char *env, *flag; } ENV[] = {
-    {"PAELLA_QUEUE", "--queue"},       {"PAELLA_STORAGE", "--storage"},
+    {"PAELLA_QUEUE", "--queue"},       {"PAELLA_REGISTRY", "--registry"}, {"PAELLA_STORAGE", "--storage"},
     {"PAELLA_LISTEN", "--listen"},     {"PAELLA_API_KEY_HASHES", "--api-key-hashes"},
     {"PAELLA_RATE", "--rate"},         {"PAELLA_BURST", "--burst"},
     {"PAELLA_MAX_ACTIVE", "--max-active"}, {"PAELLA_MAX_ATTEMPTS", "--max-attempts"},
@@ -178,6 +187,9 @@ static const struct { const char *env, *flag; } ENV[] = {
 void sched_config_usage(void) {
   printf("usage: paella-scheduler [options]\n"
          "  --queue redis://[[USER]:PASS@]HOST:PORT/DB?stream=paella:jobs&group=workers   ($PAELLA_QUEUE)\n"
+         "        or kafka://BROKERS?topic=paella.jobs&events_group=scheduler[&PROPERTY=VALUE...]: jobs go to\n"
+         "        a Kafka fleet, the registry below keeps their state (docs/queues.md)\n"
+         "  --registry redis://...       the job registry beside a Kafka queue  ($PAELLA_REGISTRY)\n"
          "  --storage file:///DIR        batch shards and manifests            ($PAELLA_STORAGE)\n"
          "  --listen HOST:PORT           [127.0.0.1:8080]                      ($PAELLA_LISTEN)\n"
          "  --api-key-hashes NAME:SHA256HEX[:admin],...  bearer keys, hashed ($PAELLA_API_KEY_HASHES)\n"
@@ -229,5 +241,8 @@ int sched_config_parse(sched_config *c, int argc, char **argv, bool *help) {
     int rc = apply(c, name, v);
     if (rc) return rc;
   }
+  if (c->kafka.on && !c->registry_set)
+    return pa_fail(PA_ERR_INVALID, "--queue kafka://... needs --registry redis://... (the job registry, SSE state, "
+                   "batches and metrics live in Redis: docs/queues.md)");
   return PA_OK;
 }

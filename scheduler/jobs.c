@@ -300,7 +300,13 @@ int jobs_cancel(const sched_config *c, const char *id, const char *owner, char *
   long long outcome = r->element[0]->integer;
   snprintf(state, cap, "%s", r->element[1]->str ? r->element[1]->str : "");
   if (outcome < 0) rc = pa_fail(PA_ERR_NOTFOUND, "no job %s", id);
+  /* On Kafka the workers learn of a cancel from {topic}.control, not from the hash: a queued job
+   * may already be on the jobs topic, a running one checks the record between steps. A repeated
+   * cancel produces the record again (compaction keeps one), so a client retrying after a 503
+   * (brokers away) gets it written. */
+  else if (outcome == 0 && c->kafka.on && !strcmp(state, "canceled") && sched_kafka_cancel(c, id)) rc = PA_ERR_IO;
   else if (outcome == 0) rc = pa_fail(PA_ERR_INVALID, "job %s is already %s", id, state);
+  else if (c->kafka.on) rc = sched_kafka_cancel(c, id);
 fail:
   if (r) freeReplyObject(r);
   free(mp);

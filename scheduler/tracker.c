@@ -29,6 +29,7 @@ struct sched_tracker {
   const sched_config *c;
   pthread_t consumer, fanout, reaper;
   int started; /* threads started, for stop */
+  sched_kafka *kafka; /* the forwarder and the bridge of a Kafka queue (kafka.c), else NULL */
   atomic_bool stop;
 };
 
@@ -439,7 +440,12 @@ static void deadline_one(const sched_config *c, const char *id, const char *now)
   size_t lens[8];
   for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
   lens[7] = mp_len;
-  eval_int(c, DEADLINE_LUA, 5, 3, args, lens, NULL);
+  long long outcome = 0;
+  eval_int(c, DEADLINE_LUA, 5, 3, args, lens, &outcome);
+  /* A running job's cancel flag reaches Kafka workers as a cancel record (no retry follows a
+   * deadline, so the record cannot cancel a later attempt; a timeout's retry would be). */
+  if (outcome == 2 && c->kafka.on && sched_kafka_cancel(c, id))
+    fprintf(stderr, "paella-scheduler: deadline of %s: %s\n", id, pa_errmsg());
   free(mp);
 }
 
@@ -527,6 +533,13 @@ int tracker_start(const sched_config *c, sched_tracker **out) {
   sched_tracker *t = calloc(1, sizeof *t);
   if (!t) return pa_fail(PA_ERR_NOMEM, "tracker");
   t->c = c;
+  if (c->kafka.on) {
+    int rc = sched_kafka_start(c, &t->kafka);
+    if (rc) {
+      free(t);
+      return rc;
+    }
+  }
   void *(*mains[3])(void *) = {consumer_main, fanout_main, reaper_main};
   pthread_t *threads[3] = {&t->consumer, &t->fanout, &t->reaper};
   for (int i = 0; i < 3; i++) {
@@ -545,5 +558,6 @@ void tracker_stop(sched_tracker *t) {
   t->stop = true;
   pthread_t *threads[3] = {&t->consumer, &t->fanout, &t->reaper};
   for (int i = 0; i < t->started; i++) pthread_join(*threads[i], NULL);
+  sched_kafka_stop(t->kafka);
   free(t);
 }

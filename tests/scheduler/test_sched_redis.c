@@ -24,7 +24,21 @@ static void test_parse(void) {
   CHECK(pa_redis_url_parse("redis://h:99999/0", &r) == PA_ERR_INVALID);
   sched_config c;
   sched_config_defaults(&c);
-  CHECK(sched_config_set_queue(&c, "kafka://b:9092?topic=t") == PA_ERR_INVALID && strstr(pa_errmsg(), "Redis"));
+  /* a Kafka queue (scheduler/kafka.c): the workers' URL, and the registry must be named */
+  CHECK_OK(sched_config_set_queue(&c, "kafka://b1:9092,b2:9092?topic=t&group=w&events_group=e&linger.ms=1"));
+  CHECK(c.kafka.on && !strcmp(c.kafka.brokers, "b1:9092,b2:9092") && !strcmp(c.kafka.topic, "t"));
+  CHECK(!strcmp(c.kafka.group, "w") && !strcmp(c.kafka.events_group, "e") && c.kafka.n_props == 1 &&
+        !strcmp(c.kafka.prop_key[0], "linger.ms") && !strcmp(c.kafka.prop_value[0], "1"));
+  CHECK(sched_config_set_queue(&c, "kafka://b:9092?acks=0") == PA_ERR_INVALID && strstr(pa_errmsg(), "acks"));
+  CHECK(sched_config_set_queue(&c, "kafka://?topic=t") == PA_ERR_INVALID && strstr(pa_errmsg(), "brokers"));
+  CHECK(sched_config_set_registry(&c, "kafka://b:9092") == PA_ERR_INVALID && strstr(pa_errmsg(), "redis://"));
+  sched_config_defaults(&c);
+  bool help;
+  char *argv[] = {"paella-scheduler", "--queue", "kafka://b:9092?topic=t", NULL};
+  CHECK(sched_config_parse(&c, 3, argv, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--registry"));
+  sched_config_defaults(&c);
+  char *argv2[] = {"paella-scheduler", "--queue", "kafka://b:9092?topic=t", "--registry", "redis://r:6380/2", NULL};
+  CHECK(sched_config_parse(&c, 5, argv2, &help) == PA_OK && c.kafka.on && c.redis.port == 6380 && c.redis.db == 2);
 }
 
 static int readyz(const sched_config *c, h_resp *r) {
