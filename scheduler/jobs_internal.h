@@ -15,6 +15,7 @@ typedef struct {
   char retry[192];     /* job id by the time its retry is due */
   char running[192];   /* job id by the time it started */
   char deadlines[192]; /* job id by its deadline_ms */
+  char expiring[192];  /* "ID OWNER" by when the job's record expires: its owner index entry goes then */
 } sched_zsets;
 
 static inline sched_zsets sched_zsets_of(const sched_config *c) {
@@ -22,6 +23,7 @@ static inline sched_zsets sched_zsets_of(const sched_config *c) {
   snprintf(z.retry, sizeof z.retry, "%s:sched:retry", c->redis.stream);
   snprintf(z.running, sizeof z.running, "%s:sched:running", c->redis.stream);
   snprintf(z.deadlines, sizeof z.deadlines, "%s:sched:deadlines", c->redis.stream);
+  snprintf(z.expiring, sizeof z.expiring, "%s:sched:expiring", c->redis.stream);
   return z;
 }
 /* HGETALL paella:job:{id}; PA_ERR_NOTFOUND when absent. */

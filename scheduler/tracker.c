@@ -62,9 +62,11 @@ static const char RETRY_LUA[] =
     "return 1\n";
 
 /* Retention starts here, the one place a job becomes settled: its record and its webhook
- * delivery log expire job_ttl_s later (batch members stay: their batch reads them).
- * KEYS: job hash, running, deadlines, retry, owner active set (or "-"), deliveries list.
- * ARGV: now, id, rewritten status ('' = keep), rewritten result, ttl seconds (0 = keep). */
+ * delivery log expire job_ttl_s later (batch members stay: their batch reads them), and its
+ * entry in the owner's listing index is queued to go at the same time (tracker_trim).
+ * KEYS: job hash, running, deadlines, retry, owner active set (or "-"), deliveries list,
+ * expiring zset. ARGV: now, id, rewritten status ('' = keep), rewritten result, ttl seconds
+ * (0 = keep), owner ('' = none). */
 static const char FINAL_LUA[] =
     "if redis.call('HEXISTS', KEYS[1], 'finished_ms') == 1 then return 0 end\n"
     "if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4]) end\n"
@@ -72,6 +74,9 @@ static const char FINAL_LUA[] =
     "if tonumber(ARGV[5]) > 0 and redis.call('HEXISTS', KEYS[1], 'batch') == 0 then\n"
     "  redis.call('EXPIRE', KEYS[1], ARGV[5])\n"
     "  redis.call('EXPIRE', KEYS[6], ARGV[5])\n"
+    "  if ARGV[6] ~= '' then\n"
+    "    redis.call('ZADD', KEYS[7], tonumber(ARGV[1]) + 1000 * tonumber(ARGV[5]), ARGV[2] .. ' ' .. ARGV[6])\n"
+    "  end\n"
     "end\n"
     "redis.call('ZREM', KEYS[2], ARGV[2])\n"
     "redis.call('ZREM', KEYS[3], ARGV[2])\n"
@@ -152,13 +157,14 @@ static void settle(const sched_config *c, const char *id, const redisReply *h, c
   else snprintf(active, sizeof active, "-");
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   snprintf(ttl, sizeof ttl, "%d", c->job_ttl_s);
-  const char *args[] = {key, z.running, z.deadlines, z.retry, active, deliveries,
-                        now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : "", ttl};
-  size_t lens[11];
-  for (int i = 0; i < 11; i++) lens[i] = strlen(args[i]);
-  lens[9] = rewrite ? mp_len : 0;
+  const char *args[] = {key, z.running, z.deadlines, z.retry, active, deliveries, z.expiring,
+                        now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : "", ttl,
+                        owner ? owner : ""};
+  size_t lens[13];
+  for (int i = 0; i < 13; i++) lens[i] = strlen(args[i]);
+  lens[10] = rewrite ? mp_len : 0;
   long long first = 0;
-  if (eval_int(c, FINAL_LUA, 6, 5, args, lens, &first) == PA_OK && first) {
+  if (eval_int(c, FINAL_LUA, 7, 6, args, lens, &first) == PA_OK && first) {
     sched_metrics_count(status == PW_STATUS_SUCCEEDED ? SCHED_M_SUCCEEDED
                         : status == PW_STATUS_FAILED  ? SCHED_M_FAILED
                                                       : SCHED_M_CANCELED);
@@ -426,9 +432,14 @@ int tracker_reap(const sched_config *c) {
 
 /* Acknowledged entries go: the stream keeps everything from the oldest entry some group still
  * needs (its oldest pending entry, else its last delivered one) and nothing older, so no
- * unread entry is ever removed (the lag stays exact: docs/queues.md). Dead letters keep the
- * newest dead_letters_max. Atomic, so a group's position cannot move in between.
- * KEYS: stream, dead stream. ARGV: dead letters kept. Returns entries trimmed from the stream. */
+ * unread entry is ever removed (the lag stays exact: docs/queues.md). The events stream is
+ * trimmed the same way, but keeps at least the last EVENTS_KEEP_MS: every scheduler replica's
+ * fan-out (SSE, Prefer: wait) reads it without a group, a little behind the tracker's group.
+ * Dead letters keep the newest dead_letters_max. Owner index entries of expired job records
+ * go (at most 1000 a pass). Atomic, so a group's position cannot move in between.
+ * KEYS: stream, dead stream, events stream, expiring zset. ARGV: dead letters kept, now (ms),
+ * owner index key prefix and suffix. Returns entries trimmed from the stream. */
+#define EVENTS_KEEP_MS "60000"
 static const char TRIM_LUA[] =
     "local function older(a, b)\n"
     "  local am, as = string.match(a, '(%d+)-(%d+)')\n"
@@ -436,27 +447,45 @@ static const char TRIM_LUA[] =
     "  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)\n"
     "  return am < bm or (am == bm and as < bs)\n"
     "end\n"
-    "redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])\n"
-    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
-    "local groups = redis.call('XINFO', 'GROUPS', KEYS[1])\n"
-    "if #groups == 0 then return 0 end\n"
-    "local keep = nil\n"
-    "for _, g in ipairs(groups) do\n"
-    "  local f = {}\n"
-    "  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
-    "  local id = f['last-delivered-id']\n"
-    "  if f['pending'] > 0 then id = redis.call('XPENDING', KEYS[1], f['name'])[2] end\n"
-    "  if not keep or older(id, keep) then keep = id end\n"
+    "local function keep_of(stream)\n"
+    "  local keep = nil\n"
+    "  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do\n"
+    "    local f = {}\n"
+    "    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
+    "    local id = f['last-delivered-id']\n"
+    "    if f['pending'] > 0 then id = redis.call('XPENDING', stream, f['name'])[2] end\n"
+    "    if not keep or older(id, keep) then keep = id end\n"
+    "  end\n"
+    "  return keep\n"
     "end\n"
+    "redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])\n"
+    "for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[2], 'LIMIT', 0, 1000)) do\n"
+    "  local id, owner = string.match(m, '^(%S+) (.*)$')\n"
+    "  if id then redis.call('ZREM', ARGV[3] .. owner .. ARGV[4], id) end\n"
+    "  redis.call('ZREM', KEYS[4], m)\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[3]) == 1 then\n"
+    "  local floor = (tonumber(ARGV[2]) - " EVENTS_KEEP_MS ") .. '-0'\n"
+    "  local keep = keep_of(KEYS[3])\n"
+    "  if not keep or older(floor, keep) then keep = floor end\n"
+    "  redis.call('XTRIM', KEYS[3], 'MINID', keep)\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+    "local keep = keep_of(KEYS[1])\n"
+    "if not keep then return 0 end\n"
     "return redis.call('XTRIM', KEYS[1], 'MINID', keep)\n";
 
 int tracker_trim(const sched_config *c, long long *trimmed) {
-  char dead[160], keep[24];
+  sched_zsets z = sched_zsets_of(c);
+  char dead[160], events[160], keep[24], now[24];
   snprintf(dead, sizeof dead, "%s:dead", c->redis.stream);
+  snprintf(events, sizeof events, "%s:events", c->redis.stream);
   snprintf(keep, sizeof keep, "%d", c->dead_letters_max);
-  const char *args[] = {c->redis.stream, dead, keep};
+  snprintf(now, sizeof now, "%" PRId64, now_ms());
+  /* The owner index is "paella:owner:%s:jobs" (scheduler/jobs.c). */
+  const char *args[] = {c->redis.stream, dead, events, z.expiring, keep, now, "paella:owner:", ":jobs"};
   long long n = 0;
-  int rc = eval_int(c, TRIM_LUA, 2, 1, args, NULL, &n);
+  int rc = eval_int(c, TRIM_LUA, 4, 4, args, NULL, &n);
   if (trimmed) *trimmed = n;
   return rc;
 }
