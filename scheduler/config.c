@@ -32,6 +32,8 @@ void sched_config_defaults(sched_config *c) {
   c->redis_timeout_ms = 1200;
   c->job_ttl_s = 86400;
   c->dead_letters_max = 10000;
+  snprintf(c->access_log, sizeof c->access_log, "-");
+  pa_job_limits_default(&c->limits);
   char host[64] = "scheduler";
   gethostname(host, sizeof host - 1);
   snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
@@ -137,6 +139,11 @@ static int apply(sched_config *c, const char *name, const char *v) {
     snprintf(c->webhook_secrets_dir, sizeof c->webhook_secrets_dir, "%s", v);
     return PA_OK;
   }
+  if (strcmp(name, "--access-log") == 0) {
+    if (!*v || strlen(v) >= sizeof c->access_log) return pa_fail(PA_ERR_INVALID, "--access-log: want -, off or a file");
+    snprintf(c->access_log, sizeof c->access_log, "%s", v);
+    return PA_OK;
+  }
   if (strcmp(name, "--webhook-allow-unsigned") == 0) {
     c->webhook_allow_unsigned = !strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes");
     return PA_OK;
@@ -157,6 +164,7 @@ static int apply(sched_config *c, const char *name, const char *v) {
   NUM("--redis-timeout-ms", 100, 60000, c->redis_timeout_ms);
   NUM("--job-ttl", 0, 86400 * 365, c->job_ttl_s);
   NUM("--dead-letters-max", 1, 1e8, c->dead_letters_max);
+  NUM("--max-side", PW_SIZE_MIN, PW_SIZE_MAX, c->limits.max_side);
 #undef NUM
   return pa_fail(PA_ERR_INVALID, "unknown option %s", name);
 }
@@ -170,6 +178,7 @@ static const struct { const char *env, *flag; } ENV[] = {
     {"PAELLA_MAX_CONNECTIONS", "--max-connections"}, {"PAELLA_MAX_PER_IP", "--max-per-ip"},
     {"PAELLA_JOB_TTL", "--job-ttl"},   {"PAELLA_DEAD_LETTERS_MAX", "--dead-letters-max"},
     {"PAELLA_WEBHOOK_SECRETS", "--webhook-secrets"}, {"PAELLA_WEBHOOK_ALLOW_UNSIGNED", "--webhook-allow-unsigned"},
+    {"PAELLA_ACCESS_LOG", "--access-log"}, {"PAELLA_MAX_SIDE", "--max-side"},
 };
 
 void sched_config_usage(void) {
@@ -194,7 +203,11 @@ void sched_config_usage(void) {
          "  --dead-letters-max N         dead letters kept, newest first (about) [10000]  ($PAELLA_DEAD_LETTERS_MAX)\n"
          "  --webhook-secrets DIR        the workers' secrets: a webhook whose secret_id is in neither DIR\n"
          "                               nor $PAELLA_WEBHOOK_SECRET_<ID> is refused (422)  ($PAELLA_WEBHOOK_SECRETS)\n"
-         "  --webhook-allow-unsigned 1   accept such webhooks; workers send them unsigned ($PAELLA_WEBHOOK_ALLOW_UNSIGNED)\n");
+         "  --webhook-allow-unsigned 1   accept such webhooks; workers send them unsigned ($PAELLA_WEBHOOK_ALLOW_UNSIGNED)\n"
+         "  --max-side N                 largest width/height accepted: the workers' --max-side [1024]\n"
+         "                               (422 above it; /readyz reports workers that differ) ($PAELLA_MAX_SIDE)\n"
+         "  --access-log -|off|FILE      one JSON line per request: stderr, none, or appended to FILE [-]\n"
+         "                               ($PAELLA_ACCESS_LOG)\n");
 }
 
 int sched_config_parse(sched_config *c, int argc, char **argv, bool *help) {

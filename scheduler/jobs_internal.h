@@ -9,6 +9,10 @@
 
 int64_t now_ms(void);
 
+/* The live workers' advertised limits (fleet.c): how many are live, how many differ from
+ * c->limits, and (out, may be NULL) a JSON array of those that differ: worker, reason, limits. */
+int sched_fleet(const sched_config *c, json_t **out, int *live, int *mismatched);
+
 /* The scheduler's own sorted sets, namespaced by the jobs stream so that two deployments
  * (or tests) sharing one Redis never reap each other's jobs. */
 typedef struct {

@@ -19,6 +19,7 @@
 
 #include "ops/error.h"
 #include "proto/proto.h"
+#include "worker/admission.h"
 #include "worker/redis_url.h"
 
 /* ---- configuration (config.c) ------------------------------------------------------- */
@@ -58,6 +59,8 @@ typedef struct {
   int dead_letters_max;   /* {stream}:dead keeps about this many newest entries */
   char webhook_secrets_dir[1024]; /* the workers' --webhook-secrets (else the variables) */
   bool webhook_allow_unsigned;    /* accept webhooks whose secret is not configured */
+  char access_log[1024];  /* one JSON line per request: "-" stderr (default), "off", or a file */
+  pa_job_limits limits;   /* --max-side: the fleet's limits, checked at submission */
 } sched_config;
 
 void sched_config_defaults(sched_config *c);
