@@ -71,7 +71,7 @@ static bool runs(const char *body) {
   return ok;
 }
 
-static void test_refused_at_submission(void) {
+static void test_refused_at_submission(const sched_config *cfg) {
   char *png64 = image_b64(64, 64, PA_IMAGE_PNG), *png32 = image_b64(32, 32, PA_IMAGE_PNG);
   char *jpg64 = image_b64(64, 64, PA_IMAGE_JPEG);
   CHECK(png64 && png32 && jpg64);
@@ -102,6 +102,25 @@ static void test_refused_at_submission(void) {
   sprintf(body, "{\"kind\":\"img2img\",\"prompt\":\"j\",\"width\":32,\"height\":32,\"steps\":1,\"prior\":{\"steps\":1},"
                 "\"image\":{\"data\":\"%s\"}}", jpg64);
   CHECK(runs(body));
+  /* the worker runs the same check: such a job put on the queue past the HTTP API fails */
+  sprintf(body, "{\"id\":\"j-worker-mask\",\"kind\":\"inpaint\",\"prompt\":\"m\",\"width\":32,\"height\":32,"
+                "\"steps\":1,\"image\":{\"data\":\"%s\"},\"mask\":{\"data\":\"%s\"}}", png64, png32);
+  pw_job job;
+  pw_error err;
+  submit_outcome outcome;
+  char existing[80];
+  CHECK(pw_job_from_json(body, strlen(body), &job, &err) == 0);
+  CHECK_OK(jobs_submit(cfg, &job, "alice", 1000, "x", NULL, 0, &outcome, existing, sizeof existing));
+  pw_job_free(&job);
+  h_resp r;
+  bool failed = false;
+  for (double end = h_now() + 60; !failed && h_now() < end; usleep(100000)) {
+    CHECK(h_http(port, "GET", "/v1/jobs/j-worker-mask", ALICE, NULL, 0, 10, &r) == 0);
+    failed = h_str_is(r.json, "status", "failed");
+    if (failed) CHECK_MSG(h_str_is(r.json, "error.code", "invalid_image"), "%s", r.body);
+    h_resp_free(&r);
+  }
+  CHECK(failed);
   free(body);
 done:
   free(png64), free(png32), free(jpg64);
@@ -266,7 +285,7 @@ int main(void) {
   CHECK(harness_start_worker(flag) == 0);
   if (s && t) {
     port = sched_server_port(s);
-    test_refused_at_submission();
+    test_refused_at_submission(&c);
     test_metrics_listen(metrics_port);
     test_fleet();
     test_access_log(); /* last: it stops Redis */
