@@ -240,10 +240,11 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
     }
     hub_event ev;
     if (hub_wait(&s->cursor, s->id, 1000, &ev)) {
-      if (!strcmp(ev.type, "progress") || !strcmp(ev.type, "start")) sse_append(s, ev.type, ev.data);
+      bool step_event = !strcmp(ev.type, "progress") || !strcmp(ev.type, "preview");
+      if (step_event || !strcmp(ev.type, "start")) sse_append(s, ev.type, ev.data);
       free(ev.data);
       s->idle_since = now_ms();
-      if (strcmp(ev.type, "progress")) sse_status(s);
+      if (!step_event) sse_status(s);
     } else {
       sse_status(s); /* also catches transitions whose event this replica missed */
       if (s->out_len == 0 && now_ms() - s->idle_since > 10000) {
@@ -344,6 +345,28 @@ static enum MHD_Result job_output(http_ctx *h, const char *id, const char *index
   return ok;
 }
 
+/* GET /v1/jobs/{id}/preview: the latest preview image of a job with preview_every, served as
+ * its outputs are (a file, or a 302 to its URL); 404 before the first one. */
+static enum MHD_Result job_preview(http_ctx *h, const char *id) {
+  redisReply *hr = NULL;
+  int rc = jobs_fetch(h->c, id, &hr);
+  if (rc) return http_status_error(h->conn, rc);
+  const char *owner = jobs_field(hr, "owner", NULL), *url = jobs_field(hr, "preview_url", NULL);
+  enum MHD_Result ok;
+  if (!owner || strcmp(owner, h->owner) || !url || !*url) {
+    ok = http_error(h->conn, 404, "not_found", "", "no preview of job %s (yet)", id);
+  } else if (!strncmp(url, "file://", 7)) {
+    ok = serve_file(h, url + 7);
+  } else {
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    ok = r && MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, url) == MHD_YES ? MHD_queue_response(h->conn, 302, r)
+                                                                                     : MHD_NO;
+    if (r) MHD_destroy_response(r);
+  }
+  freeReplyObject(hr);
+  return ok;
+}
+
 /* ---- GET /v1/jobs/{id}/deliveries (and a batch's): the workers' webhook attempts ------- */
 
 enum MHD_Result api_deliveries(http_ctx *h, const char *id, bool batch) {
@@ -406,6 +429,7 @@ static enum MHD_Result job_routes(http_ctx *h, const char *const *seg, int n) {
   if (n == 2 && !strcmp(seg[1], "events") && get) return job_events(h, id);
   if (n == 3 && !strcmp(seg[1], "outputs") && get) return job_output(h, id, seg[2]);
   if (n == 2 && !strcmp(seg[1], "deliveries") && get) return api_deliveries(h, id, false);
+  if (n == 2 && !strcmp(seg[1], "preview") && get) return job_preview(h, id);
   return http_error(h->conn, 404, "not_found", "", "no route %s %s", h->method, h->url);
 }
 

@@ -165,8 +165,8 @@ static void derive_id(const batch_request *r, const char *owner, char *out, size
 
 static int register_batch(const sched_config *c, const char *id, const char *owner, long total, int shard_size,
                           const char *settings) {
-  char key[160], now[24], tot[24], ss[24];
-  snprintf(key, sizeof key, "paella:batch:%s", id);
+  char key[PA_KEY_MAX], now[24], tot[24], ss[24];
+  snprintf(key, sizeof key, "%s", pa_key_batch(id, "").s);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   snprintf(tot, sizeof tot, "%ld", total);
   snprintf(ss, sizeof ss, "%d", shard_size);
@@ -178,7 +178,7 @@ static int register_batch(const sched_config *c, const char *id, const char *own
   if (other) return pa_fail(PA_ERR_INVALID, "batch %s belongs to another key", id);
   if (exists && hget_int(c, key, "total", -1) != total)
     return pa_fail(PA_ERR_INVALID, "batch %s exists with a different number of items", id);
-  char done_key[200];
+  char done_key[PA_KEY_MAX + 32];
   snprintf(done_key, sizeof done_key, "%s:done", key);
   char done[24];
   snprintf(done, sizeof done, "%lld", scard(c, done_key));
@@ -197,8 +197,8 @@ static int register_batch(const sched_config *c, const char *id, const char *own
 /* Submits item i unless its job exists and did not fail; failed ones are cleared and rerun. */
 static int submit_item(const sched_config *c, const char *batch_id, const pw_job *job, long i, int shard_size,
                        const char *owner) {
-  char key[160];
-  snprintf(key, sizeof key, "paella:job:%s", job->id);
+  char key[PA_KEY_MAX];
+  snprintf(key, sizeof key, "%s", pa_key_job(job->id).s);
   redisReply *r = sched_cmdf(c, "HGET %s status", key);
   if (!r) return PA_ERR_IO;
   bool rerun = r->type == REDIS_REPLY_STRING && (!strcmp(r->str, "failed") || !strcmp(r->str, "canceled"));
@@ -206,9 +206,9 @@ static int submit_item(const sched_config *c, const char *batch_id, const pw_job
   if (rerun) {
     r = sched_cmdf(c, "DEL %s", key);
     if (r) freeReplyObject(r);
-    r = sched_cmdf(c, "SREM paella:batch:%s:done %ld", batch_id, i);
+    r = sched_cmdf(c, "SREM %s %ld", pa_key_batch(batch_id, ":done").s, i);
     if (r) freeReplyObject(r);
-    r = sched_cmdf(c, "SREM paella:batch:%s:done:%ld %ld", batch_id, i / shard_size, i);
+    r = sched_cmdf(c, "SREM %s:%ld %ld", pa_key_batch(batch_id, ":done").s, i / shard_size, i);
     if (r) freeReplyObject(r);
   }
   submit_outcome outcome;
@@ -218,7 +218,7 @@ static int submit_item(const sched_config *c, const char *batch_id, const pw_job
 }
 
 static bool shard_written(const sched_config *c, const char *batch_id, long k) {
-  redisReply *r = sched_cmdf(c, "SISMEMBER paella:batch:%s:written %ld", batch_id, k);
+  redisReply *r = sched_cmdf(c, "SISMEMBER %s %ld", pa_key_batch(batch_id, ":written").s, k);
   bool yes = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
   if (r) freeReplyObject(r);
   return yes;
@@ -240,14 +240,16 @@ int batch_submit(const sched_config *c, const batch_request *r, const char *owne
     rc = PA_ERR_INVALID;
     goto done;
   }
+  if (!json_object_get(settings, "priority"))
+    json_object_set_new(settings, "priority", json_integer(PW_BATCH_DEFAULT_PRIORITY));
   if ((rc = parse_items(c, r, settings, batch_id, &jobs, err))) goto done;
   int shard_size = r->shard_size > 0 ? r->shard_size : c->shard_size;
   char *settings_text = json_dumps(settings, JSON_COMPACT | JSON_SORT_KEYS);
   rc = settings_text ? register_batch(c, batch_id, owner, jobs.n, shard_size, settings_text) : PA_ERR_NOMEM;
   free(settings_text);
   if (rc) goto done;
-  char key[160];
-  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
+  char key[PA_KEY_MAX];
+  snprintf(key, sizeof key, "%s", pa_key_batch(batch_id, "").s);
   shard_size = (int)hget_int(c, key, "shard_size", shard_size); /* a resubmission keeps the first layout */
   for (long i = 0; i < jobs.n && rc == PA_OK; i++) {
     if (i % shard_size == 0 && shard_written(c, batch_id, i / shard_size)) {
@@ -267,8 +269,8 @@ done:
 /* ---- completion and shards ---------------------------------------------------------- */
 
 int batch_item_done(const sched_config *c, const char *batch_id, long index, bool succeeded) {
-  char key[160];
-  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
+  char key[PA_KEY_MAX];
+  snprintf(key, sizeof key, "%s", pa_key_batch(batch_id, "").s);
   long long size = hget_int(c, key, "shard_size", 0), total = hget_int(c, key, "total", 0);
   if (size <= 0 || index < 0 || index >= total) return pa_fail(PA_ERR_NOTFOUND, "no batch %s", batch_id);
   long k = index / size;
@@ -279,7 +281,7 @@ int batch_item_done(const sched_config *c, const char *batch_id, long index, boo
   r = sched_cmdf(c, "SADD %s:done:%ld %ld", key, k, index);
   if (r) freeReplyObject(r);
   long long in_shard = total - k * size < size ? total - k * size : size;
-  char shard_done[200];
+  char shard_done[PA_KEY_MAX + 32];
   snprintf(shard_done, sizeof shard_done, "%s:done:%ld", key, k);
   if (scard(c, shard_done) < in_shard) return PA_OK;
   return batch_write_ready_shards(c, batch_id);
@@ -335,8 +337,12 @@ static int add_item(const sched_config *c, tar_writer *w, const char *batch_id, 
     free(png);
     if (rc) goto done;
   }
-  json_t *meta = json_pack("{s:s,s:I,s:O,s:s}", "prompt", job.prompt ? job.prompt : "", "seed",
-                           (json_int_t)(res.has_seed ? res.seed : job.seed), "settings", settings, "job_id", id);
+  json_t *params = json_array(); /* each image's embedded generation parameters, as the result records them */
+  for (size_t o = 0; params && o < res.n_outputs; o++)
+    json_array_append_new(params, res.outputs[o].params ? json_string(res.outputs[o].params) : json_null());
+  json_t *meta = json_pack("{s:s,s:I,s:O,s:s,s:o}", "prompt", job.prompt ? job.prompt : "", "seed",
+                           (json_int_t)(res.has_seed ? res.seed : job.seed), "settings", settings, "job_id", id,
+                           "params", params);
   char *text = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
   json_decref(meta);
   snprintf(name, sizeof name, "%06ld.json", i);
@@ -351,8 +357,8 @@ done:
 }
 
 static int write_manifest(const sched_config *c, const char *batch_id, const char *dir) {
-  char key[160], path[1200], tmp[1210];
-  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
+  char key[PA_KEY_MAX], path[1200], tmp[1210];
+  snprintf(key, sizeof key, "%s", pa_key_batch(batch_id, "").s);
   redisReply *r = sched_cmdf(c, "HGETALL %s:shards", key);
   if (!r || r->type != REDIS_REPLY_ARRAY) {
     if (r) freeReplyObject(r);
@@ -365,7 +371,7 @@ static int write_manifest(const sched_config *c, const char *batch_id, const cha
     for (size_t i = 0; i + 1 < r->elements; i += 2)
       if (strtol(r->element[i]->str, NULL, 10) == k) json_array_append_new(shards, json_loads(r->element[i + 1]->str, 0, NULL));
   freeReplyObject(r);
-  char okk[200];
+  char okk[PA_KEY_MAX + 32];
   snprintf(okk, sizeof okk, "%s:ok", key);
   json_t *m = json_pack("{s:s,s:I,s:I,s:I,s:o,s:b}", "batch", batch_id, "total", (json_int_t)total, "shard_size",
                         (json_int_t)size, "succeeded", (json_int_t)scard(c, okk), "shards", shards, "complete",
@@ -411,10 +417,10 @@ static int write_shard(const sched_config *c, const char *batch_id, long k, long
   char *text = entry ? json_dumps(entry, JSON_COMPACT) : NULL;
   json_decref(entry);
   if (!text) return pa_fail(PA_ERR_NOMEM, "shard entry");
-  redisReply *r = sched_cmdf(c, "HSET paella:batch:%s:shards %ld %s", batch_id, k, text);
+  redisReply *r = sched_cmdf(c, "HSET %s %ld %s", pa_key_batch(batch_id, ":shards").s, k, text);
   free(text);
   if (r) freeReplyObject(r);
-  r = sched_cmdf(c, "SADD paella:batch:%s:written %ld", batch_id, k);
+  r = sched_cmdf(c, "SADD %s %ld", pa_key_batch(batch_id, ":written").s, k);
   if (r) freeReplyObject(r);
   return write_manifest(c, batch_id, dir);
 }
@@ -454,13 +460,12 @@ static int queue_completed_webhook(const sched_config *c, const char *batch_id, 
   char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
   json_decref(body);
   if (!text) return pa_fail(PA_ERR_NOMEM, "batch webhook");
-  char outbox[200], msg_id[200], hash[400], batch_key[160], now[24];
-  snprintf(outbox, sizeof outbox, "%s" PA_OUTBOX_SUFFIX, c->redis.stream);
+  char msg_id[200], now[24];
   snprintf(msg_id, sizeof msg_id, "%s.batch.completed", batch_id);
-  snprintf(hash, sizeof hash, "%s" PA_OUTBOX_MESSAGE_SUFFIX "%s", c->redis.stream, msg_id);
-  snprintf(batch_key, sizeof batch_key, "paella:batch:%s", batch_id);
+  pa_key outbox = pa_key_outbox(c->redis.stream), hash = pa_key_outbox_msg(c->redis.stream, msg_id),
+         batch_key = pa_key_batch(batch_id, "");
   snprintf(now, sizeof now, "%lld", (long long)now_ms());
-  const char *args[] = {outbox, hash, batch_key, msg_id, batch_id, "batch.completed", url,
+  const char *args[] = {outbox.s, hash.s, batch_key.s, msg_id, batch_id, "batch.completed", url,
                         secret_id ? secret_id : "", secret_id ? "1" : "0", text, now};
   redisReply *r = sched_eval(c, BATCH_HOOK_LUA, 3, 8, args, NULL);
   rc = r && r->type == REDIS_REPLY_INTEGER ? PA_OK : pa_fail(PA_ERR_IO, "batch %s: completion webhook not queued", batch_id);
@@ -470,8 +475,8 @@ static int queue_completed_webhook(const sched_config *c, const char *batch_id, 
 }
 
 int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
-  char key[160], dir[1100];
-  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
+  char key[PA_KEY_MAX], dir[1100];
+  snprintf(key, sizeof key, "%s", pa_key_batch(batch_id, "").s);
   snprintf(dir, sizeof dir, "%s/%s", c->storage_dir, batch_id);
   if (mkdir(dir, 0755) && errno != EEXIST) return pa_fail(PA_ERR_IO, "mkdir %s: %s", dir, strerror(errno));
   long long total = hget_int(c, key, "total", 0), size = hget_int(c, key, "shard_size", 0);
@@ -483,12 +488,12 @@ int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
   pthread_mutex_lock(&shard_mu);
   for (long k = 0; k * size < total && rc == PA_OK; k++) {
     long count = (long)(total - k * size < size ? total - k * size : size);
-    char done[200];
+    char done[PA_KEY_MAX + 32];
     snprintf(done, sizeof done, "%s:done:%ld", key, k);
     if (shard_written(c, batch_id, k) || scard(c, done) < count) continue;
     rc = write_shard(c, batch_id, k, (long)(k * size), count, settings, dir);
   }
-  char written[200];
+  char written[PA_KEY_MAX + 32];
   snprintf(written, sizeof written, "%s:written", key);
   if (rc == PA_OK && scard(c, written) == (total + size - 1) / size) rc = queue_completed_webhook(c, batch_id, settings);
   pthread_mutex_unlock(&shard_mu);
@@ -497,8 +502,8 @@ int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
 }
 
 int batch_render(const sched_config *c, const char *batch_id, const char *owner, char **json) {
-  char key[160], k_done[200], k_ok[200], k_written[200];
-  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
+  char key[PA_KEY_MAX], k_done[PA_KEY_MAX + 32], k_ok[PA_KEY_MAX + 32], k_written[PA_KEY_MAX + 32];
+  snprintf(key, sizeof key, "%s", pa_key_batch(batch_id, "").s);
   redisReply *r = sched_cmdf(c, "HGET %s owner", key);
   if (!r) return PA_ERR_IO;
   bool mine = r->type == REDIS_REPLY_STRING && (!owner || !strcmp(r->str, owner));

@@ -34,6 +34,7 @@ void sched_config_defaults(sched_config *c) {
   c->dead_letters_max = 10000;
   snprintf(c->access_log, sizeof c->access_log, "-");
   pa_job_limits_default(&c->limits);
+  c->dispatch_depth = 64;
   char host[64] = "scheduler";
   gethostname(host, sizeof host - 1);
   snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
@@ -165,6 +166,7 @@ static int apply(sched_config *c, const char *name, const char *v) {
   NUM("--job-ttl", 0, 86400 * 365, c->job_ttl_s);
   NUM("--dead-letters-max", 1, 1e8, c->dead_letters_max);
   NUM("--max-side", PW_SIZE_MIN, PW_SIZE_MAX, c->limits.max_side);
+  NUM("--dispatch-depth", 1, 1e6, c->dispatch_depth);
 #undef NUM
   return pa_fail(PA_ERR_INVALID, "unknown option %s", name);
 }
@@ -177,6 +179,7 @@ static const struct { const char *env, *flag; } ENV[] = {
     {"PAELLA_JOB_TIMEOUT", "--job-timeout"}, {"PAELLA_SHARD_SIZE", "--shard-size"},
     {"PAELLA_MAX_CONNECTIONS", "--max-connections"}, {"PAELLA_MAX_PER_IP", "--max-per-ip"},
     {"PAELLA_JOB_TTL", "--job-ttl"},   {"PAELLA_DEAD_LETTERS_MAX", "--dead-letters-max"},
+    {"PAELLA_DISPATCH_DEPTH", "--dispatch-depth"},
     {"PAELLA_WEBHOOK_SECRETS", "--webhook-secrets"}, {"PAELLA_WEBHOOK_ALLOW_UNSIGNED", "--webhook-allow-unsigned"},
     {"PAELLA_ACCESS_LOG", "--access-log"}, {"PAELLA_MAX_SIDE", "--max-side"},
 };
@@ -201,6 +204,8 @@ void sched_config_usage(void) {
          "  --job-ttl S                  a finished job's record expires S after it ends; 0: never [86400]\n"
          "                               ($PAELLA_JOB_TTL)\n"
          "  --dead-letters-max N         dead letters kept, newest first (about) [10000]  ($PAELLA_DEAD_LETTERS_MAX)\n"
+         "  --dispatch-depth N           undelivered jobs kept on each lane's stream; the rest wait per API key\n"
+         "                               and enter round-robin (fair share, docs/queues.md) [64]  ($PAELLA_DISPATCH_DEPTH)\n"
          "  --webhook-secrets DIR        the workers' secrets: a webhook whose secret_id is in neither DIR\n"
          "                               nor $PAELLA_WEBHOOK_SECRET_<ID> is refused (422)  ($PAELLA_WEBHOOK_SECRETS)\n"
          "  --webhook-allow-unsigned 1   accept such webhooks; workers send them unsigned ($PAELLA_WEBHOOK_ALLOW_UNSIGNED)\n"

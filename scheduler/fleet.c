@@ -9,21 +9,20 @@
 #include "scheduler/jobs_internal.h"
 
 int sched_fleet(const sched_config *c, json_t **out, int *live, int *mismatched) {
-  char workers[160], caps[160], now[24];
-  snprintf(workers, sizeof workers, "%s" PA_WORKERS_SUFFIX, c->redis.stream);
-  snprintf(caps, sizeof caps, "%s" PA_WORKER_CAPS_SUFFIX, c->redis.stream);
+  pa_key workers = pa_key_workers(c->redis.stream), caps = pa_key_worker_caps(c->redis.stream);
+  char now[24];
   snprintf(now, sizeof now, "(%" PRId64, now_ms());
   *live = *mismatched = 0;
   if (out) *out = json_array();
   if (out && !*out) return pa_fail(PA_ERR_NOMEM, "fleet");
-  redisReply *names = sched_cmdf(c, "ZRANGEBYSCORE %s %s +inf", workers, now);
+  redisReply *names = sched_cmdf(c, "ZRANGEBYSCORE %s %s +inf", workers.s, now);
   if (!names || names->type != REDIS_REPLY_ARRAY) {
     if (names) freeReplyObject(names);
     return pa_fail(PA_ERR_IO, "fleet: redis");
   }
   for (size_t i = 0; i < names->elements; i++) {
     const char *name = names->element[i]->str;
-    redisReply *rec = name ? sched_cmdf(c, "HGET %s %s", caps, name) : NULL;
+    redisReply *rec = name ? sched_cmdf(c, "HGET %s %s", caps.s, name) : NULL;
     if (rec && rec->type == REDIS_REPLY_STRING) {
       char why[160] = "";
       int d = pa_job_limits_differ(&c->limits, rec->str, why, sizeof why);

@@ -20,6 +20,7 @@
 #include "ops/error.h"
 #include "proto/proto.h"
 #include "worker/admission.h"
+#include "worker/redis_keys.h"
 #include "worker/redis_url.h"
 
 /* ---- configuration (config.c) ------------------------------------------------------- */
@@ -57,6 +58,7 @@ typedef struct {
   int redis_timeout_ms;   /* connect and reply timeout of every Redis call: 503 past it */
   int job_ttl_s;          /* a finished job's record expires this long after it ends (0: never) */
   int dead_letters_max;   /* {stream}:dead keeps about this many newest entries */
+  int dispatch_depth;     /* undelivered entries kept on each lane's stream (fair dispatch) */
   char webhook_secrets_dir[1024]; /* the workers' --webhook-secrets (else the variables) */
   bool webhook_allow_unsigned;    /* accept webhooks whose secret is not configured */
   char access_log[1024];  /* one JSON line per request: "-" stderr (default), "off", or a file */
@@ -156,6 +158,16 @@ int tracker_start(const sched_config *c, sched_tracker **out);
 void tracker_stop(sched_tracker *t);
 /* One reaper pass (deadlines, timeouts, due retries); exposed for tests. */
 int tracker_reap(const sched_config *c);
+
+/* ---- fair dispatch (dispatch.c) ----------------------------------------------------- */
+/* Moves waiting jobs onto every lane's stream, round-robin over API keys, until the lane holds
+ * dispatch_depth undelivered entries (docs/queues.md, "Priorities and fair share"). */
+int dispatch_all(const sched_config *c, long long *moved);
+/* Creates every lane's stream and the workers' group on it (as workers do), so that KEDA's
+ * triggers read a lag of 0, not an error, from a lane nothing was ever queued on. */
+int dispatch_ensure_lanes(const sched_config *c);
+/* Jobs waiting to enter the lanes' streams, per lane (by pa_lane) and in all. */
+int dispatch_waiting(const sched_config *c, long long per_lane[PA_LANES], long long *total);
 
 /* ---- dead letters (deadletters.c) --------------------------------------------------- */
 int dlq_list(const sched_config *c, const char *cursor, int limit, char **json);

@@ -4,25 +4,30 @@
 # CSV, to show that Redis reaches a plateau (retention: --job-ttl, stream trimming, dead
 # letters capped) instead of growing with every job.
 #   scripts/soak.sh [-n JOBS] [-c CLIENTS] [-w WORKERS] [-i SAMPLE_S] [-t JOB_TTL_S]
-#                   [-p PROMPTS] [-o CSV] [-b BUILD_DIR] [-k] [-m MAX_GROWTH_BYTES]
+#                   [-p PROMPTS] [-o CSV] [-b BUILD_DIR] [-k] [-m MAX_GROWTH_BYTES] [-d DEPTH]
 # Defaults: 20000 jobs, 4 concurrent clients (each submits with 'Prefer: wait' and waits for
 # its job, so the queue stays short and memory measures retention, not backlog), 1 worker,
 # a sample every 5 s, --job-ttl 60, 97 distinct prompts (each leaves 2 embedding-cache entries
-# for the cache's own TTL), soak.csv in the current directory, ./build.
+# for the cache's own TTL), soak.csv in the current directory, ./build, the scheduler's
+# --dispatch-depth 64. Jobs cycle through priorities 5, 9 and 0, so all three lanes
+# (docs/queues.md) are used and trimmed; a DEPTH below the clients' count makes jobs wait in
+# their owner's queue before dispatch.
 # -k (check, for ctest): after the last job, wait until the retention has run (the longer of
-# the job TTL and the scheduler's 60 s events window, + 20 s) and fail unless no job record
-# or owner index entry is left, each stream keeps at most its last delivered entry, and
+# the job TTL and the scheduler's 60 s events window, + 20 s) and fail unless no job record,
+# owner index entry, waiting queue or expiry entry is left, each stream (every lane and the
+# events) keeps at most its last delivered entry, and
 # used_memory is within MAX_GROWTH_BYTES of the baseline taken before the first job
 # (default 1 MiB: the prompts' embedding-cache entries, cached scripts).
-# CSV columns: t_s, jobs_done, used_memory, dbsize, job_keys, index_len, stream_len, events_len.
+# CSV columns: t_s, jobs_done, used_memory, dbsize, job_keys, index_len, stream_len (the
+# longest lane), events_len, wait_keys (owner queues and rings), expiring (retention's zset).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-jobs=20000 clients=4 workers=1 interval=5 ttl=60 csv=soak.csv build=$root/build check=0 max_growth=$((1 << 20)) prompts=97
-while getopts "n:c:w:i:t:p:o:b:km:" opt; do
+jobs=20000 clients=4 workers=1 interval=5 ttl=60 csv=soak.csv build=$root/build check=0 max_growth=$((1 << 20)) prompts=97 depth=64
+while getopts "n:c:w:i:t:p:o:b:km:d:" opt; do
   case $opt in
   n) jobs=$OPTARG ;; c) clients=$OPTARG ;; w) workers=$OPTARG ;; i) interval=$OPTARG ;; t) ttl=$OPTARG ;;
-  p) prompts=$OPTARG ;; o) csv=$OPTARG ;; b) build=$OPTARG ;; k) check=1 ;; m) max_growth=$OPTARG ;;
-  *) sed -n 2,14p "$0" >&2; exit 2 ;;
+  p) prompts=$OPTARG ;; o) csv=$OPTARG ;; b) build=$OPTARG ;; k) check=1 ;; m) max_growth=$OPTARG ;; d) depth=$OPTARG ;;
+  *) sed -n 2,22p "$0" >&2; exit 2 ;;
   esac
 done
 for bin in paella-scheduler paella-worker; do
@@ -52,7 +57,7 @@ rcli PING >/dev/null || { echo "soak: redis-server did not start" >&2; exit 1; }
 queue="redis://127.0.0.1:$rport/0"
 mkdir -p "$dir/shards" "$dir/out"
 "$build/paella-scheduler" --queue "$queue" --storage "file://$dir/shards" --listen 127.0.0.1:0 \
-  --job-ttl "$ttl" >"$dir/scheduler.log" 2>&1 &
+  --job-ttl "$ttl" --dispatch-depth "$depth" >"$dir/scheduler.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q "listening on" "$dir/scheduler.log" && break; sleep 0.1; done
 sport=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$dir/scheduler.log")
@@ -64,15 +69,19 @@ for i in $(seq "$workers"); do
 done
 
 # One line per sample; jobs_done is what the submitter has seen finish so far.
-echo "t_s,jobs_done,used_memory,dbsize,job_keys,index_len,stream_len,events_len" >"$csv"
+echo "t_s,jobs_done,used_memory,dbsize,job_keys,index_len,stream_len,events_len,wait_keys,expiring" >"$csv"
 echo 0 >"$dir/done"
 sample() {
-  local t=$1 mem keys jk
+  local t=$1 mem keys jk slen wk
   mem=$(rcli INFO memory | sed -n 's/^used_memory:\([0-9]*\).*/\1/p')
   keys=$(rcli DBSIZE)
   jk=$(rcli EVAL "return #redis.call('KEYS', 'paella:job:*')" 0)
-  echo "$t,$(cat "$dir/done"),$mem,$keys,$jk,$(rcli ZCARD paella:owner:anonymous:jobs),$(rcli XLEN paella:jobs)," \
-    "$(rcli XLEN paella:jobs:events)" | tr -d ' ' >>"$csv"
+  wk=$(rcli EVAL "return #redis.call('KEYS', 'paella:jobs:wait:*')" 0)
+  slen=$(rcli EVAL "local m = 0
+    for _, k in ipairs(KEYS) do m = math.max(m, redis.call('XLEN', k)) end
+    return m" 3 paella:jobs paella:jobs:lane:high paella:jobs:lane:low)
+  echo "$t,$(cat "$dir/done"),$mem,$keys,$jk,$(rcli ZCARD paella:owner:anonymous:jobs),$slen," \
+    "$(rcli XLEN paella:jobs:events),$wk,$(rcli ZCARD paella:jobs:sched:expiring)" | tr -d ' ' >>"$csv"
 }
 start=$(date +%s)
 (while true; do sample $(($(date +%s) - start)); sleep "$interval"; done) &
@@ -87,7 +96,7 @@ lock = threading.Lock()
 state = {"next": 0, "ok": 0, "bad": 0}
 def body(i):
     return json.dumps({"prompt": "soak %d" % (i % prompts), "width": 32, "height": 32, "steps": 1, "seed": i,
-                       "sampling": "argmax", "prior": {"steps": 1}})
+                       "sampling": "argmax", "prior": {"steps": 1}, "priority": (5, 9, 0)[i % 3]})
 def client():
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     while True:
@@ -126,10 +135,11 @@ if [ "$check" = 1 ]; then
   wait_s=$((ttl > 60 ? ttl : 60))
   sleep $((wait_s + 20))
   sample $(($(date +%s) - start))
-  IFS=, read -r _ _ mem _ jk idx slen elen <<<"$(tail -1 "$csv")"
+  IFS=, read -r _ _ mem _ jk idx slen elen wk exp <<<"$(tail -1 "$csv")"
   echo "soak check: used_memory $base before, $mem after retention; job records $jk, index $idx," \
-    "stream $slen, events $elen"
-  if [ "$jk" != 0 ] || [ "$idx" != 0 ] || [ "$elen" -gt 1 ] || [ "$slen" -gt 1 ] || [ $((mem - base)) -gt "$max_growth" ]; then
+    "longest lane $slen, events $elen, waiting queues $wk, expiring $exp"
+  if [ "$jk" != 0 ] || [ "$idx" != 0 ] || [ "$elen" -gt 1 ] || [ "$slen" -gt 1 ] || [ "$wk" != 0 ] ||
+    [ "$exp" != 0 ] || [ $((mem - base)) -gt "$max_growth" ]; then
     echo "soak check: FAILED (something was kept, or memory grew by $((mem - base)) > $max_growth bytes)" >&2
     rc=1
   fi

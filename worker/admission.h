@@ -28,12 +28,10 @@ int pa_job_admit_images(const pw_job *j, const pa_image *image, const pa_image *
 const char *pa_job_input_formats(void);
 
 /* Workers advertise what they run (limits, formats, protocol and build version) for the
- * scheduler's /readyz: in Redis, {stream}:workers (consumer -> when its advertisement lapses,
- * Unix ms) and {stream}:workers:caps (consumer -> a JSON object with the fields below). An
- * advertisement lapses PA_ADVERTISE_TTL_BEATS beats after it was written, so a dead worker
- * drops out by itself. */
-#define PA_WORKERS_SUFFIX ":workers"
-#define PA_WORKER_CAPS_SUFFIX ":workers:caps"
+ * scheduler's /readyz: in Redis, pa_key_workers (consumer -> when its advertisement lapses,
+ * Unix ms) and pa_key_worker_caps (consumer -> a JSON object with the fields below), both in
+ * worker/redis_keys.h. An advertisement lapses PA_ADVERTISE_TTL_BEATS beats after it was
+ * written, so a dead worker drops out by itself. */
 #define PA_ADVERTISE_EVERY_MS 5000
 #define PA_ADVERTISE_TTL_BEATS 3
 /* {"protocol":PW_VERSION,"version":"...","max_side":N,"input_formats":"png,jpeg,webp",...}

@@ -11,6 +11,7 @@
 
 #include "ops/error.h"
 #include "ops/parse.h"
+#include "ops/threads.h"
 #include "worker/log.h"
 #include "worker/worker.h"
 #include "proto/proto.h"
@@ -55,6 +56,8 @@ static void usage(FILE *f) {
       "  --poll-ms MS          longest blocking claim (default 1000)             [PAELLA_POLL_MS]\n"
       "  --progress-ms MS      least time between progress events (default 500)  [PAELLA_PROGRESS_MS]\n"
       "  --max-side N          largest image side accepted (default 1024)        [PAELLA_MAX_SIDE]\n"
+      "  --threads N           CPU backend threads, 1..256 (default $OMP_NUM_THREADS, else one per\n"
+      "                        core); speed only, the images are the same bytes  [PAELLA_THREADS]\n"
       "  --log-level L         debug|info|warn|error (default info)              [PAELLA_LOG_LEVEL]\n"
       "  --once                handle one job, then exit\n"
       "  -h, --help            this text\n"
@@ -66,7 +69,7 @@ static void usage(FILE *f) {
 enum {
   O_QUEUE = 256, O_STORAGE, O_MODELS, O_DEVICE, O_BATCH, O_LEASE, O_MAXDEL, O_METRICS, O_CACHE_URL, O_CACHE_TTL,
   O_CACHE_ENTRIES, O_CACHE_MB, O_ALLOW_PRIVATE, O_ALLOW_UNSIGNED, O_SECRETS, O_CONSUMER, O_POLL, O_PROGRESS, O_MAXSIDE, O_LOGLEVEL,
-  O_ONCE, O_METRICS_LISTEN
+  O_ONCE, O_METRICS_LISTEN, O_THREADS
 };
 
 static const struct option long_opts[] = {
@@ -82,7 +85,10 @@ static const struct option long_opts[] = {
     {"consumer", required_argument, 0, O_CONSUMER}, {"poll-ms", required_argument, 0, O_POLL},
     {"progress-ms", required_argument, 0, O_PROGRESS}, {"max-side", required_argument, 0, O_MAXSIDE},
     {"log-level", required_argument, 0, O_LOGLEVEL}, {"once", no_argument, 0, O_ONCE},
+    {"threads", required_argument, 0, O_THREADS},
     {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+
+static int threads; /* --threads; 0: OpenMP's default */
 
 static bool truthy(const char *v) { return v && (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes")); }
 
@@ -130,6 +136,7 @@ static int apply(pa_worker_config *c, int opt, const char *v, int *log_level) {
     case O_PROGRESS: return pa_parse_int(v, 0, 3600000, &c->progress_interval_ms);
     case O_MAXSIDE: return pa_parse_int(v, 32, 16384, &c->max_side);
     case O_LOGLEVEL: return (*log_level = pa_log_level_from_name(v)) < 0 ? -1 : 0;
+    case O_THREADS: return pa_parse_int(v, 1, PA_THREADS_MAX, &threads);
     default: return -1;
   }
 }
@@ -143,7 +150,8 @@ static const struct { const char *var; int opt; } env_vars[] = {
     {"PAELLA_WEBHOOK_ALLOW_PRIVATE", O_ALLOW_PRIVATE}, {"PAELLA_WEBHOOK_ALLOW_UNSIGNED", O_ALLOW_UNSIGNED},
     {"PAELLA_WEBHOOK_SECRETS", O_SECRETS},
     {"PAELLA_CONSUMER", O_CONSUMER}, {"PAELLA_POLL_MS", O_POLL}, {"PAELLA_PROGRESS_MS", O_PROGRESS},
-    {"PAELLA_MAX_SIDE", O_MAXSIDE}, {"PAELLA_LOG_LEVEL", O_LOGLEVEL}};
+    {"PAELLA_MAX_SIDE", O_MAXSIDE}, {"PAELLA_LOG_LEVEL", O_LOGLEVEL},
+    {"PAELLA_THREADS", O_THREADS}};
 
 static int parse(int argc, char **argv, pa_worker_config *c, int *log_level) {
   for (size_t i = 0; i < sizeof env_vars / sizeof env_vars[0]; i++) {
@@ -197,6 +205,11 @@ int main(int argc, char **argv) {
   }
   if (rc) return rc;
   pa_log_set_level((pa_log_level)log_level);
+  /* jobs run on this thread, so its setting is the one the backend uses */
+  if (threads && pa_threads_set(threads)) {
+    fprintf(stderr, "paella-worker: %s\n", pa_errmsg());
+    return 2;
+  }
   char consumer[300];
   if (!c.consumer) { /* named here so the logs and the consumer group agree */
     char host[256] = "worker";

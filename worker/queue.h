@@ -22,6 +22,7 @@ typedef struct {
   uint8_t *payload;  /* the msgpack Job bytes (owned; freed by pa_delivery_clear) */
   size_t len;
   int deliveries;    /* times this entry has been delivered, this one included (>= 1) */
+  int lane;          /* Redis: the priority lane (stream) of the entry (worker/redis_keys.h); Kafka: 0 */
 } pa_delivery;
 
 void pa_delivery_clear(pa_delivery *d);

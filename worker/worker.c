@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ops/threads.h"
 #include "worker/admission.h"
 #include "worker/log.h"
 #include "worker/worker_internal.h"
@@ -103,6 +104,7 @@ static void *heartbeat_main(void *arg) {
       memset(&ds[k], 0, sizeof ds[k]);
       memcpy(ds[k].handle, w->batch[i].d.handle, sizeof ds[k].handle);
       ds[k].deliveries = w->batch[i].d.deliveries;
+      ds[k].lane = w->batch[i].d.lane;
       jcs[k++] = &w->batch[i];
     }
     pthread_mutex_unlock(&w->hb_mu);
@@ -262,7 +264,8 @@ static void share_counters(worker *w) {
 }
 
 static void clear_outputs(pw_result *res) {
-  for (size_t i = 0; i < res->n_outputs; i++) free(res->outputs[i].key), free(res->outputs[i].url);
+  for (size_t i = 0; i < res->n_outputs; i++)
+    free(res->outputs[i].key), free(res->outputs[i].url), free(res->outputs[i].params);
   free(res->outputs);
   res->outputs = NULL;
   res->n_outputs = 0;
@@ -480,6 +483,8 @@ static int build_requests(job_ctx **group, int n, pa_gen_request *reqs, job_ctx 
         break;
       }
       reqs[k].progress = on_progress;
+      reqs[k].preview = job_preview;
+      reqs[k].preview_user = jc;
     }
   }
   return k;
@@ -678,8 +683,8 @@ int pa_worker_run(const pa_worker_config *cfg) {
     return rc;
   }
   pa_log(PA_LOG_INFO, NULL,
-         json_pack("{s:s, s:s, s:i, s:i, s:i}", "queue", cfg->queue_url, "storage", cfg->storage_url, "max_batch", max,
-                   "lease_ms", cfg->lease_ms, "max_deliveries", cfg->max_deliveries),
+         json_pack("{s:s, s:s, s:i, s:i, s:i, s:i}", "queue", cfg->queue_url, "storage", cfg->storage_url, "max_batch",
+                   max, "lease_ms", cfg->lease_ms, "max_deliveries", cfg->max_deliveries, "threads", pa_threads_get()),
          "worker started");
   double backoff = 0.1;
   while (!stop_requested) {
