@@ -31,6 +31,9 @@
 #define PW_SIZE_MAX 2048
 #define PW_SIZE_MULTIPLE 32 /* VQGAN f4 -> token grid px/4, which the U-Net wants a multiple of 8 */
 #define PW_OFFSET_MULTIPLE 4 /* outpaint offsets land on the token grid */
+/* The largest side a worker generates unless started with --max-side; the scheduler refuses
+ * bigger jobs at submission with the same number (its own --max-side, set to the fleet's). */
+#define PW_DEFAULT_MAX_SIDE 1024
 
 /* ---- sampler ------------------------------------------------------------------------- */
 #define PW_BATCH_MAX 16

@@ -83,7 +83,7 @@ static enum MHD_Result created(http_ctx *h, const char *id, int wait_s, uint64_t
   if (!r) return MHD_NO;
   enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json") == MHD_YES &&
                                MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, loc) == MHD_YES
-                           ? MHD_queue_response(h->conn, 202, r)
+                           ? http_queue(h->conn, 202, r, (int64_t)strlen(body))
                            : MHD_NO;
   MHD_destroy_response(r);
   return ok;
@@ -119,7 +119,7 @@ static enum MHD_Result submit_job(http_ctx *h) {
     goto done;
   }
   if (pw_job_from_json(text, text_len, &job, &err) || apply_idempotency_header(h, &job, &err) ||
-      sched_webhook_check(h->c, &job, &err)) {
+      pa_job_admit(&job, &h->c->limits, &err) || sched_webhook_check(h->c, &job, &err)) {
     if (err.code == PW_E_DUPLICATE_KEY && client_sent_id(h->rq->body, h->rq->len))
       ok = http_error(h->conn, 422, "invalid_value", "id", "the scheduler assigns job ids");
     else
@@ -285,7 +285,7 @@ static enum MHD_Result job_events(http_ctx *h, const char *id) {
   }
   enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream") == MHD_YES &&
                                MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") == MHD_YES
-                           ? MHD_queue_response(h->conn, 200, r)
+                           ? http_queue(h->conn, 200, r, -1)
                            : MHD_NO;
   MHD_destroy_response(r);
   return ok;
@@ -310,7 +310,7 @@ static enum MHD_Result serve_file(http_ctx *h, const char *path) {
   const char *type = n > 4 && !strcmp(path + n - 4, ".jpg") ? "image/jpeg"
                    : n > 5 && !strcmp(path + n - 5, ".webp") ? "image/webp" : "image/png";
   enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type) == MHD_YES
-                           ? MHD_queue_response(h->conn, 200, r)
+                           ? http_queue(h->conn, 200, r, (int64_t)st.st_size)
                            : MHD_NO;
   MHD_destroy_response(r);
   return ok;
@@ -336,7 +336,7 @@ static enum MHD_Result job_output(http_ctx *h, const char *id, const char *index
   } else {
     struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     ok = r && MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, res.outputs[n].url) == MHD_YES
-             ? MHD_queue_response(h->conn, 302, r)
+             ? http_queue(h->conn, 302, r, 0)
              : MHD_NO;
     if (r) MHD_destroy_response(r);
   }

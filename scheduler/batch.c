@@ -127,7 +127,8 @@ static int parse_items(const sched_config *c, const batch_request *r, const json
     pw_job *job = &out->jobs[out->n++];
     pw_job_init(job);
     pw_error e;
-    if (item_job(settings, line, len, batch_id, index, job, &e) || sched_webhook_check(c, job, &e)) {
+    if (item_job(settings, line, len, batch_id, index, job, &e) || pa_job_admit(job, &c->limits, &e) ||
+        sched_webhook_check(c, job, &e)) {
       set_error(err, e.code, "", e.message);
       snprintf(err->field, sizeof err->field, "items[%ld]%s%.60s", index, e.field[0] ? "." : "", e.field);
       return PA_ERR_INVALID;

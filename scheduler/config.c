@@ -32,6 +32,8 @@ void sched_config_defaults(sched_config *c) {
   c->redis_timeout_ms = 1200;
   c->job_ttl_s = 86400;
   c->dead_letters_max = 10000;
+  snprintf(c->access_log, sizeof c->access_log, "-");
+  pa_job_limits_default(&c->limits);
   c->dispatch_depth = 64;
   char host[64] = "scheduler";
   gethostname(host, sizeof host - 1);
@@ -147,6 +149,11 @@ static int apply(sched_config *c, const char *name, const char *v) {
     snprintf(c->webhook_secrets_dir, sizeof c->webhook_secrets_dir, "%s", v);
     return PA_OK;
   }
+  if (strcmp(name, "--access-log") == 0) {
+    if (!*v || strlen(v) >= sizeof c->access_log) return pa_fail(PA_ERR_INVALID, "--access-log: want -, off or a file");
+    snprintf(c->access_log, sizeof c->access_log, "%s", v);
+    return PA_OK;
+  }
   if (strcmp(name, "--webhook-allow-unsigned") == 0) {
     c->webhook_allow_unsigned = !strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes");
     return PA_OK;
@@ -167,6 +174,7 @@ static int apply(sched_config *c, const char *name, const char *v) {
   NUM("--redis-timeout-ms", 100, 60000, c->redis_timeout_ms);
   NUM("--job-ttl", 0, 86400 * 365, c->job_ttl_s);
   NUM("--dead-letters-max", 1, 1e8, c->dead_letters_max);
+  NUM("--max-side", PW_SIZE_MIN, PW_SIZE_MAX, c->limits.max_side);
   NUM("--dispatch-depth", 1, 1e6, c->dispatch_depth);
 #undef NUM
   return pa_fail(PA_ERR_INVALID, "unknown option %s", name);
@@ -182,6 +190,7 @@ static const struct { const char *env, *flag; } ENV[] = {
     {"PAELLA_JOB_TTL", "--job-ttl"},   {"PAELLA_DEAD_LETTERS_MAX", "--dead-letters-max"},
     {"PAELLA_DISPATCH_DEPTH", "--dispatch-depth"},
     {"PAELLA_WEBHOOK_SECRETS", "--webhook-secrets"}, {"PAELLA_WEBHOOK_ALLOW_UNSIGNED", "--webhook-allow-unsigned"},
+    {"PAELLA_ACCESS_LOG", "--access-log"}, {"PAELLA_MAX_SIDE", "--max-side"},
 };
 
 void sched_config_usage(void) {
@@ -211,7 +220,11 @@ void sched_config_usage(void) {
          "                               and enter round-robin (fair share, docs/queues.md) [64]  ($PAELLA_DISPATCH_DEPTH)\n"
          "  --webhook-secrets DIR        the workers' secrets: a webhook whose secret_id is in neither DIR\n"
          "                               nor $PAELLA_WEBHOOK_SECRET_<ID> is refused (422)  ($PAELLA_WEBHOOK_SECRETS)\n"
-         "  --webhook-allow-unsigned 1   accept such webhooks; workers send them unsigned ($PAELLA_WEBHOOK_ALLOW_UNSIGNED)\n");
+         "  --webhook-allow-unsigned 1   accept such webhooks; workers send them unsigned ($PAELLA_WEBHOOK_ALLOW_UNSIGNED)\n"
+         "  --max-side N                 largest width/height accepted: the workers' --max-side [1024]\n"
+         "                               (422 above it; /readyz reports workers that differ) ($PAELLA_MAX_SIDE)\n"
+         "  --access-log -|off|FILE      one JSON line per request: stderr, none, or appended to FILE [-]\n"
+         "                               ($PAELLA_ACCESS_LOG)\n");
 }
 
 int sched_config_parse(sched_config *c, int argc, char **argv, bool *help) {

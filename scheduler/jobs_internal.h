@@ -9,12 +9,17 @@
 
 int64_t now_ms(void);
 
+/* The live workers' advertised limits (fleet.c): how many are live, how many differ from
+ * c->limits, and (out, may be NULL) a JSON array of those that differ: worker, reason, limits. */
+int sched_fleet(const sched_config *c, json_t **out, int *live, int *mismatched);
+
 /* The scheduler's own sorted sets, namespaced by the jobs stream so that two deployments
  * (or tests) sharing one Redis never reap each other's jobs. */
 typedef struct {
   char retry[PA_KEY_MAX];     /* job id by the time its retry is due */
   char running[PA_KEY_MAX];   /* job id by the time it started */
   char deadlines[PA_KEY_MAX]; /* job id by its deadline_ms */
+  char expiring[PA_KEY_MAX];  /* "ID OWNER" by when the job's record expires: its owner index entry goes then */
 } sched_zsets;
 
 static inline sched_zsets sched_zsets_of(const sched_config *c) {
@@ -22,6 +27,7 @@ static inline sched_zsets sched_zsets_of(const sched_config *c) {
   snprintf(z.retry, sizeof z.retry, "%s", pa_key_sched(c->redis.stream, "retry").s);
   snprintf(z.running, sizeof z.running, "%s", pa_key_sched(c->redis.stream, "running").s);
   snprintf(z.deadlines, sizeof z.deadlines, "%s", pa_key_sched(c->redis.stream, "deadlines").s);
+  snprintf(z.expiring, sizeof z.expiring, "%s", pa_key_sched(c->redis.stream, "expiring").s);
   return z;
 }
 

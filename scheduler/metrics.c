@@ -201,6 +201,12 @@ char *sched_metrics_render(const sched_config *c) {
     put(&t, "paella_jobs_total{status=\"%s\"} %" PRIu64 "\n", COUNTER_LABEL[i], (uint64_t)counters[i]);
   histograms(&t);
   worker_counters(c, &t);
+  int live = 0, mismatched = 0;
+  if (sched_fleet(c, NULL, &live, &mismatched) == PA_OK)
+    put(&t, "# HELP paella_fleet_workers Workers advertising their limits (live).\n"
+            "# TYPE paella_fleet_workers gauge\npaella_fleet_workers %d\n"
+            "# HELP paella_fleet_limits_mismatch Live workers whose limits differ from the scheduler's (see /readyz).\n"
+            "# TYPE paella_fleet_limits_mismatch gauge\npaella_fleet_limits_mismatch %d\n", live, mismatched);
   if (t.oom) {
     free(t.buf);
     return NULL;

@@ -19,6 +19,7 @@
 
 #include "ops/error.h"
 #include "proto/proto.h"
+#include "worker/admission.h"
 #include "worker/redis_keys.h"
 #include "worker/redis_url.h"
 
@@ -75,6 +76,8 @@ typedef struct {
   bool webhook_allow_unsigned;    /* accept webhooks whose secret is not configured */
   sched_kafka_url kafka;  /* --queue kafka://...: jobs go to Kafka, events come from it */
   bool registry_set;      /* --registry was given (required with a Kafka queue) */
+  char access_log[1024];  /* one JSON line per request: "-" stderr (default), "off", or a file */
+  pa_job_limits limits;   /* --max-side: the fleet's limits, checked at submission */
 } sched_config;
 
 void sched_config_defaults(sched_config *c);

@@ -77,9 +77,11 @@ static const char RETRY_LUA[] =
     "return 1\n";
 
 /* Retention starts here, the one place a job becomes settled: its record and its webhook
- * delivery log expire job_ttl_s later (batch members stay: their batch reads them).
- * KEYS: job hash, running, deadlines, retry, owner active set (or "-"), deliveries list.
- * ARGV: now, id, rewritten status ('' = keep), rewritten result, ttl seconds (0 = keep). */
+ * delivery log expire job_ttl_s later (batch members stay: their batch reads them), and its
+ * entry in the owner's listing index is queued to go at the same time (tracker_trim).
+ * KEYS: job hash, running, deadlines, retry, owner active set (or "-"), deliveries list,
+ * expiring zset. ARGV: now, id, rewritten status ('' = keep), rewritten result, ttl seconds
+ * (0 = keep), owner ('' = none). */
 static const char FINAL_LUA[] =
     "if redis.call('HEXISTS', KEYS[1], 'finished_ms') == 1 then return 0 end\n"
     "if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4]) end\n"
@@ -87,6 +89,9 @@ static const char FINAL_LUA[] =
     "if tonumber(ARGV[5]) > 0 and redis.call('HEXISTS', KEYS[1], 'batch') == 0 then\n"
     "  redis.call('EXPIRE', KEYS[1], ARGV[5])\n"
     "  redis.call('EXPIRE', KEYS[6], ARGV[5])\n"
+    "  if ARGV[6] ~= '' then\n"
+    "    redis.call('ZADD', KEYS[7], tonumber(ARGV[1]) + 1000 * tonumber(ARGV[5]), ARGV[2] .. ' ' .. ARGV[6])\n"
+    "  end\n"
     "end\n"
     "redis.call('ZREM', KEYS[2], ARGV[2])\n"
     "redis.call('ZREM', KEYS[3], ARGV[2])\n"
@@ -134,12 +139,12 @@ static void on_preview(const sched_config *c, const char *id, const char *msg, s
   pw_error err;
   pw_progress_init(&p);
   if (pw_progress_decode(msg, len, &p, &err) == 0 && p.preview) {
-    char key[160], now[24], step[24], total[24];
-    snprintf(key, sizeof key, "paella:job:%s", id);
+    pa_key key = pa_key_job(id);
+    char now[24], step[24], total[24];
     snprintf(now, sizeof now, "%" PRId64, now_ms());
     snprintf(step, sizeof step, "%" PRId64, p.step);
     snprintf(total, sizeof total, "%" PRId64, p.total);
-    const char *args[] = {key, now, p.preview, step, total};
+    const char *args[] = {key.s, now, p.preview, step, total};
     eval_int(c, PREVIEW_LUA, 1, 4, args, NULL, NULL);
   }
   pw_progress_free(&p);
@@ -181,13 +186,14 @@ static void settle(const sched_config *c, const char *id, const redisReply *h, c
   char now[24], ttl[16];
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   snprintf(ttl, sizeof ttl, "%d", c->job_ttl_s);
-  const char *args[] = {key.s, z.running, z.deadlines, z.retry, active.s, deliveries.s,
-                        now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : "", ttl};
-  size_t lens[11];
-  for (int i = 0; i < 11; i++) lens[i] = strlen(args[i]);
-  lens[9] = rewrite ? mp_len : 0;
+  const char *args[] = {key.s, z.running, z.deadlines, z.retry, active.s, deliveries.s, z.expiring,
+                        now, id, rewrite ? pw_status_name(status) : "", rewrite ? (const char *)mp : "", ttl,
+                        owner ? owner : ""};
+  size_t lens[13];
+  for (int i = 0; i < 13; i++) lens[i] = strlen(args[i]);
+  lens[10] = rewrite ? mp_len : 0;
   long long first = 0;
-  if (eval_int(c, FINAL_LUA, 6, 5, args, lens, &first) == PA_OK && first) {
+  if (eval_int(c, FINAL_LUA, 7, 6, args, lens, &first) == PA_OK && first) {
     sched_metrics_count(status == PW_STATUS_SUCCEEDED ? SCHED_M_SUCCEEDED
                         : status == PW_STATUS_FAILED  ? SCHED_M_FAILED
                                                       : SCHED_M_CANCELED);
@@ -471,11 +477,20 @@ int tracker_reap(const sched_config *c) {
   return PA_OK;
 }
 
-/* Acknowledged entries go: the stream keeps everything from the oldest entry some group still
- * needs (its oldest pending entry, else its last delivered one) and nothing older, so no
- * unread entry is ever removed (the lag stays exact: docs/queues.md). Dead letters keep the
- * newest dead_letters_max. Atomic, so a group's position cannot move in between.
- * KEYS: stream, dead stream. ARGV: dead letters kept. Returns entries trimmed from the stream. */
+/* Acknowledged entries go: each lane's stream keeps everything from the oldest entry some group
+ * still needs (its oldest pending entry, else its last delivered one) and nothing older, so no
+ * unread entry is ever removed (the lag stays exact: docs/queues.md). Jobs still waiting in
+ * their owners' queues (dispatch.c) are on no stream yet, so trimming never touches them. The
+ * events stream is trimmed the same way, but keeps at least the last EVENTS_KEEP_MS: every
+ * scheduler replica's fan-out (SSE, Prefer: wait) reads it without a group, a little behind
+ * the tracker's group. Dead letters keep the newest dead_letters_max.
+ * Owner index entries go once their job's record is gone (at most 1000 a pass): a record that
+ * lives on (a dead letter requeued: PERSIST, waiting or running again) keeps its entry, and
+ * one not expired yet (another replica's clock) is looked at again when Redis expires it.
+ * Atomic per call, so a group's position cannot move in between.
+ * KEYS: dead stream, events stream, expiring zset, the lanes' streams. ARGV: dead letters kept,
+ * now (ms), owner index key prefix and suffix. Returns entries trimmed from the lanes. */
+#define EVENTS_KEEP_MS "60000"
 static const char TRIM_LUA[] =
     "local function older(a, b)\n"
     "  local am, as = string.match(a, '(%d+)-(%d+)')\n"
@@ -483,33 +498,66 @@ static const char TRIM_LUA[] =
     "  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)\n"
     "  return am < bm or (am == bm and as < bs)\n"
     "end\n"
-    "redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])\n"
-    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
-    "local groups = redis.call('XINFO', 'GROUPS', KEYS[1])\n"
-    "if #groups == 0 then return 0 end\n"
-    "local keep = nil\n"
-    "for _, g in ipairs(groups) do\n"
-    "  local f = {}\n"
-    "  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
-    "  local id = f['last-delivered-id']\n"
-    "  if f['pending'] > 0 then id = redis.call('XPENDING', KEYS[1], f['name'])[2] end\n"
-    "  if not keep or older(id, keep) then keep = id end\n"
+    "local function keep_of(stream)\n"
+    "  local keep = nil\n"
+    "  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do\n"
+    "    local f = {}\n"
+    "    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
+    "    local id = f['last-delivered-id']\n"
+    "    if f['pending'] > 0 then id = redis.call('XPENDING', stream, f['name'])[2] end\n"
+    "    if not keep or older(id, keep) then keep = id end\n"
+    "  end\n"
+    "  return keep\n"
     "end\n"
-    "return redis.call('XTRIM', KEYS[1], 'MINID', keep)\n";
+    "local now = tonumber(ARGV[2])\n"
+    "redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])\n"
+    "for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do\n"
+    "  local id, owner = string.match(m, '^(%S+) (.*)$')\n"
+    "  local ttl = id and redis.call('PTTL', '" PA_KEY_JOB_PREFIX "' .. id) or -2\n"
+    "  if ttl >= 0 then\n" /* 0: it expires within the millisecond, not gone yet */
+    "    redis.call('ZADD', KEYS[3], now + ttl + 1, m)\n"
+    "  else\n"
+    "    if ttl == -2 and id then redis.call('ZREM', ARGV[3] .. owner .. ARGV[4], id) end\n"
+    "    redis.call('ZREM', KEYS[3], m)\n"
+    "  end\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[2]) == 1 then\n"
+    "  local floor = (now - " EVENTS_KEEP_MS ") .. '-0'\n"
+    "  local keep = keep_of(KEYS[2])\n"
+    "  if not keep or older(floor, keep) then keep = floor end\n"
+    "  redis.call('XTRIM', KEYS[2], 'MINID', keep)\n"
+    "end\n"
+    "local trimmed = 0\n"
+    "for i = 4, #KEYS do\n"
+    "  if redis.call('EXISTS', KEYS[i]) == 1 then\n"
+    "    local keep = keep_of(KEYS[i])\n"
+    "    if keep then trimmed = trimmed + redis.call('XTRIM', KEYS[i], 'MINID', keep) end\n"
+    "  end\n"
+    "end\n"
+    "return trimmed\n";
 
 int tracker_trim(const sched_config *c, long long *trimmed) {
-  pa_key dead = pa_key_dead(c->redis.stream);
-  char keep[24];
+  sched_zsets z = sched_zsets_of(c);
+  pa_key dead = pa_key_dead(c->redis.stream), events = pa_key_events(c->redis.stream);
+  char keep[24], now[24];
   snprintf(keep, sizeof keep, "%d", c->dead_letters_max);
-  long long total = 0;
-  int rc = PA_OK;
-  for (int lane = 0; lane < PA_LANES && !rc; lane++) {
-    pa_key stream = pa_key_lane(c->redis.stream, lane);
-    const char *args[] = {stream.s, dead.s, keep};
-    long long n = 0;
-    rc = eval_int(c, TRIM_LUA, 2, 1, args, NULL, &n);
-    total += n;
+  snprintf(now, sizeof now, "%" PRId64, now_ms());
+  pa_key lanes[PA_LANES];
+  const char *args[3 + PA_LANES + 4];
+  int n = 0;
+  args[n++] = dead.s;
+  args[n++] = events.s;
+  args[n++] = z.expiring;
+  for (int lane = 0; lane < PA_LANES; lane++) {
+    lanes[lane] = pa_key_lane(c->redis.stream, lane);
+    args[n++] = lanes[lane].s;
   }
+  args[n++] = keep;
+  args[n++] = now;
+  args[n++] = PA_KEY_OWNER_PREFIX;
+  args[n++] = PA_KEY_OWNER_JOBS_SUFFIX;
+  long long total = 0;
+  int rc = eval_int(c, TRIM_LUA, 3 + PA_LANES, 4, args, NULL, &total);
   if (trimmed) *trimmed = total;
   return rc;
 }

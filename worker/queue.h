@@ -104,6 +104,9 @@ typedef struct {
   /* Optional (NULL when the transport has no shared registry): adds deltas to fleet-wide
    * counters the scheduler exports (Redis: HINCRBY on the paella:metrics hash). */
   int (*add_counters)(pa_queue *q, const char *const *names, const long long *deltas, int n);
+  /* Optional: publishes this worker's limits record (admission.h) until now + ttl_ms, and
+   * drops the records of workers whose own lapsed (Redis: {stream}:workers, :workers:caps). */
+  int (*advertise)(pa_queue *q, const char *record, long long ttl_ms);
 } pa_queue_ops;
 
 struct pa_queue {

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "proto/proto.h"
+#include "worker/admission.h"
 #include "worker/outbox.h"
 #include "worker/queue.h"
 #include "worker/redis_keys.h"
@@ -697,6 +698,40 @@ static int rq_add_counters(pa_queue *qq, const char *const *names, const long lo
   return PA_OK;
 }
 
+/* KEYS: workers zset, caps hash. ARGV: consumer, record, now ms, ttl ms. Both keys expire
+ * with the last advertisement, so a fleet scaled to zero leaves nothing behind. */
+static const char ADVERTISE_LUA[] =
+    "local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])\n"
+    "for _, w in ipairs(gone) do redis.call('HDEL', KEYS[2], w) end\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])\n"
+    "redis.call('ZADD', KEYS[1], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])\n"
+    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[4])\n"
+    "redis.call('PEXPIRE', KEYS[2], ARGV[4])\n"
+    "return 1\n";
+
+static int rq_advertise(pa_queue *qq, const char *record, long long ttl_ms) {
+  rq *q = qq->impl;
+  pa_key workers = pa_key_workers(q->r.stream), caps = pa_key_worker_caps(q->r.stream);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  rq_args a = {0};
+  arg(&a, "EVAL");
+  arg(&a, ADVERTISE_LUA);
+  arg(&a, "2");
+  arg(&a, workers.s);
+  arg(&a, caps.s);
+  arg(&a, q->consumer);
+  arg(&a, record);
+  arg_int(&a, (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+  arg_int(&a, ttl_ms);
+  redisReply *r = rq_cmd(q, &a);
+  if (!r) return PA_ERR_IO;
+  bool ok = r->type == REDIS_REPLY_INTEGER;
+  freeReplyObject(r);
+  return ok ? PA_OK : pa_fail(PA_ERR_IO, "redis: advertising the worker's limits failed");
+}
+
 static int rq_noop(pa_queue *qq) {
   (void)qq;
   return PA_OK;
@@ -725,7 +760,8 @@ static const pa_queue_ops rq_ops = {
     .ack = rq_ack, .dead_letter = rq_dead_letter, .note_failure = rq_note_failure, .is_settled = rq_is_settled,
     .is_canceled = rq_is_canceled,
     .pause = rq_noop, .resume = rq_noop, .close = rq_close, .clone = rq_clone, .enqueue_webhook = rq_enqueue_webhook,
-    .outbox_take = rq_outbox_take, .outbox_settle = rq_outbox_settle, .add_counters = rq_add_counters};
+    .outbox_take = rq_outbox_take, .outbox_settle = rq_outbox_settle, .add_counters = rq_add_counters,
+    .advertise = rq_advertise};
 
 /* ---- open --------------------------------------------------------------------------- */
 

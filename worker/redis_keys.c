@@ -33,8 +33,10 @@ pa_key pa_key_lane(const char *stream, int lane) {
 
 pa_key pa_key_job(const char *id) { return key_of(PA_KEY_JOB_PREFIX "%s", id); }
 pa_key pa_key_job_deliveries(const char *id) { return key_of(PA_KEY_JOB_PREFIX "%s:deliveries", id); }
-pa_key pa_key_owner_jobs(const char *owner) { return key_of("paella:owner:%s:jobs", owner); }
-pa_key pa_key_owner_active(const char *owner) { return key_of("paella:owner:%s:active", owner); }
+pa_key pa_key_owner_jobs(const char *owner) {
+  return key_of(PA_KEY_OWNER_PREFIX "%s" PA_KEY_OWNER_JOBS_SUFFIX, owner);
+}
+pa_key pa_key_owner_active(const char *owner) { return key_of(PA_KEY_OWNER_PREFIX "%s:active", owner); }
 pa_key pa_key_idempotency(const char *owner, const char *key) { return key_of("paella:idem:%s:%s", owner, key); }
 pa_key pa_key_batch(const char *id, const char *suffix) { return key_of("paella:batch:%s%s", id, suffix ? suffix : ""); }
 
@@ -45,6 +47,8 @@ pa_key pa_key_outbox_msg(const char *stream, const char *msg_id) {
   return key_of("%s" PA_OUTBOX_MESSAGE_SUFFIX "%s", stream, msg_id ? msg_id : "");
 }
 pa_key pa_key_sched(const char *stream, const char *which) { return key_of("%s:sched:%s", stream, which); }
+pa_key pa_key_workers(const char *stream) { return key_of("%s:workers", stream); }
+pa_key pa_key_worker_caps(const char *stream) { return key_of("%s:workers:caps", stream); }
 
 pa_key pa_key_wait_ring(const char *stream, int lane) {
   return key_of("%s:wait:%s", stream, pa_lane_name(lane) ? LANE_NAMES[lane] : "normal");

@@ -7,8 +7,9 @@
  *  - global keys: paella:job:{id}, paella:owner:{owner}:..., paella:batch:{id}..., paella:emb:...,
  *    paella:metrics (one Redis serves one deployment's records);
  *  - keys derived from the job stream name ({stream}, from the queue URL): the lanes, events,
- *    dead letters, webhook outbox and the scheduler's sorted sets and waiting queues, so that
- *    two deployments (or tests) sharing one Redis with different streams do not meet.
+ *    dead letters, webhook outbox, the workers' advertisements and the scheduler's sorted sets
+ *    and waiting queues, so that two deployments (or tests) sharing one Redis with different
+ *    streams do not meet.
  *
  * Lanes: a job's `priority` (0..9, default 5) picks one of three streams that workers read
  * highest first: `high` (6..9) {stream}:lane:high, `normal` (5) {stream} itself (so a plain
@@ -36,6 +37,10 @@ typedef struct {
 #define PA_KEY_JOB_PREFIX "paella:job:"
 #define PA_KEY_EMB_PREFIX "paella:emb:"
 #define PA_KEY_METRICS "paella:metrics"
+/* The owner's listing index is PA_KEY_OWNER_PREFIX {owner} PA_KEY_OWNER_JOBS_SUFFIX: the
+ * retention script (scheduler/tracker.c) removes expired jobs from it by owner name. */
+#define PA_KEY_OWNER_PREFIX "paella:owner:"
+#define PA_KEY_OWNER_JOBS_SUFFIX ":jobs"
 
 /* ---- lanes ---------------------------------------------------------------------------- */
 typedef enum { PA_LANE_HIGH, PA_LANE_NORMAL, PA_LANE_LOW, PA_LANES } pa_lane;
@@ -62,8 +67,13 @@ pa_key pa_key_dead(const char *stream);     /* {stream}:dead */
 pa_key pa_key_outbox(const char *stream);   /* {stream}:webhooks */
 /* {stream}:webhook: (the message hash prefix) with msg_id appended when not NULL. */
 pa_key pa_key_outbox_msg(const char *stream, const char *msg_id);
-/* The scheduler's sorted sets: {stream}:sched:retry, :running, :deadlines. */
+/* The scheduler's sorted sets: {stream}:sched:retry, :running, :deadlines, and :expiring
+ * ("ID OWNER" by when the job's record expires: its owner index entry goes then). */
 pa_key pa_key_sched(const char *stream, const char *which);
+/* The workers' advertisements (worker/admission.h): {stream}:workers (consumer -> when its
+ * advertisement lapses, Unix ms) and {stream}:workers:caps (consumer -> its limits, JSON). */
+pa_key pa_key_workers(const char *stream);
+pa_key pa_key_worker_caps(const char *stream);
 /* Fair dispatch (scheduler/dispatch.c): per lane, the ring of owners with waiting jobs
  * {stream}:wait:{lane} and the prefix of each owner's queue {stream}:wait:{lane}:owner:
  * (the owner's name appended by the script). */

@@ -65,6 +65,8 @@ struct worker {
    * of the batch each quarter lease, whatever the main thread is doing (a long step, an
    * upload). NULL hb_q: the transport cannot (Kafka), leases are renewed between steps. */
   pa_queue *hb_q;
+  char *limits_record;      /* what advertise() publishes (admission.h) */
+  double advertised_at;     /* pa_mono() of the last advertisement, 0: never */
   pthread_t hb_thread;
   pthread_mutex_t hb_mu;
   pthread_cond_t hb_cv;

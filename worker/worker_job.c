@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "worker/admission.h"
 #include "worker/job_map.h"
 #include "worker/log.h"
 #include "worker/worker_internal.h"
@@ -128,6 +129,13 @@ int job_fetch_inputs(job_ctx *jc) {
   if (load_image(jc, &j->image, "image", &raw)) return -1;
   if (j->kind == PW_KIND_INPAINT && load_image(jc, &j->mask, "mask", &rawmask)) {
     pa_image_free(raw);
+    return -1;
+  }
+  pw_error why;
+  if (pa_job_admit_images(j, raw, rawmask, &why)) { /* as the scheduler checks inline inputs */
+    job_fail(jc, PW_E_INVALID_IMAGE, false, "%s: %s", why.field, why.message);
+    pa_image_free(raw);
+    pa_image_free(rawmask);
     return -1;
   }
   if (j->kind == PW_KIND_OUTPAINT || j->kind == PW_KIND_VARIATION) {

@@ -149,6 +149,7 @@ __attribute__((unused)) static void harness_config(sched_config *c) {
   c->listen_port = 0;
   snprintf(c->storage_dir, sizeof c->storage_dir, "%s/shards", h_dir);
   mkdir(c->storage_dir, 0755);
+  snprintf(c->access_log, sizeof c->access_log, "off"); /* tests that read it set a file */
 }
 
 __attribute__((unused)) static int harness_start_worker(const char *extra_flag) {

@@ -24,6 +24,9 @@ int main(void) {
   /* a Lua script builds the job key from the prefix: it must be the same name */
   pa_key job = pa_key_job("x");
   CHECK(!strncmp(job.s, PA_KEY_JOB_PREFIX, strlen(PA_KEY_JOB_PREFIX)) && !strcmp(job.s + strlen(PA_KEY_JOB_PREFIX), "x"));
+  /* the retention script builds the owner index from prefix .. owner .. suffix */
+  CHECK(!strcmp(PA_KEY_OWNER_PREFIX "alice" PA_KEY_OWNER_JOBS_SUFFIX, pa_key_owner_jobs("alice").s));
+  CHECK(!strcmp(PA_KEY_OWNER_PREFIX, "paella:owner:") && !strcmp(PA_KEY_OWNER_JOBS_SUFFIX, ":jobs"));
 
   /* keys derived from the stream */
   KEY_IS(pa_key_events("paella:jobs"), "paella:jobs:events");
@@ -34,6 +37,9 @@ int main(void) {
   KEY_IS(pa_key_sched("s", "retry"), "s:sched:retry");
   KEY_IS(pa_key_sched("s", "running"), "s:sched:running");
   KEY_IS(pa_key_sched("s", "deadlines"), "s:sched:deadlines");
+  KEY_IS(pa_key_sched("paella:jobs", "expiring"), "paella:jobs:sched:expiring");
+  KEY_IS(pa_key_workers("paella:jobs"), "paella:jobs:workers");
+  KEY_IS(pa_key_worker_caps("paella:jobs"), "paella:jobs:workers:caps");
 
   /* lanes: the normal lane is the stream itself (plain XADDs and old clients land there) */
   KEY_IS(pa_key_lane("paella:jobs", PA_LANE_HIGH), "paella:jobs:lane:high");
