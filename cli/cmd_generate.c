@@ -18,6 +18,7 @@
 #include "cli/output.h"
 #include "model/default_model.h"
 #include "model/pipeline.h"
+#include "ops/threads.h"
 #include "proto/proto.h"
 #include "worker/job_map.h"
 
@@ -48,6 +49,10 @@ static void usage(FILE *f) {
       " (default " STR(PW_DEFAULT_OUTPUT_QUALITY) ")\n"
       "                          Every image embeds its generation parameters (PNG iTXt\n"
       "                          'parameters', JPEG comment, WebP XMP) as a job JSON\n"
+      "      --preview FILE      while denoising, rewrite FILE (atomically, PNG) with a small\n"
+      "                          preview of image 0 (longer side " STR(PW_PREVIEW_MAX_SIDE) " px), at most one per "
+      STR(PW_PREVIEW_MIN_INTERVAL_MS) " ms\n"
+      "      --preview-every N   a preview every N steps, 0.." STR(PW_STEPS_MAX) " (default 1 with --preview, else 0)\n"
       "      --json              print a JSON summary (seed, timings, outputs) on stdout\n"
       "  -q, --quiet             no progress bar\n"
       "image:\n"
@@ -93,14 +98,17 @@ static void usage(FILE *f) {
       "models:\n"
       "      --models DIR        published checkpoints (default $PAELLA_MODELS; see\n"
       "                          docs/models.md for the file names)\n"
-      "      --device cpu|cuda   backend (default cpu)\n");
+      "      --device cpu|cuda   backend (default cpu)\n"
+      "      --threads N         CPU threads, 1.." STR(PA_THREADS_MAX) " (default $OMP_NUM_THREADS, else one per\n"
+      "                          core). Speed only: any N gives the same bytes (docs/determinism.md)\n");
 }
 
 /* The job holds every setting the API has; the rest are this command's own. */
 typedef struct {
   cli_job cj; /* the API's settings */
-  const char *output, *models, *device;
+  const char *output, *models, *device, *preview;
   int max_side;
+  int threads; /* 0: OpenMP's default */
   bool json, quiet;
   /* settings the API does not have */
   bool no_prior;
@@ -115,6 +123,8 @@ typedef struct {
   bool show;
   double start;
   const char *stage;
+  const char *preview; /* --preview FILE */
+  int previews;        /* written so far */
 } progress_state;
 
 static double now(void) {
@@ -141,17 +151,32 @@ static bool progress(void *user, const char *stage, int step, int total) {
   return true;
 }
 
-enum { O_JSON = 256, O_MAXSIZE, O_CONDSTEPS, O_TYPICAL, O_ATTNW, O_PSTEPS, O_RIGHT, O_BOTTOM, O_MODELS, O_DEVICE };
+/* --preview: each preview replaces FILE through a temporary file and a rename. A failed
+ * write is reported once per preview and does not stop the run. */
+static void write_preview(void *user, int step, int total, const pa_image *img) {
+  (void)total;
+  progress_state *s = user;
+  pa_image_encoding enc = {PA_IMAGE_PNG, 0, NULL};
+  void *buf = NULL;
+  size_t len = 0;
+  if (pa_image_encode(img, &enc, &buf, &len) == PA_OK && cli_output_write(s->preview, buf, len) == PA_OK) s->previews++;
+  else fprintf(stderr, "\n" CMD ": preview at step %d: %s\n", step, pa_errmsg());
+  free(buf);
+}
+
+enum { O_JSON = 256, O_PREVIEW, O_MAXSIZE, O_CONDSTEPS, O_TYPICAL, O_ATTNW, O_PSTEPS, O_RIGHT, O_BOTTOM, O_MODELS,
+       O_DEVICE, O_THREADS };
 
 /* This command's own options; the job options (cli/job_opts.h) are added to them. */
 static const struct option own_opts[] = {
     {"output", required_argument, 0, 'o'}, {"json", no_argument, 0, O_JSON}, {"quiet", no_argument, 0, 'q'},
+    {"preview", required_argument, 0, O_PREVIEW},
     {"max-size", required_argument, 0, O_MAXSIZE}, {"cond-steps", required_argument, 0, O_CONDSTEPS},
     {"typical", required_argument, 0, O_TYPICAL}, {"attn-weights", required_argument, 0, O_ATTNW},
     {"prior-steps", required_argument, 0, O_PSTEPS}, /* before the job's: 0 turns the prior off here */
     {"right", required_argument, 0, O_RIGHT}, {"bottom", required_argument, 0, O_BOTTOM},
     {"models", required_argument, 0, O_MODELS}, {"device", required_argument, 0, O_DEVICE},
-    {"help", no_argument, 0, 'h'}};
+    {"threads", required_argument, 0, O_THREADS}, {"help", no_argument, 0, 'h'}};
 
 /* One option of this command's own; 0, CLI_EXIT_USAGE, or -1 when it is a job option. */
 static int own_option(gen_opts *o, int c, const char *opt, const char *v) {
@@ -160,6 +185,7 @@ static int own_option(gen_opts *o, int c, const char *opt, const char *v) {
   switch (c) {
     case 'o': o->output = v; return 0;
     case O_JSON: o->json = true; return 0;
+    case O_PREVIEW: o->preview = v; return 0;
     case 'q': o->quiet = true; return 0;
     case O_MAXSIZE: rc = cli_opt_int(CMD, opt, v, PW_SIZE_MIN, PW_SIZE_MAX, &x); o->max_side = (int)x; return rc;
     case O_CONDSTEPS: return cli_opt_int(CMD, opt, v, 0, PW_STEPS_MAX, &o->cond_steps);
@@ -179,6 +205,7 @@ static int own_option(gen_opts *o, int c, const char *opt, const char *v) {
     case O_BOTTOM: o->region_prompt = v; o->regions = PA_REGIONS_TOP_BOTTOM; return 0;
     case O_MODELS: o->models = v; return 0;
     case O_DEVICE: o->device = v; return 0;
+    case O_THREADS: rc = cli_opt_int(CMD, opt, v, 1, PA_THREADS_MAX, &x); o->threads = (int)x; return rc;
   }
   return -1;
 }
@@ -204,6 +231,8 @@ static int parse_args(int argc, char **argv, gen_opts *o) {
   if (!strcmp(o->output, "-") && total_images(o) > 1)
     return cli_usage_error(CMD, "-o", "- writes one image; this run makes %d", total_images(o));
   if (!strcmp(o->output, "-") && o->json) return cli_usage_error(CMD, "--json", "cannot share stdout with -o -");
+  if (o->preview && !strcmp(o->preview, "-")) return cli_usage_error(CMD, "--preview", "needs a file, not -");
+  if (o->preview && !j->preview_every) j->preview_every = 1;
   return 0;
 }
 
@@ -260,8 +289,8 @@ static void make_request(const gen_opts *o, int run, pa_gen_request *r) {
 
 /* The job JSON of image `index` plus this command's own settings when they are not the
  * defaults, so that the embedded parameters regenerate the image. malloc'd. */
-static char *image_params(const gen_opts *o, uint64_t seed, int frame) {
-  char *base = pa_job_params_json(&o->cj.job, seed);
+static char *image_params(const gen_opts *o, const pa_pipeline *p, uint64_t seed, int frame) {
+  char *base = pa_job_params_json(&o->cj.job, seed, pa_pipeline_checksums(p));
   json_t *j = base ? json_loads(base, 0, NULL) : NULL;
   free(base);
   if (!j) return NULL;
@@ -280,7 +309,8 @@ static char *image_params(const gen_opts *o, uint64_t seed, int frame) {
 }
 
 /* t: seconds in the text encoders, the prior, denoising and decoding (all runs summed) */
-static void print_json(const gen_opts *o, const pa_pipeline *p, json_t *outputs, double t_load, const double *t) {
+static void print_json(const gen_opts *o, const pa_pipeline *p, json_t *outputs, int previews, double t_load,
+                       const double *t) {
   const pw_job *r = &o->cj.job;
   json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s, s:b, s:o, s:{s:f, s:f, s:f, s:f, s:f}}", "prompt",
                         r->prompt, "seed", (json_int_t)r->seed, "width", (json_int_t)r->width, "height",
@@ -288,6 +318,8 @@ static void print_json(const gen_opts *o, const pa_pipeline *p, json_t *outputs,
                         "format", pw_output_format_name(r->output_format), "untrained_model", pa_pipeline_untrained(p),
                         "outputs", json_incref(outputs), "seconds", "load", t_load, "encode", t[0], "prior", t[1],
                         "denoise", t[2], "decode", t[3]);
+  if (j && o->preview) json_object_set_new(j, "previews", json_integer(previews));
+  if (j) json_object_set_new(j, "threads", json_integer(pa_threads_get()));
   char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
   if (s) printf("%s\n", s);
   free(s);
@@ -306,6 +338,10 @@ static int run_all(gen_opts *o, pa_pipeline *p, const pa_image *image, const pa_
     r.mask = mask;
     r.progress = progress;
     r.progress_user = ps;
+    if (o->preview) {
+      r.preview = write_preview;
+      r.preview_user = ps;
+    }
     PA_TRY(pa_generate(p, &r, &results[f]));
     t[0] += results[f].seconds_encode;
     t[1] += results[f].seconds_prior;
@@ -327,9 +363,9 @@ static int check_outputs(const gen_opts *o) {
   return rc;
 }
 
-static int encode_and_write(const gen_opts *o, const pa_image *img, int k, int frame, const char *name) {
+static int encode_and_write(const gen_opts *o, const pa_pipeline *p, const pa_image *img, int k, int frame, const char *name) {
   bool interp = o->cj.job.kind == PW_KIND_INTERPOLATE;
-  char *params = image_params(o, (uint64_t)o->cj.job.seed + (interp ? 0 : (uint64_t)k), frame);
+  char *params = image_params(o, p, (uint64_t)o->cj.job.seed + (interp ? 0 : (uint64_t)k), frame);
   pa_image_encoding enc = {pa_image_format_of_job(&o->cj.job), (int)o->cj.job.output_quality, params};
   void *buf = NULL;
   size_t len = 0;
@@ -340,7 +376,7 @@ static int encode_and_write(const gen_opts *o, const pa_image *img, int k, int f
   return rc;
 }
 
-static int write_all(const gen_opts *o, pa_gen_result *results, int n_runs, json_t *outputs) {
+static int write_all(const gen_opts *o, const pa_pipeline *p, pa_gen_result *results, int n_runs, json_t *outputs) {
   int total = 0, rc = PA_OK, written = 0;
   for (int f = 0; f < n_runs; f++) total += results[f].n;
   char **names = calloc((size_t)total, sizeof *names);
@@ -353,7 +389,7 @@ static int write_all(const gen_opts *o, pa_gen_result *results, int n_runs, json
         rc = pa_fail(PA_ERR_NOMEM, "out of memory");
         goto fail;
       }
-      PA_TRY(encode_and_write(o, results[f].images[b], k, f, names[k]));
+      PA_TRY(encode_and_write(o, p, results[f].images[b], k, f, names[k]));
       written = k + 1;
       json_array_append_new(outputs, json_string(names[k]));
     }
@@ -399,12 +435,16 @@ int cmd_generate(int argc, char **argv) {
   if (!o.models) o.models = getenv("PAELLA_MODELS");
   if (!o.cj.size_given && !(o.models && o.models[0])) /* the built-in model draws at its training size */
     o.cj.job.width = o.cj.job.height = PA_DEFAULT_NATIVE_SIZE;
+  if (o.threads && pa_threads_set(o.threads)) { /* range checked above: cannot fail */
+    cli_job_free(&o.cj);
+    return cli_usage_error(CMD, "--threads", "%s", pa_errmsg());
+  }
   pa_backend *be = pa_backend_by_name(o.device);
   if (!be) {
     cli_job_free(&o.cj);
     return cli_usage_error(CMD, "--device", "%s", pa_errmsg());
   }
-  progress_state ps = {.show = !o.quiet && !o.json && isatty(2)};
+  progress_state ps = {.show = !o.quiet && !o.json && isatty(2), .preview = o.preview};
   pa_pipeline *p = NULL;
   pa_image *image = NULL, *mask = NULL;
   int n_runs = o.cj.job.kind == PW_KIND_INTERPOLATE ? total_images(&o) : 1;
@@ -417,14 +457,15 @@ int cmd_generate(int argc, char **argv) {
     goto fail;
   }
   PA_TRY(check_outputs(&o));
+  if (o.preview) PA_TRY(cli_output_check(o.preview));
   PA_TRY(pa_pipeline_open(&po, &p));
   t_load = now() - t_load;
   PA_TRY(load_inputs(&o, p, &image, &mask));
   PA_TRY(revalidate(&o, p, image, mask));
   PA_TRY(run_all(&o, p, image, mask, &ps, results, n_runs, t));
-  PA_TRY(write_all(&o, results, n_runs, outputs));
+  PA_TRY(write_all(&o, p, results, n_runs, outputs));
   if (o.json)
-    print_json(&o, p, outputs, t_load, t);
+    print_json(&o, p, outputs, ps.previews, t_load, t);
   else if (!o.quiet)
     for (size_t i = 0; i < json_array_size(outputs); i++)
       if (strcmp(json_string_value(json_array_get(outputs, i)), "-"))

@@ -7,7 +7,9 @@
 #include <string.h>
 
 #include "cli/commands.h"
+#include "cli/opts.h"
 #include "proto/proto.h"
+#include "worker/queue_kafka.h"
 
 typedef union {
   pw_job job;
@@ -25,10 +27,13 @@ typedef struct {
 static void usage(FILE *f) {
   fprintf(f,
           "usage: paella job <action> [--type job|progress|result] [--json|--msgpack] [--pretty]\n"
+          "       paella job cancel --queue kafka://BROKERS?topic=T ID\n"
           "  encode    JSON on stdin -> msgpack on stdout\n"
           "  decode    msgpack on stdin -> JSON on stdout\n"
           "  validate  JSON or msgpack on stdin (detected); exit 0 when valid, else exit 1 and\n"
           "            print {\"code\":...,\"field\":...,\"message\":...}\n"
+          "  cancel    --queue kafka://BROKERS?topic=T ID: asks the Kafka workers to cancel job ID\n"
+          "            (a record on T.control; the queue URL may also come from PAELLA_QUEUE)\n"
           "The message type defaults to the message's \"type\" field, else job.\n"
           "Fields, limits and error codes: docs/protocol.md\n");
 }
@@ -189,11 +194,33 @@ static int parse_options(int argc, char **argv, options *o) {
   return 0;
 }
 
+/* `paella job cancel --queue kafka://... ID`. On Redis a cancel goes through the scheduler
+ * (POST /v1/jobs/{id}/cancel), which owns the job records. */
+static int cancel(int argc, char **argv) {
+  const char *url = getenv("PAELLA_QUEUE"), *id = NULL;
+  for (int i = 2; i < argc; i++) {
+    if (!strcmp(argv[i], "--queue") && i + 1 < argc) url = argv[++i];
+    else if (argv[i][0] != '-' && !id) id = argv[i];
+    else return usage(stderr), CLI_EXIT_USAGE;
+  }
+  if (!url || !id) return usage(stderr), CLI_EXIT_USAGE;
+  if (strncmp(url, "kafka://", 8)) {
+    fprintf(stderr, "paella job cancel: --queue must be a kafka:// URL (on Redis, cancel through the scheduler)\n");
+    return CLI_EXIT_USAGE;
+  }
+  if (pa_queue_kafka_cancel(url, id)) {
+    fprintf(stderr, "paella job cancel: %s\n", pa_errmsg());
+    return CLI_EXIT_FAILURE;
+  }
+  return CLI_EXIT_OK;
+}
+
 int cmd_job(int argc, char **argv) {
   if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
     usage(stdout);
     return 0;
   }
+  if (argc >= 2 && !strcmp(argv[1], "cancel")) return cancel(argc, argv);
   options o;
   if (argc < 2 || parse_options(argc, argv, &o)) {
     usage(stderr);

@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/opts.h"
 #include "cli/output.h"
+#include "ops/error.h"
 
 /* The options a subcommand knows: name, whether it takes a value, where it goes. */
 typedef struct {
@@ -76,13 +77,28 @@ int cmd_status(int argc, char **argv) {
   return rc;
 }
 
-/* Polls until the job is final; *out the final resource. */
-static int wait_final(const client *c, const char *id, int64_t timeout_s, json_t **out) {
+/* A newer preview than the last one written (`*last_step`) goes to `dest` (atomically,
+ * through cli_output_write); a failed download is reported and the wait goes on. */
+static void update_preview(const client *c, const char *id, const json_t *job, const char *dest, json_int_t *last_step) {
+  json_int_t step = json_integer_value(json_object_get(json_object_get(job, "preview"), "step"));
+  if (!dest || step <= 0 || step == *last_step) return;
   char path[256];
+  snprintf(path, sizeof path, "/v1/jobs/%s/preview", id);
+  long st = client_download(c, path, dest);
+  if (st == 200) *last_step = step;
+  else if (st > 0) fprintf(stderr, "paella wait: %s: HTTP %ld\n", path, st);
+}
+
+/* Polls until the job is final; *out the final resource. `preview`: a file that each new
+ * preview of the job replaces (NULL: none). */
+static int wait_final(const client *c, const char *id, int64_t timeout_s, const char *preview, json_t **out) {
+  char path[256];
+  json_int_t preview_step = 0;
   snprintf(path, sizeof path, "/v1/jobs/%s", id);
   for (int64_t waited = 0;; waited++) {
     int rc = get_json(c, path, out);
     if (rc) return rc;
+    update_preview(c, id, *out, preview, &preview_step);
     if (is_final(json_string_value(json_object_get(*out, "status")))) return 0;
     json_decref(*out);
     *out = NULL;
@@ -95,17 +111,24 @@ static int wait_final(const client *c, const char *id, int64_t timeout_s, json_t
 }
 
 int cmd_wait(int argc, char **argv) {
-  const char *usage = "usage: paella wait [--url URL] [--api-key KEY] [--timeout S] JOB_ID   (exit 0 when it succeeded)\n";
+  const char *usage = "usage: paella wait [--url URL] [--api-key KEY] [--timeout S] [--preview FILE] JOB_ID\n"
+                      "  exit 0 when it succeeded; --preview: FILE is replaced by each new preview of a job\n"
+                      "  submitted with --preview-every N (a PNG, 64 px on its longer side)\n";
   if (client_is_help(argc, argv)) return fputs(usage, stdout), CLI_EXIT_OK;
   client c;
-  const char *id = NULL, *timeout = "600";
+  const char *id = NULL, *timeout = "600", *preview = NULL;
   int64_t timeout_s;
-  opt_spec specs[] = {{"--timeout", &timeout, NULL}, {0}};
+  opt_spec specs[] = {{"--timeout", &timeout, NULL}, {"--preview", &preview, NULL}, {0}};
   int n, rc = parse("paella wait", argc, argv, &c, specs, &id, 1, &n);
   if (rc || n != 1) return rc ? rc : (fputs(usage, stderr), CLI_EXIT_USAGE);
   if ((rc = cli_opt_int("paella wait", "--timeout", timeout, 0, 86400, &timeout_s))) return rc;
+  if (preview && !strcmp(preview, "-")) return cli_usage_error("paella wait", "--preview", "needs a file, not -");
+  if (preview && cli_output_check(preview)) {
+    fprintf(stderr, "paella wait: %s\n", pa_errmsg());
+    return CLI_EXIT_FAILURE;
+  }
   json_t *j = NULL;
-  if ((rc = wait_final(&c, id, timeout_s, &j)) == 0) {
+  if ((rc = wait_final(&c, id, timeout_s, preview, &j)) == 0) {
     client_print_json(j);
     rc = strcmp(json_string_value(json_object_get(j, "status")), "succeeded") ? CLI_EXIT_FAILURE : CLI_EXIT_OK;
   }
@@ -147,7 +170,7 @@ int cmd_fetch(int argc, char **argv) {
   if (rc || n != 1 || !dir) return rc ? rc : (fputs(usage, stderr), CLI_EXIT_USAGE);
   if ((rc = cli_opt_int("paella fetch", "--wait", wait, 0, 86400, &wait_s))) return rc;
   json_t *j = NULL;
-  if ((rc = wait_final(&c, id, wait_s, &j))) return rc;
+  if ((rc = wait_final(&c, id, wait_s, NULL, &j))) return rc;
   const char *status = json_string_value(json_object_get(j, "status"));
   json_t *outputs = json_object_get(json_object_get(j, "result"), "outputs");
   if (strcmp(status, "succeeded")) {

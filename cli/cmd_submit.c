@@ -27,6 +27,7 @@ static void usage(FILE *f) {
           "  --prior-steps N, --prior-cfg F, --prior-sampler ddpm|ddim\n"
           "  --image FILE (img2img), --mask FILE (inpaint), --outpaint X,Y, --variation, --strength S\n"
           "  --interpolate TEXT --frames N [--slerp|--lerp], --format png|jpeg|webp, --quality N\n"
+          "  --preview-every N      a preview every N denoising steps (paella wait --preview FILE)\n"
           "delivery (API only):\n"
           "  --output-dir DIR | --output-bucket B [--output-prefix P]   where the worker stores it\n"
           "  --webhook-url URL [--webhook-secret-id ID] [--webhook-events start,progress,completed,failed]\n"

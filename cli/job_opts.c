@@ -12,7 +12,7 @@
 enum {
   J_BATCH = CLI_JOB_OPT_BASE, J_STEPS, J_RENOISE, J_CFG, J_TEMP, J_TSTART, J_TEND, J_ARGMAX, J_PSTEPS, J_PCFG,
   J_PSAMPLER, J_IMAGE, J_MASK, J_STRENGTH, J_OUTPAINT, J_VARIATION, J_INTERP, J_FRAMES, J_SLERP, J_LERP, J_FORMAT,
-  J_QUALITY
+  J_QUALITY, J_PREVIEW_EVERY
 };
 
 const struct option cli_job_opts[] = {
@@ -28,7 +28,8 @@ const struct option cli_job_opts[] = {
     {"outpaint", required_argument, 0, J_OUTPAINT}, {"variation", no_argument, 0, J_VARIATION},
     {"interpolate", required_argument, 0, J_INTERP}, {"frames", required_argument, 0, J_FRAMES},
     {"slerp", no_argument, 0, J_SLERP}, {"lerp", no_argument, 0, J_LERP},
-    {"format", required_argument, 0, J_FORMAT}, {"quality", required_argument, 0, J_QUALITY}};
+    {"format", required_argument, 0, J_FORMAT}, {"quality", required_argument, 0, J_QUALITY},
+    {"preview-every", required_argument, 0, J_PREVIEW_EVERY}};
 const int cli_job_n_opts = sizeof cli_job_opts / sizeof cli_job_opts[0];
 
 void cli_job_init(cli_job *c) {
@@ -114,6 +115,7 @@ static int geometry_option(const char *cmd, cli_job *c, int code, const char *op
       return set_name(cmd, opt, !strcmp(v, "jpg") ? "jpeg" : v, (const char *const[]){"png", "jpeg", "webp"},
                       PW_FORMAT_COUNT, &j->output_format);
     case J_QUALITY: return cli_opt_int(cmd, opt, v, PW_QUALITY_MIN, PW_QUALITY_MAX, &j->output_quality);
+    case J_PREVIEW_EVERY: return cli_opt_int(cmd, opt, v, 0, PW_STEPS_MAX, &j->preview_every);
   }
   return -1;
 }
@@ -145,7 +147,7 @@ const char *cli_job_option_of_field(const char *field) {
       {"prior.steps", "--prior-steps"}, {"prior.guidance", "--prior-cfg"}, {"prior", "--prior-sampler"},
       {"image", "--image"}, {"mask", "--mask"}, {"outpaint", "--outpaint"}, {"interpolate.prompt_to", "--interpolate"},
       {"interpolate.frames", "--frames"}, {"interpolate", "--interpolate"}, {"output_quality", "--quality"},
-      {"output_format", "--format"}, {"seed", "--seed"}, {"webhook", "--webhook-url"}, {"output", "--output-dir"},
+      {"output_format", "--format"}, {"preview_every", "--preview-every"}, {"seed", "--seed"}, {"webhook", "--webhook-url"}, {"output", "--output-dir"},
       {"priority", "--priority"}, {"deadline_ms", "--deadline-ms"}, {"idempotency_key", "--idempotency-key"}};
   for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
     if (!strncmp(field, map[i][0], strlen(map[i][0]))) return map[i][1];

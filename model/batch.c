@@ -23,7 +23,8 @@ static const char *negative_of(const pa_gen_request *r) { return r->negative_pro
 /* Requests that can share every forward: the same token grid and schedules. Prompt lengths
  * may differ: shorter conditioning rows are padded and masked (pa_paella_cond_stack). */
 bool pa_gen_batchable(const pa_gen_request *a, const pa_gen_request *b) {
-  return plain_txt2img(a) && plain_txt2img(b) && a->width == b->width && a->height == b->height &&
+  return plain_txt2img(a) && plain_txt2img(b) && !a->preview_every && !b->preview_every && a->width == b->width &&
+         a->height == b->height &&
          same_sampler(&a->sampler, &b->sampler) && a->prior_steps == b->prior_steps &&
          a->prior_cfg == b->prior_cfg && a->prior_ddim == b->prior_ddim;
 }

@@ -89,6 +89,14 @@ fail:
   return rc;
 }
 
+void pa_default_model_blobs(pa_default_blob out[5]) {
+  out[0] = (pa_default_blob){pa_default_t5, pa_default_t5_end};
+  out[1] = (pa_default_blob){pa_default_clip, pa_default_clip_end};
+  out[2] = (pa_default_blob){pa_default_prior, pa_default_prior_end};
+  out[3] = (pa_default_blob){pa_default_vqgan, pa_default_vqgan_end};
+  out[4] = (pa_default_blob){pa_default_paella, pa_default_paella_end};
+}
+
 void pa_default_model_free(pa_default_model *m) {
   pa_weights *ws[] = {m->t5, m->clip, m->prior, m->vqgan, m->paella};
   for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) pa_weights_free(ws[i]);

@@ -29,6 +29,12 @@ typedef struct {
 /* The embedded weights and their configurations. random_weights: the same architecture with
  * deterministic random weights instead (the baseline of the quality test). */
 int pa_default_model_open(bool random_weights, pa_default_model *out);
+/* Where the embedded weights of each network are (for checksums): t5, clip, prior, vqgan,
+ * paella in this order. */
+typedef struct {
+  const char *start, *end;
+} pa_default_blob;
+void pa_default_model_blobs(pa_default_blob out[5]);
 /* Frees the five weight sets (for callers that did not hand them on). */
 void pa_default_model_free(pa_default_model *m);
 

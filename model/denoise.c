@@ -147,6 +147,15 @@ fail:
   return rc;
 }
 
+/* The preview hook after step `done` (1-based): rows [0, B) of x are the current tokens. */
+static int preview(const pa_denoise_job *j, const loop_state *s, int done, int steps) {
+  const pa_preview_hook *h = &j->preview;
+  if (h->every <= 0 || !h->show || done % h->every != 0 || done == steps) return PA_OK;
+  if (h->due && !h->due(h->user, done, steps)) return PA_OK;
+  pa_tensor tokens = pa_view_rows(s->x, 0, s->B);
+  return h->show(h->user, done, steps, &tokens);
+}
+
 int pa_denoise(pa_paella *m, const pa_denoise_job *j, int64_t *tokens) {
   loop_state s = {0};
   int rc = PA_OK, steps = j->sampler.steps;
@@ -155,6 +164,7 @@ int pa_denoise(pa_paella *m, const pa_denoise_job *j, int64_t *tokens) {
   PA_TRY(prepare(m, j, &s));
   for (int i = 0; i < steps; i++) {
     PA_TRY(step(m, j, &s, i));
+    PA_TRY(preview(j, &s, i + 1, steps));
     if (j->progress && !j->progress(j->progress_user, "denoise", i + 1, steps)) {
       rc = pa_fail(PA_ERR_CANCELED, "canceled at denoising step %d of %d", i + 1, steps);
       goto fail;

@@ -6,7 +6,8 @@
  * r-embeddings of every step are computed and uploaded once. Per step: ONE Paella forward
  * over all rows, then the fused sampler step (regions, CFG, typical filtering, Gumbel-max
  * draw with each image's seed, re-noise, inpainting pins) reading the logits where they are
- * and writing the tokens where they are. The host sees the tokens once, at the end. */
+ * and writing the tokens where they are. The host sees the tokens once, at the end (and a
+ * preview of them when one is asked for: pa_preview_hook). */
 #ifndef PAELLA_MODEL_DENOISE_H
 #define PAELLA_MODEL_DENOISE_H
 
@@ -19,6 +20,18 @@
 
 /* Called after every step (and prior step); returning false cancels (PA_ERR_CANCELED). */
 typedef bool (*pa_progress_fn)(void *user, const char *stage, int step, int total);
+
+/* Previews of the tokens while they are sampled. After step `step` (1-based) with
+ * step % every == 0 (never after the last step: the result follows), the loop asks `due`
+ * (NULL: always due) and, when due, hands the current tokens to `show` where they are, on
+ * the backend: whatever `show` reads back is the only transfer a preview costs. every = 0:
+ * no previews, and the loop makes no call and no copy for them. */
+typedef struct {
+  int every;
+  bool (*due)(void *user, int step, int total);
+  int (*show)(void *user, int step, int total, const pa_tensor *tokens /* (B, h, w) I64 */);
+  void *user;
+} pa_preview_hook;
 
 typedef struct {
   int B, h, w;              /* images and their token grid */
@@ -36,6 +49,7 @@ typedef struct {
   const uint8_t *keep;           /* (h*w) */
   pa_progress_fn progress;
   void *progress_user;
+  pa_preview_hook preview;       /* zeroed: no previews */
   long long *forwards;           /* incremented per forward when set */
 } pa_denoise_job;
 

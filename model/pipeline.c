@@ -1,6 +1,9 @@
 #include "model/pipeline.h"
 
+#include <errno.h>
+#include <jansson.h>
 #include <math.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +131,56 @@ static void set_encoder_ids(pa_pipeline *p) {
 
 void pa_pipeline_set_cache(pa_pipeline *p, const pa_embed_cache *cache) { p->cache = cache; }
 
+static void hex_digest(const unsigned char *md, char hex[65]) {
+  for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", md[i]);
+}
+
+/* SHA-256 of a file, read in 4 MiB pieces. */
+static int sha256_file(const char *path, char hex[65]) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return pa_fail(PA_ERR_IO, "%s: %s", path, strerror(errno));
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  unsigned char *buf = malloc(4u << 20), md[32];
+  unsigned len = 0;
+  int rc = ctx && buf && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) ? PA_OK : pa_fail(PA_ERR_NOMEM, "out of memory");
+  for (size_t n; !rc && (n = fread(buf, 1, 4u << 20, f)) > 0;)
+    if (!EVP_DigestUpdate(ctx, buf, n)) rc = pa_fail(PA_ERR_IO, "%s: SHA-256 failed", path);
+  if (!rc && ferror(f)) rc = pa_fail(PA_ERR_IO, "%s: read error", path);
+  if (!rc && !EVP_DigestFinal_ex(ctx, md, &len)) rc = pa_fail(PA_ERR_IO, "%s: SHA-256 failed", path);
+  if (!rc) hex_digest(md, hex);
+  EVP_MD_CTX_free(ctx);
+  free(buf);
+  fclose(f);
+  return rc;
+}
+
+/* The checksums object (pa_pipeline_checksums): names in the order of the weights below. */
+static int compute_checksums(pa_pipeline *p, bool embedded, bool random_weights) {
+  static const char *const names[5] = {"byt5", "clip", "prior", "vqgan", "paella"};
+  const pa_weights *ws[5] = {p->w_t5, p->w_clip, p->w_prior, p->w_vqgan, p->w_paella};
+  char hex[5][65];
+  pa_default_blob blobs[5];
+  pa_default_model_blobs(blobs);
+  for (int i = 0; i < 5; i++) {
+    unsigned char md[32];
+    unsigned len = 0;
+    if (random_weights) snprintf(hex[i], sizeof hex[i], "random");
+    else if (!embedded) {
+      int rc = sha256_file(pa_weights_source(ws[i]), hex[i]);
+      if (rc) return rc;
+    } else if (EVP_Digest(blobs[i].start, (size_t)(blobs[i].end - blobs[i].start), md, &len, EVP_sha256(), NULL))
+      hex_digest(md, hex[i]);
+    else return pa_fail(PA_ERR_NOMEM, "SHA-256 failed");
+  }
+  json_t *o = json_object();
+  for (int i = 0; o && i < 5; i++) json_object_set_new(o, names[i], json_string(hex[i]));
+  p->checksums = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+  json_decref(o);
+  return p->checksums ? PA_OK : pa_fail(PA_ERR_NOMEM, "out of memory");
+}
+
+const char *pa_pipeline_checksums(const pa_pipeline *p) { return p->checksums; }
+
 int pa_pipeline_open(const pa_pipeline_options *o, pa_pipeline **out) {
   pa_pipeline *p = calloc(1, sizeof *p);
   if (!p) return pa_fail(PA_ERR_NOMEM, "out of memory");
@@ -140,6 +193,7 @@ int pa_pipeline_open(const pa_pipeline_options *o, pa_pipeline **out) {
   else
     PA_TRY(open_embedded(p, o->random_weights));
   PA_TRY(check_compatible(p));
+  PA_TRY(compute_checksums(p, !(o->models_dir && o->models_dir[0]), o->random_weights && !(o->models_dir && o->models_dir[0])));
   set_encoder_ids(p);
   *out = p;
   return PA_OK;
@@ -158,6 +212,7 @@ void pa_pipeline_free(pa_pipeline *p) {
   pa_clip_free(p->clip_vision);
   pa_weights *ws[] = {p->w_paella, p->w_prior, p->w_vqgan, p->w_t5, p->w_clip};
   for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) pa_weights_free(ws[i]);
+  free(p->checksums);
   free(p);
 }
 
@@ -247,9 +302,55 @@ static void pin_tokens(int64_t *tokens, const sample_ctx *s) {
       if (s->keep[q]) tokens[b * n + q] = s->pinned[b * n + q];
 }
 
+bool pa_throttle_take(pa_throttle *t, double now) {
+  if (t->taken && now - t->last < t->interval) return false;
+  t->taken = true;
+  t->last = now;
+  return true;
+}
+
+static bool preview_due(void *user, int step, int total) {
+  (void)step, (void)total;
+  preview_ctx *c = user;
+  return pa_throttle_take(&c->throttle, pl_now());
+}
+
+/* Image 0 of the batch from the current tokens: a VQGAN decode on the backend, one read of
+ * its pixels, a bilinear downscale on the host. */
+static int preview_show(void *user, int step, int total, const pa_tensor *tokens) {
+  preview_ctx *c = user;
+  pa_backend *be = c->p->be;
+  int f = pa_vqgan_factor(c->p->vqgan), h = (int)tokens->shape[1], w = (int)tokens->shape[2], rc = PA_OK;
+  int H = h * f, W = w * f, side = c->r->preview_max_side, pw = W, ph = H;
+  if (side > 0 && (W > side || H > side)) {
+    pw = W >= H ? side : (W * side + H / 2) / H;
+    ph = H >= W ? side : (H * side + W / 2) / W;
+  }
+  pa_tensor first = pa_view_rows(tokens, 0, 1);
+  pa_tensor *img = pa_alloc_f32(be, 4, (int64_t)1, (int64_t)H, (int64_t)W, (int64_t)3), *ih = NULL; /* (1, H, W, 3) */
+  pa_image *full = NULL, *small = NULL;
+  if (!img) return PA_ERR_NOMEM;
+  PA_TRY(pa_vqgan_decode_indices(c->p->vqgan, &first, img));
+  if (!(ih = pa_download(be, img))) {
+    rc = PA_ERR_NOMEM;
+    goto fail;
+  }
+  PA_TRY(pa_image_new(W, H, &full));
+  memcpy(full->rgb, ih->data, (size_t)H * W * 3 * sizeof(float));
+  if (pw != W || ph != H) PA_TRY(pa_image_resize(full, pw, ph, &small));
+  c->r->preview(c->r->preview_user, step, total, small ? small : full);
+fail:
+  pa_image_free(full);
+  pa_image_free(small);
+  pa_tensor_free(ih);
+  pa_release(be, img);
+  return rc;
+}
+
 /* The v3 loop on the backend (model/denoise.c) over the prepared conditions and tokens. */
 int pl_sample_tokens(pa_pipeline *p, const pa_gen_request *r, const pa_sampler_config *sc,
                          sample_ctx *s, int64_t *tokens) {
+  preview_ctx pc = {.p = p, .r = r, .throttle = {.interval = r->preview_interval}};
   pa_denoise_job j = {
       .B = s->B, .h = s->h, .w = s->w, .sampler = *sc, .cond = s->cond, .cond2 = s->cond2,
       .uncond = s->uncond,
@@ -257,6 +358,8 @@ int pl_sample_tokens(pa_pipeline *p, const pa_gen_request *r, const pa_sampler_c
       .attn_weights = s->attn_w, .n_attn = s->n_attn, .seeds = s->seeds, .start = tokens,
       .init = s->init_noise, .pinned = s->pinned, .keep = s->keep, .progress = s->progress,
       .progress_user = s->progress_user, .forwards = &p->forwards};
+  if (r->preview_every > 0 && r->preview)
+    j.preview = (pa_preview_hook){.every = r->preview_every, .due = preview_due, .show = preview_show, .user = &pc};
   return pa_denoise(p->paella, &j, tokens);
 }
 

@@ -36,6 +36,12 @@ bool pa_pipeline_untrained(const pa_pipeline *p);
 /* Image sides must be multiples of this (32 for the published models). */
 int pa_pipeline_size_multiple(const pa_pipeline *p);
 int pa_pipeline_max_side(const pa_pipeline *p);
+/* The SHA-256 of each network's weights as a JSON object {"byt5", "clip", "paella", "prior",
+ * "vqgan"} of lowercase hex: of the files read (models_dir), or of the embedded default's
+ * bytes; "random" for the random-weight twin. Computed once when the pipeline opens (reading
+ * every weight file once more: seconds for the published ~15 GB). Embedded in every image's
+ * generation parameters ("models"). */
+const char *pa_pipeline_checksums(const pa_pipeline *p);
 /* Paella forwards run so far (one per batch, conditional and unconditional counted apart). */
 long long pa_pipeline_forwards(const pa_pipeline *p);
 
@@ -73,7 +79,25 @@ typedef struct {
   bool slerp;
   pa_progress_fn progress;
   void *progress_user;
+  /* Previews while denoising: every preview_every steps (0 = none), at most one per
+   * preview_interval seconds (pa_throttle), image 0 of the batch decoded by the VQGAN from the
+   * current tokens and scaled down so that its longer side is at most preview_max_side pixels
+   * (0: full size). `preview` gets the image (valid during the call only). A request with
+   * previews is not batched with others (pa_gen_batchable). */
+  int preview_every;
+  double preview_interval;
+  int preview_max_side;
+  void (*preview)(void *user, int step, int total, const pa_image *img);
+  void *preview_user;
 } pa_gen_request;
+
+/* At most one event per `interval` seconds: pa_throttle_take is true (and records `now`) for
+ * the first call and for every call at least `interval` after the last one it let through. */
+typedef struct {
+  double interval, last;
+  bool taken;
+} pa_throttle;
+bool pa_throttle_take(pa_throttle *t, double now);
 
 /* Defaults: 256x256, batch 1, seed 0, the v3 sampler defaults, prior 60 DDPM steps, cfg 3. */
 pa_gen_request pa_gen_request_default(void);

@@ -28,6 +28,7 @@ struct pa_pipeline {
   const pa_embed_cache *cache;
   char t5_id[160], clip_id[160]; /* encoder identities for cache keys */
   long long forwards;            /* Paella forwards run (a batch counts once) */
+  char *checksums;               /* pa_pipeline_checksums: computed once, at open */
 };
 
 /* One text's embeddings on the host: ByT5 states (1, L, D) and the CLIP text embedding (1, Dc). */
@@ -49,6 +50,13 @@ typedef struct {
   pa_progress_fn progress;               /* per denoising step; false cancels */
   void *progress_user;
 } sample_ctx;
+
+/* The previews of one request (pa_gen_request.preview_*), the pa_preview_hook's user. */
+typedef struct {
+  pa_pipeline *p;
+  const pa_gen_request *r;
+  pa_throttle throttle;
+} preview_ctx;
 
 
 double pl_now(void);

@@ -1,12 +1,17 @@
 /* The CPU reference backend: float32 activations, OpenBLAS for every GEMM, OpenMP for the
  * elementwise and reduction loops. Reductions (norms, softmax) accumulate in double so the
- * reference stays well inside the goldens' 1e-4 tolerance at any width. */
-#include <cblas.h>
+ * reference stays well inside the goldens' 1e-4 tolerance at any width.
+ *
+ * Every result is independent of the thread count, bit for bit: each output element is
+ * computed by one thread in a fixed order (the OpenMP loops split over output rows or
+ * pixels, never inside a reduction), and GEMMs go through ops/cpu_gemm.c, whose tiles do
+ * not depend on the thread count (OpenBLAS's own threading does change the bits). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ops/backend.h"
+#include "ops/cpu_gemm.h"
 #include "ops/error.h"
 #include "ops/rng.h"
 
@@ -60,8 +65,7 @@ static inline float act_apply(float v, pa_act act) {
 static void gemm_nt(float *y, const float *x, const float *w, const float *bias, int64_t M,
                     int64_t N, int64_t K, pa_act act) {
   if (M == 0 || N == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, w,
-              (int)K, 0.0f, y, (int)N);
+  pa_cpu_sgemm(true, M, N, K, 1.0f, x, K, w, K, y, N);
   if (!bias && act == PA_ACT_NONE) return;
 #pragma omp parallel for schedule(static) if (PAR(M * N))
   for (int64_t i = 0; i < M; i++) {
@@ -302,8 +306,7 @@ static int cpu_conv_transpose2d(pa_backend *be, pa_tensor *y, const pa_tensor *x
   int64_t N = O * kh * kw, s = p.stride;
   float *cols = malloc((size_t)(B * H * W * N) * sizeof *cols);
   if (!cols) return pa_fail(PA_ERR_NOMEM, "conv_transpose2d: out of memory");
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(B * H * W), (int)N, (int)Ci, 1.0f,
-              CF(x), (int)Ci, CF(w), (int)N, 0.0f, cols, (int)N);
+  pa_cpu_sgemm(false, B * H * W, N, Ci, 1.0f, CF(x), Ci, CF(w), N, cols, N);
 #pragma omp parallel for collapse(2) schedule(static) if (PAR(pa_numel(y) * kh * kw))
   for (int64_t bi = 0; bi < B; bi++)
     for (int64_t oy = 0; oy < Ho; oy++)
@@ -397,6 +400,31 @@ static void gather_head(float *dst, const pa_tensor *k, int64_t ld, const pa_ten
   }
 }
 
+/* Queries per unit of attention work: a (QCHUNK, Lk) score block per thread. A constant, so
+ * that the units (and the bits) do not depend on the thread count. */
+#define QCHUNK 64
+
+/* Rows [i0, i0 + m) of head h of one batch row: scores, softmax, times the values. Kh, Vh
+ * (Lb, d) are the head's gathered keys and values; S is (m, Lb) scratch. */
+static void attention_rows(float *yb, const float *qb, const float *Kh, const float *Vh, float *S,
+                           const pa_attn_params *p, const float *kw, int64_t nw, int64_t h, int64_t i0,
+                           int64_t m, int64_t Lq, int64_t Lk, int64_t Lb, int64_t d, int64_t q_ld, int64_t C) {
+  pa_cpu_sgemm_serial(true, m, Lb, d, p->scale, qb + i0 * q_ld + h * d, q_ld, Kh, d, S, Lb); /* (m, Lb) */
+  for (int64_t r = 0; r < m; r++) {
+    int64_t i = i0 + r;
+    float *row = S + r * Lb;
+    if (p->pos_bias)
+      for (int64_t j = 0; j < Lb; j++) row[j] += CF(p->pos_bias)[(h * Lq + i) * Lk + j];
+    if (p->causal)
+      for (int64_t j = i + 1; j < Lb; j++) row[j] = -INFINITY;
+    softmax_row(row, Lb);
+    for (int64_t j = nw > Lb ? nw - Lb : 0; j < nw; j++) row[Lb - nw + j] *= kw[j];
+  }
+  pa_cpu_sgemm_serial(false, m, d, Lb, 1.0f, S, Lb, Vh, d, yb + i0 * C + h * d, C); /* (m, d) */
+}
+
+/* Each batch row: the heads' keys and values gathered once, then (head, query chunk) units
+ * spread over the threads, each with single-threaded GEMMs. */
 static int cpu_attention(pa_backend *be, pa_tensor *y, const pa_tensor *q, const pa_tensor *k,
                          const pa_tensor *v, const pa_attn_params *p) {
   (void)be;
@@ -405,37 +433,40 @@ static int cpu_attention(pa_backend *be, pa_tensor *y, const pa_tensor *q, const
   int64_t d = C / H, nw = p->key_weight ? pa_last(p->key_weight) : 0;
   int64_t q_ld = p->q_ld ? p->q_ld : C, kv_ld = p->kv_ld ? p->kv_ld : C, kv2_ld = p->kv2_ld ? p->kv2_ld : C;
   bool kw_rows = p->key_weight && p->key_weight->ndim == 2;
-  float *S = malloc((size_t)(Lq * Lk) * sizeof *S), *Kh = malloc((size_t)(Lk * d) * sizeof *Kh);
-  float *Vh = malloc((size_t)(Lk * d) * sizeof *Vh);
-  if (!S || !Kh || !Vh) {
-    free(S), free(Kh), free(Vh);
-    return pa_fail(PA_ERR_NOMEM, "attention: out of memory (%lld x %lld scores)", (long long)Lq, (long long)Lk);
+  int64_t nq = (Lq + QCHUNK - 1) / QCHUNK, units = H * nq;
+  float *Kh = malloc((size_t)(H * Lk * d) * sizeof *Kh), *Vh = malloc((size_t)(H * Lk * d) * sizeof *Vh);
+  int failed = 0;
+  if (!Kh || !Vh) {
+    free(Kh), free(Vh);
+    return pa_fail(PA_ERR_NOMEM, "attention: out of memory (%lld keys)", (long long)Lk);
   }
-  for (int64_t b = 0; b < B; b++) {
+  for (int64_t b = 0; b < B && !failed; b++) {
     /* a padded row runs with its own key count, so its result is the unpadded one exactly */
     int64_t Lb = Lk - (p->key_pad ? ((const int32_t *)p->key_pad->data)[b] : 0);
     const float *kw = p->key_weight ? CF(p->key_weight) + (kw_rows ? b * nw : 0) : NULL;
-    for (int64_t h = 0; h < H; h++) {
-      const float *qh = CF(q) + b * Lq * q_ld + h * d;
-      gather_head(Kh, k, kv_ld, p->k2, kv2_ld, b, h, d, Lb);
-      gather_head(Vh, v, kv_ld, p->v2, kv2_ld, b, h, d, Lb);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lb, (int)d, p->scale, qh,
-                  (int)q_ld, Kh, (int)d, 0.0f, S, (int)Lb);
-#pragma omp parallel for schedule(static) if (PAR(Lq * Lb))
-      for (int64_t i = 0; i < Lq; i++) {
-        float *row = S + i * Lb;
-        if (p->pos_bias)
-          for (int64_t j = 0; j < Lb; j++) row[j] += CF(p->pos_bias)[(h * Lq + i) * Lk + j];
-        if (p->causal)
-          for (int64_t j = i + 1; j < Lb; j++) row[j] = -INFINITY;
-        softmax_row(row, Lb);
-        for (int64_t j = nw > Lb ? nw - Lb : 0; j < nw; j++) row[Lb - nw + j] *= kw[j];
+    for (int64_t h = 0; h < H; h++) { /* (H, Lb, d) each */
+      gather_head(Kh + h * Lb * d, k, kv_ld, p->k2, kv2_ld, b, h, d, Lb);
+      gather_head(Vh + h * Lb * d, v, kv_ld, p->v2, kv2_ld, b, h, d, Lb);
+    }
+#pragma omp parallel if (units > 1 && PAR(Lq * Lb * d * H))
+    {
+      float *S = malloc((size_t)(QCHUNK * Lb) * sizeof *S); /* (QCHUNK, Lb) this thread's scores */
+      if (!S) {
+#pragma omp atomic write
+        failed = 1;
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Lq, (int)d, (int)Lb, 1.0f, S,
-                  (int)Lb, Vh, (int)d, 0.0f, F(y) + b * Lq * C + h * d, (int)C);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t u = 0; u < units; u++) {
+        int64_t h = u / nq, i0 = u % nq * QCHUNK, m = Lq - i0 < QCHUNK ? Lq - i0 : QCHUNK;
+        if (S)
+          attention_rows(F(y) + b * Lq * C, CF(q) + b * Lq * q_ld, Kh + h * Lb * d, Vh + h * Lb * d, S, p, kw, nw,
+                         h, i0, m, Lq, Lk, Lb, d, q_ld, C);
+      }
+      free(S);
     }
   }
-  free(S), free(Kh), free(Vh);
+  free(Kh), free(Vh);
+  if (failed) return pa_fail(PA_ERR_NOMEM, "attention: out of memory (%d x %lld scores)", QCHUNK, (long long)Lk);
   return PA_OK;
 }
 

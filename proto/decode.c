@@ -180,6 +180,7 @@ static int get_events(dctx *c, const msgpack_object *v, const char *path, const 
 static const field OUTPUT_FIELDS[] = {
     {.name = "key", .type = F_STR, .off = offsetof(pw_output, key), .required = true},
     {.name = "url", .type = F_STR, .off = offsetof(pw_output, url)},
+    {.name = "params", .type = F_STR, .off = offsetof(pw_output, params)},
 };
 
 static int get_outputs(dctx *c, const msgpack_object *v, const char *path, pw_result *r) {
@@ -194,7 +195,7 @@ static int get_outputs(dctx *c, const msgpack_object *v, const char *path, pw_re
   for (uint32_t i = 0; i < n; i++) {
     r->n_outputs = i + 1; /* so that pw_result_free releases what was copied so far */
     path_fmt(item, "%s[%u]", path, i);
-    if (decode_map(c, &v->via.array.ptr[i], item, OUTPUT_FIELDS, 2, &r->outputs[i], false))
+    if (decode_map(c, &v->via.array.ptr[i], item, OUTPUT_FIELDS, sizeof OUTPUT_FIELDS / sizeof OUTPUT_FIELDS[0], &r->outputs[i], false))
       return -1;
   }
   r->n_outputs = n;
@@ -387,6 +388,7 @@ static const field JOB_FIELDS[] = {
     {.name = "output_format", .type = F_ENUM, .off = offsetof(pw_job, output_format),
      ENUM(pw_output_format_names, PW_FORMAT_COUNT)},
     {.name = "output_quality", .type = F_INT, .off = offsetof(pw_job, output_quality)},
+    {.name = "preview_every", .type = F_INT, .off = offsetof(pw_job, preview_every)},
     {.name = "output", .type = F_MAP, .has = offsetof(pw_job, has_output), SUB(OUTPUT_SUB)},
     {.name = "webhook", .type = F_MAP, .has = offsetof(pw_job, has_webhook), SUB(WEBHOOK_SUB)},
     {.name = "priority", .type = F_INT, .off = offsetof(pw_job, priority)},
@@ -404,6 +406,7 @@ static const field PROGRESS_FIELDS[] = {
     {.name = "stage", .type = F_ENUM, .off = offsetof(pw_progress, stage), .required = true,
      ENUM(pw_stage_names, PW_STAGE_COUNT)},
     {.name = "ts_ms", .type = F_INT, .off = offsetof(pw_progress, ts_ms), .required = true},
+    {.name = "preview", .type = F_STR, .off = offsetof(pw_progress, preview)},
 };
 
 static const field TIMINGS_SUB[] = {

@@ -101,6 +101,7 @@ static void job_delivery(enc *e, const pw_job *j) {
   /* written only when not the default, so that older messages keep their exact bytes */
   if (j->output_format != PW_FORMAT_PNG) top_str(e, "output_format", pw_output_format_names[j->output_format]);
   if (j->output_quality != PW_DEFAULT_OUTPUT_QUALITY) top_int(e, "output_quality", j->output_quality);
+  if (j->preview_every != PW_DEFAULT_PREVIEW_EVERY) top_int(e, "preview_every", j->preview_every);
   if (j->has_output) {
     top_key(e, "output");
     if (j->output.dir) {
@@ -172,6 +173,7 @@ int pw_progress_encode(const pw_progress *p, uint8_t **out, size_t *out_len, pw_
   top_int(&e, "total", p->total);
   top_str(&e, "stage", pw_stage_names[p->stage]);
   top_int(&e, "ts_ms", p->ts_ms);
+  if (p->preview) top_str(&e, "preview", p->preview);
   return finish(&e, &p->extra, out, out_len, err);
 }
 
@@ -196,9 +198,10 @@ int pw_result_encode(const pw_result *r, uint8_t **out, size_t *out_len, pw_erro
   top_key(&e, "outputs");
   e.rc |= msgpack_pack_array(&e.pk, r->n_outputs);
   for (size_t i = 0; i < r->n_outputs; i++) {
-    map(&e, r->outputs[i].url ? 2 : 1);
+    map(&e, 1 + (r->outputs[i].url != NULL) + (r->outputs[i].params != NULL));
     kv_str(&e, "key", r->outputs[i].key);
     if (r->outputs[i].url) kv_str(&e, "url", r->outputs[i].url);
+    if (r->outputs[i].params) kv_str(&e, "params", r->outputs[i].params);
   }
   result_timings(&e, r);
   if (r->has_seed) top_int(&e, "seed", r->seed);

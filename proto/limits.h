@@ -31,6 +31,9 @@
 #define PW_SIZE_MAX 2048
 #define PW_SIZE_MULTIPLE 32 /* VQGAN f4 -> token grid px/4, which the U-Net wants a multiple of 8 */
 #define PW_OFFSET_MULTIPLE 4 /* outpaint offsets land on the token grid */
+/* The largest side a worker generates unless started with --max-side; the scheduler refuses
+ * bigger jobs at submission with the same number (its own --max-side, set to the fleet's). */
+#define PW_DEFAULT_MAX_SIDE 1024
 
 /* ---- sampler ------------------------------------------------------------------------- */
 #define PW_BATCH_MAX 16
@@ -52,6 +55,12 @@
 #define PW_TIMING_MAX_MS 86400000.0 /* one day */
 #define PW_QUALITY_MIN 1 /* output_quality: JPEG and WebP */
 #define PW_QUALITY_MAX 100
+#define PW_PARAMS_MAX_BYTES 16384 /* an output's generation parameters (JSON text) */
+/* Previews (preview_every): a decode of the current tokens every N denoising steps, at most
+ * one per PW_PREVIEW_MIN_INTERVAL_MS per job, the longer side scaled down to
+ * PW_PREVIEW_MAX_SIDE pixels. */
+#define PW_PREVIEW_MIN_INTERVAL_MS 500
+#define PW_PREVIEW_MAX_SIDE 64
 
 /* ---- defaults (Paella v3 sampler) ---------------------------------------------------- */
 #define PW_DEFAULT_SIZE 256
@@ -68,6 +77,10 @@
 #define PW_DEFAULT_PRIOR_GUIDANCE 4.0
 #define PW_DEFAULT_FRAMES 8
 #define PW_DEFAULT_PRIORITY 5
+/* Bulk work yields to interactive jobs: a batch item without its own priority (in the item
+ * or the batch's settings) gets this one, the lowest lane (worker/redis_keys.h). */
+#define PW_BATCH_DEFAULT_PRIORITY 0
 #define PW_DEFAULT_OUTPUT_QUALITY 90 /* output_format defaults to png (lossless) */
+#define PW_DEFAULT_PREVIEW_EVERY 0   /* no previews */
 
 #endif

@@ -34,6 +34,7 @@ void pw_job_init(pw_job *job) {
   job->priority = PW_DEFAULT_PRIORITY;
   job->output_format = PW_FORMAT_PNG;
   job->output_quality = PW_DEFAULT_OUTPUT_QUALITY;
+  job->preview_every = PW_DEFAULT_PREVIEW_EVERY;
 }
 
 void pw_job_apply_defaults(pw_job *job) {
@@ -66,6 +67,7 @@ void pw_progress_init(pw_progress *p) {
 
 void pw_progress_free(pw_progress *p) {
   free(p->job_id);
+  free(p->preview);
   free(p->extra.data);
   pw_progress_init(p);
 }
@@ -82,6 +84,7 @@ void pw_result_free(pw_result *r) {
   for (size_t i = 0; i < r->n_outputs; i++) {
     free(r->outputs[i].key);
     free(r->outputs[i].url);
+    free(r->outputs[i].params);
   }
   free(r->outputs);
   free(r->error_message);

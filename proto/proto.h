@@ -149,6 +149,7 @@ typedef struct {
   } interpolate;
   pw_output_format output_format; /* of the stored images */
   int64_t output_quality;         /* JPEG and WebP, PW_QUALITY_MIN..PW_QUALITY_MAX */
+  int64_t preview_every;          /* a preview every N denoising steps, 0 = none (0..PW_STEPS_MAX) */
   int has_output; /* without one the worker's configured store is used */
   struct {
     char *bucket, *prefix; /* S3 target ... */
@@ -173,12 +174,14 @@ typedef struct {
   int64_t step, total; /* step in 0..total within `stage` */
   pw_stage stage;
   int64_t ts_ms; /* Unix milliseconds */
+  char *preview; /* URL (or storage key) of the latest preview image, NULL when none */
   pw_extra extra;
 } pw_progress;
 
 typedef struct {
   char *key; /* object key (S3) or file path (local dir) */
   char *url; /* presigned GET or file:// URL; NULL if none */
+  char *params; /* the generation parameters embedded in the image (JSON text); NULL if none */
 } pw_output;
 
 typedef struct {

@@ -151,6 +151,7 @@ static int job_sampler(const pw_job *j, pw_error *err) {
   TRY(int_range(j->prior.steps, 1, PW_PRIOR_STEPS_MAX, "prior.steps", err));
   TRY(num_range(j->prior.guidance, 0.0, PW_PRIOR_GUIDANCE_MAX, "prior.guidance", err));
   TRY(int_range(j->prior.sampler, 0, PW_PRIOR_SAMPLER_COUNT - 1, "prior.sampler", err));
+  TRY(int_range(j->preview_every, 0, PW_STEPS_MAX, "preview_every", err));
   return 0;
 }
 
@@ -241,6 +242,7 @@ int pw_progress_validate(const pw_progress *p, pw_error *err) {
   TRY(int_range(p->total, 1, PW_PROGRESS_TOTAL_MAX, "total", err));
   TRY(int_range(p->step, 0, p->total, "step", err));
   TRY(int_range(p->stage, 0, PW_STAGE_COUNT - 1, "stage", err));
+  if (p->preview) TRY(path_text(p->preview, PW_MAX_URL_BYTES, "preview", err));
   return int_range(p->ts_ms, 0, PW_TIME_MAX, "ts_ms", err);
 }
 
@@ -254,6 +256,8 @@ static int result_outputs(const pw_result *r, pw_error *err) {
     if (!r->outputs[i].key[0]) return pw_fail(err, PW_E_INVALID_VALUE, path, "must not be empty");
     snprintf(path, sizeof path, "outputs[%zu].url", i);
     if (r->outputs[i].url) TRY(url(r->outputs[i].url, "http https s3 file", path, err));
+    snprintf(path, sizeof path, "outputs[%zu].params", i);
+    TRY(text(r->outputs[i].params, PW_PARAMS_MAX_BYTES, false, path, err));
   }
   return 0;
 }

@@ -83,7 +83,7 @@ static enum MHD_Result created(http_ctx *h, const char *id, int wait_s, uint64_t
   if (!r) return MHD_NO;
   enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json") == MHD_YES &&
                                MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, loc) == MHD_YES
-                           ? MHD_queue_response(h->conn, 202, r)
+                           ? http_queue(h->conn, 202, r, (int64_t)strlen(body))
                            : MHD_NO;
   MHD_destroy_response(r);
   return ok;
@@ -119,7 +119,7 @@ static enum MHD_Result submit_job(http_ctx *h) {
     goto done;
   }
   if (pw_job_from_json(text, text_len, &job, &err) || apply_idempotency_header(h, &job, &err) ||
-      sched_webhook_check(h->c, &job, &err)) {
+      pa_job_admit(&job, &h->c->limits, &err) || sched_webhook_check(h->c, &job, &err)) {
     if (err.code == PW_E_DUPLICATE_KEY && client_sent_id(h->rq->body, h->rq->len))
       ok = http_error(h->conn, 422, "invalid_value", "id", "the scheduler assigns job ids");
     else
@@ -240,10 +240,11 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
     }
     hub_event ev;
     if (hub_wait(&s->cursor, s->id, 1000, &ev)) {
-      if (!strcmp(ev.type, "progress") || !strcmp(ev.type, "start")) sse_append(s, ev.type, ev.data);
+      bool step_event = !strcmp(ev.type, "progress") || !strcmp(ev.type, "preview");
+      if (step_event || !strcmp(ev.type, "start")) sse_append(s, ev.type, ev.data);
       free(ev.data);
       s->idle_since = now_ms();
-      if (strcmp(ev.type, "progress")) sse_status(s);
+      if (!step_event) sse_status(s);
     } else {
       sse_status(s); /* also catches transitions whose event this replica missed */
       if (s->out_len == 0 && now_ms() - s->idle_since > 10000) {
@@ -284,7 +285,7 @@ static enum MHD_Result job_events(http_ctx *h, const char *id) {
   }
   enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream") == MHD_YES &&
                                MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") == MHD_YES
-                           ? MHD_queue_response(h->conn, 200, r)
+                           ? http_queue(h->conn, 200, r, -1)
                            : MHD_NO;
   MHD_destroy_response(r);
   return ok;
@@ -321,7 +322,7 @@ static enum MHD_Result serve_object(http_ctx *h, const redisReply *hr, const cha
     return MHD_NO;
   }
   enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, image_type(object)) == MHD_YES
-                           ? MHD_queue_response(h->conn, 200, r)
+                           ? http_queue(h->conn, 200, r, (int64_t)len)
                            : MHD_NO;
   MHD_destroy_response(r);
   return ok;
@@ -340,7 +341,7 @@ static enum MHD_Result serve_file(http_ctx *h, const char *path) {
     return MHD_NO;
   }
   enum MHD_Result ok = MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, image_type(path)) == MHD_YES
-                           ? MHD_queue_response(h->conn, 200, r)
+                           ? http_queue(h->conn, 200, r, (int64_t)st.st_size)
                            : MHD_NO;
   MHD_destroy_response(r);
   return ok;
@@ -368,11 +369,35 @@ static enum MHD_Result job_output(http_ctx *h, const char *id, const char *index
   } else {
     struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     ok = r && MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, res.outputs[n].url) == MHD_YES
-             ? MHD_queue_response(h->conn, 302, r)
+             ? http_queue(h->conn, 302, r, 0)
              : MHD_NO;
     if (r) MHD_destroy_response(r);
   }
   pw_result_free(&res);
+  freeReplyObject(hr);
+  return ok;
+}
+
+/* GET /v1/jobs/{id}/preview: the latest preview image of a job with preview_every, served as
+ * its outputs are (read back from the store by key, or a 302 to its URL); 404 before the first one. */
+static enum MHD_Result job_preview(http_ctx *h, const char *id) {
+  redisReply *hr = NULL;
+  int rc = jobs_fetch(h->c, id, &hr);
+  if (rc) return http_status_error(h->conn, rc);
+  const char *owner = jobs_field(hr, "owner", NULL), *url = jobs_field(hr, "preview_url", NULL);
+  enum MHD_Result ok;
+  if (!owner || strcmp(owner, h->owner) || !url || !*url) {
+    ok = http_error(h->conn, 404, "not_found", "", "no preview of job %s (yet)", id);
+  } else if (!strncmp(url, "file://", 7)) { /* recorded by an older worker */
+    ok = serve_file(h, url + 7);
+  } else if (strncmp(url, "https://", 8) && strncmp(url, "http://", 7)) { /* a key in the job's store */
+    ok = serve_object(h, hr, url);
+  } else {
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    ok = r && MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, url) == MHD_YES ? http_queue(h->conn, 302, r, 0)
+                                                                                     : MHD_NO;
+    if (r) MHD_destroy_response(r);
+  }
   freeReplyObject(hr);
   return ok;
 }
@@ -439,6 +464,7 @@ static enum MHD_Result job_routes(http_ctx *h, const char *const *seg, int n) {
   if (n == 2 && !strcmp(seg[1], "events") && get) return job_events(h, id);
   if (n == 3 && !strcmp(seg[1], "outputs") && get) return job_output(h, id, seg[2]);
   if (n == 2 && !strcmp(seg[1], "deliveries") && get) return api_deliveries(h, id, false);
+  if (n == 2 && !strcmp(seg[1], "preview") && get) return job_preview(h, id);
   return http_error(h->conn, 404, "not_found", "", "no route %s %s", h->method, h->url);
 }
 

@@ -19,7 +19,6 @@
 #include "worker/outbox.h"
 
 #define BATCH_MAX_ITEMS 1000000
-#define BATCH_RETRY_KEY "paella:batches:retry" /* zset: batch id -> when its shards are tried again */
 #define OUTPUT_READ_MAX ((size_t)64 << 20) /* one finished image read back (1024 px PNG: ~3 MiB) */
 
 /* Shards are written by the tracker and by submissions (after a crash); one at a time per
@@ -130,7 +129,8 @@ static int parse_items(const sched_config *c, const batch_request *r, const json
     pw_job *job = &out->jobs[out->n++];
     pw_job_init(job);
     pw_error e;
-    if (item_job(settings, line, len, batch_id, index, job, &e) || sched_webhook_check(c, job, &e)) {
+    if (item_job(settings, line, len, batch_id, index, job, &e) || pa_job_admit(job, &c->limits, &e) ||
+        sched_webhook_check(c, job, &e)) {
       set_error(err, e.code, "", e.message);
       snprintf(err->field, sizeof err->field, "items[%ld]%s%.60s", index, e.field[0] ? "." : "", e.field);
       return PA_ERR_INVALID;
@@ -188,8 +188,8 @@ static int check_same(const sched_config *c, const char *id, const char *key, lo
 
 static int register_batch(const sched_config *c, const char *id, const char *owner, long total, int shard_size,
                           int asked_shard_size, const char *settings, const char *items_sha) {
-  char key[160], now[24], tot[24], ss[24];
-  snprintf(key, sizeof key, "paella:batch:%s", id);
+  char key[PA_KEY_MAX], now[24], tot[24], ss[24];
+  snprintf(key, sizeof key, "%s", pa_key_batch(id, "").s);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   snprintf(tot, sizeof tot, "%ld", total);
   snprintf(ss, sizeof ss, "%d", shard_size);
@@ -201,8 +201,8 @@ static int register_batch(const sched_config *c, const char *id, const char *own
   if (other) return pa_fail(PA_ERR_INVALID, "batch %s belongs to another key", id);
   int rc = exists ? check_same(c, id, key, total, asked_shard_size, settings, items_sha) : PA_OK;
   if (rc) return rc;
-  char done_key[200];
-  snprintf(done_key, sizeof done_key, "%s:done", key);
+  char done_key[PA_KEY_MAX + 32];
+  snprintf(done_key, sizeof done_key, "%s", pa_key_batch(id, ":done").s);
   char done[24];
   snprintf(done, sizeof done, "%lld", scard(c, done_key));
   const char *argv[] = {"HSET", key, "owner", owner, "total", tot, "settings", settings,
@@ -220,8 +220,8 @@ static int register_batch(const sched_config *c, const char *id, const char *own
 /* Submits item i unless its job exists and did not fail; failed ones are cleared and rerun. */
 static int submit_item(const sched_config *c, const char *batch_id, const pw_job *job, long i, int shard_size,
                        const char *owner) {
-  char key[160];
-  snprintf(key, sizeof key, "paella:job:%s", job->id);
+  char key[PA_KEY_MAX];
+  snprintf(key, sizeof key, "%s", pa_key_job(job->id).s);
   redisReply *r = sched_cmdf(c, "HGET %s status", key);
   if (!r) return PA_ERR_IO;
   bool rerun = r->type == REDIS_REPLY_STRING && (!strcmp(r->str, "failed") || !strcmp(r->str, "canceled"));
@@ -229,9 +229,9 @@ static int submit_item(const sched_config *c, const char *batch_id, const pw_job
   if (rerun) {
     r = sched_cmdf(c, "DEL %s", key);
     if (r) freeReplyObject(r);
-    r = sched_cmdf(c, "SREM paella:batch:%s:done %ld", batch_id, i);
+    r = sched_cmdf(c, "SREM %s %ld", pa_key_batch(batch_id, ":done").s, i);
     if (r) freeReplyObject(r);
-    r = sched_cmdf(c, "SREM paella:batch:%s:done:%ld %ld", batch_id, i / shard_size, i);
+    r = sched_cmdf(c, "SREM %s %ld", pa_key_batch_shard_done(batch_id, i / shard_size).s, i);
     if (r) freeReplyObject(r);
   }
   submit_outcome outcome;
@@ -241,7 +241,7 @@ static int submit_item(const sched_config *c, const char *batch_id, const pw_job
 }
 
 static bool shard_written(const sched_config *c, const char *batch_id, long k) {
-  redisReply *r = sched_cmdf(c, "SISMEMBER paella:batch:%s:written %ld", batch_id, k);
+  redisReply *r = sched_cmdf(c, "SISMEMBER %s %ld", pa_key_batch(batch_id, ":written").s, k);
   bool yes = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
   if (r) freeReplyObject(r);
   return yes;
@@ -264,6 +264,8 @@ int batch_submit(const sched_config *c, const batch_request *r, const char *owne
     rc = PA_ERR_INVALID;
     goto done;
   }
+  if (!json_object_get(settings, "priority"))
+    json_object_set_new(settings, "priority", json_integer(PW_BATCH_DEFAULT_PRIORITY));
   if ((rc = parse_items(c, r, settings, batch_id, &jobs, err))) goto done;
   int shard_size = r->shard_size > 0 ? r->shard_size : c->shard_size;
   char *settings_text = json_dumps(settings, JSON_COMPACT | JSON_SORT_KEYS), items_sha[65];
@@ -272,8 +274,8 @@ int batch_submit(const sched_config *c, const batch_request *r, const char *owne
                      : PA_ERR_NOMEM;
   free(settings_text);
   if (rc) goto done;
-  char key[160];
-  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
+  char key[PA_KEY_MAX];
+  snprintf(key, sizeof key, "%s", pa_key_batch(batch_id, "").s);
   shard_size = (int)hget_int(c, key, "shard_size", shard_size); /* a resubmission keeps the first layout */
   for (long i = 0; i < jobs.n && rc == PA_OK; i++) {
     if (i % shard_size == 0 && shard_written(c, batch_id, i / shard_size)) {
@@ -293,20 +295,20 @@ done:
 /* ---- completion and shards ---------------------------------------------------------- */
 
 int batch_item_done(const sched_config *c, const char *batch_id, long index, bool succeeded) {
-  char key[160];
-  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
+  char key[PA_KEY_MAX];
+  snprintf(key, sizeof key, "%s", pa_key_batch(batch_id, "").s);
   long long size = hget_int(c, key, "shard_size", 0), total = hget_int(c, key, "total", 0);
   if (size <= 0 || index < 0 || index >= total) return pa_fail(PA_ERR_NOTFOUND, "no batch %s", batch_id);
   long k = index / size;
-  redisReply *r = sched_cmdf(c, "SADD %s:done %ld", key, index);
+  redisReply *r = sched_cmdf(c, "SADD %s %ld", pa_key_batch(batch_id, ":done").s, index);
   if (r) freeReplyObject(r);
-  r = sched_cmdf(c, succeeded ? "SADD %s:ok %ld" : "SREM %s:ok %ld", key, index);
+  r = sched_cmdf(c, succeeded ? "SADD %s %ld" : "SREM %s %ld", pa_key_batch(batch_id, ":ok").s, index);
   if (r) freeReplyObject(r);
-  r = sched_cmdf(c, "SADD %s:done:%ld %ld", key, k, index);
+  r = sched_cmdf(c, "SADD %s %ld", pa_key_batch_shard_done(batch_id, k).s, index);
   if (r) freeReplyObject(r);
   long long in_shard = total - k * size < size ? total - k * size : size;
-  char shard_done[200];
-  snprintf(shard_done, sizeof shard_done, "%s:done:%ld", key, k);
+  char shard_done[PA_KEY_MAX + 32];
+  snprintf(shard_done, sizeof shard_done, "%s", pa_key_batch_shard_done(batch_id, k).s);
   if (scard(c, shard_done) < in_shard) return PA_OK;
   return batch_write_ready_shards(c, batch_id);
 }
@@ -348,8 +350,12 @@ static int add_item(const sched_config *c, tar_writer *w, const char *batch_id, 
     free(png);
     if (rc) goto done;
   }
-  json_t *meta = json_pack("{s:s,s:I,s:O,s:s}", "prompt", job.prompt ? job.prompt : "", "seed",
-                           (json_int_t)(res.has_seed ? res.seed : job.seed), "settings", settings, "job_id", id);
+  json_t *params = json_array(); /* each image's embedded generation parameters, as the result records them */
+  for (size_t o = 0; params && o < res.n_outputs; o++)
+    json_array_append_new(params, res.outputs[o].params ? json_string(res.outputs[o].params) : json_null());
+  json_t *meta = json_pack("{s:s,s:I,s:O,s:s,s:o}", "prompt", job.prompt ? job.prompt : "", "seed",
+                           (json_int_t)(res.has_seed ? res.seed : job.seed), "settings", settings, "job_id", id,
+                           "params", params);
   char *text = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
   json_decref(meta);
   snprintf(name, sizeof name, "%06ld.json", i);
@@ -364,12 +370,12 @@ done:
 }
 
 static int write_manifest(const sched_config *c, const char *batch_id, pa_storage *store) {
-  char key[160], name[200];
-  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
-  redisReply *r = sched_cmdf(c, "HGETALL %s:shards", key);
+  char key[PA_KEY_MAX], name[200];
+  snprintf(key, sizeof key, "%s", pa_key_batch(batch_id, "").s);
+  redisReply *r = sched_cmdf(c, "HGETALL %s", pa_key_batch(batch_id, ":shards").s);
   if (!r || r->type != REDIS_REPLY_ARRAY) {
     if (r) freeReplyObject(r);
-    return pa_fail(PA_ERR_IO, "HGETALL %s:shards", key);
+    return pa_fail(PA_ERR_IO, "HGETALL %s", pa_key_batch(batch_id, ":shards").s);
   }
   long long total = hget_int(c, key, "total", 0), size = hget_int(c, key, "shard_size", 1);
   long n_shards = (long)((total + size - 1) / size);
@@ -378,8 +384,8 @@ static int write_manifest(const sched_config *c, const char *batch_id, pa_storag
     for (size_t i = 0; i + 1 < r->elements; i += 2)
       if (strtol(r->element[i]->str, NULL, 10) == k) json_array_append_new(shards, json_loads(r->element[i + 1]->str, 0, NULL));
   freeReplyObject(r);
-  char okk[200];
-  snprintf(okk, sizeof okk, "%s:ok", key);
+  char okk[PA_KEY_MAX + 32];
+  snprintf(okk, sizeof okk, "%s", pa_key_batch(batch_id, ":ok").s);
   json_t *m = json_pack("{s:s,s:I,s:I,s:I,s:o,s:b}", "batch", batch_id, "total", (json_int_t)total, "shard_size",
                         (json_int_t)size, "succeeded", (json_int_t)scard(c, okk), "shards", shards, "complete",
                         (int)json_array_size(shards) == n_shards);
@@ -424,13 +430,13 @@ static int write_shard(const sched_config *c, const char *batch_id, long k, long
   char *text = entry ? json_dumps(entry, JSON_COMPACT) : NULL;
   json_decref(entry);
   if (!text) return pa_fail(PA_ERR_NOMEM, "shard entry");
-  redisReply *r = sched_cmdf(c, "HSET paella:batch:%s:shards %ld %s", batch_id, k, text);
+  redisReply *r = sched_cmdf(c, "HSET %s %ld %s", pa_key_batch(batch_id, ":shards").s, k, text);
   free(text);
   if (r) freeReplyObject(r);
   /* the manifest first: once the shard counts as written (and the batch maybe as completed),
    * the stored manifest lists it; a failure here writes the shard again next time */
   if ((rc = write_manifest(c, batch_id, store))) return rc;
-  r = sched_cmdf(c, "SADD paella:batch:%s:written %ld", batch_id, k);
+  r = sched_cmdf(c, "SADD %s %ld", pa_key_batch(batch_id, ":written").s, k);
   if (!r) return PA_ERR_IO;
   freeReplyObject(r);
   return PA_OK;
@@ -471,13 +477,12 @@ static int queue_completed_webhook(const sched_config *c, const char *batch_id, 
   char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
   json_decref(body);
   if (!text) return pa_fail(PA_ERR_NOMEM, "batch webhook");
-  char outbox[200], msg_id[200], hash[400], batch_key[160], now[24];
-  snprintf(outbox, sizeof outbox, "%s" PA_OUTBOX_SUFFIX, c->redis.stream);
+  char msg_id[200], now[24];
   snprintf(msg_id, sizeof msg_id, "%s.batch.completed", batch_id);
-  snprintf(hash, sizeof hash, "%s" PA_OUTBOX_MESSAGE_SUFFIX "%s", c->redis.stream, msg_id);
-  snprintf(batch_key, sizeof batch_key, "paella:batch:%s", batch_id);
+  pa_key outbox = pa_key_outbox(c->redis.stream), hash = pa_key_outbox_msg(c->redis.stream, msg_id),
+         batch_key = pa_key_batch(batch_id, "");
   snprintf(now, sizeof now, "%lld", (long long)now_ms());
-  const char *args[] = {outbox, hash, batch_key, msg_id, batch_id, "batch.completed", url,
+  const char *args[] = {outbox.s, hash.s, batch_key.s, msg_id, batch_id, "batch.completed", url,
                         secret_id ? secret_id : "", secret_id ? "1" : "0", text, now};
   redisReply *r = sched_eval(c, BATCH_HOOK_LUA, 3, 8, args, NULL);
   rc = r && r->type == REDIS_REPLY_INTEGER ? PA_OK : pa_fail(PA_ERR_IO, "batch %s: completion webhook not queued", batch_id);
@@ -486,13 +491,17 @@ static int queue_completed_webhook(const sched_config *c, const char *batch_id, 
   return rc;
 }
 
-/* ARGV: batch id, first index, count, ttl seconds. The members' records (and webhook logs) of
- * one slice of a batch; keys are built here, like the ids ("{batch}-NNNNNN"). */
+/* KEYS: the expiring zset (tracker_trim). ARGV: batch id, first index, count, ttl seconds,
+ * when they expire (Unix ms), owner. The members' records (and webhook logs) of one slice of a
+ * batch, each queued on the expiring zset like a settled job so that its owner index entry
+ * goes with it; keys are built here, like the ids ("{batch}-NNNNNN"). */
 static const char EXPIRE_MEMBERS_LUA[] =
     "for i = tonumber(ARGV[2]), tonumber(ARGV[2]) + tonumber(ARGV[3]) - 1 do\n"
-    "  local j = string.format('paella:job:%s-%06d', ARGV[1], i)\n"
+    "  local id = string.format('%s-%06d', ARGV[1], i)\n"
+    "  local j = '" PA_KEY_JOB_PREFIX "' .. id\n"
     "  redis.call('EXPIRE', j, ARGV[4])\n"
     "  redis.call('EXPIRE', j .. ':deliveries', ARGV[4])\n"
+    "  if ARGV[6] ~= '' then redis.call('ZADD', KEYS[1], ARGV[5], id .. ' ' .. ARGV[6]) end\n"
     "end\n"
     "return 1\n";
 
@@ -503,26 +512,31 @@ static const char EXPIRE_MEMBERS_LUA[] =
  * A resubmission while they live renews the time. */
 static int expire_with_batch(const sched_config *c, const char *batch_id, long long total, long long size) {
   if (c->job_ttl_s <= 0) return PA_OK;
-  char key[160], ttl[16], first[24], count[24];
-  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
+  char ttl[16], first[24], count[24];
   snprintf(ttl, sizeof ttl, "%d", c->job_ttl_s);
   static const char *const suffixes[] = {"", ":done", ":ok", ":written", ":shards"};
   for (size_t i = 0; i < sizeof suffixes / sizeof *suffixes; i++) {
-    redisReply *r = sched_cmdf(c, "EXPIRE %s%s %s", key, suffixes[i], ttl);
+    redisReply *r = sched_cmdf(c, "EXPIRE %s %s", pa_key_batch(batch_id, suffixes[i]).s, ttl);
     if (!r) return PA_ERR_IO;
     freeReplyObject(r);
   }
-  redisReply *r = sched_cmdf(c, "EXPIRE paella:job:%s:deliveries %s", batch_id, ttl); /* the batch's webhook log */
+  redisReply *r = sched_cmdf(c, "EXPIRE %s %s", pa_key_job_deliveries(batch_id).s, ttl); /* the batch's webhook log */
   if (r) freeReplyObject(r);
   for (long long k = 0; k * size < total; k++) {
-    r = sched_cmdf(c, "EXPIRE %s:done:%lld %s", key, k, ttl);
+    r = sched_cmdf(c, "EXPIRE %s %s", pa_key_batch_shard_done(batch_id, (long)k).s, ttl);
     if (r) freeReplyObject(r);
   }
+  char at[24], owner[256] = "";
+  snprintf(at, sizeof at, "%" PRId64, now_ms() + (int64_t)c->job_ttl_s * 1000);
+  r = sched_cmdf(c, "HGET %s owner", pa_key_batch(batch_id, "").s);
+  if (r && r->type == REDIS_REPLY_STRING) snprintf(owner, sizeof owner, "%s", r->str);
+  if (r) freeReplyObject(r);
+  sched_zsets z = sched_zsets_of(c);
   for (long long i = 0; i < total; i += EXPIRE_SLICE) {
     snprintf(first, sizeof first, "%lld", i);
     snprintf(count, sizeof count, "%lld", total - i < EXPIRE_SLICE ? total - i : EXPIRE_SLICE);
-    const char *args[] = {batch_id, first, count, ttl};
-    r = sched_eval(c, EXPIRE_MEMBERS_LUA, 0, 4, args, NULL);
+    const char *args[] = {z.expiring, batch_id, first, count, ttl, at, owner};
+    r = sched_eval(c, EXPIRE_MEMBERS_LUA, 1, 6, args, NULL);
     bool ok = r && r->type == REDIS_REPLY_INTEGER;
     if (r) freeReplyObject(r);
     if (!ok) return pa_fail(PA_ERR_IO, "batch %s: members' expiry not set", batch_id);
@@ -531,9 +545,9 @@ static int expire_with_batch(const sched_config *c, const char *batch_id, long l
 }
 
 int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
-  char key[160];
+  char key[PA_KEY_MAX];
   pa_storage *store;
-  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
+  snprintf(key, sizeof key, "%s", pa_key_batch(batch_id, "").s);
   int rc = sched_storage(c, &store);
   if (rc) return rc;
   long long total = hget_int(c, key, "total", 0), size = hget_int(c, key, "shard_size", 0);
@@ -544,13 +558,13 @@ int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
   pthread_mutex_lock(&shard_mu);
   for (long k = 0; k * size < total && rc == PA_OK; k++) {
     long count = (long)(total - k * size < size ? total - k * size : size);
-    char done[200];
-    snprintf(done, sizeof done, "%s:done:%ld", key, k);
+    char done[PA_KEY_MAX + 32];
+    snprintf(done, sizeof done, "%s", pa_key_batch_shard_done(batch_id, k).s);
     if (shard_written(c, batch_id, k) || scard(c, done) < count) continue;
     rc = write_shard(c, batch_id, k, (long)(k * size), count, settings, store);
   }
-  char written[200];
-  snprintf(written, sizeof written, "%s:written", key);
+  char written[PA_KEY_MAX + 32];
+  snprintf(written, sizeof written, "%s", pa_key_batch(batch_id, ":written").s);
   if (rc == PA_OK && scard(c, written) == (total + size - 1) / size) {
     rc = queue_completed_webhook(c, batch_id, settings);
     if (rc == PA_OK) rc = expire_with_batch(c, batch_id, total, size);
@@ -560,7 +574,7 @@ int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
   if (rc == PA_ERR_IO) { /* the store or Redis failed: no later event would write this shard, the reaper will */
     char due[24];
     snprintf(due, sizeof due, "%" PRId64, now_ms() + BATCH_RETRY_MS);
-    redisReply *q = sched_cmdf(c, "ZADD " BATCH_RETRY_KEY " %s %s", due, batch_id);
+    redisReply *q = sched_cmdf(c, "ZADD %s %s %s", pa_key_batches_retry().s, due, batch_id);
     if (q) freeReplyObject(q);
   }
   return rc;
@@ -569,10 +583,10 @@ int batch_write_ready_shards(const sched_config *c, const char *batch_id) {
 void batch_retry_due(const sched_config *c) {
   char now[24];
   snprintf(now, sizeof now, "%" PRId64, now_ms());
-  redisReply *r = sched_cmdf(c, "ZRANGEBYSCORE " BATCH_RETRY_KEY " -inf %s LIMIT 0 16", now);
+  redisReply *r = sched_cmdf(c, "ZRANGEBYSCORE %s -inf %s LIMIT 0 16", pa_key_batches_retry().s, now);
   for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
     const char *id = r->element[i]->str;
-    redisReply *q = sched_cmdf(c, "ZREM " BATCH_RETRY_KEY " %s", id);
+    redisReply *q = sched_cmdf(c, "ZREM %s %s", pa_key_batches_retry().s, id);
     bool mine = q && q->type == REDIS_REPLY_INTEGER && q->integer == 1; /* one replica takes it */
     if (q) freeReplyObject(q);
     if (mine && batch_write_ready_shards(c, id))
@@ -582,16 +596,16 @@ void batch_retry_due(const sched_config *c) {
 }
 
 int batch_render(const sched_config *c, const char *batch_id, const char *owner, char **json) {
-  char key[160], k_done[200], k_ok[200], k_written[200];
-  snprintf(key, sizeof key, "paella:batch:%s", batch_id);
+  char key[PA_KEY_MAX], k_done[PA_KEY_MAX + 32], k_ok[PA_KEY_MAX + 32], k_written[PA_KEY_MAX + 32];
+  snprintf(key, sizeof key, "%s", pa_key_batch(batch_id, "").s);
   redisReply *r = sched_cmdf(c, "HGET %s owner", key);
   if (!r) return PA_ERR_IO;
   bool mine = r->type == REDIS_REPLY_STRING && (!owner || !strcmp(r->str, owner));
   freeReplyObject(r);
   if (!mine) return pa_fail(PA_ERR_NOTFOUND, "no batch %s", batch_id);
-  snprintf(k_done, sizeof k_done, "%s:done", key);
-  snprintf(k_ok, sizeof k_ok, "%s:ok", key);
-  snprintf(k_written, sizeof k_written, "%s:written", key);
+  snprintf(k_done, sizeof k_done, "%s", pa_key_batch(batch_id, ":done").s);
+  snprintf(k_ok, sizeof k_ok, "%s", pa_key_batch(batch_id, ":ok").s);
+  snprintf(k_written, sizeof k_written, "%s", pa_key_batch(batch_id, ":written").s);
   long long total = hget_int(c, key, "total", 0), size = hget_int(c, key, "shard_size", 1);
   long long done = scard(c, k_done), ok = scard(c, k_ok), written = scard(c, k_written);
   long long shards = (total + size - 1) / size;

@@ -32,17 +32,28 @@ void sched_config_defaults(sched_config *c) {
   c->redis_timeout_ms = 1200;
   c->job_ttl_s = 86400;
   c->dead_letters_max = 10000;
+  snprintf(c->access_log, sizeof c->access_log, "-");
+  pa_job_limits_default(&c->limits);
+  c->dispatch_depth = 64;
   char host[64] = "scheduler";
   gethostname(host, sizeof host - 1);
   snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
 }
 
-/* The workers' parser (worker/redis_url.c): one reading of --queue for both binaries. */
+/* The workers' parser (worker/redis_url.c): one reading of --queue for both binaries. A Kafka
+ * queue keeps the registry in the Redis of --registry (kafka.c says why). */
 int sched_config_set_queue(sched_config *c, const char *url) {
-  if (!strncmp(url, "kafka://", 8))
-    return pa_fail(PA_ERR_INVALID, "--queue: the scheduler keeps its registry in Redis "
-                   "(redis://[[USER]:PASSWORD@]HOST:PORT/DB?stream=...&group=...), not Kafka");
+  if (!strncmp(url, "kafka://", 8)) return sched_kafka_parse_url(url, &c->kafka);
+  c->kafka.on = false;
   return pa_redis_url_parse(url, &c->redis);
+}
+
+int sched_config_set_registry(sched_config *c, const char *url) {
+  if (strncmp(url, "redis://", 8) && strncmp(url, "rediss://", 9))
+    return pa_fail(PA_ERR_INVALID, "--registry: a redis:// URL (the job registry beside a Kafka queue)");
+  int rc = pa_redis_url_parse(url, &c->redis);
+  if (rc == PA_OK) c->registry_set = true;
+  return rc;
 }
 
 /* The workers' --storage URL: opened here (the workers' parser, AWS_* variables for S3), so a
@@ -130,12 +141,18 @@ static int apply(sched_config *c, const char *name, const char *v) {
     return rc;                                                         \
   }
   if (strcmp(name, "--queue") == 0) return sched_config_set_queue(c, v);
+  if (strcmp(name, "--registry") == 0) return sched_config_set_registry(c, v);
   if (strcmp(name, "--storage") == 0) return sched_config_set_storage(c, v);
   if (strcmp(name, "--listen") == 0) return set_listen(c, v);
   if (strcmp(name, "--api-key-hashes") == 0) return sched_config_add_keys(c, v);
   if (strcmp(name, "--webhook-secrets") == 0) {
     if (strlen(v) >= sizeof c->webhook_secrets_dir) return pa_fail(PA_ERR_INVALID, "--webhook-secrets: path too long");
     snprintf(c->webhook_secrets_dir, sizeof c->webhook_secrets_dir, "%s", v);
+    return PA_OK;
+  }
+  if (strcmp(name, "--access-log") == 0) {
+    if (!*v || strlen(v) >= sizeof c->access_log) return pa_fail(PA_ERR_INVALID, "--access-log: want -, off or a file");
+    snprintf(c->access_log, sizeof c->access_log, "%s", v);
     return PA_OK;
   }
   if (strcmp(name, "--webhook-allow-unsigned") == 0) {
@@ -158,24 +175,31 @@ static int apply(sched_config *c, const char *name, const char *v) {
   NUM("--redis-timeout-ms", 100, 60000, c->redis_timeout_ms);
   NUM("--job-ttl", 0, 86400 * 365, c->job_ttl_s);
   NUM("--dead-letters-max", 1, 1e8, c->dead_letters_max);
+  NUM("--max-side", PW_SIZE_MIN, PW_SIZE_MAX, c->limits.max_side);
+  NUM("--dispatch-depth", 1, 1e6, c->dispatch_depth);
 #undef NUM
   return pa_fail(PA_ERR_INVALID, "unknown option %s", name);
 }
 
 static const struct { const char *env, *flag; } ENV[] = {
-    {"PAELLA_QUEUE", "--queue"},       {"PAELLA_STORAGE", "--storage"},
+    {"PAELLA_QUEUE", "--queue"},       {"PAELLA_REGISTRY", "--registry"}, {"PAELLA_STORAGE", "--storage"},
     {"PAELLA_LISTEN", "--listen"},     {"PAELLA_API_KEY_HASHES", "--api-key-hashes"},
     {"PAELLA_RATE", "--rate"},         {"PAELLA_BURST", "--burst"},
     {"PAELLA_MAX_ACTIVE", "--max-active"}, {"PAELLA_MAX_ATTEMPTS", "--max-attempts"},
     {"PAELLA_JOB_TIMEOUT", "--job-timeout"}, {"PAELLA_SHARD_SIZE", "--shard-size"},
     {"PAELLA_MAX_CONNECTIONS", "--max-connections"}, {"PAELLA_MAX_PER_IP", "--max-per-ip"},
     {"PAELLA_JOB_TTL", "--job-ttl"},   {"PAELLA_DEAD_LETTERS_MAX", "--dead-letters-max"},
+    {"PAELLA_DISPATCH_DEPTH", "--dispatch-depth"},
     {"PAELLA_WEBHOOK_SECRETS", "--webhook-secrets"}, {"PAELLA_WEBHOOK_ALLOW_UNSIGNED", "--webhook-allow-unsigned"},
+    {"PAELLA_ACCESS_LOG", "--access-log"}, {"PAELLA_MAX_SIDE", "--max-side"},
 };
 
 void sched_config_usage(void) {
   printf("usage: paella-scheduler [options]\n"
          "  --queue redis://[[USER]:PASS@]HOST:PORT/DB?stream=paella:jobs&group=workers   ($PAELLA_QUEUE)\n"
+         "        or kafka://BROKERS?topic=paella.jobs&events_group=scheduler[&PROPERTY=VALUE...]: jobs go to\n"
+         "        a Kafka fleet, the registry below keeps their state (docs/queues.md)\n"
+         "  --registry redis://...       the job registry beside a Kafka queue  ($PAELLA_REGISTRY)\n"
          "  --storage URL                the workers' store: s3://BUCKET/PREFIX (AWS_ENDPOINT_URL, AWS_REGION,\n"
          "                               AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or\n"
          "                               file:///DIR; batch shards and manifests go there  ($PAELLA_STORAGE)\n"
@@ -195,9 +219,15 @@ void sched_config_usage(void) {
          "  --job-ttl S                  a finished job's record expires S after it ends; 0: never [86400]\n"
          "                               ($PAELLA_JOB_TTL)\n"
          "  --dead-letters-max N         dead letters kept, newest first (about) [10000]  ($PAELLA_DEAD_LETTERS_MAX)\n"
+         "  --dispatch-depth N           undelivered jobs kept on each lane's stream; the rest wait per API key\n"
+         "                               and enter round-robin (fair share, docs/queues.md) [64]  ($PAELLA_DISPATCH_DEPTH)\n"
          "  --webhook-secrets DIR        the workers' secrets: a webhook whose secret_id is in neither DIR\n"
          "                               nor $PAELLA_WEBHOOK_SECRET_<ID> is refused (422)  ($PAELLA_WEBHOOK_SECRETS)\n"
-         "  --webhook-allow-unsigned 1   accept such webhooks; workers send them unsigned ($PAELLA_WEBHOOK_ALLOW_UNSIGNED)\n");
+         "  --webhook-allow-unsigned 1   accept such webhooks; workers send them unsigned ($PAELLA_WEBHOOK_ALLOW_UNSIGNED)\n"
+         "  --max-side N                 largest width/height accepted: the workers' --max-side [1024]\n"
+         "                               (422 above it; /readyz reports workers that differ) ($PAELLA_MAX_SIDE)\n"
+         "  --access-log -|off|FILE      one JSON line per request: stderr, none, or appended to FILE [-]\n"
+         "                               ($PAELLA_ACCESS_LOG)\n");
 }
 
 int sched_config_parse(sched_config *c, int argc, char **argv, bool *help) {
@@ -227,5 +257,8 @@ int sched_config_parse(sched_config *c, int argc, char **argv, bool *help) {
     int rc = apply(c, name, v);
     if (rc) return rc;
   }
+  if (c->kafka.on && !c->registry_set)
+    return pa_fail(PA_ERR_INVALID, "--queue kafka://... needs --registry redis://... (the job registry, SSE state, "
+                   "batches and metrics live in Redis: docs/queues.md)");
   return PA_OK;
 }

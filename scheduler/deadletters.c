@@ -16,8 +16,8 @@ int dlq_bury(const sched_config *c, const char *job_id, const char *code, const 
   size_t len = 0;
   const char *job = jobs_field(h, "job", &len), *att = jobs_field(h, "attempts", NULL);
   const char *entry = jobs_field(h, "entry", NULL);
-  char dead[160];
-  snprintf(dead, sizeof dead, "%s:dead", c->redis.stream);
+  pa_key k = pa_key_dead(c->redis.stream);
+  const char *dead = k.s;
   const char *argv[] = {"XADD", dead, "*", "job", job ? job : "", "id", job_id, "code", code, "field", "",
                         "message", message, "deliveries", att ? att : "0", "entry", entry ? entry : ""};
   size_t lens[17];
@@ -65,9 +65,10 @@ static bool valid_entry_id(const char *s) {
 }
 
 int dlq_list(const sched_config *c, const char *cursor, int limit, char **json) {
-  char dead[160], max[48];
+  pa_key k = pa_key_dead(c->redis.stream);
+  const char *dead = k.s;
+  char max[48];
   if (cursor && *cursor && !valid_entry_id(cursor)) return pa_fail(PA_ERR_INVALID, "bad cursor");
-  snprintf(dead, sizeof dead, "%s:dead", c->redis.stream);
   snprintf(max, sizeof max, cursor && *cursor ? "(%s" : "+", cursor);
   redisReply *r = sched_cmdf(c, "XREVRANGE %s %s - COUNT %d", dead, max, limit);
   if (!r || r->type != REDIS_REPLY_ARRAY) {
@@ -87,22 +88,27 @@ int dlq_list(const sched_config *c, const char *cursor, int limit, char **json) 
   return *json ? PA_OK : pa_fail(PA_ERR_NOMEM, "list dead letters");
 }
 
-/* KEYS: job hash, stream, dead stream, active set ("-"). ARGV: id, job msgpack, now, dead id. */
+/* The job goes back to the end of its owner's queue in the lane of its priority.
+ * KEYS: job hash, lane stream, dead stream, active set ("-"), lane ring. ARGV: id, job msgpack,
+ * now, dead id, queue prefix, group, depth, lane name. */
 static const char REQUEUE_DEAD_LUA[] =
+    SCHED_WAIT_LUA
     "if redis.call('XDEL', KEYS[3], ARGV[4]) == 0 then return 0 end\n"
-    "local e = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2], 'id', ARGV[1])\n"
-    "redis.call('HDEL', KEYS[1], 'finished_ms', 'result', 'cancel_reason', 'stage', 'step', 'total', 'started_ms')\n"
-    "redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0', 'cancel', '0', 'entry', e,\n"
+    "redis.call('HDEL', KEYS[1], 'finished_ms', 'result', 'cancel_reason', 'stage', 'step', 'total', 'started_ms',\n"
+    "  'entry')\n"
+    "redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0', 'cancel', '0', 'lane', ARGV[8],\n"
     "  'job', ARGV[2], 'updated_ms', ARGV[3])\n"
     "redis.call('HSETNX', KEYS[1], 'created_ms', ARGV[3])\n"
     "redis.call('PERSIST', KEYS[1])\n" /* live again: retention restarts when it ends */
     "if KEYS[4] ~= '-' then redis.call('SADD', KEYS[4], ARGV[1]) end\n"
+    "wait_push(KEYS[5], ARGV[5], redis.call('HGET', KEYS[1], 'owner') or '', ARGV[1], false)\n"
+    "dispatch(KEYS[2], KEYS[5], ARGV[5], ARGV[6], ARGV[7])\n"
     "return 1\n";
 
 /* The dead entry's job, decoded and with its attempt count reset. */
 static int dead_job(const sched_config *c, const char *entry_id, pw_job *job) {
-  char dead[160];
-  snprintf(dead, sizeof dead, "%s:dead", c->redis.stream);
+  pa_key k = pa_key_dead(c->redis.stream);
+  const char *dead = k.s;
   redisReply *r = sched_cmdf(c, "XRANGE %s %s %s", dead, entry_id, entry_id);
   if (!r) return PA_ERR_IO;
   int rc = pa_fail(PA_ERR_NOTFOUND, "no dead letter %s", entry_id);
@@ -138,18 +144,19 @@ int dlq_requeue(const sched_config *c, const char *entry_id, char *job_id, size_
     rc = pa_fail(PA_ERR_FORMAT, "encode: %s", err.message);
     goto fail;
   }
-  char key[160], dead[160], active[200], now[24];
-  snprintf(key, sizeof key, "paella:job:%s", job.id);
-  snprintf(dead, sizeof dead, "%s:dead", c->redis.stream);
+  pa_key key = pa_key_job(job.id), dead = pa_key_dead(c->redis.stream);
+  char now[24];
   snprintf(now, sizeof now, "%" PRId64, now_ms());
-  owner = sched_cmdf(c, "HGET %s owner", key);
-  if (owner && owner->type == REDIS_REPLY_STRING) snprintf(active, sizeof active, "paella:owner:%s:active", owner->str);
-  else snprintf(active, sizeof active, "-");
-  const char *args[] = {key, c->redis.stream, dead, active, job.id, (const char *)mp, now, entry_id};
-  size_t lens[8];
-  for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
-  lens[5] = mp_len;
-  redisReply *r = sched_eval(c, REQUEUE_DEAD_LUA, 4, 4, args, lens);
+  owner = sched_cmdf(c, "HGET %s owner", key.s);
+  pa_key active = owner && owner->type == REDIS_REPLY_STRING ? pa_key_owner_active(owner->str) : (pa_key){"-"};
+  int lane = pa_lane_of_priority(job.priority);
+  sched_lane l = sched_lane_of(c, lane);
+  const char *args[] = {key.s, l.stream.s, dead.s, active.s, l.ring.s, job.id, (const char *)mp, now, entry_id,
+                        l.queue.s, c->redis.group, l.depth, pa_lane_name(lane)};
+  size_t lens[13];
+  for (int i = 0; i < 13; i++) lens[i] = strlen(args[i]);
+  lens[6] = mp_len;
+  redisReply *r = sched_eval(c, REQUEUE_DEAD_LUA, 5, 8, args, lens);
   if (!r || r->type != REDIS_REPLY_INTEGER) rc = PA_ERR_IO;
   else if (r->integer == 0) rc = pa_fail(PA_ERR_NOTFOUND, "no dead letter %s", entry_id);
   if (r) freeReplyObject(r);

@@ -24,6 +24,14 @@ typedef struct {
   size_t len, cap, limit;
   bool too_large, begun;
   http_path path;
+  /* for the access log */
+  char *target;          /* the request target as sent (path and query) */
+  char method[16];
+  char key_id[64];       /* the API key's name once authenticated, never the secret */
+  char request_id[65];   /* X-Request-Id as sent (when sane), else generated; echoed back */
+  int64_t start_us;
+  unsigned status;       /* 0: no response was queued (connection dropped) */
+  int64_t bytes;         /* body bytes of the response, -1 for streams */
 } http_req;
 
 typedef struct {
@@ -38,6 +46,9 @@ typedef struct {
 
 extern atomic_bool http_stopping;
 
+/* Every response goes out through here: it is recorded for the access log (status, body
+ * bytes; -1 for a stream) and carries the request's X-Request-Id. */
+enum MHD_Result http_queue(struct MHD_Connection *conn, unsigned status, struct MHD_Response *r, int64_t bytes);
 enum MHD_Result http_reply(struct MHD_Connection *conn, unsigned status, const char *content_type,
                            const char *body, size_t len);
 enum MHD_Result http_json(struct MHD_Connection *conn, unsigned status, const char *json);

@@ -1,6 +1,7 @@
 /* The job registry: paella:job:{id} hashes (docs/queues.md) and the scheduler's own indexes.
  * Every transition is one Lua script, so Redis applies it atomically and the AOF records it
- * whole; a crash never leaves a job in the hash but not on the stream or the reverse. */
+ * whole; a crash never leaves a job in the hash but neither waiting in its owner's queue nor on
+ * a lane's stream, or the reverse (dispatch.c). Key names come from worker/redis_keys.h. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,12 +34,14 @@ bool jobs_is_final(const char *s) {
   return !strcmp(s, "succeeded") || !strcmp(s, "failed") || !strcmp(s, "canceled");
 }
 
-/* KEYS: job hash, stream, idempotency hash ("-": none), owner index, owner active set,
- *       deadlines. ARGV: id, job msgpack, now, owner, max_active, body sha, idem ttl,
- *       batch, index, deadline_ms.
- * Returns {0, entry} created, {1, id} existing, {2, id} key reused with another body,
- * {3, ""} over quota. */
+/* KEYS: job hash, lane stream, idempotency hash ("-": none), owner index, owner active set,
+ *       deadlines, lane ring. ARGV: id, job msgpack, now, owner, max_active, body sha, idem
+ *       ttl, batch, index, deadline_ms, queue prefix, group, depth, lane name.
+ * The job waits in its owner's queue of its lane and is dispatched at once when the lane has
+ * room (SCHED_WAIT_LUA). Returns {0, id} created, {1, id} existing, {2, id} key reused with
+ * another body, {3, ""} over quota. */
 static const char SUBMIT_LUA[] =
+    SCHED_WAIT_LUA
     "if KEYS[3] ~= '-' then\n"
     "  local prev = redis.call('HMGET', KEYS[3], 'id', 'sha')\n"
     "  if prev[1] then\n"
@@ -48,9 +51,8 @@ static const char SUBMIT_LUA[] =
     "end\n"
     "if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ARGV[1]} end\n"
     "if redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[5]) then return {3, ''} end\n"
-    "local e = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2], 'id', ARGV[1])\n"
     "redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0', 'updated_ms', ARGV[3],\n"
-    "  'created_ms', ARGV[3], 'owner', ARGV[4], 'job', ARGV[2], 'entry', e)\n"
+    "  'created_ms', ARGV[3], 'owner', ARGV[4], 'job', ARGV[2], 'lane', ARGV[14])\n"
     "if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'batch', ARGV[8], 'index', ARGV[9]) end\n"
     "redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])\n"
     "redis.call('SADD', KEYS[5], ARGV[1])\n"
@@ -62,7 +64,9 @@ static const char SUBMIT_LUA[] =
     "  redis.call('HSET', KEYS[3], 'id', ARGV[1], 'sha', ARGV[6])\n"
     "  redis.call('EXPIRE', KEYS[3], ARGV[7])\n"
     "end\n"
-    "return {0, e}\n";
+    "wait_push(KEYS[7], ARGV[11], ARGV[4], ARGV[1], false)\n"
+    "dispatch(KEYS[2], KEYS[7], ARGV[11], ARGV[12], ARGV[13])\n"
+    "return {0, ARGV[1]}\n";
 
 int jobs_submit(const sched_config *c, const pw_job *job, const char *owner, int max_active,
                 const char *body_sha, const char *batch, long index, submit_outcome *outcome,
@@ -74,25 +78,25 @@ int jobs_submit(const sched_config *c, const pw_job *job, const char *owner, int
   int rc = PA_OK;
   if (pw_job_encode(job, &mp, &mp_len, &perr))
     return pa_fail(PA_ERR_INVALID, "encode job: %s (%s)", perr.message, perr.field);
-  char k_job[160], k_idem[400], k_index[200], k_active[200], k_dead[192];
+  pa_key k_job = pa_key_job(job->id), k_index = pa_key_owner_jobs(owner), k_active = pa_key_owner_active(owner);
+  pa_key k_idem = job->idempotency_key ? pa_key_idempotency(owner, job->idempotency_key) : (pa_key){"-"};
+  sched_zsets z = sched_zsets_of(c);
+  int lane = pa_lane_of_priority(job->priority);
+  sched_lane l = sched_lane_of(c, lane);
   char now[24], maxa[24], ttl[24], idx[24], deadline[24];
-  snprintf(k_job, sizeof k_job, "paella:job:%s", job->id);
-  if (job->idempotency_key) snprintf(k_idem, sizeof k_idem, "paella:idem:%s:%s", owner, job->idempotency_key);
-  else snprintf(k_idem, sizeof k_idem, "-");
-  snprintf(k_index, sizeof k_index, "paella:owner:%s:jobs", owner);
-  snprintf(k_active, sizeof k_active, "paella:owner:%s:active", owner);
-  snprintf(k_dead, sizeof k_dead, "%s:sched:deadlines", c->redis.stream);
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   snprintf(maxa, sizeof maxa, "%d", max_active);
   snprintf(ttl, sizeof ttl, "%d", c->idempotency_ttl_s);
   snprintf(idx, sizeof idx, "%ld", index);
   snprintf(deadline, sizeof deadline, "%" PRId64, job->deadline_ms);
-  const char *args[] = {k_job, c->redis.stream, k_idem, k_index, k_active, k_dead, job->id, (const char *)mp,
-                        now, owner, maxa, body_sha ? body_sha : "", ttl, batch ? batch : "", idx, deadline};
-  size_t lens[16];
-  for (int i = 0; i < 16; i++) lens[i] = strlen(args[i]);
-  lens[7] = mp_len;
-  r = sched_eval(c, SUBMIT_LUA, 6, 10, args, lens);
+  const char *args[] = {k_job.s, l.stream.s, k_idem.s, k_index.s, k_active.s, z.deadlines, l.ring.s,
+                        job->id, (const char *)mp, now, owner, maxa, body_sha ? body_sha : "", ttl,
+                        batch ? batch : "", idx, deadline, l.queue.s, c->redis.group, l.depth, pa_lane_name(lane)};
+  enum { NARGS = sizeof args / sizeof args[0] };
+  size_t lens[NARGS];
+  for (int i = 0; i < NARGS; i++) lens[i] = strlen(args[i]);
+  lens[8] = mp_len;
+  r = sched_eval(c, SUBMIT_LUA, 7, NARGS - 7, args, lens);
   if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_INTEGER) {
     rc = r ? pa_fail(PA_ERR_IO, "submit: unexpected reply") : PA_ERR_IO;
     goto fail;
@@ -163,6 +167,14 @@ json_t *jobs_resource(const char *id, const redisReply *h) {
   if ((v = field_of(h, "cancel", NULL)) && !strcmp(v, "1")) json_object_set_new(o, "cancel_requested", json_true());
   json_t *p = progress_json(h);
   if (p) json_object_set_new(o, "progress", p);
+  if ((v = field_of(h, "preview_url", NULL)) && *v) { /* the latest preview (preview_every) */
+    /* a presigned URL (S3) or the key from the store's root (GET .../preview serves it) */
+    bool is_url = !strncmp(v, "https://", 8) || !strncmp(v, "http://", 7) || !strncmp(v, "file://", 7);
+    json_t *pv = json_pack("{s:s}", is_url ? "url" : "key", v);
+    set_int_field(pv, "step", h, "preview_step");
+    set_int_field(pv, "total", h, "preview_total");
+    json_object_set_new(o, "preview", pv);
+  }
   if ((v = field_of(h, "batch", NULL)) && *v) {
     json_t *b = json_object();
     json_object_set_new(b, "id", json_string(v));
@@ -183,8 +195,8 @@ json_t *jobs_resource(const char *id, const redisReply *h) {
 }
 
 int jobs_fetch(const sched_config *c, const char *id, redisReply **out) {
-  char key[160];
-  snprintf(key, sizeof key, "paella:job:%s", id);
+  pa_key k = pa_key_job(id);
+  const char *key = k.s;
   const char *argv[] = {"HGETALL", key};
   redisReply *r = sched_cmd(c, 2, argv, NULL);
   if (!r) return PA_ERR_IO;
@@ -229,7 +241,8 @@ int jobs_render(const sched_config *c, const char *id, const char *owner, char *
 
 /* A queued job's stream entry is not deleted: XDEL of an entry no consumer has read breaks the
  * group's lag (null in Redis 7.0-7.2, what KEDA wakes workers by). The final status marks it;
- * the worker that claims it sees the job settled and acknowledges it without running it.
+ * the worker that claims it sees the job settled and acknowledges it without running it. A job
+ * still waiting in its owner's queue (not yet dispatched) is dropped by the dispatcher.
  * KEYS: job hash, stream, events stream, retry zset. ARGV: now, owner ('' any), id, result.
  * {-1} unknown, {0, status} already final, {1} canceled while queued, {2} flag set (running). */
 static const char CANCEL_LUA[] =
@@ -273,12 +286,11 @@ int jobs_cancel(const sched_config *c, const char *id, const char *owner, char *
   redisReply *r = NULL;
   int rc = jobs_final_result(id, PW_STATUS_CANCELED, PW_E_CANCELED, "canceled by a client", &mp, &mp_len);
   if (rc) return rc;
-  char k_job[160], k_events[160], now[24];
-  snprintf(k_job, sizeof k_job, "paella:job:%s", id);
-  snprintf(k_events, sizeof k_events, "%s:events", c->redis.stream);
+  pa_key k_job = pa_key_job(id), k_events = pa_key_events(c->redis.stream);
+  char now[24];
   snprintf(now, sizeof now, "%" PRId64, now_ms());
   sched_zsets z = sched_zsets_of(c);
-  const char *args[] = {k_job, c->redis.stream, k_events, z.retry, now, owner ? owner : "", id, (const char *)mp};
+  const char *args[] = {k_job.s, c->redis.stream, k_events.s, z.retry, now, owner ? owner : "", id, (const char *)mp};
   size_t lens[8];
   for (int i = 0; i < 8; i++) lens[i] = strlen(args[i]);
   lens[7] = mp_len;
@@ -290,7 +302,13 @@ int jobs_cancel(const sched_config *c, const char *id, const char *owner, char *
   long long outcome = r->element[0]->integer;
   snprintf(state, cap, "%s", r->element[1]->str ? r->element[1]->str : "");
   if (outcome < 0) rc = pa_fail(PA_ERR_NOTFOUND, "no job %s", id);
+  /* On Kafka the workers learn of a cancel from {topic}.control, not from the hash: a queued job
+   * may already be on the jobs topic, a running one checks the record between steps. A repeated
+   * cancel produces the record again (compaction keeps one), so a client retrying after a 503
+   * (brokers away) gets it written. */
+  else if (outcome == 0 && c->kafka.on && !strcmp(state, "canceled") && sched_kafka_cancel(c, id)) rc = PA_ERR_IO;
   else if (outcome == 0) rc = pa_fail(PA_ERR_INVALID, "job %s is already %s", id, state);
+  else if (c->kafka.on) rc = sched_kafka_cancel(c, id);
 fail:
   if (r) freeReplyObject(r);
   free(mp);
@@ -359,11 +377,11 @@ static int list_step(const sched_config *c, const char *k_index, const char *sta
 
 int jobs_list(const sched_config *c, const char *owner, const char *status, const char *cursor,
               int limit, char **json) {
-  char k_index[200];
+  pa_key index = pa_key_owner_jobs(owner);
+  const char *k_index = index.s;
   list_pos pos;
   int rc = parse_cursor(cursor, &pos);
   if (rc) return rc;
-  snprintf(k_index, sizeof k_index, "paella:owner:%s:jobs", owner);
   json_t *items = json_array();
   bool more = true;
   for (int round = 0; round < 10 && json_array_size(items) < (size_t)limit; round++) {

@@ -85,13 +85,13 @@ static long long kv_int(const redisReply *r, const char *name, long long dflt) {
   return dflt;
 }
 
-/* Backlog = entries not yet delivered to the workers' group (its lag); the oldest of them
- * dates the queue (stream ids start with their Unix milliseconds). */
-static void queue_gauges(const sched_config *c, text *t) {
+/* One lane's undelivered entries (the workers' group lag, what KEDA reads) and the Unix ms of
+ * the oldest of them (0: none). */
+static long long lane_backlog(const sched_config *c, const char *stream, long long *oldest_ms) {
   long long backlog = 0;
-  double oldest = 0;
   char last[64] = "";
-  redisReply *r = sched_cmdf(c, "XINFO GROUPS %s", c->redis.stream);
+  *oldest_ms = 0;
+  redisReply *r = sched_cmdf(c, "XINFO GROUPS %s", stream);
   if (r && r->type == REDIS_REPLY_ARRAY) {
     for (size_t i = 0; i < r->elements; i++) {
       const redisReply *g = r->element[i];
@@ -104,24 +104,45 @@ static void queue_gauges(const sched_config *c, text *t) {
   }
   if (r) freeReplyObject(r);
   if (backlog < 0 || !last[0]) { /* no group yet, or lag unknown after deletions */
-    r = sched_cmdf(c, "XLEN %s", c->redis.stream);
+    r = sched_cmdf(c, "XLEN %s", stream);
     if (r && r->type == REDIS_REPLY_INTEGER && !last[0]) backlog = r->integer;
     if (r) freeReplyObject(r);
     if (backlog < 0) backlog = 0;
   }
-  r = sched_cmdf(c, "XRANGE %s (%s + COUNT 1", c->redis.stream, last[0] ? last : "0-0");
-  if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements >= 1) {
-    long long ms = strtoll(r->element[0]->element[0]->str, NULL, 10);
-    oldest = (double)(now_ms() - ms) / 1000.0;
-    if (oldest < 0) oldest = 0;
-  }
+  r = sched_cmdf(c, "XRANGE %s (%s + COUNT 1", stream, last[0] ? last : "0-0");
+  if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->elements >= 1)
+    *oldest_ms = strtoll(r->element[0]->element[0]->str, NULL, 10);
   if (r) freeReplyObject(r);
-  put(t, "# HELP paella_queue_backlog Jobs on the stream not yet delivered to a worker.\n"
+  return backlog;
+}
+
+/* Backlog = every lane's undelivered entries plus the jobs still waiting for dispatch in the
+ * API keys' queues (dispatch.c); the oldest undelivered entry dates the queue (stream ids start
+ * with their Unix milliseconds). */
+static void queue_gauges(const sched_config *c, text *t) {
+  long long backlog = 0, lanes[PA_LANES], waiting[PA_LANES] = {0}, waiting_total = 0, oldest_ms = 0;
+  for (int lane = 0; lane < PA_LANES; lane++) {
+    long long ms = 0;
+    lanes[lane] = lane_backlog(c, pa_key_lane(c->redis.stream, lane).s, &ms);
+    if (ms && (!oldest_ms || ms < oldest_ms)) oldest_ms = ms;
+  }
+  if (dispatch_waiting(c, waiting, &waiting_total)) waiting_total = 0;
+  for (int lane = 0; lane < PA_LANES; lane++) backlog += lanes[lane] + waiting[lane];
+  double oldest = oldest_ms ? (double)(now_ms() - oldest_ms) / 1000.0 : 0;
+  if (oldest < 0) oldest = 0;
+  put(t, "# HELP paella_queue_backlog Jobs not yet delivered to a worker: on the lanes' streams and waiting for dispatch.\n"
          "# TYPE paella_queue_backlog gauge\npaella_queue_backlog %lld\n", backlog);
+  put(t, "# HELP paella_lane_backlog Jobs not yet delivered to a worker, per priority lane and place "
+         "(stream: the group's lag, what KEDA reads; waiting: in the API keys' queues).\n"
+         "# TYPE paella_lane_backlog gauge\n");
+  for (int lane = 0; lane < PA_LANES; lane++)
+    put(t, "paella_lane_backlog{lane=\"%s\",place=\"stream\"} %lld\n"
+           "paella_lane_backlog{lane=\"%s\",place=\"waiting\"} %lld\n",
+        pa_lane_name(lane), lanes[lane], pa_lane_name(lane), waiting[lane]);
   put(t, "# HELP paella_oldest_queued_seconds Age of the oldest undelivered job.\n"
          "# TYPE paella_oldest_queued_seconds gauge\npaella_oldest_queued_seconds %.3f\n", oldest);
   long long inflight = 0;
-  r = sched_cmdf(c, "ZCARD %s:sched:running", c->redis.stream);
+  redisReply *r = sched_cmdf(c, "ZCARD %s", pa_key_sched(c->redis.stream, "running").s);
   if (r && r->type == REDIS_REPLY_INTEGER) inflight = r->integer;
   if (r) freeReplyObject(r);
   put(t, "# HELP paella_jobs_inflight Jobs a worker is running.\n"
@@ -134,7 +155,7 @@ static void worker_counters(const sched_config *c, text *t) {
                                        "webhook_attempts:ok", "webhook_attempts:failed", "embedding_cache_hits"};
   enum { N = sizeof FIELDS / sizeof FIELDS[0] };
   long long v[N] = {0};
-  redisReply *r = sched_cmdf(c, "HMGET paella:metrics %s %s %s %s %s %s", FIELDS[0], FIELDS[1], FIELDS[2], FIELDS[3],
+  redisReply *r = sched_cmdf(c, "HMGET " PA_KEY_METRICS " %s %s %s %s %s %s", FIELDS[0], FIELDS[1], FIELDS[2], FIELDS[3],
                              FIELDS[4], FIELDS[5]);
   for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && r->elements == N && i < N; i++)
     if (r->element[i]->str) v[i] = strtoll(r->element[i]->str, NULL, 10);
@@ -180,6 +201,12 @@ char *sched_metrics_render(const sched_config *c) {
     put(&t, "paella_jobs_total{status=\"%s\"} %" PRIu64 "\n", COUNTER_LABEL[i], (uint64_t)counters[i]);
   histograms(&t);
   worker_counters(c, &t);
+  int live = 0, mismatched = 0;
+  if (sched_fleet(c, NULL, &live, &mismatched) == PA_OK)
+    put(&t, "# HELP paella_fleet_workers Workers advertising their limits (live).\n"
+            "# TYPE paella_fleet_workers gauge\npaella_fleet_workers %d\n"
+            "# HELP paella_fleet_limits_mismatch Live workers whose limits differ from the scheduler's (see /readyz).\n"
+            "# TYPE paella_fleet_limits_mismatch gauge\npaella_fleet_limits_mismatch %d\n", live, mismatched);
   if (t.oom) {
     free(t.buf);
     return NULL;

@@ -19,6 +19,8 @@
 
 #include "ops/error.h"
 #include "proto/proto.h"
+#include "worker/admission.h"
+#include "worker/redis_keys.h"
 #include "worker/redis_url.h"
 #include "worker/storage.h"
 
@@ -31,8 +33,21 @@ typedef struct {
   bool admin;             /* may read/requeue dead letters and set job `output` */
 } sched_key;
 
+/* --queue kafka://BROKERS?topic=paella.jobs&events_group=scheduler&PROPERTY=VALUE...: the jobs
+ * topic the workers consume; the registry then lives in --registry redis://... (kafka.c). */
+#define SCHED_KAFKA_MAX_PROPS 32
 typedef struct {
-  pa_redis_url redis;     /* --queue, read as the workers read it: host, credentials, db, stream,
+  bool on;
+  char brokers[1024];
+  char topic[250];        /* the jobs topic; {topic}.events, .dead, .control derive from it */
+  char group[128];        /* the workers' group (accepted so one URL serves both binaries) */
+  char events_group[128]; /* the schedulers' group on {topic}.events and {topic}.dead */
+  int n_props;            /* librdkafka properties passed through (security settings, ...) */
+  char prop_key[SCHED_KAFKA_MAX_PROPS][128], prop_value[SCHED_KAFKA_MAX_PROPS][512];
+} sched_kafka_url;
+
+typedef struct {
+  pa_redis_url redis;     /* --queue (Redis) or --registry (with Kafka), read as the workers read it: host, credentials, db, stream,
                            * group (metrics read its lag), events_group */
   char storage[1100];     /* --storage: the workers' store (s3://BUCKET/PREFIX or file:///DIR):
                            * batch shards and manifests are written there, images read back */
@@ -58,8 +73,13 @@ typedef struct {
   int redis_timeout_ms;   /* connect and reply timeout of every Redis call: 503 past it */
   int job_ttl_s;          /* a finished job's record expires this long after it ends (0: never) */
   int dead_letters_max;   /* {stream}:dead keeps about this many newest entries */
+  int dispatch_depth;     /* undelivered entries kept on each lane's stream (fair dispatch) */
   char webhook_secrets_dir[1024]; /* the workers' --webhook-secrets (else the variables) */
   bool webhook_allow_unsigned;    /* accept webhooks whose secret is not configured */
+  sched_kafka_url kafka;  /* --queue kafka://...: jobs go to Kafka, events come from it */
+  bool registry_set;      /* --registry was given (required with a Kafka queue) */
+  char access_log[1024];  /* one JSON line per request: "-" stderr (default), "off", or a file */
+  pa_job_limits limits;   /* --max-side: the fleet's limits, checked at submission */
 } sched_config;
 
 void sched_config_defaults(sched_config *c);
@@ -68,6 +88,8 @@ void sched_config_defaults(sched_config *c);
  * *help is set when --help was given. */
 int sched_config_parse(sched_config *c, int argc, char **argv, bool *help);
 int sched_config_set_queue(sched_config *c, const char *url);
+/* --registry redis://...: the job registry beside a Kafka queue (same URL form as --queue). */
+int sched_config_set_registry(sched_config *c, const char *url);
 int sched_config_set_storage(sched_config *c, const char *url);
 /* "NAME:SHA256HEX[:admin]", several separated by commas. */
 int sched_config_add_keys(sched_config *c, const char *spec);
@@ -155,6 +177,31 @@ int tracker_start(const sched_config *c, sched_tracker **out);
 void tracker_stop(sched_tracker *t);
 /* One reaper pass (deadlines, timeouts, due retries); exposed for tests. */
 int tracker_reap(const sched_config *c);
+
+/* ---- fair dispatch (dispatch.c) ----------------------------------------------------- */
+/* Moves waiting jobs onto every lane's stream, round-robin over API keys, until the lane holds
+ * dispatch_depth undelivered entries (docs/queues.md, "Priorities and fair share"). */
+int dispatch_all(const sched_config *c, long long *moved);
+/* Creates every lane's stream and the workers' group on it (as workers do), so that KEDA's
+ * triggers read a lag of 0, not an error, from a lane nothing was ever queued on. */
+int dispatch_ensure_lanes(const sched_config *c);
+/* Jobs waiting to enter the lanes' streams, per lane (by pa_lane) and in all. */
+int dispatch_waiting(const sched_config *c, long long per_lane[PA_LANES], long long *total);
+
+/* ---- Kafka (kafka.c) ----------------------------------------------------------------- */
+/* With a kafka:// queue the Redis lanes are the outbox of the jobs topic: a forwarder (group
+ * {group} on the lanes, as workers on Redis) produces each dispatched job to {topic} (key = job
+ * id, idempotent producer), acknowledging its entry only after the brokers' delivery report;
+ * a bridge (Kafka group events_group) applies what the workers produce on {topic}.events and
+ * {topic}.dead to the registry and the Redis {stream}:events / :dead streams, exactly as a
+ * Redis worker's scripts would, so the tracker, SSE, batches and dead-letter views run
+ * unchanged (docs/queues.md, "The scheduler on Kafka"). */
+int sched_kafka_parse_url(const char *url, sched_kafka_url *out);
+typedef struct sched_kafka sched_kafka;
+int sched_kafka_start(const sched_config *c, sched_kafka **out);
+void sched_kafka_stop(sched_kafka *k);
+/* Produces the cancel record of job_id to {topic}.control and waits for the brokers. */
+int sched_kafka_cancel(const sched_config *c, const char *job_id);
 
 /* ---- dead letters (deadletters.c) --------------------------------------------------- */
 int dlq_list(const sched_config *c, const char *cursor, int limit, char **json);

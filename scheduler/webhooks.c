@@ -31,7 +31,8 @@ int sched_webhook_check(const sched_config *c, const pw_job *job, pw_error *err)
 
 /* The owner of a job (paella:job:{id}) or of a batch (paella:batch:{id}) is `owner`. */
 static int check_owner(const sched_config *c, const char *id, const char *owner, bool batch) {
-  redisReply *r = sched_cmdf(c, "HGET paella:%s:%s owner", batch ? "batch" : "job", id);
+  pa_key key = batch ? pa_key_batch(id, "") : pa_key_job(id);
+  redisReply *r = sched_cmdf(c, "HGET %s owner", key.s);
   if (!r) return PA_ERR_IO;
   bool mine = r->type == REDIS_REPLY_STRING && !strcmp(r->str, owner);
   freeReplyObject(r);
@@ -41,13 +42,12 @@ static int check_owner(const sched_config *c, const char *id, const char *owner,
 int sched_webhook_deliveries(const sched_config *c, const char *id, const char *owner, bool batch, char **json) {
   int rc = check_owner(c, id, owner, batch);
   if (rc) return rc;
-  char key[160];
-  snprintf(key, sizeof key, "paella:job:%s:deliveries", id);
-  redisReply *r = sched_cmdf(c, "LRANGE %s 0 -1", key);
+  pa_key key = pa_key_job_deliveries(id);
+  redisReply *r = sched_cmdf(c, "LRANGE %s 0 -1", key.s);
   if (!r) return PA_ERR_IO;
   if (r->type != REDIS_REPLY_ARRAY) {
     freeReplyObject(r);
-    return pa_fail(PA_ERR_IO, "LRANGE %s: unexpected reply", key);
+    return pa_fail(PA_ERR_IO, "LRANGE %s: unexpected reply", key.s);
   }
   json_t *items = json_array();
   for (size_t i = 0; i < r->elements; i++) {

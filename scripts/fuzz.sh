@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets of the wire protocol (tests/fuzz/) with clang under
+# Builds the libFuzzer targets (tests/fuzz/: the wire protocol's msgpack and JSON decoders, the
+# image decoders and embedded-parameter readers) with clang under
 # ASan + UBSan and runs each for a bounded time. Exits non-zero when a target crashes, leaks
 # or breaks a round-trip invariant; the input that did it is left in $FUZZ_OUT/artifacts/.
 #
@@ -17,11 +18,25 @@ SECONDS_PER_TARGET="${FUZZ_SECONDS:-30}"
 OUT="${FUZZ_OUT:-$ROOT/build-fuzz}"
 CC="${CC:-$(command -v clang || command -v clang-14)}"
 TARGETS=("$@")
-[ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(fuzz_msgpack fuzz_json)
+[ "${#TARGETS[@]}" -gt 0 ] || TARGETS=(fuzz_msgpack fuzz_json fuzz_image)
 
 CFLAGS=(-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer
         -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I"$ROOT")
-LIBS=(-lmsgpackc -ljansson -lm)
+
+# The parser sources each target compiles (so that they carry the coverage instrumentation),
+# the libraries it links and its -max_len: big enough for every field kind or a small image
+# with its metadata, small enough to keep executions fast.
+target_build() {
+  case "$1" in
+    fuzz_msgpack|fuzz_json)
+      SOURCES=("$ROOT"/proto/*.c); LIBS=(-lmsgpackc -ljansson -lm); MAX_LEN=16384 ;;
+    fuzz_image)
+      SOURCES=("$ROOT"/model/image.c "$ROOT"/model/image_png.c "$ROOT"/model/image_jpeg.c
+               "$ROOT"/model/image_webp.c "$ROOT"/ops/error.c)
+      read -r -a LIBS <<<"$(pkg-config --libs spng libjpeg libwebp libwebpmux) -lm"; MAX_LEN=65536 ;;
+    *) echo "fuzz.sh: unknown target $1" >&2; exit 2 ;;
+  esac
+}
 
 mkdir -p "$OUT/artifacts"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}"
@@ -31,14 +46,16 @@ status=0
 for t in "${TARGETS[@]}"; do
   seeds="$ROOT/tests/fuzz/corpus/${t#fuzz_}"
   dict="$ROOT/tests/fuzz/${t#fuzz_}.dict"
+  target_build "$t"
+  DICT=()
+  [ -f "$dict" ] && DICT=(-dict="$dict")
   echo "fuzz.sh: building $t"
-  "$CC" "${CFLAGS[@]}" "$ROOT"/proto/*.c "$ROOT/tests/fuzz/$t.c" "${LIBS[@]}" -o "$OUT/$t"
+  "$CC" "${CFLAGS[@]}" "${SOURCES[@]}" "$ROOT/tests/fuzz/$t.c" "${LIBS[@]}" -o "$OUT/$t"
   mkdir -p "$OUT/corpus/$t"
   echo "fuzz.sh: running $t for ${SECONDS_PER_TARGET}s"
-  # -max_len: big enough for every field kind, small enough to keep executions fast.
   rc=0
-  "$OUT/$t" -max_total_time="$SECONDS_PER_TARGET" -max_len=16384 -timeout=10 \
-      -rss_limit_mb=2048 -print_final_stats=1 -dict="$dict" \
+  "$OUT/$t" -max_total_time="$SECONDS_PER_TARGET" -max_len="$MAX_LEN" -timeout=10 \
+      -rss_limit_mb=2048 -print_final_stats=1 "${DICT[@]}" \
       -artifact_prefix="$OUT/artifacts/$t-" "$OUT/corpus/$t" "$seeds" >"$OUT/$t.log" 2>&1 || rc=$?
   grep -E "^(#[0-9]+ *(INITED|DONE)|stat::|==[0-9]+==|SUMMARY|fuzz invariant)" "$OUT/$t.log" || true
   if [ "$rc" -ne 0 ]; then

@@ -40,7 +40,7 @@ __attribute__((unused)) static int s3rver_start(const char *dir, s3rver *sv) {
           S3RVER_BUCKET, (char *)NULL);
     _exit(127);
   }
-  for (int i = 0; i < 300; i++) { /* up to 15 s for node to start */
+  for (int i = 0; i < 1200; i++) { /* up to 60 s for node to start on a loaded machine */
     char text[4096] = "";
     FILE *f = fopen(log, "rb");
     size_t len = f ? fread(text, 1, sizeof text - 1, f) : 0;

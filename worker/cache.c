@@ -10,6 +10,7 @@
 
 #include "ops/tensor.h"
 #include "worker/log.h"
+#include "worker/redis_keys.h"
 #include "worker/redis_url.h"
 
 #define EMB_MAGIC "PAEM"
@@ -77,11 +78,17 @@ static void hex32(const uint8_t sha[32], char *out) {
   out[64] = 0;
 }
 
+/* PA_KEY_EMB_PREFIX + 64 hex digits of the digest (76 bytes with the NUL). */
+static void emb_key_of_digest(const uint8_t sha[32], char out[76]) {
+  _Static_assert(sizeof PA_KEY_EMB_PREFIX - 1 + 64 + 1 == 76, "the embedding key is 76 bytes");
+  memcpy(out, PA_KEY_EMB_PREFIX, sizeof PA_KEY_EMB_PREFIX - 1);
+  hex32(sha, out + sizeof PA_KEY_EMB_PREFIX - 1);
+}
+
 void pa_emb_cache_key(const char *encoder, const int64_t *ids, int n, char out[76]) {
   uint8_t sha[32] = {0};
   key_sha(encoder, ids, n, sha);
-  memcpy(out, "paella:emb:", 11);
-  hex32(sha, out + 11);
+  emb_key_of_digest(sha, out);
 }
 
 /* "PAEM" | version u8 | ndim u8 | encoder length u16 | encoder | shape int64[ndim] | f32 LE[numel] */
@@ -253,8 +260,7 @@ static bool cache_lookup(void *user, const char *encoder, const int64_t *ids, in
   char key[76];
   *out = NULL;
   if (key_sha(encoder, ids, n, sha)) return false;
-  memcpy(key, "paella:emb:", 11);
-  hex32(sha, key + 11);
+  emb_key_of_digest(sha, key);
   pthread_mutex_lock(&c->mu);
   lru_entry *e = lru_find(c, sha);
   if (e) {
@@ -281,8 +287,7 @@ static void cache_store(void *user, const char *encoder, const int64_t *ids, int
   char key[76];
   size_t len = 0;
   if (key_sha(encoder, ids, n, sha)) return;
-  memcpy(key, "paella:emb:", 11);
-  hex32(sha, key + 11);
+  emb_key_of_digest(sha, key);
   uint8_t *blob = serialize(encoder, value, &len);
   if (!blob) return;
   pthread_mutex_lock(&c->mu);

@@ -43,6 +43,9 @@ void pa_request_from_job(const pw_job *j, int run, uint64_t seed, pa_gen_request
     r->interp_t = (float)run / (float)(j->interpolate.frames - 1);
     r->batch = 1;
   }
+  r->preview_every = (int)j->preview_every;
+  r->preview_interval = PW_PREVIEW_MIN_INTERVAL_MS / 1000.0;
+  r->preview_max_side = PW_PREVIEW_MAX_SIDE;
 }
 
 pa_image_format pa_image_format_of_job(const pw_job *j) {
@@ -63,7 +66,7 @@ static json_t *job_json(const pw_job *job) {
   return o;
 }
 
-char *pa_job_params_json(const pw_job *j, uint64_t image_seed) {
+char *pa_job_params_json(const pw_job *j, uint64_t image_seed, const char *models) {
   json_t *o = job_json(j);
   if (!o) return NULL;
   json_object_del(o, "image"); /* the inputs are the caller's files, not parameters */
@@ -72,9 +75,12 @@ char *pa_job_params_json(const pw_job *j, uint64_t image_seed) {
   json_object_del(o, "attempt");
   json_object_del(o, "idempotency_key");
   json_object_del(o, "webhook");
+  json_object_del(o, "preview_every"); /* watching changes nothing in the image */
   json_object_set_new(o, "seed", json_integer((json_int_t)image_seed));
   json_object_set_new(o, "batch", json_integer(1));
   json_object_set_new(o, "paella_version", json_string(pw_build_version()));
+  json_t *m = models ? json_loads(models, 0, NULL) : NULL;
+  if (m) json_object_set_new(o, "models", m);
   char *s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(9)); /* 9 digits: any float exactly */
   json_decref(o);
   return s;

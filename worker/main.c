@@ -11,6 +11,7 @@
 
 #include "ops/error.h"
 #include "ops/parse.h"
+#include "ops/threads.h"
 #include "worker/log.h"
 #include "worker/worker.h"
 #include "proto/proto.h"
@@ -36,8 +37,10 @@ static void usage(FILE *f) {
       "                        (default 60000)                                   [PAELLA_LEASE_MS]\n"
       "  --max-deliveries N    after N deliveries a job goes to the dead letters (default 5)\n"
       "                                                                          [PAELLA_MAX_DELIVERIES]\n"
-      "  --metrics-port PORT   serve /metrics and /healthz on this port (default off)\n"
-      "                                                                          [PAELLA_METRICS_PORT]\n"
+      "  --metrics-port PORT   serve /metrics and /healthz on this port (default off), on every\n"
+      "                        interface unless an address is given below        [PAELLA_METRICS_PORT]\n"
+      "  --metrics-listen ADDR:PORT  the same on one address only: 127.0.0.1:9090, [::1]:9090\n"
+      "                        (0.0.0.0:PORT: every interface)                   [PAELLA_METRICS_LISTEN]\n"
       "  --cache-url URL       embedding cache Redis (default: the queue's Redis; 'off')\n"
       "                                                                          [PAELLA_CACHE_URL]\n"
       "  --cache-ttl S         embedding cache TTL in seconds (default 86400)    [PAELLA_CACHE_TTL]\n"
@@ -53,6 +56,8 @@ static void usage(FILE *f) {
       "  --poll-ms MS          longest blocking claim (default 1000)             [PAELLA_POLL_MS]\n"
       "  --progress-ms MS      least time between progress events (default 500)  [PAELLA_PROGRESS_MS]\n"
       "  --max-side N          largest image side accepted (default 1024)        [PAELLA_MAX_SIDE]\n"
+      "  --threads N           CPU backend threads, 1..256 (default $OMP_NUM_THREADS, else one per\n"
+      "                        core); speed only, the images are the same bytes  [PAELLA_THREADS]\n"
       "  --log-level L         debug|info|warn|error (default info)              [PAELLA_LOG_LEVEL]\n"
       "  --once                handle one job, then exit\n"
       "  -h, --help            this text\n"
@@ -64,7 +69,7 @@ static void usage(FILE *f) {
 enum {
   O_QUEUE = 256, O_STORAGE, O_MODELS, O_DEVICE, O_BATCH, O_LEASE, O_MAXDEL, O_METRICS, O_CACHE_URL, O_CACHE_TTL,
   O_CACHE_ENTRIES, O_CACHE_MB, O_ALLOW_PRIVATE, O_ALLOW_UNSIGNED, O_SECRETS, O_CONSUMER, O_POLL, O_PROGRESS, O_MAXSIDE, O_LOGLEVEL,
-  O_ONCE
+  O_ONCE, O_METRICS_LISTEN, O_THREADS
 };
 
 static const struct option long_opts[] = {
@@ -72,6 +77,7 @@ static const struct option long_opts[] = {
     {"models", required_argument, 0, O_MODELS}, {"device", required_argument, 0, O_DEVICE},
     {"max-batch", required_argument, 0, O_BATCH}, {"lease-ms", required_argument, 0, O_LEASE},
     {"max-deliveries", required_argument, 0, O_MAXDEL}, {"metrics-port", required_argument, 0, O_METRICS},
+    {"metrics-listen", required_argument, 0, O_METRICS_LISTEN},
     {"cache-url", required_argument, 0, O_CACHE_URL}, {"cache-ttl", required_argument, 0, O_CACHE_TTL},
     {"cache-entries", required_argument, 0, O_CACHE_ENTRIES}, {"cache-mb", required_argument, 0, O_CACHE_MB},
     {"webhook-allow-private", no_argument, 0, O_ALLOW_PRIVATE},
@@ -79,9 +85,31 @@ static const struct option long_opts[] = {
     {"consumer", required_argument, 0, O_CONSUMER}, {"poll-ms", required_argument, 0, O_POLL},
     {"progress-ms", required_argument, 0, O_PROGRESS}, {"max-side", required_argument, 0, O_MAXSIDE},
     {"log-level", required_argument, 0, O_LOGLEVEL}, {"once", no_argument, 0, O_ONCE},
+    {"threads", required_argument, 0, O_THREADS},
     {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 
+static int threads; /* --threads; 0: OpenMP's default */
+
 static bool truthy(const char *v) { return v && (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes")); }
+
+/* --metrics-listen ADDR:PORT, "[V6]:PORT" for IPv6: the address is checked when the
+ * endpoint starts (pa_metrics_serve), the port here. */
+static int parse_listen(const char *v, pa_worker_config *c) {
+  static char host[64];
+  const char *colon = strrchr(v, ':');
+  if (!colon || colon == v) return -1;
+  const char *h = v;
+  size_t n = (size_t)(colon - v);
+  if (v[0] == '[') {
+    if (n < 3 || v[n - 1] != ']') return -1;
+    h = v + 1, n -= 2;
+  }
+  if (n >= sizeof host || pa_parse_int(colon + 1, 1, 65535, &c->metrics_port)) return -1;
+  memcpy(host, h, n);
+  host[n] = 0;
+  c->metrics_host = host;
+  return 0;
+}
 
 /* One option's value, from a flag or an environment variable: 0 ok, -1 invalid. */
 static int apply(pa_worker_config *c, int opt, const char *v, int *log_level) {
@@ -95,6 +123,7 @@ static int apply(pa_worker_config *c, int opt, const char *v, int *log_level) {
     case O_LEASE: return pa_parse_int(v, 100, 86400000, &c->lease_ms);
     case O_MAXDEL: return pa_parse_int(v, 1, 1000, &c->max_deliveries);
     case O_METRICS: return pa_parse_int(v, 0, 65535, &c->metrics_port);
+    case O_METRICS_LISTEN: return parse_listen(v, c);
     case O_CACHE_URL: c->cache_url = v; return 0;
     case O_CACHE_TTL: return pa_parse_int(v, 1, 365 * 86400, &c->cache_ttl_s);
     case O_CACHE_ENTRIES: if (pa_parse_int(v, 0, 1000000, &x)) return -1; c->cache_max_entries = (size_t)x; return 0;
@@ -107,6 +136,7 @@ static int apply(pa_worker_config *c, int opt, const char *v, int *log_level) {
     case O_PROGRESS: return pa_parse_int(v, 0, 3600000, &c->progress_interval_ms);
     case O_MAXSIDE: return pa_parse_int(v, 32, 16384, &c->max_side);
     case O_LOGLEVEL: return (*log_level = pa_log_level_from_name(v)) < 0 ? -1 : 0;
+    case O_THREADS: return pa_parse_int(v, 1, PA_THREADS_MAX, &threads);
     default: return -1;
   }
 }
@@ -114,12 +144,14 @@ static int apply(pa_worker_config *c, int opt, const char *v, int *log_level) {
 static const struct { const char *var; int opt; } env_vars[] = {
     {"PAELLA_QUEUE", O_QUEUE}, {"PAELLA_STORAGE", O_STORAGE}, {"PAELLA_MODELS", O_MODELS},
     {"PAELLA_DEVICE", O_DEVICE}, {"PAELLA_MAX_BATCH", O_BATCH}, {"PAELLA_LEASE_MS", O_LEASE},
-    {"PAELLA_MAX_DELIVERIES", O_MAXDEL}, {"PAELLA_METRICS_PORT", O_METRICS}, {"PAELLA_CACHE_URL", O_CACHE_URL},
+    {"PAELLA_MAX_DELIVERIES", O_MAXDEL}, {"PAELLA_METRICS_PORT", O_METRICS},
+    {"PAELLA_METRICS_LISTEN", O_METRICS_LISTEN}, {"PAELLA_CACHE_URL", O_CACHE_URL},
     {"PAELLA_CACHE_TTL", O_CACHE_TTL}, {"PAELLA_CACHE_ENTRIES", O_CACHE_ENTRIES}, {"PAELLA_CACHE_MB", O_CACHE_MB},
     {"PAELLA_WEBHOOK_ALLOW_PRIVATE", O_ALLOW_PRIVATE}, {"PAELLA_WEBHOOK_ALLOW_UNSIGNED", O_ALLOW_UNSIGNED},
     {"PAELLA_WEBHOOK_SECRETS", O_SECRETS},
     {"PAELLA_CONSUMER", O_CONSUMER}, {"PAELLA_POLL_MS", O_POLL}, {"PAELLA_PROGRESS_MS", O_PROGRESS},
-    {"PAELLA_MAX_SIDE", O_MAXSIDE}, {"PAELLA_LOG_LEVEL", O_LOGLEVEL}};
+    {"PAELLA_MAX_SIDE", O_MAXSIDE}, {"PAELLA_LOG_LEVEL", O_LOGLEVEL},
+    {"PAELLA_THREADS", O_THREADS}};
 
 static int parse(int argc, char **argv, pa_worker_config *c, int *log_level) {
   for (size_t i = 0; i < sizeof env_vars / sizeof env_vars[0]; i++) {
@@ -173,6 +205,11 @@ int main(int argc, char **argv) {
   }
   if (rc) return rc;
   pa_log_set_level((pa_log_level)log_level);
+  /* jobs run on this thread, so its setting is the one the backend uses */
+  if (threads && pa_threads_set(threads)) {
+    fprintf(stderr, "paella-worker: %s\n", pa_errmsg());
+    return 2;
+  }
   char consumer[300];
   if (!c.consumer) { /* named here so the logs and the consumer group agree */
     char host[256] = "worker";

@@ -2,6 +2,8 @@
  * an upload) to 10 minutes (a large job on a busy GPU). */
 #include "worker/metrics.h"
 
+#include <arpa/inet.h>
+
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -234,9 +236,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
   return reply(conn, 404, strdup("not found\n"), "text/plain");
 }
 
-int pa_metrics_serve(pa_metrics *m, int port) {
+int pa_metrics_serve(pa_metrics *m, const char *host, int port) {
   if (port < 1 || port > 65535) return pa_fail(PA_ERR_INVALID, "metrics port %d is not in 1..65535", port);
-  m->httpd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, (uint16_t)port, NULL, NULL,
-                              handle, m, MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
-  return m->httpd ? PA_OK : pa_fail(PA_ERR_IO, "cannot serve metrics on port %d (in use?)", port);
+  if (!host || !*host) host = "0.0.0.0";
+  struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port)};
+  struct sockaddr *sa;
+  unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+  if (inet_pton(AF_INET, host, &a4.sin_addr) == 1) sa = (struct sockaddr *)&a4;
+  else if (inet_pton(AF_INET6, host, &a6.sin6_addr) == 1) sa = (struct sockaddr *)&a6, flags |= MHD_USE_IPv6;
+  else return pa_fail(PA_ERR_INVALID, "metrics address %s is not a numeric IPv4 or IPv6 address", host);
+  m->httpd = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handle, m, MHD_OPTION_SOCK_ADDR, sa,
+                              MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+  return m->httpd ? PA_OK : pa_fail(PA_ERR_IO, "cannot serve metrics on %s port %d (in use?)", host, port);
 }

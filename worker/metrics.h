@@ -34,7 +34,8 @@ void pa_metrics_mark_draining(void);
 
 /* The Prometheus text exposition (malloc'd). */
 char *pa_metrics_render(pa_metrics *m);
-/* Serves /metrics and /healthz on 0.0.0.0:port until pa_metrics_free. */
-int pa_metrics_serve(pa_metrics *m, int port);
+/* Serves /metrics and /healthz on host:port until pa_metrics_free. host is a numeric IPv4
+ * or IPv6 address ("127.0.0.1", "::1"); NULL or "" is every interface (0.0.0.0). */
+int pa_metrics_serve(pa_metrics *m, const char *host, int port);
 
 #endif

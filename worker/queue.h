@@ -22,6 +22,7 @@ typedef struct {
   uint8_t *payload;  /* the msgpack Job bytes (owned; freed by pa_delivery_clear) */
   size_t len;
   int deliveries;    /* times this entry has been delivered, this one included (>= 1) */
+  int lane;          /* Redis: the priority lane (stream) of the entry (worker/redis_keys.h); Kafka: 0 */
 } pa_delivery;
 
 void pa_delivery_clear(pa_delivery *d);
@@ -103,6 +104,9 @@ typedef struct {
   /* Optional (NULL when the transport has no shared registry): adds deltas to fleet-wide
    * counters the scheduler exports (Redis: HINCRBY on the paella:metrics hash). */
   int (*add_counters)(pa_queue *q, const char *const *names, const long long *deltas, int n);
+  /* Optional: publishes this worker's limits record (admission.h) until now + ttl_ms, and
+   * drops the records of workers whose own lapsed (Redis: {stream}:workers, :workers:caps). */
+  int (*advertise)(pa_queue *q, const char *record, long long ttl_ms);
 } pa_queue_ops;
 
 struct pa_queue {

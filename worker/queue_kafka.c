@@ -1,16 +1,28 @@
 /* The Kafka transport of the queue contract (worker/queue.h); docs/queues.md "Kafka details".
  *
  * One high-level consumer (group {group}, subscribed to {topic}) and one idempotent producer
- * (results, progress and dead letters). Offsets are auto-committed, but only offsets we stored
- * ourselves (enable.auto.offset.store=false), and we store one only after the job's result or
- * dead letter was acknowledged by the brokers: a worker that dies mid-job never committed past
- * it, so the group delivers it again.
+ * (results, progress, dead letters, retries, attempt records). Offsets are auto-committed, but
+ * only offsets we stored ourselves (enable.auto.offset.store=false), and we store one only after
+ * the job's result, dead letter or re-produced retry was acknowledged by the brokers: a worker
+ * that dies mid-job never committed past it, so the group delivers it again.
  *
  * Kafka commits a watermark, not individual messages: storing offset 8 of a partition also
  * "acknowledges" 5 and 6. With several jobs of one partition in flight and acked out of order,
- * we therefore store the lowest offset still in flight (or one past the highest claimed), never
- * more. Every operation takes one recursive lock: librdkafka calls our rebalance, error and
- * delivery callbacks from inside poll calls we make while holding it. */
+ * we therefore store the lowest offset still in flight or held (or one past the highest
+ * claimed), never more. Every operation takes one recursive lock: librdkafka calls our
+ * rebalance, error and delivery callbacks from inside poll calls we make while holding it.
+ *
+ * Kafka keeps no per-message state, so two compacted topics carry what Redis keeps in hashes;
+ * a third consumer handle (the watcher, no group membership) reads both from the beginning:
+ * - {topic}.control: key = job id, any non-null value = cancel requested (a tombstone withdraws
+ *   it). is_canceled reads the watcher's set; claim first catches the watcher up to the
+ *   topics' high watermarks, so a cancel produced before a job is claimed is always seen.
+ * - {topic}.attempts: key = "<origin partition>:<origin offset>/<job id>", value = deliveries
+ *   so far (decimal). claim writes the new count (and waits for it) before handing a job out,
+ *   so a worker killed mid-job leaves the count behind for the next one; the key gets a
+ *   tombstone once the job is settled. A transient failure re-produces the job to {topic}
+ *   with headers deliveries, origin, last_code/last_message/last_attempt and not_before (now +
+ *   lease_ms: the retry delay), then stores the old offset: the count follows the job. */
 #include "worker/queue_kafka.h"
 
 #include <inttypes.h>
@@ -44,7 +56,23 @@ typedef struct {
   int64_t offset;
   char *key; /* the job id the producer used as key (kept for the dead letter) */
   size_t key_len;
+  char *akey;   /* its key in {topic}.attempts */
+  char *origin; /* "partition:offset" of the job's first record (kept across retries) */
+  char *last_code, *last_message, *last_attempt; /* the failure a retry carried (NULL: none) */
 } kq_flight;
+
+/* A recorded delivery count from {topic}.attempts. */
+typedef struct {
+  char *akey;
+  int count;
+} kq_count;
+
+/* A partition of a watched topic and how far the watcher has read it. */
+typedef struct {
+  const char *topic; /* k->control_topic or k->attempts_topic */
+  int32_t partition;
+  int64_t next; /* one past the last record read (-1: none yet) */
+} kq_watched;
 
 /* How often this instance handed out one message (re-deliveries after a rebalance). */
 typedef struct {
@@ -71,7 +99,6 @@ typedef struct {
   pthread_mutex_t mu;
   int mu_ok;
   bool paused;
-  int max_deliveries;
   kq_flight *flights;
   size_t n_flights, cap_flights;
   kq_seen *seen;
@@ -82,6 +109,16 @@ typedef struct {
   size_t n_stash, cap_stash;
   char fatal[512];            /* non-empty once librdkafka reported a fatal error */
   pa_kafka_stats stats;
+  /* the watcher: {topic}.control and {topic}.attempts, read from the beginning, no group */
+  rd_kafka_t *watcher;
+  char *control_topic, *attempts_topic;
+  kq_watched *watched;
+  size_t n_watched;
+  char **cancels;             /* job ids with a cancel record */
+  size_t n_cancels, cap_cancels;
+  kq_count *counts;           /* attempts key -> deliveries recorded */
+  size_t n_counts, cap_counts;
+  int retry_ms;               /* not_before delay of a re-produced retry (lease_ms) */
 } kq;
 
 static const pa_queue_ops kq_ops;
@@ -237,25 +274,72 @@ static long flight_find(const kq *k, int32_t p, int64_t off) {
 }
 
 static void flight_remove(kq *k, size_t i) {
-  free(k->flights[i].key);
+  kq_flight *f = &k->flights[i];
+  free(f->key);
+  free(f->akey);
+  free(f->origin);
+  free(f->last_code);
+  free(f->last_message);
+  free(f->last_attempt);
   k->flights[i] = k->flights[--k->n_flights];
 }
 
-static int flight_add(kq *k, int32_t p, int64_t off, const void *key, size_t key_len) {
+/* A header's value as a NUL-terminated string (malloc'd; NULL when absent, too long or out of
+ * memory). */
+static char *header_str(const rd_kafka_message_t *m, const char *name) {
+  rd_kafka_headers_t *h;
+  const void *v;
+  size_t n;
+  if (rd_kafka_message_headers(m, &h) || rd_kafka_header_get_last(h, name, &v, &n) || !v || n > 4096) return NULL;
+  return dup_n(v, n);
+}
+
+/* A header holding a non-negative decimal integer; -1 when absent or unreadable. */
+static int64_t header_i64(const rd_kafka_message_t *m, const char *name) {
+  rd_kafka_headers_t *h;
+  const void *v;
+  size_t n;
+  if (rd_kafka_message_headers(m, &h) || rd_kafka_header_get_last(h, name, &v, &n) || !v || n == 0 || n > 18)
+    return -1;
+  int64_t x = 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = ((const char *)v)[i];
+    if (c < '0' || c > '9') return -1;
+    x = x * 10 + (c - '0');
+  }
+  return x;
+}
+
+static int flight_add(kq *k, const rd_kafka_message_t *m, const char *origin, const char *akey) {
   int rc;
-  long i = flight_find(k, p, off);
+  long i = flight_find(k, m->partition, m->offset);
   if (i >= 0) flight_remove(k, (size_t)i); /* a re-fetch after a seek: one record per offset */
   PA_TRY(grow((void **)&k->flights, &k->cap_flights, k->n_flights + 1, sizeof *k->flights));
-  kq_flight *f = &k->flights[k->n_flights];
-  f->partition = p;
-  f->offset = off;
-  f->key = dup_n(key ? key : "", key ? key_len : 0);
-  f->key_len = key ? key_len : 0;
-  if (!f->key) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
-  k->n_flights++;
+  kq_flight *f = &k->flights[k->n_flights++];
+  memset(f, 0, sizeof *f);
+  f->partition = m->partition;
+  f->offset = m->offset;
+  f->key = dup_n(m->key ? m->key : "", m->key ? m->key_len : 0);
+  f->key_len = m->key ? m->key_len : 0;
+  f->akey = strdup(akey);
+  f->origin = strdup(origin);
+  f->last_code = header_str(m, "last_code");
+  f->last_message = header_str(m, "last_message");
+  f->last_attempt = header_str(m, "last_attempt");
+  if (!f->key || !f->akey || !f->origin) {
+    flight_remove(k, k->n_flights - 1);
+    return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
+  }
   return PA_OK;
 fail:
   return rc;
+}
+
+/* Local deliveries of (p, off) so far (0: none). */
+static int seen_count(const kq *k, int32_t p, int64_t off) {
+  for (size_t i = 0; i < k->n_seen; i++)
+    if (k->seen[i].partition == p && k->seen[i].offset == off) return k->seen[i].count;
+  return 0;
 }
 
 /* Counts one more local delivery of (p, off); returns the count (0 on allocation failure). */
@@ -490,6 +574,27 @@ fail:
   return rc;
 }
 
+/* The watcher: a consumer of {topic}.control and {topic}.attempts that is never a group member
+ * (assign only, nothing committed; group.id is set only because librdkafka's consumer API wants
+ * one). Its partitions are found lazily by watch_assign, so a worker starts while the brokers
+ * are unreachable, as the job consumer does. */
+static int watcher_new(kq *k, const kq_url *u, const char *client) {
+  char id[160], group[300];
+  snprintf(id, sizeof id, "%s-watch", client);
+  snprintf(group, sizeof group, "%s.watch.%s", u->group, client);
+  const char *const defaults[] = {"group.id", group, "enable.auto.commit", "false", "enable.partition.eof", "true",
+                                  "fetch.wait.max.ms", "100", NULL};
+  rd_kafka_conf_t *c;
+  int rc = conf_new(k, u, id, defaults, &c);
+  if (rc != PA_OK) return rc;
+  PA_TRY(handle_new(RD_KAFKA_CONSUMER, c, &k->watcher));
+  rd_kafka_resp_err_t err = rd_kafka_poll_set_consumer(k->watcher);
+  if (err) return pa_fail(PA_ERR_IO, "kafka: poll_set_consumer (watcher): %s", rd_kafka_err2str(err));
+  return PA_OK;
+fail:
+  return rc;
+}
+
 static void kq_destroy(kq *k) {
   if (!k) return;
   if (k->consumer) {
@@ -498,6 +603,10 @@ static void kq_destroy(kq *k) {
     rd_kafka_resp_err_t err = rd_kafka_consumer_close(k->consumer);
     if (err) fprintf(stderr, "paella kafka: consumer close: %s\n", rd_kafka_err2str(err));
     rd_kafka_destroy(k->consumer);
+  }
+  if (k->watcher) {
+    rd_kafka_consumer_close(k->watcher); /* no group membership: nothing to commit */
+    rd_kafka_destroy(k->watcher);
   }
   if (k->producer) {
     /* Progress events still queued; results were already waited for. */
@@ -514,6 +623,13 @@ static void kq_destroy(kq *k) {
   free(k->topic);
   free(k->events_topic);
   free(k->dead_topic);
+  free(k->control_topic);
+  free(k->attempts_topic);
+  free(k->watched);
+  for (size_t i = 0; i < k->n_cancels; i++) free(k->cancels[i]);
+  free(k->cancels);
+  for (size_t i = 0; i < k->n_counts; i++) free(k->counts[i].akey);
+  free(k->counts);
   if (k->mu_ok) pthread_mutex_destroy(&k->mu);
   free(k);
 }
@@ -529,14 +645,19 @@ static int kq_alloc(const kq_url *u, const pa_queue_options *o, kq **out) {
   pthread_mutexattr_destroy(&a);
   if (e != 0) return pa_fail(PA_ERR_NOMEM, "kafka: mutex init failed");
   k->mu_ok = 1;
-  k->max_deliveries = o ? o->max_deliveries : 0;
+  k->retry_ms = o && o->lease_ms > 0 ? o->lease_ms : 60000;
   size_t tl = strlen(u->topic);
   k->topic = strdup(u->topic);
   k->events_topic = malloc(tl + 8);
   k->dead_topic = malloc(tl + 6);
-  if (!k->topic || !k->events_topic || !k->dead_topic) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
+  k->control_topic = malloc(tl + 9);
+  k->attempts_topic = malloc(tl + 10);
+  if (!k->topic || !k->events_topic || !k->dead_topic || !k->control_topic || !k->attempts_topic)
+    return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
   snprintf(k->events_topic, tl + 8, "%s.events", u->topic);
   snprintf(k->dead_topic, tl + 6, "%s.dead", u->topic);
+  snprintf(k->control_topic, tl + 9, "%s.control", u->topic);
+  snprintf(k->attempts_topic, tl + 10, "%s.attempts", u->topic);
   return PA_OK;
 }
 
@@ -559,6 +680,7 @@ int pa_queue_open_kafka(const char *url, const pa_queue_options *o, pa_queue **o
   }
   PA_TRY(producer_new(k, &u, client));
   PA_TRY(consumer_new(k, &u, client));
+  PA_TRY(watcher_new(k, &u, client));
   q = calloc(1, sizeof *q);
   if (!q) {
     rc = pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
@@ -626,6 +748,7 @@ static rd_kafka_message_t *poll_job(kq *k, int timeout_ms) {
  * position has moved past it, so it would otherwise wait for the next rebalance. */
 static int keepalive(kq *k) {
   rd_kafka_poll(k->producer, 0);
+  if (!k->consumer) return PA_OK; /* a producer-only handle (pa_queue_kafka_cancel) */
   rd_kafka_message_t *m = poll_job(k, 0);
   return m ? stash_push(k, m) : PA_OK;
 }
@@ -688,9 +811,216 @@ static int store_offset(kq *k, int32_t p, int64_t next) {
   return PA_OK;
 }
 
-/* The job at (p, off) is done (result or dead letter durable): drop it from the in-flight set
- * and store the partition's new watermark if it moved. */
-static int settle(kq *k, int32_t p, int64_t off) {
+/* ---- the watcher: cancel records and delivery counts ------------------------------------ */
+
+static int64_t wall_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static long cancel_find(const kq *k, const char *id) {
+  for (size_t i = 0; i < k->n_cancels; i++)
+    if (strcmp(k->cancels[i], id) == 0) return (long)i;
+  return -1;
+}
+
+static long count_find(const kq *k, const char *akey) {
+  for (size_t i = 0; i < k->n_counts; i++)
+    if (strcmp(k->counts[i].akey, akey) == 0) return (long)i;
+  return -1;
+}
+
+static int count_get(const kq *k, const char *akey) {
+  long i = count_find(k, akey);
+  return i < 0 ? 0 : k->counts[i].count;
+}
+
+/* Counts only grow while a job lives (records are read in order; a tombstone ends them). */
+static void count_raise(kq *k, const char *akey, int count) {
+  long i = count_find(k, akey);
+  if (i >= 0) {
+    if (count > k->counts[i].count) k->counts[i].count = count;
+    return;
+  }
+  char *key = strdup(akey);
+  if (!key || grow((void **)&k->counts, &k->cap_counts, k->n_counts + 1, sizeof *k->counts) != PA_OK) {
+    free(key); /* the count is only undercounted here, never lost from the topic */
+    return;
+  }
+  k->counts[k->n_counts++] = (kq_count){key, count};
+}
+
+static void count_drop(kq *k, const char *akey) {
+  long i = count_find(k, akey);
+  if (i < 0) return;
+  free(k->counts[i].akey);
+  k->counts[i] = k->counts[--k->n_counts];
+}
+
+/* The watcher has read (p of topic) up to `next`. */
+static void watch_advance(kq *k, const char *topic, int32_t p, int64_t next) {
+  for (size_t i = 0; i < k->n_watched; i++)
+    if (k->watched[i].partition == p && strcmp(k->watched[i].topic, topic) == 0 && next > k->watched[i].next)
+      k->watched[i].next = next;
+}
+
+/* One record of a watched topic. */
+static void watch_apply(kq *k, const rd_kafka_message_t *m) {
+  const char *topic = rd_kafka_topic_name(m->rkt);
+  watch_advance(k, topic, m->partition, m->offset + 1);
+  char *key = dup_n(m->key ? m->key : "", m->key ? m->key_len : 0);
+  if (!key) return;
+  if (strcmp(topic, k->control_topic) == 0) {
+    long i = cancel_find(k, key);
+    if (!m->payload && i >= 0) { /* a tombstone: the cancel was withdrawn */
+      free(k->cancels[i]);
+      k->cancels[i] = k->cancels[--k->n_cancels];
+    } else if (m->payload && i < 0 &&
+               grow((void **)&k->cancels, &k->cap_cancels, k->n_cancels + 1, sizeof *k->cancels) == PA_OK) {
+      k->cancels[k->n_cancels++] = key;
+      k->stats.cancels++;
+      key = NULL;
+    }
+  } else if (!m->payload) {
+    count_drop(k, key);
+  } else {
+    char v[16] = {0};
+    int c = 0;
+    if (m->len < sizeof v) memcpy(v, m->payload, m->len);
+    if (sscanf(v, "%d", &c) == 1 && c > 0) count_raise(k, key, c);
+  }
+  free(key);
+}
+
+/* Applies what the watcher has fetched, waiting up to timeout_ms for the first record. */
+static void watch_drain(kq *k, int timeout_ms) {
+  for (int wait = timeout_ms;; wait = 0) {
+    rd_kafka_message_t *m = rd_kafka_consumer_poll(k->watcher, wait);
+    if (!m) return;
+    if (!m->err) {
+      watch_apply(k, m);
+    } else if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+      /* at the end: also past records compaction removed from the tail, which a count of the
+       * records read would never reach */
+      if (m->rkt) watch_advance(k, rd_kafka_topic_name(m->rkt), m->partition, m->offset);
+    } else {
+      k->stats.errors++;
+      fprintf(stderr, "paella kafka: watcher: %s\n", rd_kafka_message_errstr(m));
+    }
+    rd_kafka_message_destroy(m);
+  }
+}
+
+/* The partitions of one watched topic, from the producer's metadata (a producer may have the
+ * brokers auto-create the topic where they allow it; docs/queues.md says to create it
+ * compacted). */
+static int watch_topic(kq *k, const char *topic, rd_kafka_topic_partition_list_t *l) {
+  rd_kafka_topic_t *t = rd_kafka_topic_new(k->producer, topic, NULL);
+  if (!t) return pa_fail(PA_ERR_NOMEM, "kafka: topic handle %s", topic);
+  rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+  int np = 0;
+  for (int64_t end = now_ms() + 10000; np == 0;) {
+    const struct rd_kafka_metadata *md = NULL;
+    err = rd_kafka_metadata(k->producer, 0, t, &md, 5000);
+    if (!err && md->topic_cnt == 1 && !(err = md->topics[0].err)) {
+      np = md->topics[0].partition_cnt;
+      for (int i = 0; i < np; i++)
+        rd_kafka_topic_partition_list_add(l, topic, md->topics[0].partitions[i].id)->offset =
+            RD_KAFKA_OFFSET_BEGINNING;
+    }
+    if (md) rd_kafka_metadata_destroy(md);
+    if (np == 0 && now_ms() > end) break;
+    if (np == 0) usleep(100 * 1000); /* being auto-created: leaders come a moment later */
+  }
+  rd_kafka_topic_destroy(t);
+  if (np == 0)
+    return pa_fail(PA_ERR_IO, "kafka: topic %s: %s (create it with cleanup.policy=compact: docs/queues.md)", topic,
+                   rd_kafka_err2str(err ? err : RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART));
+  return PA_OK;
+}
+
+/* Assigns every partition of {topic}.control and {topic}.attempts to the watcher, from the
+ * beginning. Once; a partition added to those topics later needs a worker restart. */
+static int watch_assign(kq *k) {
+  int rc;
+  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+  if (!l) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
+  PA_TRY(watch_topic(k, k->control_topic, l));
+  PA_TRY(watch_topic(k, k->attempts_topic, l));
+  k->watched = calloc((size_t)l->cnt, sizeof *k->watched);
+  if (!k->watched) {
+    rc = pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
+    goto fail;
+  }
+  rd_kafka_resp_err_t err = rd_kafka_assign(k->watcher, l);
+  if (err) {
+    rc = pa_fail(PA_ERR_IO, "kafka: assigning the watcher: %s", rd_kafka_err2str(err));
+    goto fail;
+  }
+  for (int i = 0; i < l->cnt; i++) {
+    bool control = strcmp(l->elems[i].topic, k->control_topic) == 0;
+    k->watched[i] = (kq_watched){control ? k->control_topic : k->attempts_topic, l->elems[i].partition, -1};
+  }
+  k->n_watched = (size_t)l->cnt;
+  rc = PA_OK;
+fail:
+  if (rc != PA_OK) {
+    free(k->watched);
+    k->watched = NULL;
+  }
+  rd_kafka_topic_partition_list_destroy(l);
+  return rc;
+}
+
+/* Reads the watched topics up to the high watermarks they have now: every cancel and attempt
+ * record produced before this call is then applied. */
+static int watch_sync(kq *k) {
+  int rc;
+  if (!k->n_watched) PA_TRY(watch_assign(k));
+  int64_t *hi = calloc(k->n_watched, sizeof *hi);
+  if (!hi) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
+  for (size_t i = 0; i < k->n_watched; i++) {
+    int64_t lo = 0;
+    rd_kafka_resp_err_t err =
+        rd_kafka_query_watermark_offsets(k->watcher, k->watched[i].topic, k->watched[i].partition, &lo, &hi[i], 10000);
+    if (err) {
+      free(hi);
+      return pa_fail(PA_ERR_IO, "kafka: watermarks of %s [%d]: %s", k->watched[i].topic, (int)k->watched[i].partition,
+                     rd_kafka_err2str(err));
+    }
+    if (lo >= hi[i]) hi[i] = -1; /* empty (or all deleted): nothing to read */
+  }
+  rc = PA_OK;
+  for (int64_t end = now_ms() + 30000;;) {
+    size_t behind = 0;
+    for (size_t i = 0; i < k->n_watched; i++) behind += k->watched[i].next < hi[i];
+    if (!behind) break;
+    if (now_ms() > end) {
+      rc = pa_fail(PA_ERR_IO, "kafka: %s / %s not read to their end within 30 s (%zu partitions behind)",
+                   k->control_topic, k->attempts_topic, behind);
+      break;
+    }
+    watch_drain(k, 100);
+  }
+  free(hi);
+  return rc;
+fail:
+  return rc;
+}
+
+/* Writes a tombstone for a settled job's delivery count (not awaited: a lost one only leaves a
+ * small record for compaction to keep). */
+static void count_tombstone(kq *k, const char *akey) {
+  count_drop(k, akey);
+  if (produce(k, k->attempts_topic, akey, strlen(akey), NULL, 0, NULL, NULL) != PA_OK)
+    fprintf(stderr, "paella kafka: %s\n", pa_errmsg());
+}
+
+/* The job at (p, off) is settled (result, dead letter or retry durable): drop it from the
+ * in-flight set and store the partition's new watermark if it moved. `done`: the job ends here
+ * (its delivery count is dropped); a retry keeps it. */
+static int settle(kq *k, int32_t p, int64_t off, bool done) {
   long i = flight_find(k, p, off);
   kq_part *pt = part_get(k, p, false);
   if (i < 0 || !pt)
@@ -698,12 +1028,15 @@ static int settle(kq *k, int32_t p, int64_t off) {
                    "kafka: %s [%d] offset %" PRId64 " is not in flight here (partition revoked by a rebalance?); "
                    "it will be delivered again",
                    k->topic, (int)p, off);
+  if (done) count_tombstone(k, k->flights[i].akey);
   flight_remove(k, (size_t)i);
   seen_remove(k, p, off);
   k->stats.acked++;
   int64_t mark = pt->next;
   for (size_t j = 0; j < k->n_flights; j++)
     if (k->flights[j].partition == p && k->flights[j].offset < mark) mark = k->flights[j].offset;
+  for (size_t j = 0; j < k->n_stash; j++) /* held retries (not_before) and put-back messages */
+    if (k->stash[j]->partition == p && k->stash[j]->offset < mark) mark = k->stash[j]->offset;
   if (mark <= pt->stored) return PA_OK; /* an older job of this partition is still running */
   int rc = store_offset(k, p, mark);
   if (rc == PA_OK) pt->stored = mark;
@@ -723,11 +1056,15 @@ static const char *result_type(const uint8_t *msg, size_t len) {
   return t;
 }
 
+/* After too_many_attempts, the last failure a retry carried goes beside the code (as on Redis). */
 static int dead_produce(kq *k, const kq_flight *f, const uint8_t *payload, size_t len, int deliveries,
                         const char *code, const char *field, const char *message) {
   char n[16];
   snprintf(n, sizeof n, "%d", deliveries);
-  const char *kv[] = {"code", code, "field", field, "message", message, "deliveries", n, NULL};
+  bool last = f->last_code && strcmp(code, "too_many_attempts") == 0;
+  const char *kv[] = {"code", code, "field", field, "message", message, "deliveries", n,
+                      last ? "last_code" : NULL, f->last_code, "last_message", f->last_message,
+                      "last_attempt", f->last_attempt, NULL};
   rd_kafka_headers_t *h = headers(kv);
   if (!h) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
   kq_dr dr = {0};
@@ -735,97 +1072,150 @@ static int dead_produce(kq *k, const kq_flight *f, const uint8_t *payload, size_
   return rc == PA_OK ? wait_delivery(k, &dr, "dead letter", f->key) : rc;
 }
 
-/* A `deliveries` header on the job counts earlier deliveries elsewhere (set by whoever
- * re-published it); 0 when absent or unreadable. */
-static int header_deliveries(const rd_kafka_message_t *m) {
-  rd_kafka_headers_t *h;
-  const void *v;
-  size_t n;
-  if (rd_kafka_message_headers(m, &h) || rd_kafka_header_get_last(h, "deliveries", &v, &n) || !v || n == 0 || n > 6)
-    return 0;
-  int d = 0;
-  for (size_t i = 0; i < n; i++) {
-    char c = ((const char *)v)[i];
-    if (c < '0' || c > '9') return 0;
-    d = d * 10 + (c - '0');
-  }
-  return d;
+/* Puts a message back for the next claim (its offset stays unstored meanwhile). */
+static void unclaim(kq *k, rd_kafka_message_t *m) {
+  if (stash_push(k, m) != PA_OK)
+    fprintf(stderr, "paella kafka: %s (the message comes back after the next rebalance)\n", pa_errmsg());
 }
 
-/* Turns a polled message into a delivery (*took = true), or dead-letters it when it was
- * delivered more than max_deliveries times. Takes ownership of m. */
-static int accept_message(kq *k, rd_kafka_message_t *m, pa_delivery *d, bool *took) {
-  int rc;
-  *took = false;
-  kq_part *pt = part_get(k, m->partition, true);
-  int local = seen_bump(k, m->partition, m->offset);
-  if (!pt || local == 0) {
-    rc = pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
-    goto fail;
-  }
-  if (local > 1) k->stats.redeliveries++;
-  k->stats.claimed++;
-  PA_TRY(flight_add(k, m->partition, m->offset, m->key, m->key_len));
-  if (m->offset + 1 > pt->next) pt->next = m->offset + 1;
-  int count = local + header_deliveries(m);
-  if (k->max_deliveries > 0 && count > k->max_deliveries) {
-    char msg[96];
-    snprintf(msg, sizeof msg, "delivered %d times (max_deliveries %d)", count, k->max_deliveries);
-    PA_TRY(dead_produce(k, &k->flights[k->n_flights - 1], m->payload, m->len, count, "too_many_attempts", "", msg));
-    k->stats.dead_lettered++;
-    PA_TRY(settle(k, m->partition, m->offset));
-    rd_kafka_message_destroy(m);
-    return PA_OK;
-  }
-  memset(d, 0, sizeof *d);
-  snprintf(d->handle, sizeof d->handle, "%d:%" PRId64, (int)m->partition, m->offset);
-  d->payload = malloc(m->len ? m->len : 1);
-  if (!d->payload) {
-    rc = pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
-    goto fail;
-  }
-  if (m->len) memcpy(d->payload, m->payload, m->len);
-  d->len = m->len;
-  d->deliveries = count;
-  *took = true;
-  rd_kafka_message_destroy(m);
-  return PA_OK;
-fail:
-  rd_kafka_message_destroy(m); /* not lost: its offset is not stored */
+/* One message being handed out by claim. */
+typedef struct {
+  rd_kafka_message_t *m;
+  char origin[48];
+  char *akey;
+  int count, rc;
+  kq_dr dr;
+} kq_claiming;
+
+/* The delivery count of a message: one more than the most of (the count recorded in
+ * {topic}.attempts, the `deliveries` header a re-publisher set plus this instance's earlier
+ * deliveries of the same offset), and the attempts record that makes it durable. */
+static int count_and_record(kq *k, kq_claiming *c) {
+  rd_kafka_message_t *m = c->m;
+  char *origin = header_str(m, "origin");
+  if (origin && strlen(origin) < sizeof c->origin && strchr(origin, ':'))
+    snprintf(c->origin, sizeof c->origin, "%s", origin);
+  else
+    snprintf(c->origin, sizeof c->origin, "%d:%" PRId64, (int)m->partition, m->offset);
+  free(origin);
+  size_t ol = strlen(c->origin), kl = m->key ? m->key_len : 0;
+  c->akey = malloc(ol + kl + 2);
+  if (!c->akey) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
+  memcpy(c->akey, c->origin, ol);
+  c->akey[ol] = '/';
+  if (kl) memcpy(c->akey + ol + 1, m->key, kl);
+  c->akey[ol + 1 + kl] = 0;
+  int64_t hd = header_i64(m, "deliveries");
+  int before = (int)(hd > 0 && hd < 1000000 ? hd : 0) + seen_count(k, m->partition, m->offset);
+  int recorded = count_get(k, c->akey);
+  c->count = (recorded > before ? recorded : before) + 1;
+  char v[16];
+  snprintf(v, sizeof v, "%d", c->count);
+  int rc = check_fatal(k);
+  if (rc == PA_OK) rc = produce(k, k->attempts_topic, c->akey, strlen(c->akey), v, strlen(v), NULL, &c->dr);
   return rc;
 }
 
-static rd_kafka_message_t *next_message(kq *k, int timeout_ms) {
-  if (k->n_stash) {
-    rd_kafka_message_t *m = k->stash[0];
-    memmove(k->stash, k->stash + 1, (k->n_stash - 1) * sizeof *k->stash);
-    k->n_stash--;
-    return m;
+/* The attempt record is durable: m becomes delivery d. */
+static int take(kq *k, kq_claiming *c, pa_delivery *d) {
+  rd_kafka_message_t *m = c->m;
+  kq_part *pt = part_get(k, m->partition, true);
+  if (!pt || seen_bump(k, m->partition, m->offset) == 0) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
+  memset(d, 0, sizeof *d);
+  d->payload = malloc(m->len ? m->len : 1);
+  if (!d->payload) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
+  int rc = flight_add(k, m, c->origin, c->akey);
+  if (rc != PA_OK) {
+    pa_delivery_clear(d);
+    return rc;
   }
-  return poll_job(k, timeout_ms);
+  count_raise(k, c->akey, c->count);
+  if (c->count > 1) k->stats.redeliveries++;
+  k->stats.claimed++;
+  if (m->offset + 1 > pt->next) pt->next = m->offset + 1;
+  snprintf(d->handle, sizeof d->handle, "%d:%" PRId64, (int)m->partition, m->offset);
+  if (m->len) memcpy(d->payload, m->payload, m->len);
+  d->len = m->len;
+  d->deliveries = c->count;
+  return PA_OK;
+}
+
+/* Counts the polled messages, makes the counts durable, hands out those whose count is. The
+ * watcher is caught up first, so the counts (and is_canceled) include every record written
+ * before. A message that cannot be handed out is put back for the next claim. */
+static int hand_out(kq *k, rd_kafka_message_t **msgs, int got, pa_delivery *out, int *n) {
+  int rc = watch_sync(k);
+  kq_claiming *c = rc == PA_OK ? calloc((size_t)got, sizeof *c) : NULL;
+  if (rc == PA_OK && !c) rc = pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
+  if (rc != PA_OK) {
+    for (int i = 0; i < got; i++) unclaim(k, msgs[i]);
+    return rc;
+  }
+  for (int i = 0; i < got; i++) {
+    c[i].m = msgs[i];
+    c[i].rc = count_and_record(k, &c[i]);
+  }
+  for (int i = 0; i < got; i++) {
+    if (c[i].rc == PA_OK) c[i].rc = wait_delivery(k, &c[i].dr, "attempt count", c[i].akey);
+    if (c[i].rc == PA_OK) c[i].rc = take(k, &c[i], &out[*n]);
+    if (c[i].rc == PA_OK) {
+      (*n)++;
+      rd_kafka_message_destroy(c[i].m);
+    } else {
+      rc = c[i].rc;
+      unclaim(k, c[i].m);
+    }
+    free(c[i].akey);
+  }
+  free(c);
+  return rc;
+}
+
+/* The next message to hand out: a held one whose not_before has come, else a fetched one (a
+ * fetched retry that is not due yet is held). NULL: none within timeout_ms. */
+static rd_kafka_message_t *next_message(kq *k, int timeout_ms) {
+  int64_t now = wall_ms(), soonest = -1;
+  for (size_t i = 0; i < k->n_stash; i++) {
+    int64_t due = header_i64(k->stash[i], "not_before");
+    if (due <= now) {
+      rd_kafka_message_t *m = k->stash[i];
+      memmove(k->stash + i, k->stash + i + 1, (k->n_stash - i - 1) * sizeof *k->stash);
+      k->n_stash--;
+      return m;
+    }
+    if (soonest < 0 || due < soonest) soonest = due;
+  }
+  if (soonest >= 0 && soonest - now < timeout_ms) timeout_ms = (int)(soonest - now);
+  rd_kafka_message_t *m = poll_job(k, timeout_ms);
+  if (m && header_i64(m, "not_before") > wall_ms()) {
+    unclaim(k, m);
+    return NULL;
+  }
+  return m;
 }
 
 static int kq_claim(pa_queue *q, int max, int block_ms, pa_delivery *out, int *n) {
   kq *k = q->impl;
-  int rc = PA_OK;
+  int rc = PA_OK, got = 0;
   *n = 0;
   if (max <= 0) return pa_fail(PA_ERR_INVALID, "kafka: claim max %d", max);
+  rd_kafka_message_t **msgs = calloc((size_t)max, sizeof *msgs);
+  if (!msgs) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
   lock(k);
   int64_t deadline = now_ms() + (block_ms > 0 ? block_ms : 0);
-  while (*n < max && (rc = check_fatal(k)) == PA_OK) {
+  while (got < max && (rc = check_fatal(k)) == PA_OK) {
     int64_t left = deadline - now_ms();
     /* wait only for the first job; then take what is already fetched */
-    rd_kafka_message_t *m = next_message(k, *n == 0 && left > 0 ? (int)left : 0);
+    rd_kafka_message_t *m = next_message(k, got == 0 && left > 0 ? (int)left : 0);
     if (!m) {
-      if (*n > 0 || left <= 0) break;
+      if (got > 0 || left <= 0) break;
       continue;
     }
-    bool took;
-    rc = accept_message(k, m, &out[*n], &took);
-    if (rc != PA_OK) break;
-    if (took) (*n)++;
+    msgs[got++] = m;
   }
+  if (got > 0) rc = hand_out(k, msgs, got, out, n);
   unlock(k);
+  free(msgs);
   /* Jobs already handed out must be run (they are in flight); the error resurfaces next call. */
   return *n > 0 ? PA_OK : rc;
 }
@@ -879,7 +1269,7 @@ static int kq_ack(pa_queue *q, const pa_delivery *d) {
   if (rc != PA_OK) return rc;
   lock(k);
   rc = check_fatal(k);
-  if (rc == PA_OK) rc = settle(k, p, off);
+  if (rc == PA_OK) rc = settle(k, p, off, true);
   unlock(k);
   return rc;
 }
@@ -900,16 +1290,57 @@ static int kq_dead_letter(pa_queue *q, const pa_delivery *d, const char *code, c
     rc = dead_produce(k, &k->flights[i], d->payload, d->len, d->deliveries, code, field, message);
   if (rc == PA_OK) {
     k->stats.dead_lettered++;
-    rc = settle(k, p, off);
+    rc = settle(k, p, off, true);
   }
   unlock(k);
   return rc;
 }
 
+/* A transient failure: the job goes back to the end of its topic with its count and the
+ * failure (headers), due again after retry_ms, and this offset is stored. On Redis the entry
+ * stays pending and is reclaimed after the lease; Kafka only redelivers an unstored offset after
+ * a rebalance, and the count would not follow the job to another worker. */
+static int kq_note_failure(pa_queue *q, const pa_delivery *d, const char *job_id, const char *code,
+                           const char *message) {
+  kq *k = q->impl;
+  int32_t p = 0;
+  int64_t off = 0;
+  int rc = handle_parse(d->handle, &p, &off);
+  if (rc != PA_OK) return rc;
+  char n[16], due[24];
+  snprintf(n, sizeof n, "%d", d->deliveries);
+  lock(k);
+  long i = flight_find(k, p, off);
+  rc = check_fatal(k);
+  if (rc == PA_OK && i < 0)
+    rc = pa_fail(PA_ERR_NOTFOUND, "kafka: retry of %s: not in flight here (partition revoked?)", d->handle);
+  if (rc == PA_OK) {
+    kq_flight *f = &k->flights[i];
+    snprintf(due, sizeof due, "%" PRId64, wall_ms() + k->retry_ms);
+    const char *kv[] = {"deliveries", n, "origin", f->origin, "last_code", code, "last_message", message,
+                        "last_attempt", n, "not_before", due, NULL};
+    rd_kafka_headers_t *h = headers(kv);
+    kq_dr dr = {0};
+    rc = h ? produce(k, k->topic, f->key, f->key_len, d->payload, d->len, h, &dr)
+           : pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
+    if (rc == PA_OK) rc = wait_delivery(k, &dr, "retry", job_id);
+  }
+  if (rc == PA_OK) {
+    k->stats.retried++;
+    rc = settle(k, p, off, false);
+  }
+  unlock(k);
+  return rc;
+}
+
+/* Reads what the watcher fetched meanwhile (claim caught it up before the job was handed out). */
 static bool kq_is_canceled(pa_queue *q, const char *job_id) {
-  (void)q;
-  (void)job_id; /* no cancel topic yet: cancellation is a Redis feature for now */
-  return false;
+  kq *k = q->impl;
+  lock(k);
+  if (k->n_watched) watch_drain(k, 0);
+  bool canceled = cancel_find(k, job_id) >= 0;
+  unlock(k);
+  return canceled;
 }
 
 static int set_paused(kq *k, bool pause) {
@@ -952,6 +1383,7 @@ static const pa_queue_ops kq_ops = {
     .record_result = kq_record_result,
     .ack = kq_ack,
     .dead_letter = kq_dead_letter,
+    .note_failure = kq_note_failure,
     .is_canceled = kq_is_canceled,
     .pause = kq_pause,
     .resume = kq_resume,
@@ -965,4 +1397,25 @@ int pa_queue_kafka_stats(pa_queue *q, pa_kafka_stats *out) {
   *out = k->stats;
   unlock(k);
   return PA_OK;
+}
+
+int pa_queue_kafka_cancel(const char *url, const char *job_id) {
+  int rc;
+  kq_url u = {0};
+  kq *k = NULL;
+  char client[96];
+  if (!job_id || !*job_id || strlen(job_id) > PW_MAX_ID_BYTES)
+    return pa_fail(PA_ERR_INVALID, "cancel: a job id of 1..%d bytes is required", PW_MAX_ID_BYTES);
+  PA_TRY(url_parse(url, &u));
+  PA_TRY(kq_alloc(&u, NULL, &k));
+  snprintf(client, sizeof client, "paella-cancel-%ld", (long)getpid());
+  PA_TRY(producer_new(k, &u, client));
+  kq_dr dr = {0};
+  PA_TRY(produce(k, k->control_topic, job_id, strlen(job_id), "cancel", 6, NULL, &dr));
+  PA_TRY(wait_delivery(k, &dr, "cancel", job_id));
+  PA_TRY(check_fatal(k));
+fail:
+  url_free(&u);
+  kq_destroy(k);
+  return rc;
 }

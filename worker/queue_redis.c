@@ -1,9 +1,10 @@
-/* The Redis Streams transport (queue.h; every key in docs/queues.md).
+/* The Redis Streams transport (queue.h; every key in docs/queues.md, named by redis_keys.h).
  *
- * One consumer group on the job stream. claim() first takes over entries that another
- * consumer left idle past the lease (XAUTOCLAIM: a crashed worker's jobs), then reads new
- * ones (XREADGROUP ... >). The state changes that must not be split by a crash (the final
- * status + result + event, a dead letter + its XACK) each run as one Lua script: atomic like
+ * One consumer group on each lane's stream (high, normal, low: the job's priority). claim()
+ * first takes over entries that another consumer left idle past the lease (XAUTOCLAIM: a
+ * crashed worker's jobs), then reads new ones (XREADGROUP ... >), in both cases the highest
+ * lane first: a lower lane is read only when the higher ones have nothing. The state changes
+ * that must not be split by a crash (the final status + result + event, a dead letter + its XACK) each run as one Lua script: atomic like
  * MULTI, and able to skip the write when the job is already final, which keeps a re-run of a
  * job whose result was recorded (the worker died before XACK) from recording it twice. */
 #include <hiredis/hiredis.h>
@@ -15,8 +16,10 @@
 #include <unistd.h>
 
 #include "proto/proto.h"
+#include "worker/admission.h"
 #include "worker/outbox.h"
 #include "worker/queue.h"
+#include "worker/redis_keys.h"
 #include "worker/redis_url.h"
 
 #define RQ_MAX_ARGS 32
@@ -26,11 +29,17 @@
 typedef struct {
   redisContext *c;
   pa_redis_url r; /* host, credentials, db, stream, group, events_maxlen */
-  char consumer[256], events[300], dead[300];
+  char consumer[256];
+  pa_key lanes[PA_LANES]; /* the lanes' streams, highest first */
+  pa_key events, dead;
   int lease_ms, max_deliveries;
-  char cursor[64]; /* XAUTOCLAIM position, so successive claims walk the whole PEL */
-  char outbox[300];   /* {stream}:webhooks: message ids by due time */
-  char hook_prefix[300]; /* {stream}:webhook: + message id: the message hash */
+  char cursor[PA_LANES][64]; /* XAUTOCLAIM positions, so successive claims walk each whole PEL */
+  pa_key outbox;      /* {stream}:webhooks: message ids by due time */
+  pa_key hook_prefix; /* {stream}:webhook: + message id: the message hash */
+  /* Entries a blocking read over several lanes returned beyond what claim() asked for (one
+   * per lane at most): already pending for us, handed out first by the next claim. */
+  pa_delivery stash[PA_LANES];
+  int n_stash;
   char *url_text;     /* for clone */
 } rq;
 
@@ -94,19 +103,19 @@ static redisReply *rq_cmd(rq *q, const rq_args *a) {
 }
 
 static int rq_create_group(rq *q) {
-  rq_args a = {0};
-  arg(&a, "XGROUP");
-  arg(&a, "CREATE");
-  arg(&a, q->r.stream);
-  arg(&a, q->r.group);
-  arg(&a, "0"); /* entries added before the group existed are jobs too */
-  arg(&a, "MKSTREAM");
-  redisReply *r = rq_cmd(q, &a);
-  if (r) {
-    freeReplyObject(r);
-    return PA_OK;
+  for (int lane = 0; lane < PA_LANES; lane++) {
+    rq_args a = {0};
+    arg(&a, "XGROUP");
+    arg(&a, "CREATE");
+    arg(&a, q->lanes[lane].s);
+    arg(&a, q->r.group);
+    arg(&a, "0"); /* entries added before the group existed are jobs too */
+    arg(&a, "MKSTREAM");
+    redisReply *r = rq_cmd(q, &a);
+    if (r) freeReplyObject(r);
+    else if (!strstr(pa_errmsg(), "BUSYGROUP")) return PA_ERR_IO;
   }
-  return strstr(pa_errmsg(), "BUSYGROUP") ? PA_OK : PA_ERR_IO;
+  return PA_OK;
 }
 
 /* ---- entries ------------------------------------------------------------------------ */
@@ -122,7 +131,7 @@ static const redisReply *field_value(const redisReply *fields, const char *name)
 
 /* [id, [field, value, ...]] -> delivery; an entry without a `job` field gets an empty payload
  * (which fails to decode and goes to the dead letters like any other malformed job). */
-static int entry_to_delivery(const redisReply *e, int deliveries, pa_delivery *d) {
+static int entry_to_delivery(const redisReply *e, int lane, int deliveries, pa_delivery *d) {
   memset(d, 0, sizeof *d);
   if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
     return pa_fail(PA_ERR_FORMAT, "redis: unexpected stream entry shape");
@@ -134,14 +143,15 @@ static int entry_to_delivery(const redisReply *e, int deliveries, pa_delivery *d
   if (len) memcpy(d->payload, job->str, len);
   d->len = len;
   d->deliveries = deliveries;
+  d->lane = lane;
   return PA_OK;
 }
 
 /* XPENDING stream group id id 1 -> [[id, consumer, idle, count]] */
-static int delivery_count(rq *q, const char *id, int *count) {
+static int delivery_count(rq *q, int lane, const char *id, int *count) {
   rq_args a = {0};
   arg(&a, "XPENDING");
-  arg(&a, q->r.stream);
+  arg(&a, q->lanes[lane].s);
   arg(&a, q->r.group);
   arg(&a, "IDLE");
   arg(&a, "0");
@@ -161,50 +171,66 @@ static int delivery_count(rq *q, const char *id, int *count) {
 }
 
 /* Appends the entries of an array reply (nil = an entry deleted while pending: skipped). */
-static int take_entries(rq *q, const redisReply *entries, int max, bool count_deliveries, pa_delivery *out, int *n) {
+static int take_entries(rq *q, int lane, const redisReply *entries, int max, bool count_deliveries, pa_delivery *out,
+                        int *n) {
   int rc = PA_OK;
-  for (size_t i = 0; i < entries->elements && *n < max; i++) {
+  for (size_t i = 0; i < entries->elements && (*n < max || q->n_stash < PA_LANES); i++) {
     const redisReply *e = entries->element[i];
     if (e->type == REDIS_REPLY_NIL) continue;
     int deliveries = 1; /* read with '>': never delivered before */
     if (count_deliveries && e->type == REDIS_REPLY_ARRAY && e->elements == 2 &&
-        e->element[0]->type == REDIS_REPLY_STRING && (rc = delivery_count(q, e->element[0]->str, &deliveries)))
+        e->element[0]->type == REDIS_REPLY_STRING && (rc = delivery_count(q, lane, e->element[0]->str, &deliveries)))
       return rc;
-    PA_TRY(entry_to_delivery(e, deliveries, &out[*n]));
-    (*n)++;
+    if (*n < max) {
+      PA_TRY(entry_to_delivery(e, lane, deliveries, &out[*n]));
+      (*n)++;
+    } else {
+      PA_TRY(entry_to_delivery(e, lane, deliveries, &q->stash[q->n_stash]));
+      q->n_stash++;
+    }
   }
 fail:
   return rc;
 }
 
 /* XAUTOCLAIM stream group consumer lease cursor COUNT k -> [cursor, [entries], (deleted)] */
-static int rq_autoclaim(rq *q, int max, pa_delivery *out, int *n) {
+static int rq_autoclaim(rq *q, int lane, int max, pa_delivery *out, int *n) {
   rq_args a = {0};
+  char *cursor = q->cursor[lane];
   arg(&a, "XAUTOCLAIM");
-  arg(&a, q->r.stream);
+  arg(&a, q->lanes[lane].s);
   arg(&a, q->r.group);
   arg(&a, q->consumer);
   arg_int(&a, q->lease_ms);
-  arg(&a, q->cursor);
+  arg(&a, cursor);
   arg(&a, "COUNT");
-  arg_int(&a, max);
+  arg_int(&a, max - *n);
   redisReply *r = rq_cmd(q, &a);
   if (!r) return PA_ERR_IO;
   int rc = PA_OK;
   if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_STRING ||
-      r->element[1]->type != REDIS_REPLY_ARRAY || r->element[0]->len >= sizeof q->cursor) {
+      r->element[1]->type != REDIS_REPLY_ARRAY || r->element[0]->len >= sizeof q->cursor[lane]) {
     rc = pa_fail(PA_ERR_FORMAT, "redis XAUTOCLAIM: unexpected reply");
     goto fail;
   }
-  memcpy(q->cursor, r->element[0]->str, r->element[0]->len + 1);
-  rc = take_entries(q, r->element[1], max, true, out, n);
+  memcpy(cursor, r->element[0]->str, r->element[0]->len + 1);
+  rc = take_entries(q, lane, r->element[1], max, true, out, n);
 fail:
   freeReplyObject(r);
   return rc;
 }
 
-/* XREADGROUP GROUP g c COUNT k [BLOCK ms] STREAMS s > -> nil | [[stream, [entries]]] */
-static int rq_read_new(rq *q, int max, int block_ms, pa_delivery *out, int *n) {
+/* The lane of a stream name in a reply; -1 when it is none of ours. */
+static int lane_of_stream(const rq *q, const redisReply *name) {
+  for (int lane = 0; name->type == REDIS_REPLY_STRING && lane < PA_LANES; lane++)
+    if (!strcmp(name->str, q->lanes[lane].s)) return lane;
+  return -1;
+}
+
+/* XREADGROUP GROUP g c COUNT k [BLOCK ms] STREAMS s... >... -> nil | [[stream, [entries]], ...]
+ * over lanes [first, last]: one lane at a time without BLOCK (highest first), or all of them
+ * while blocking (whichever gets an entry first wakes us). */
+static int rq_read_new(rq *q, int first, int last, int max, int block_ms, pa_delivery *out, int *n) {
   rq_args a = {0};
   arg(&a, "XREADGROUP");
   arg(&a, "GROUP");
@@ -217,26 +243,38 @@ static int rq_read_new(rq *q, int max, int block_ms, pa_delivery *out, int *n) {
     arg_int(&a, block_ms > RQ_MAX_BLOCK_MS ? RQ_MAX_BLOCK_MS : block_ms);
   }
   arg(&a, "STREAMS");
-  arg(&a, q->r.stream);
-  arg(&a, ">");
+  for (int lane = first; lane <= last; lane++) arg(&a, q->lanes[lane].s);
+  for (int lane = first; lane <= last; lane++) arg(&a, ">");
   redisReply *r = rq_cmd(q, &a);
   if (!r) return PA_ERR_IO;
-  int rc = PA_OK;
-  if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
-      r->element[0]->elements == 2 && r->element[0]->element[1]->type == REDIS_REPLY_ARRAY)
-    rc = take_entries(q, r->element[0]->element[1], max, false, out, n);
-  else if (r->type != REDIS_REPLY_NIL)
-    rc = pa_fail(PA_ERR_FORMAT, "redis XREADGROUP: unexpected reply");
+  int rc = r->type == REDIS_REPLY_NIL || r->type == REDIS_REPLY_ARRAY
+               ? PA_OK : pa_fail(PA_ERR_FORMAT, "redis XREADGROUP: unexpected reply");
+  for (size_t i = 0; !rc && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+    const redisReply *s = r->element[i];
+    int lane = s->type == REDIS_REPLY_ARRAY && s->elements == 2 ? lane_of_stream(q, s->element[0]) : -1;
+    if (lane < 0 || s->element[1]->type != REDIS_REPLY_ARRAY) rc = pa_fail(PA_ERR_FORMAT, "redis XREADGROUP: unexpected reply");
+    else rc = take_entries(q, lane, s->element[1], max, false, out, n);
+  }
   freeReplyObject(r);
   return rc;
 }
+
+static int stash_take(rq *q, int max, pa_delivery *out, int *n);
 
 static int rq_claim(pa_queue *qq, int max, int block_ms, pa_delivery *out, int *n) {
   rq *q = qq->impl;
   *n = 0;
   if (max < 1) return pa_fail(PA_ERR_INVALID, "claim: max must be >= 1");
-  int rc = rq_autoclaim(q, max, out, n);
-  if (!rc && *n < max) rc = rq_read_new(q, max, *n ? 0 : block_ms, out, n);
+  int rc = stash_take(q, max, out, n);
+  for (int lane = 0; !rc && lane < PA_LANES && *n < max; lane++) rc = rq_autoclaim(q, lane, max, out, n);
+  for (int lane = 0; !rc && lane < PA_LANES && *n < max; lane++) rc = rq_read_new(q, lane, lane, max, 0, out, n);
+  if (!rc && !*n && block_ms > 0) {
+    /* Idle: wait on every lane at once, one entry each (extras go to the stash), then fill
+     * the rest highest lane first. */
+    rc = rq_read_new(q, 0, PA_LANES - 1, 1, block_ms, out, n);
+    if (!rc) rc = stash_take(q, max, out, n);
+    for (int lane = 0; !rc && *n && lane < PA_LANES && *n < max; lane++) rc = rq_read_new(q, lane, lane, max, 0, out, n);
+  }
   /* the stream or group was deleted under us (FLUSHALL, an operator): recreate it */
   if (rc && !*n && strstr(pa_errmsg(), "NOGROUP")) return rq_create_group(q);
   if (rc) {
@@ -387,8 +425,6 @@ static void eval_head(rq_args *a, const char *script, int nkeys) {
   arg_int(a, nkeys);
 }
 
-#define JOB_KEY_PREFIX "paella:job:"
-static void job_key(const char *job_id, char *buf, size_t cap) { snprintf(buf, cap, JOB_KEY_PREFIX "%s", job_id); }
 
 /* The fencing token's arguments (OWNS_LUA): group, consumer, entry, count. */
 static void fence_args(rq *q, rq_args *a, const pa_delivery *d) {
@@ -403,7 +439,7 @@ static int fenced(rq *q, const char *script, const pa_delivery *d, const char *w
   rq_args a = {0};
   long long owned = 0;
   eval_head(&a, script, 1);
-  arg(&a, q->r.stream);
+  arg(&a, q->lanes[d->lane].s);
   fence_args(q, &a, d);
   int rc = rq_eval(q, &a, &owned);
   if (!rc && !owned)
@@ -414,14 +450,26 @@ static int fenced(rq *q, const char *script, const pa_delivery *d, const char *w
 
 static int rq_renew(pa_queue *qq, const pa_delivery *d) { return fenced(qq->impl, renew_lua, d, "lease renewal"); }
 
+/* Hands out stashed entries, each renewed first: one that waited past its lease while this
+ * worker was busy may have been reclaimed by another (the renewal is refused), and is dropped. */
+static int stash_take(rq *q, int max, pa_delivery *out, int *n) {
+  while (q->n_stash > 0 && *n < max) {
+    pa_delivery d = q->stash[--q->n_stash];
+    int rc = fenced(q, renew_lua, &d, "stashed entry");
+    if (rc == PA_OK) out[(*n)++] = d;
+    else pa_delivery_clear(&d);
+    if (rc && rc != PA_ERR_NOTFOUND) return rc;
+  }
+  return PA_OK;
+}
+
 static int rq_publish_event(pa_queue *qq, const char *job_id, const char *type, const uint8_t *msg, size_t len) {
   rq *q = qq->impl;
   rq_args a = {0};
-  char key[128];
-  job_key(job_id, key, sizeof key);
+  pa_key key = pa_key_job(job_id);
   eval_head(&a, event_lua, 2);
-  arg(&a, q->events);
-  arg(&a, key);
+  arg(&a, q->events.s);
+  arg(&a, key.s);
   arg(&a, type);
   arg(&a, job_id);
   arg_bin(&a, msg, len);
@@ -444,7 +492,6 @@ static void hook_args(rq_args *a, const pa_webhook_msg *m) {
   arg_int(a, now_ms());
 }
 
-static void hook_key(rq *q, const char *msg_id, char *buf, size_t cap) { snprintf(buf, cap, "%s%s", q->hook_prefix, msg_id); }
 
 static int rq_record_result(pa_queue *qq, const pa_delivery *d, const char *job_id, const uint8_t *result, size_t len,
                             const pa_webhook_msg *hook) {
@@ -460,15 +507,13 @@ static int rq_record_result(pa_queue *qq, const pa_delivery *d, const char *job_
   const char *event = res.status == PW_STATUS_SUCCEEDED ? "completed" : "failed";
   pw_result_free(&res);
   rq_args a = {0};
-  char key[128], hkey[512];
-  job_key(job_id, key, sizeof key);
-  hook_key(q, hook ? hook->msg_id : "-", hkey, sizeof hkey);
+  pa_key key = pa_key_job(job_id), hkey = pa_key_outbox_msg(q->r.stream, hook ? hook->msg_id : "-");
   eval_head(&a, result_lua, 5);
-  arg(&a, key);
-  arg(&a, q->events);
-  arg(&a, q->r.stream);
-  arg(&a, q->outbox);
-  arg(&a, hkey);
+  arg(&a, key.s);
+  arg(&a, q->events.s);
+  arg(&a, q->lanes[d ? d->lane : PA_LANE_NORMAL].s);
+  arg(&a, q->outbox.s);
+  arg(&a, hkey.s);
   arg(&a, status);
   arg_bin(&a, result, len);
   arg(&a, job_id);
@@ -494,12 +539,11 @@ static int rq_ack(pa_queue *qq, const pa_delivery *d) { return fenced(qq->impl, 
 static int rq_enqueue_webhook(pa_queue *qq, const pa_delivery *d, const pa_webhook_msg *m) {
   rq *q = qq->impl;
   rq_args a = {0};
-  char hkey[512];
-  hook_key(q, m->msg_id, hkey, sizeof hkey);
+  pa_key hkey = pa_key_outbox_msg(q->r.stream, m->msg_id);
   eval_head(&a, enqueue_lua, 3);
-  arg(&a, q->r.stream);
-  arg(&a, q->outbox);
-  arg(&a, hkey);
+  arg(&a, q->lanes[d->lane].s);
+  arg(&a, q->outbox.s);
+  arg(&a, hkey.s);
   fence_args(q, &a, d);
   hook_args(&a, m);
   long long ret = 0;
@@ -534,10 +578,10 @@ static int rq_outbox_take(pa_queue *qq, int lease_ms, pa_outbox_item *out, bool 
   *got = false;
   long long now = now_ms();
   eval_head(&a, take_lua, 1);
-  arg(&a, q->outbox);
+  arg(&a, q->outbox.s);
   arg_int(&a, now);
   arg_int(&a, now + lease_ms);
-  arg(&a, q->hook_prefix);
+  arg(&a, q->hook_prefix.s);
   redisReply *r = rq_cmd(q, &a);
   if (!r) return PA_ERR_IO;
   int rc = PA_OK;
@@ -560,16 +604,14 @@ static int rq_outbox_settle(pa_queue *qq, const pa_outbox_item *it, const char *
                             bool attempted, const char *counters) {
   rq *q = qq->impl;
   rq_args a = {0};
-  char hkey[512], list[160], job[160];
-  hook_key(q, it->msg_id, hkey, sizeof hkey);
-  snprintf(list, sizeof list, JOB_KEY_PREFIX "%s:deliveries", it->job_id);
-  snprintf(job, sizeof job, JOB_KEY_PREFIX "%s", it->job_id);
+  pa_key hkey = pa_key_outbox_msg(q->r.stream, it->msg_id), list = pa_key_job_deliveries(it->job_id),
+         job = pa_key_job(it->job_id);
   eval_head(&a, settle_lua, 5);
-  arg(&a, q->outbox);
-  arg(&a, hkey);
-  arg(&a, list);
-  arg(&a, "paella:metrics");
-  arg(&a, job);
+  arg(&a, q->outbox.s);
+  arg(&a, hkey.s);
+  arg(&a, list.s);
+  arg(&a, PA_KEY_METRICS);
+  arg(&a, job.s);
   arg(&a, it->msg_id);
   arg(&a, record_json ? record_json : "");
   arg_int(&a, retry_at_ms);
@@ -584,8 +626,8 @@ static int rq_dead_letter(pa_queue *qq, const pa_delivery *d, const char *code, 
   rq *q = qq->impl;
   rq_args a = {0};
   eval_head(&a, dead_lua, 2);
-  arg(&a, q->r.stream);
-  arg(&a, q->dead);
+  arg(&a, q->lanes[d->lane].s);
+  arg(&a, q->dead.s);
   arg(&a, q->r.group);
   arg(&a, d->handle);
   arg_bin(&a, d->payload ? (const void *)d->payload : "", d->len);
@@ -593,7 +635,7 @@ static int rq_dead_letter(pa_queue *qq, const pa_delivery *d, const char *code, 
   arg(&a, field ? field : "");
   arg(&a, message ? message : "");
   arg_int(&a, d->deliveries);
-  arg(&a, JOB_KEY_PREFIX);
+  arg(&a, PA_KEY_JOB_PREFIX);
   arg(&a, q->consumer);
   return rq_eval(q, &a, NULL);
 }
@@ -602,10 +644,9 @@ static int rq_note_failure(pa_queue *qq, const pa_delivery *d, const char *job_i
                            const char *message) {
   rq *q = qq->impl;
   rq_args a = {0};
-  char key[128];
-  job_key(job_id, key, sizeof key);
+  pa_key key = pa_key_job(job_id);
   eval_head(&a, note_lua, 1);
-  arg(&a, key);
+  arg(&a, key.s);
   arg(&a, code);
   arg(&a, message);
   arg_int(&a, d->deliveries);
@@ -616,10 +657,9 @@ static int rq_note_failure(pa_queue *qq, const pa_delivery *d, const char *job_i
  * or when Redis fails. */
 static bool job_field_in(rq *q, const char *job_id, const char *field, const char *const *values) {
   rq_args a = {0};
-  char key[128];
-  job_key(job_id, key, sizeof key);
+  pa_key key = pa_key_job(job_id);
   arg(&a, "HGET");
-  arg(&a, key);
+  arg(&a, key.s);
   arg(&a, field);
   redisReply *r = rq_cmd(q, &a);
   bool in = false;
@@ -646,16 +686,50 @@ static int rq_add_counters(pa_queue *qq, const char *const *names, const long lo
     if (!deltas[i]) continue;
     rq_args a = {0};
     arg(&a, "HINCRBY");
-    arg(&a, "paella:metrics");
+    arg(&a, PA_KEY_METRICS);
     arg(&a, names[i]);
     arg_int(&a, deltas[i]);
     redisReply *r = rq_cmd(q, &a);
     if (!r) return PA_ERR_IO;
     bool ok = r->type == REDIS_REPLY_INTEGER;
     freeReplyObject(r);
-    if (!ok) return pa_fail(PA_ERR_IO, "redis: HINCRBY paella:metrics %s failed", names[i]);
+    if (!ok) return pa_fail(PA_ERR_IO, "redis: HINCRBY " PA_KEY_METRICS " %s failed", names[i]);
   }
   return PA_OK;
+}
+
+/* KEYS: workers zset, caps hash. ARGV: consumer, record, now ms, ttl ms. Both keys expire
+ * with the last advertisement, so a fleet scaled to zero leaves nothing behind. */
+static const char ADVERTISE_LUA[] =
+    "local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])\n"
+    "for _, w in ipairs(gone) do redis.call('HDEL', KEYS[2], w) end\n"
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])\n"
+    "redis.call('ZADD', KEYS[1], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])\n"
+    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[4])\n"
+    "redis.call('PEXPIRE', KEYS[2], ARGV[4])\n"
+    "return 1\n";
+
+static int rq_advertise(pa_queue *qq, const char *record, long long ttl_ms) {
+  rq *q = qq->impl;
+  pa_key workers = pa_key_workers(q->r.stream), caps = pa_key_worker_caps(q->r.stream);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  rq_args a = {0};
+  arg(&a, "EVAL");
+  arg(&a, ADVERTISE_LUA);
+  arg(&a, "2");
+  arg(&a, workers.s);
+  arg(&a, caps.s);
+  arg(&a, q->consumer);
+  arg(&a, record);
+  arg_int(&a, (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+  arg_int(&a, ttl_ms);
+  redisReply *r = rq_cmd(q, &a);
+  if (!r) return PA_ERR_IO;
+  bool ok = r->type == REDIS_REPLY_INTEGER;
+  freeReplyObject(r);
+  return ok ? PA_OK : pa_fail(PA_ERR_IO, "redis: advertising the worker's limits failed");
 }
 
 static int rq_noop(pa_queue *qq) {
@@ -668,6 +742,7 @@ static void rq_close(pa_queue *qq) {
   rq *q = qq->impl;
   if (q) {
     rq_drop(q);
+    for (int i = 0; i < q->n_stash; i++) pa_delivery_clear(&q->stash[i]);
     free(q->url_text);
   }
   free(q);
@@ -685,17 +760,22 @@ static const pa_queue_ops rq_ops = {
     .ack = rq_ack, .dead_letter = rq_dead_letter, .note_failure = rq_note_failure, .is_settled = rq_is_settled,
     .is_canceled = rq_is_canceled,
     .pause = rq_noop, .resume = rq_noop, .close = rq_close, .clone = rq_clone, .enqueue_webhook = rq_enqueue_webhook,
-    .outbox_take = rq_outbox_take, .outbox_settle = rq_outbox_settle, .add_counters = rq_add_counters};
+    .outbox_take = rq_outbox_take, .outbox_settle = rq_outbox_settle, .add_counters = rq_add_counters,
+    .advertise = rq_advertise};
 
 /* ---- open --------------------------------------------------------------------------- */
 
 static int parse_config(rq *q, const char *url, const pa_queue_options *o) {
   int rc = pa_redis_url_parse(url, &q->r);
   if (rc) return rc;
-  snprintf(q->events, sizeof q->events, "%s:events", q->r.stream);
-  snprintf(q->dead, sizeof q->dead, "%s:dead", q->r.stream);
-  snprintf(q->outbox, sizeof q->outbox, "%s" PA_OUTBOX_SUFFIX, q->r.stream);
-  snprintf(q->hook_prefix, sizeof q->hook_prefix, "%s" PA_OUTBOX_MESSAGE_SUFFIX, q->r.stream);
+  for (int lane = 0; lane < PA_LANES; lane++) {
+    q->lanes[lane] = pa_key_lane(q->r.stream, lane);
+    snprintf(q->cursor[lane], sizeof q->cursor[lane], "0-0");
+  }
+  q->events = pa_key_events(q->r.stream);
+  q->dead = pa_key_dead(q->r.stream);
+  q->outbox = pa_key_outbox(q->r.stream);
+  q->hook_prefix = pa_key_outbox_msg(q->r.stream, NULL);
   if (!(q->url_text = strdup(url))) return pa_fail(PA_ERR_NOMEM, "out of memory");
   if (o && o->consumer && o->consumer[0]) {
     snprintf(q->consumer, sizeof q->consumer, "%s", o->consumer);
@@ -706,7 +786,6 @@ static int parse_config(rq *q, const char *url, const pa_queue_options *o) {
   }
   q->lease_ms = o && o->lease_ms > 0 ? o->lease_ms : 60000;
   q->max_deliveries = o && o->max_deliveries > 0 ? o->max_deliveries : 5;
-  snprintf(q->cursor, sizeof q->cursor, "0-0");
   return PA_OK;
 }
 

@@ -6,15 +6,16 @@
 #include <string.h>
 
 #include "ops/error.h"
+#include "worker/redis_keys.h"
 #include "worker/url.h"
 
 void pa_redis_url_defaults(pa_redis_url *r) {
   memset(r, 0, sizeof *r);
   snprintf(r->host, sizeof r->host, "127.0.0.1");
   r->port = 6379;
-  snprintf(r->stream, sizeof r->stream, "paella:jobs");
-  snprintf(r->group, sizeof r->group, "workers");
-  snprintf(r->events_group, sizeof r->events_group, "scheduler");
+  snprintf(r->stream, sizeof r->stream, PA_REDIS_DEFAULT_STREAM);
+  snprintf(r->group, sizeof r->group, PA_REDIS_DEFAULT_GROUP);
+  snprintf(r->events_group, sizeof r->events_group, PA_REDIS_DEFAULT_EVENTS_GROUP);
   r->events_maxlen = 100000;
 }
 

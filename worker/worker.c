@@ -18,6 +18,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "ops/threads.h"
+#include "worker/admission.h"
 #include "worker/log.h"
 #include "worker/worker_internal.h"
 
@@ -51,7 +53,7 @@ void pa_worker_config_default(pa_worker_config *c) {
   c->cache_max_bytes = (size_t)256 << 20;
   c->poll_ms = 1000;
   c->progress_interval_ms = 500;
-  c->max_side = 1024;
+  c->max_side = PW_DEFAULT_MAX_SIDE;
   c->fetch_timeout_ms = 30000;
 }
 
@@ -66,14 +68,27 @@ void job_fence(job_ctx *jc) {
          "lease lost: another worker owns this entry now; this attempt stops and writes nothing");
 }
 
+/* Publishes this worker's limits (for the scheduler's /readyz) every PA_ADVERTISE_EVERY_MS or
+ * every beat when beats are further apart; the record lapses a few beats after the last. */
+static void advertise(worker *w, long period_ms) {
+  if (!w->hb_q->ops->advertise || !w->limits_record) return;
+  long every = period_ms > PA_ADVERTISE_EVERY_MS ? period_ms : PA_ADVERTISE_EVERY_MS;
+  if (w->advertised_at > 0 && (pa_mono() - w->advertised_at) * 1000 < PA_ADVERTISE_EVERY_MS) return;
+  if (w->hb_q->ops->advertise(w->hb_q, w->limits_record, (long long)every * PA_ADVERTISE_TTL_BEATS))
+    pa_log(PA_LOG_WARN, NULL, json_pack("{s:s}", "error", pa_errmsg()), "limits not advertised");
+  else w->advertised_at = pa_mono();
+}
+
 /* The heartbeat thread: every quarter lease, renews each leased entry of the current batch on
- * its own connection, never waiting for a step, an upload or a receiver. */
+ * its own connection, never waiting for a step, an upload or a receiver; it also advertises
+ * the worker's limits. */
 static void *heartbeat_main(void *arg) {
   worker *w = arg;
   long period_ms = w->cfg->lease_ms / 4 > 0 ? w->cfg->lease_ms / 4 : 1;
   pa_delivery ds[64];
   job_ctx *jcs[64];
   int rcs[64];
+  advertise(w, period_ms);
   pthread_mutex_lock(&w->hb_mu);
   while (!w->hb_stop) {
     struct timespec until;
@@ -89,9 +104,11 @@ static void *heartbeat_main(void *arg) {
       memset(&ds[k], 0, sizeof ds[k]);
       memcpy(ds[k].handle, w->batch[i].d.handle, sizeof ds[k].handle);
       ds[k].deliveries = w->batch[i].d.deliveries;
+      ds[k].lane = w->batch[i].d.lane;
       jcs[k++] = &w->batch[i];
     }
     pthread_mutex_unlock(&w->hb_mu);
+    advertise(w, period_ms);
     for (int j = 0; j < k; j++) {
       rcs[j] = w->hb_q->ops->renew(w->hb_q, &ds[j]);
       if (rcs[j] && rcs[j] != PA_ERR_NOTFOUND) /* Redis away: the writes are fenced anyway; retry next beat */
@@ -247,7 +264,8 @@ static void share_counters(worker *w) {
 }
 
 static void clear_outputs(pw_result *res) {
-  for (size_t i = 0; i < res->n_outputs; i++) free(res->outputs[i].key), free(res->outputs[i].url);
+  for (size_t i = 0; i < res->n_outputs; i++)
+    free(res->outputs[i].key), free(res->outputs[i].url), free(res->outputs[i].params);
   free(res->outputs);
   res->outputs = NULL;
   res->n_outputs = 0;
@@ -465,6 +483,8 @@ static int build_requests(job_ctx **group, int n, pa_gen_request *reqs, job_ctx 
         break;
       }
       reqs[k].progress = on_progress;
+      reqs[k].preview = job_preview;
+      reqs[k].preview_user = jc;
     }
   }
   return k;
@@ -597,6 +617,19 @@ static int open_cache(worker *w) {
   return rc;
 }
 
+/* What this worker runs, as the scheduler checks submissions (admission.h). */
+static int limits_record(worker *w) {
+  const pa_worker_config *c = w->cfg;
+  pa_job_limits l = {.max_side = c->max_side};
+  json_t *extra = json_pack("{s:i, s:i, s:s}", "size_multiple", pa_pipeline_size_multiple(w->pipe), "max_batch",
+                            c->max_batch, "model", c->models_dir && *c->models_dir ? "dir" : "built-in");
+  char *text = extra ? json_dumps(extra, JSON_COMPACT) : NULL;
+  json_decref(extra);
+  w->limits_record = text ? pa_job_limits_json(&l, text) : NULL;
+  free(text);
+  return w->limits_record ? PA_OK : pa_fail(PA_ERR_NOMEM, "out of memory");
+}
+
 static int setup(worker *w) {
   const pa_worker_config *c = w->cfg;
   int rc = PA_OK;
@@ -604,7 +637,7 @@ static int setup(worker *w) {
   if (c->max_batch < 1 || c->max_batch > 64) return pa_fail(PA_ERR_INVALID, "--max-batch must be in 1..64");
   pa_queue_options qo = {.consumer = c->consumer, .lease_ms = c->lease_ms, .max_deliveries = c->max_deliveries};
   PA_TRY(pa_metrics_new(&w->metrics));
-  if (c->metrics_port) PA_TRY(pa_metrics_serve(w->metrics, c->metrics_port));
+  if (c->metrics_port) PA_TRY(pa_metrics_serve(w->metrics, c->metrics_host, c->metrics_port));
   PA_TRY(pa_queue_open(c->queue_url, &qo, &w->q));
   PA_TRY(pa_storage_open(c->storage_url, NULL, &w->store));
   pa_backend *be = pa_backend_by_name(c->device ? c->device : "cpu");
@@ -617,6 +650,7 @@ static int setup(worker *w) {
   PA_TRY(pa_pipeline_open(&po, &w->pipe));
   PA_TRY(open_cache(w));
   PA_TRY(pa_notifier_new(c, &w->notify));
+  PA_TRY(limits_record(w));
   PA_TRY(heartbeat_start(w));
   if (w->q->ops->outbox_take && w->q->ops->clone) {
     pa_queue *cq = NULL;
@@ -636,6 +670,7 @@ static void teardown(worker *w) {
   pa_emb_cache_free(w->cache);
   pa_storage_free(w->store);
   pa_metrics_free(w->metrics);
+  free(w->limits_record);
 }
 
 int pa_worker_run(const pa_worker_config *cfg) {
@@ -648,8 +683,8 @@ int pa_worker_run(const pa_worker_config *cfg) {
     return rc;
   }
   pa_log(PA_LOG_INFO, NULL,
-         json_pack("{s:s, s:s, s:i, s:i, s:i}", "queue", cfg->queue_url, "storage", cfg->storage_url, "max_batch", max,
-                   "lease_ms", cfg->lease_ms, "max_deliveries", cfg->max_deliveries),
+         json_pack("{s:s, s:s, s:i, s:i, s:i, s:i}", "queue", cfg->queue_url, "storage", cfg->storage_url, "max_batch",
+                   max, "lease_ms", cfg->lease_ms, "max_deliveries", cfg->max_deliveries, "threads", pa_threads_get()),
          "worker started");
   double backoff = 0.1;
   while (!stop_requested) {

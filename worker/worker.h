@@ -16,6 +16,7 @@ typedef struct {
   int lease_ms;               /* default 60000 */
   int max_deliveries;         /* default 5 */
   int metrics_port;           /* 0: no HTTP endpoint */
+  const char *metrics_host;   /* address of that endpoint; NULL: every interface (0.0.0.0) */
   bool once;                  /* exit after one job */
   const char *cache_url;      /* embedding cache Redis (default: the queue's Redis; "off" disables) */
   int cache_ttl_s;            /* default 86400 */

@@ -65,6 +65,8 @@ struct worker {
    * of the batch each quarter lease, whatever the main thread is doing (a long step, an
    * upload). NULL hb_q: the transport cannot (Kafka), leases are renewed between steps. */
   pa_queue *hb_q;
+  char *limits_record;      /* what advertise() publishes (admission.h) */
+  double advertised_at;     /* pa_mono() of the last advertisement, 0: never */
   pthread_t hb_thread;
   pthread_mutex_t hb_mu;
   pthread_cond_t hb_cv;
@@ -80,6 +82,10 @@ int job_fetch_inputs(job_ctx *jc);                  /* fills image/mask or fails
 int job_request(job_ctx *jc, int run, pa_gen_request *r);
 uint64_t job_default_seed(const char *job_id);
 int job_store_outputs(job_ctx *jc, pw_result *res); /* PNG + upload; fills res->outputs */
+/* The job's preview (pa_gen_request.preview): a PNG stored under "<job id>/preview.png"
+ * (overwritten by the next one) and a "preview" event naming it. Failures are logged, never
+ * fail the job. */
+void job_preview(void *user, int step, int total, const pa_image *img);
 void job_fail(job_ctx *jc, pw_code code, bool transient, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 void job_fence(job_ctx *jc); /* the attempt lost its entry (worker.c): logged once */
 /* Renews the lease now and says whether the attempt still owns its entry (worker.c). */
@@ -93,6 +99,9 @@ void pa_notifier_free(pa_notifier *n); /* drains pending webhooks for a bounded 
 void pa_notifier_take_counts(long long *ok, long long *failed);
 void notify_start(worker *w, job_ctx *jc);
 void notify_progress(worker *w, job_ctx *jc, pw_stage stage, int step, int total);
+/* A "preview" event on the queue's event stream (no webhook): a progress message whose
+ * `preview` is the stored image's URL (or its location when the store has no URL). */
+void notify_preview(worker *w, job_ctx *jc, int step, int total, const char *url);
 /* The Result's webhook (completed or failed) when the job subscribed to it: fills m (its
  * body malloc'd: free((char *)m->body)) and msg_id. */
 bool notify_final_msg(job_ctx *jc, const pw_result *res, char *msg_id, size_t cap, pa_webhook_msg *m);

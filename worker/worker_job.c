@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "worker/admission.h"
 #include "worker/job_map.h"
 #include "worker/log.h"
 #include "worker/worker_internal.h"
@@ -130,6 +131,13 @@ int job_fetch_inputs(job_ctx *jc) {
     pa_image_free(raw);
     return -1;
   }
+  pw_error why;
+  if (pa_job_admit_images(j, raw, rawmask, &why)) { /* as the scheduler checks inline inputs */
+    job_fail(jc, PW_E_INVALID_IMAGE, false, "%s: %s", why.field, why.message);
+    pa_image_free(raw);
+    pa_image_free(rawmask);
+    return -1;
+  }
   if (j->kind == PW_KIND_OUTPAINT || j->kind == PW_KIND_VARIATION) {
     jc->image = raw; /* outpaint places it as it is; CLIP preprocessing crops a variation's */
     return 0;
@@ -170,15 +178,14 @@ static int open_job_store(job_ctx *jc, pa_storage **out) {
   return pa_storage_open(url, NULL, out);
 }
 
-/* Image `index` of the job in its output format, with its generation parameters. */
-static int encode_output(job_ctx *jc, const pa_image *img, int index, void **buf, size_t *len) {
+/* Image `index` of the job in its output format, with its generation parameters (*params,
+ * malloc'd: the same text goes into the result record, freed with it). */
+static int encode_output(job_ctx *jc, const pa_image *img, int index, void **buf, size_t *len, char **params) {
   const pw_job *j = &jc->job;
   uint64_t seed = jc->seed + (j->kind == PW_KIND_INTERPOLATE ? 0 : (uint64_t)index); /* image b: seed + b */
-  char *params = pa_job_params_json(j, seed);
-  pa_image_encoding enc = {pa_image_format_of_job(j), (int)j->output_quality, params};
-  int rc = params ? pa_image_encode(img, &enc, buf, len) : pa_fail(PA_ERR_NOMEM, "out of memory");
-  free(params);
-  return rc;
+  *params = pa_job_params_json(j, seed, pa_pipeline_checksums(jc->w->pipe));
+  pa_image_encoding enc = {pa_image_format_of_job(j), (int)j->output_quality, *params};
+  return *params ? pa_image_encode(img, &enc, buf, len) : pa_fail(PA_ERR_NOMEM, "out of memory");
 }
 
 static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index, pw_output *o) {
@@ -188,7 +195,7 @@ static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index,
   pa_image_format f = pa_image_format_of_job(&jc->job);
   /* deterministic: a re-run overwrites */
   snprintf(key, sizeof key, "%s/%d%s", jc->job.id, index, pa_image_format_extension(f));
-  int rc = encode_output(jc, img, index, &bytes, &len);
+  int rc = encode_output(jc, img, index, &bytes, &len, &o->params); /* the record carries what the image embeds */
   if (rc) {
     job_fail(jc, PW_E_INTERNAL, false, "%s encoding: %s", pa_image_format_name(f), pa_errmsg());
     return rc;
@@ -214,6 +221,32 @@ static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index,
   return PA_OK;
 }
 
+void job_preview(void *user, int step, int total, const pa_image *img) {
+  job_ctx *jc = user;
+  pa_storage *own = NULL;
+  void *bytes = NULL;
+  size_t len = 0;
+  char key[128], *object = NULL, *url = NULL;
+  pa_image_encoding enc = {PA_IMAGE_PNG, 0, NULL};
+  double t = pa_mono();
+  snprintf(key, sizeof key, "%s/preview.png", jc->job.id);
+  int rc = open_job_store(jc, &own);
+  pa_storage *s = own ? own : jc->w->store;
+  if (!rc) rc = pa_image_encode(img, &enc, &bytes, &len);
+  if (!rc && !job_still_owned(jc)) rc = PA_ERR_CANCELED; /* a fenced attempt writes nothing */
+  else if (!rc) rc = pa_storage_put(s, key, bytes, len, "image/png", NULL, &url);
+  /* as outputs: a presigned URL (S3), else the key from the store's root, never a server path */
+  if (!rc && !(url && strlen(url) <= PW_MAX_URL_BYTES)) rc = pa_storage_key(s, key, &object);
+  if (!rc) notify_preview(jc->w, jc, step, total, object ? object : url);
+  else if (rc != PA_ERR_CANCELED)
+    pa_log(PA_LOG_WARN, jc->job.id, json_pack("{s:i, s:s}", "step", step, "error", pa_errmsg()), "preview not stored");
+  free(bytes);
+  free(object);
+  free(url);
+  pa_storage_free(own);
+  jc->overhead += pa_mono() - t;
+}
+
 int job_store_outputs(job_ctx *jc, pw_result *res) {
   pa_storage *own = NULL;
   int total = 0, rc = open_job_store(jc, &own);
@@ -231,6 +264,7 @@ int job_store_outputs(job_ctx *jc, pw_result *res) {
     for (int b = 0; b < jc->results[f].n && !rc; b++, k++) {
       rc = put_image(jc, own ? own : jc->w->store, jc->results[f].images[b], k, &res->outputs[k]);
       if (!rc) res->n_outputs = (size_t)k + 1;
+      else free(res->outputs[k].params), res->outputs[k].params = NULL; /* not counted, so not freed with it */
     }
   pa_storage_free(own);
   return rc;

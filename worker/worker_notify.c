@@ -215,11 +215,37 @@ static void notify_hook(worker *w, job_ctx *jc, pw_event ev, const char *msg_id,
   free(body);
 }
 
-static void publish_progress(worker *w, job_ctx *jc, pw_event ev, pw_stage stage, int step, int total) {
-  pw_progress p;
+/* `type`: the event stream's entry type. */
+static void publish_event(worker *w, job_ctx *jc, const char *type, const pw_progress *p) {
   pw_error err;
   uint8_t *buf = NULL;
   size_t len = 0;
+  if (pw_progress_encode(p, &buf, &len, &err) == 0) {
+    if (w->q->ops->publish_event(w->q, jc->job.id, type, buf, len))
+      pa_log(PA_LOG_WARN, jc->job.id, json_pack("{s:s}", "error", pa_errmsg()), "event not published");
+  } else {
+    pa_log(PA_LOG_ERROR, jc->job.id, json_pack("{s:s}", "error", err.message), "progress event invalid");
+  }
+  free(buf);
+}
+
+void notify_preview(worker *w, job_ctx *jc, int step, int total, const char *url) {
+  pw_progress p;
+  pw_progress_init(&p);
+  p.job_id = jc->job.id; /* borrowed: cleared before pw_progress_free */
+  p.preview = (char *)url;
+  p.step = step;
+  p.total = total;
+  p.stage = PW_STAGE_DENOISE;
+  p.ts_ms = pa_wall_ms();
+  publish_event(w, jc, "preview", &p);
+  p.job_id = p.preview = NULL;
+  pw_progress_free(&p);
+}
+
+static void publish_progress(worker *w, job_ctx *jc, pw_event ev, pw_stage stage, int step, int total) {
+  pw_progress p;
+  pw_error err;
   char *json = NULL, msg_id[160];
   pw_progress_init(&p);
   p.job_id = jc->job.id; /* borrowed: cleared before pw_progress_free */
@@ -227,17 +253,11 @@ static void publish_progress(worker *w, job_ctx *jc, pw_event ev, pw_stage stage
   p.total = total;
   p.stage = stage;
   p.ts_ms = pa_wall_ms();
-  if (pw_progress_encode(&p, &buf, &len, &err) == 0) {
-    if (w->q->ops->publish_event(w->q, jc->job.id, pw_event_name(ev), buf, len))
-      pa_log(PA_LOG_WARN, jc->job.id, json_pack("{s:s}", "error", pa_errmsg()), "event not published");
-  } else {
-    pa_log(PA_LOG_ERROR, jc->job.id, json_pack("{s:s}", "error", err.message), "progress event invalid");
-  }
+  publish_event(w, jc, pw_event_name(ev), &p);
   if (ev == PW_EVENT_START) snprintf(msg_id, sizeof msg_id, "%s.start", jc->job.id);
   else snprintf(msg_id, sizeof msg_id, "%s.progress.%s.%d", jc->job.id, pw_stage_name(stage), step);
   if (subscribed(jc, ev) && pw_progress_to_json(&p, 0, &json, &err) == 0) notify_hook(w, jc, ev, msg_id, json);
   free(json);
-  free(buf);
   p.job_id = NULL;
   pw_progress_free(&p);
 }

@@ -3,6 +3,8 @@
  * API, --wait survives --idempotency-key, errors are one readable line with the right exit
  * status, fetched outputs are the job's images with their parameters embedded, and the same
  * settings and seed give the same bytes through `paella generate` and through the worker. */
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,8 +113,137 @@ static void submit_wait_fetch(void) {
   snprintf(pb, sizeof pb, "%s/regen/0.webp", h_dir);
   b = slurp(pb, &b_len);
   CHECK_MSG(a_len == b_len && !memcmp(a, b, a_len), "regenerated %zu bytes vs %zu", b_len, a_len);
+  free(b);
+
+  /* the job's record carries each output's parameters exactly as its image embeds them
+   * (weights' checksums included), and they regenerate the same bytes */
+  snprintf(args, sizeof args, "status %s", id);
+  CHECK(paella(args) == 0);
+  char *status = slurp("out", NULL);
+  json_t *st = json_loads(status, 0, NULL);
+  const char *params = json_string_value(json_object_get(json_array_get(json_object_get(json_object_get(st, "result"),
+                                                                                          "outputs"), 0), "params"));
+  CHECK_MSG(params && strstr(params, "\"models\":{\"byt5\":\""), "record: %s", status);
+  CHECK(paella(fetched) == 0);
+  char *embedded = slurp("out", NULL);
+  size_t n = strlen(embedded);
+  if (n && embedded[n - 1] == '\n') embedded[n - 1] = 0;
+  CHECK_MSG(params && !strcmp(params, embedded), "record params %s vs embedded %s", params ? params : "-", embedded);
+  snprintf(pb, sizeof pb, "%s/record.json", h_dir);
+  FILE *f = fopen(pb, "w");
+  if (f && params) fputs(params, f);
+  if (f) fclose(f);
+  snprintf(args, sizeof args, "submit %s --wait 120", pb);
+  CHECK_MSG(paella(args) == 0 && file_has("out", "\"status\": \"succeeded\""), "from the record: %s", slurp("err", NULL));
+  printed_id(again, sizeof again);
+  snprintf(args, sizeof args, "fetch %s -o %s/fromrecord", again, h_dir);
+  snprintf(dir, sizeof dir, "%s/fromrecord", h_dir);
+  mkdir(dir, 0755);
+  CHECK_MSG(paella(args) == 0, "fetch: %s", slurp("err", NULL));
+  snprintf(pb, sizeof pb, "%s/fromrecord/0.webp", h_dir);
+  b = slurp(pb, &b_len);
+  CHECK_MSG(a_len == b_len && !memcmp(a, b, a_len), "regenerated from the record: %zu bytes vs %zu", b_len, a_len);
+  json_decref(st);
+  free(status);
+  free(embedded);
   free(a);
   free(b);
+}
+
+/* An SSE stream read to its end (the job's final status) in a thread of its own. */
+typedef struct {
+  char path[128];
+  h_resp r;
+  int rc;
+} sse_reader;
+
+static void *read_sse(void *arg) {
+  sse_reader *s = arg;
+  s->rc = h_http(port, "GET", s->path, NULL, NULL, 0, 300, &s->r);
+  return NULL;
+}
+
+static void submit_json(const char *body, char *id, size_t cap) {
+  h_resp r;
+  id[0] = 0;
+  if (h_http(port, "POST", "/v1/jobs", "Content-Type: application/json\r\n", body, strlen(body), 30, &r) == 0 &&
+      h_str(r.json, "id"))
+    snprintf(id, cap, "%s", h_str(r.json, "id"));
+  CHECK_MSG(id[0], "submit %s: %d %s", body, r.status, r.body ? r.body : "");
+  h_resp_free(&r);
+}
+
+/* Width and height of a PNG file from its IHDR; false when it is not a PNG. */
+static bool png_size(const char *path, int *w, int *h) {
+  unsigned char b[24];
+  FILE *f = fopen(path, "rb");
+  size_t n = f ? fread(b, 1, sizeof b, f) : 0;
+  if (f) fclose(f);
+  if (n < 24 || memcmp(b, "\x89PNG\r\n\x1a\n", 8) || memcmp(b + 12, "IHDR", 4)) return false;
+  *w = b[16] << 24 | b[17] << 16 | b[18] << 8 | b[19];
+  *h = b[20] << 24 | b[21] << 16 | b[22] << 8 | b[23];
+  return true;
+}
+
+/* preview_every=1: the job's event stream carries `preview` events naming a stored PNG, and
+ * its status the latest one; the same job without preview_every: no preview event. The
+ * worker is stopped while both streams connect, so that no event can pass before them. */
+static void preview_events(void) {
+  char with[64], without[64];
+  CHECK(kill(h_worker_pid, SIGSTOP) == 0);
+  submit_json("{\"prompt\":\"a lighthouse\",\"width\":64,\"height\":64,\"steps\":6,\"prior\":{\"steps\":2},"
+              "\"seed\":3,\"preview_every\":1}", with, sizeof with);
+  submit_json("{\"prompt\":\"a lighthouse\",\"width\":64,\"height\":64,\"steps\":6,\"prior\":{\"steps\":2},"
+              "\"seed\":3}", without, sizeof without);
+  sse_reader rd[2] = {0};
+  pthread_t th[2];
+  snprintf(rd[0].path, sizeof rd[0].path, "/v1/jobs/%s/events", with);
+  snprintf(rd[1].path, sizeof rd[1].path, "/v1/jobs/%s/events", without);
+  for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, read_sse, &rd[i]);
+  usleep(1500000); /* both streams open and past their first status event */
+  CHECK(kill(h_worker_pid, SIGCONT) == 0);
+  for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+  const char *a = rd[0].r.body ? rd[0].r.body : "", *b = rd[1].r.body ? rd[1].r.body : "";
+  char want[160]; /* the key from the store's root, never a server path */
+  snprintf(want, sizeof want, "\"preview\":\"%s/preview.png\"", with);
+  CHECK_MSG(rd[0].rc == 0 && strstr(a, "event: preview\n") && strstr(a, want) && !strstr(a, "file://"), "stream: %s", a);
+  CHECK_MSG(strstr(a, "\"status\":\"succeeded\""), "stream: %s", a);
+  CHECK_MSG(rd[1].rc == 0 && strstr(b, "event: progress") && strstr(b, "\"status\":\"succeeded\""), "stream: %s", b);
+  CHECK_MSG(!strstr(b, "event: preview") && !strstr(b, "\"preview\""), "a preview without preview_every: %s", b);
+  /* the status keeps the latest preview; the file is a PNG of the job's size (64 px: not scaled) */
+  h_resp r;
+  char path[160];
+  snprintf(path, sizeof path, "/v1/jobs/%s", with);
+  CHECK(h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && r.status == 200);
+  const char *key = h_str(r.json, "preview.key");
+  json_int_t step = json_integer_value(json_object_get(json_object_get(r.json, "preview"), "step"));
+  snprintf(want, sizeof want, "%s/preview.png", with);
+  CHECK_MSG(key && !strcmp(key, want) && !h_str(r.json, "preview.url") && step >= 1 && step < 6, "status: %s", r.body);
+  char stored[600];
+  snprintf(stored, sizeof stored, "%s/outputs/%s", h_dir, key ? key : "-");
+  int w = 0, h = 0;
+  CHECK_MSG(key && png_size(stored, &w, &h) && w == 64 && h == 64, "preview %s: %dx%d", stored, w, h);
+  h_resp_free(&r);
+  snprintf(path, sizeof path, "/v1/jobs/%s", without);
+  CHECK(h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && r.status == 200 && !json_object_get(r.json, "preview"));
+  h_resp_free(&r);
+  /* GET .../preview serves the image; none for the job without previews */
+  snprintf(path, sizeof path, "/v1/jobs/%s/preview", with);
+  CHECK(h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && r.status == 200 && r.head &&
+        strstr(r.head, "image/png") && r.body && !memcmp(r.body, "\x89PNG", 4));
+  h_resp_free(&r);
+  snprintf(path, sizeof path, "/v1/jobs/%s/preview", without);
+  CHECK(h_http(port, "GET", path, NULL, NULL, 0, 10, &r) == 0 && r.status == 404);
+  h_resp_free(&r);
+  /* paella wait --preview FILE writes the latest one */
+  char args[600], file[400];
+  snprintf(file, sizeof file, "%s/watch.png", h_dir);
+  snprintf(args, sizeof args, "wait %s --preview %s", with, file);
+  CHECK_MSG(paella(args) == 0, "wait --preview: %s", slurp("err", NULL));
+  w = h = 0;
+  CHECK_MSG(png_size(file, &w, &h) && w == 64 && h == 64, "wait --preview wrote %dx%d", w, h);
+  CHECK(paella("wait --preview - j-1") == 2 && file_has("err", "--preview: needs a file"));
+  for (int i = 0; i < 2; i++) h_resp_free(&rd[i].r);
 }
 
 static void errors_and_help(void) {
@@ -147,6 +278,7 @@ int main(void) {
     port = sched_server_port(s);
     errors_and_help();
     submit_wait_fetch();
+    preview_events();
   }
   harness_stop_stack(t, s);
   TEST_END();

@@ -108,6 +108,18 @@ done
 "$PAELLA" generate "a cat" $fast --image "$dir/o.jpg" -o "$dir/fromjpg.png" 2>/dev/null && is_png "$dir/fromjpg.png" && ok || bad "JPEG input"
 "$PAELLA" generate "a cat" $fast --image "$dir/o.webp" --mask "$dir/o.jpg" -o "$dir/fromwebp.png" 2>/dev/null && ok || bad "WebP input"
 
+# --preview FILE: rewritten atomically with a small PNG of the tokens while denoising (the
+# longer side scaled to 64 px), reported in --json; refused like -o for devices; the image
+# itself does not change
+png_size() { od -An -tx1 -j16 -N8 "$1" | tr -d ' \n'; }
+out=$("$PAELLA" generate "a cat" -W 128 -H 96 --steps 4 --prior-steps 2 --seed 4 --preview "$dir/prev.png" --json -o "$dir/pv.png" 2>"$dir/err")
+is_png "$dir/prev.png" && [ "$(png_size "$dir/prev.png")" = "0000004000000030" ] && ok || bad "preview is not a 64x48 PNG: $(png_size "$dir/prev.png") $(cat "$dir/err")"
+echo "$out" | grep -q '"previews":[1-9]' && ok || bad "--json previews: $out"
+ls -a "$dir" | grep -q '^\.paella-' && bad "a temporary preview file was left behind" || ok
+"$PAELLA" generate "a cat" -W 128 -H 96 --steps 4 --prior-steps 2 --seed 4 -q -o "$dir/nopv.png" 2>/dev/null
+cmp -s "$dir/pv.png" "$dir/nopv.png" && ok || bad "--preview changed the image"
+"$PAELLA" generate "a cat" $fast --preview /dev/full -o "$dir/u.png" 2>"$dir/err"; [ $? -eq 1 ] && grep -q "refusing" "$dir/err" && [ ! -e "$dir/u.png" ] && [ -c /dev/full ] && ok || bad "--preview /dev/full: $(cat "$dir/err")"
+
 # option errors name the option and its range; exit 2 for usage, 1 for runtime failures
 usage_err() { # usage_err "expected message" args...
   local want=$1
@@ -125,6 +137,7 @@ usage_err "--t-end: t_end must be below t_start" "a cat" --t-start 0.3 --t-end 0
 usage_err "--prior-sampler: 'foo' is not one of ddpm, ddim" "a cat" --prior-sampler foo
 usage_err "PROMPT: 100000 bytes, the limit is 4096" "$(head -c 100000 /dev/zero | tr '\0' a)"
 usage_err "--no-such-option: unknown option" "a cat" --no-such-option
+usage_err "--preview-every: 101 is out of range 0..100" "a cat" --preview-every 101
 "$PAELLA" generate "a cat" --image "$dir/missing.png" -o "$dir/u.png" 2>/dev/null; [ $? -eq 1 ] && ok || bad "a missing input file is exit 1"
 
 echo "cli_generate: $passed passed, $failed failed"

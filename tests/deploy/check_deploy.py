@@ -234,11 +234,14 @@ def check_scaledobject(docs, queue, to_zero):
     if queue == "redis":
         types = {t["type"] for t in triggers}
         lag = [t for t in triggers if "lagCount" in t["metadata"]]
-        if types != {"redis-streams"} or len(lag) != 1:
-            fail(f"want a redis-streams trigger with lagCount: {triggers}")
+        # one lagCount trigger per priority lane (docs/queues.md): the stream and its two lanes
+        streams = sorted(t["metadata"].get("stream", "") for t in lag)
+        base = min(streams, key=len) if streams else ""
+        if types != {"redis-streams"} or streams != sorted([base, base + ":lane:high", base + ":lane:low"]):
+            fail(f"want a redis-streams trigger with lagCount on each lane: {triggers}")
         # KEDA 2.12-2.15 refuse a lagCount trigger without activationLagCount.
-        elif "activationLagCount" not in lag[0]["metadata"]:
-            fail("the lagCount trigger has no activationLagCount")
+        elif any("activationLagCount" not in t["metadata"] for t in lag):
+            fail("a lagCount trigger has no activationLagCount")
         for t in triggers:
             m = t["metadata"]
             for k in ("address", "stream", "consumerGroup"):

@@ -87,22 +87,22 @@ static void job_defaults(void) {
   pw_job_free(&j);
 
   /* output_format / output_quality survive msgpack and JSON; defaults are not written */
-  json = "{\"id\":\"c\",\"prompt\":\"x\",\"output_format\":\"webp\",\"output_quality\":75}";
+  json = "{\"id\":\"c\",\"prompt\":\"x\",\"output_format\":\"webp\",\"output_quality\":75,\"preview_every\":3}";
   CHECK(pw_job_from_json(json, strlen(json), &j, &err) == 0);
-  CHECK(j.output_format == PW_FORMAT_WEBP && j.output_quality == 75);
+  CHECK(j.output_format == PW_FORMAT_WEBP && j.output_quality == 75 && j.preview_every == 3);
   uint8_t *mp = NULL;
   size_t mp_len = 0;
   pw_job k;
   pw_job_init(&k);
   CHECK(pw_job_encode(&j, &mp, &mp_len, &err) == 0 && pw_job_decode(mp, mp_len, &k, &err) == 0);
-  CHECK(k.output_format == PW_FORMAT_WEBP && k.output_quality == 75);
+  CHECK(k.output_format == PW_FORMAT_WEBP && k.output_quality == 75 && k.preview_every == 3);
   free(mp);
   pw_job_free(&k);
   pw_job_free(&j);
   char *text = NULL;
   json = "{\"id\":\"d\",\"prompt\":\"x\"}";
   CHECK(pw_job_from_json(json, strlen(json), &j, &err) == 0 && pw_job_to_json(&j, 0, &text, &err) == 0);
-  CHECK(text && !strstr(text, "output_format") && !strstr(text, "output_quality"));
+  CHECK(text && !strstr(text, "output_format") && !strstr(text, "output_quality") && !strstr(text, "preview_every"));
   free(text);
   pw_job_free(&j);
 

@@ -121,11 +121,23 @@ __attribute__((unused)) static int harness_start_redis(void) {
       bool ok = c && !c->err;
       redisReply *r = ok ? redisCommand(c, "PING") : NULL;
       /* NOAUTH: up, with a password (h_redis_extra) */
-      ok = r && (r->type == REDIS_REPLY_STATUS || (r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOAUTH", 6)));
+      bool up = r && r->type == REDIS_REPLY_STATUS, locked = r && r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOAUTH", 6);
       if (r) freeReplyObject(r);
+      ok = false;
+      /* The port is free only until the bind: another test's redis-server may hold it now
+       * (ours then exits). Without a password, INFO names the process that answered. */
+      if (up) {
+        redisReply *info = redisCommand(c, "INFO server");
+        const char *pid = info && info->type == REDIS_REPLY_STRING ? strstr(info->str, "process_id:") : NULL;
+        ok = pid && atoi(pid + 11) == (int)h_redis_pid;
+        if (info) freeReplyObject(info);
+      }
       if (c) redisFree(c);
+      bool exited = waitpid(h_redis_pid, NULL, WNOHANG) == h_redis_pid;
+      if (exited) h_redis_pid = 0;
+      if (locked) ok = !exited; /* with a password: ours if it still runs */
       if (ok) return 0;
-      if (waitpid(h_redis_pid, NULL, WNOHANG) == h_redis_pid) break; /* port taken: retry */
+      if (exited) break; /* port taken: retry */
       usleep(50000);
     }
     h_kill(&h_redis_pid);
@@ -140,6 +152,7 @@ __attribute__((unused)) static void harness_config(sched_config *c) {
   /* the workers' store (harness_start_worker): shards go beside the images they gather */
   if (h_storage[0]) snprintf(c->storage, sizeof c->storage, "%s", h_storage);
   else snprintf(c->storage, sizeof c->storage, "file://%s/outputs", h_dir);
+  snprintf(c->access_log, sizeof c->access_log, "off"); /* tests that read it set a file */
 }
 
 __attribute__((unused)) static int harness_start_worker(const char *extra_flag) {

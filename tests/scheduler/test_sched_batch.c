@@ -42,7 +42,7 @@ static void *read_object(const sched_config *c, const char *name, size_t *len) {
 }
 
 /* Walks a ustar archive: checks every header's checksum, counts members, checks PNG
- * signatures and that each .json carries prompt, seed and settings. */
+ * signatures and that each .json carries prompt, seed, settings and the image's params. */
 static int check_tar(void *tar, size_t len, int *pngs, int *jsons) {
   FILE *f = tar ? fmemopen(tar, len, "rb") : NULL;
   if (!f) return -1;
@@ -66,6 +66,14 @@ static int check_tar(void *tar, size_t len, int *pngs, int *jsons) {
       if (!j || !json_is_string(json_object_get(j, "prompt")) || !json_is_integer(json_object_get(j, "seed")) ||
           !json_is_object(json_object_get(j, "settings")))
         bad++;
+      /* the image's embedded parameters, as its result records them: its seed and the weights' checksums */
+      const char *text = json_string_value(json_array_get(json_object_get(j, "params"), 0));
+      json_t *params = text ? json_loads(text, 0, NULL) : NULL;
+      if (json_array_size(json_object_get(j, "params")) != 1 || !params ||
+          !json_equal(json_object_get(params, "seed"), json_object_get(j, "seed")) ||
+          !json_is_string(json_object_get(json_object_get(params, "models"), "paella")))
+        bad++;
+      json_decref(params);
       json_decref(j);
     } else {
       bad++;
@@ -87,11 +95,12 @@ static json_t *batch_status(const char *id) {
   return j;
 }
 
-/* The id of the last entry ever added to the job stream ("" on error): unlike XLEN it does not
- * move when the reaper trims acknowledged entries. */
+/* The id of the last entry ever added to the batch items' lane (the low one: batches default
+ * to priority 0) ("" on error): unlike XLEN it does not move when the reaper trims
+ * acknowledged entries. */
 static void stream_last_id(const sched_config *c, char *out, size_t cap) {
   out[0] = 0;
-  redisReply *r = sched_cmdf(c, "XINFO STREAM %s", c->redis.stream);
+  redisReply *r = sched_cmdf(c, "XINFO STREAM %s", pa_key_lane(c->redis.stream, PA_LANE_LOW).s);
   for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2)
     if (r->element[i]->type == REDIS_REPLY_STRING && !strcmp(r->element[i]->str, "last-generated-id") &&
         r->element[i + 1]->type == REDIS_REPLY_STRING)
@@ -176,6 +185,14 @@ static void test_big_batch(const sched_config *c) {
   snprintf(last, sizeof last, "paella:job:big-%06d", n_items - 1);
   long long t = ttl_of(c, last);
   CHECK_MSG(t > 0 && t <= c->job_ttl_s, "%s: TTL %lld", last, t);
+  /* ... and each member is queued for the trim, so its owner index entry goes with its record */
+  redisReply *o = sched_cmdf(c, "HGET %s owner", pa_key_batch("big", "").s);
+  char member[300];
+  snprintf(member, sizeof member, "big-%06d %s", n_items - 1, o && o->type == REDIS_REPLY_STRING ? o->str : "?");
+  if (o) freeReplyObject(o);
+  redisReply *z = sched_cmdf(c, "ZSCORE %s %s", pa_key_sched(c->redis.stream, "expiring").s, member);
+  CHECK_MSG(z && z->type == REDIS_REPLY_STRING, "%s not on the expiring set", member);
+  if (z) freeReplyObject(z);
   free(body);
 }
 

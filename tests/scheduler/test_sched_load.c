@@ -49,8 +49,11 @@ int main(void) {
     CHECK(rps > 1000);
     CHECK(p99 > 0 && p99 < 200);
     CHECK_MSG(!strstr(out, "Non-2xx"), "some submissions were refused");
+    /* no worker: --dispatch-depth of them on the stream, the rest waiting in the key's queue */
     redisReply *r = sched_cmdf(&c, "XLEN %s", c.redis.stream);
-    CHECK(r && r->type == REDIS_REPLY_INTEGER && r->integer > 5000);
+    long long waiting = 0;
+    CHECK(r && r->type == REDIS_REPLY_INTEGER && r->integer == c.dispatch_depth);
+    CHECK(dispatch_waiting(&c, NULL, &waiting) == PA_OK && (r ? r->integer : 0) + waiting > 5000);
     if (r) freeReplyObject(r);
   }
   sched_server_stop(s);

@@ -3,8 +3,9 @@
  * ready and a job runs through a worker with the same URL; a wrong or missing password is a
  * clear error on /readyz (503 with Redis' reason) and at worker start.
  * Retention: a finished job's record expires after --job-ttl (then 404), acknowledged stream
- * entries are trimmed (never a pending or unread one: the lag stays exact), dead letters are
- * capped. */
+ * entries are trimmed on every lane (never a pending or unread one: the lag stays exact), dead
+ * letters are capped, owner index entries go with their expired records only. */
+#include "scheduler/jobs_internal.h"
 #include "tests/scheduler/harness.h"
 
 #define JSON_CT "Content-Type: application/json\r\n"
@@ -24,7 +25,21 @@ static void test_parse(void) {
   CHECK(pa_redis_url_parse("redis://h:99999/0", &r) == PA_ERR_INVALID);
   sched_config c;
   sched_config_defaults(&c);
-  CHECK(sched_config_set_queue(&c, "kafka://b:9092?topic=t") == PA_ERR_INVALID && strstr(pa_errmsg(), "Redis"));
+  /* a Kafka queue (scheduler/kafka.c): the workers' URL, and the registry must be named */
+  CHECK_OK(sched_config_set_queue(&c, "kafka://b1:9092,b2:9092?topic=t&group=w&events_group=e&linger.ms=1"));
+  CHECK(c.kafka.on && !strcmp(c.kafka.brokers, "b1:9092,b2:9092") && !strcmp(c.kafka.topic, "t"));
+  CHECK(!strcmp(c.kafka.group, "w") && !strcmp(c.kafka.events_group, "e") && c.kafka.n_props == 1 &&
+        !strcmp(c.kafka.prop_key[0], "linger.ms") && !strcmp(c.kafka.prop_value[0], "1"));
+  CHECK(sched_config_set_queue(&c, "kafka://b:9092?acks=0") == PA_ERR_INVALID && strstr(pa_errmsg(), "acks"));
+  CHECK(sched_config_set_queue(&c, "kafka://?topic=t") == PA_ERR_INVALID && strstr(pa_errmsg(), "brokers"));
+  CHECK(sched_config_set_registry(&c, "kafka://b:9092") == PA_ERR_INVALID && strstr(pa_errmsg(), "redis://"));
+  sched_config_defaults(&c);
+  bool help;
+  char *argv[] = {"paella-scheduler", "--queue", "kafka://b:9092?topic=t", NULL};
+  CHECK(sched_config_parse(&c, 3, argv, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--registry"));
+  sched_config_defaults(&c);
+  char *argv2[] = {"paella-scheduler", "--queue", "kafka://b:9092?topic=t", "--registry", "redis://r:6380/2", NULL};
+  CHECK(sched_config_parse(&c, 5, argv2, &help) == PA_OK && c.kafka.on && c.redis.port == 6380 && c.redis.db == 2);
 }
 
 static int readyz(const sched_config *c, h_resp *r) {
@@ -142,6 +157,78 @@ static void test_trim_keeps_unread(void) {
   CHECK_MSG((lag = h_keda_lag(&c, "paella:trimtest", "workers")) == 0, "lag once all read: %lld", lag);
 }
 
+static void cmd(const sched_config *c, const char *fmt, const char *a, const char *b, const char *d) {
+  redisReply *r = sched_cmdf(c, fmt, a, b, d);
+  CHECK_MSG(r && r->type != REDIS_REPLY_ERROR, "%s: %s", fmt, r && r->str ? r->str : "no reply");
+  if (r) freeReplyObject(r);
+}
+
+/* On a private stream: the owner index entry of a finished job goes once its record is gone,
+ * and only then: not for a record that lives on (a dead letter requeued: PERSIST, waiting in
+ * its owner's queue again) nor for one not expired yet (the score came from another replica's
+ * clock: looked at again later). A job waiting in its owner's queue is left alone, and the
+ * lanes' streams are trimmed like the normal one. */
+static void test_trim_owner_index(void) {
+  sched_config c;
+  harness_config(&c);
+  char url[160];
+  snprintf(url, sizeof url, "redis://:pw@127.0.0.1:%d/0?stream=paella:rettest", h_redis_port);
+  CHECK_OK(sched_config_set_queue(&c, url));
+  sched_zsets z = sched_zsets_of(&c);
+  pa_key index = pa_key_owner_jobs("carol");
+  pa_key gone = pa_key_job("ret-gone"), back = pa_key_job("ret-back"), later = pa_key_job("ret-later"),
+         waiting = pa_key_job("ret-waiting");
+  pa_key queue = pa_key_wait_queue_prefix(c.redis.stream, PA_LANE_LOW), ring = pa_key_wait_ring(c.redis.stream, PA_LANE_LOW);
+  char past[32], qkey[PA_KEY_MAX + 16];
+  snprintf(past, sizeof past, "%lld", (long long)now_ms() - 1000);
+  snprintf(qkey, sizeof qkey, "%scarol", queue.s);
+  const char *ids[] = {"ret-gone", "ret-back", "ret-later", "ret-waiting"};
+  for (int i = 0; i < 4; i++) cmd(&c, "ZADD %s 1 %s%s", index.s, ids[i], "");
+  cmd(&c, "HSET %s status %s%s", gone.s, "succeeded", "");
+  cmd(&c, "PEXPIRE %s 1%s%s", gone.s, "", "");
+  cmd(&c, "HSET %s status %s%s", back.s, "queued", ""); /* requeued: no TTL */
+  cmd(&c, "HSET %s status %s%s", later.s, "succeeded", "");
+  cmd(&c, "EXPIRE %s 600%s%s", later.s, "", "");
+  cmd(&c, "HSET %s status queued waiting %s%s", waiting.s, "1", "");
+  cmd(&c, "RPUSH %s %s%s", qkey, "ret-waiting", "");
+  cmd(&c, "RPUSH %s %s%s", ring.s, "carol", "");
+  for (int i = 0; i < 3; i++) {
+    char m[64];
+    snprintf(m, sizeof m, "%s carol", ids[i]); /* "ID OWNER", one member */
+    cmd(&c, "ZADD %s %s %s", z.expiring, past, m);
+  }
+  /* the high lane: three entries delivered, two acknowledged, the third pending */
+  pa_key high = pa_key_lane(c.redis.stream, PA_LANE_HIGH);
+  cmd(&c, "XGROUP CREATE %s %s $ MKSTREAM%s", high.s, c.redis.group, "");
+  char e[3][64];
+  for (int i = 0; i < 3; i++) {
+    redisReply *r = sched_cmdf(&c, "XADD %s * id h%d", high.s, i);
+    snprintf(e[i], sizeof e[i], "%s", r && r->type == REDIS_REPLY_STRING ? r->str : "");
+    if (r) freeReplyObject(r);
+  }
+  cmd(&c, "XREADGROUP GROUP %s w1 COUNT 3 STREAMS %s >%s", c.redis.group, high.s, "");
+  cmd(&c, "XACK %s %s %s", high.s, c.redis.group, e[0]);
+  cmd(&c, "XACK %s %s %s", high.s, c.redis.group, e[1]);
+  usleep(50000); /* ret-gone's record expires */
+  long long n = -1;
+  CHECK_OK(tracker_trim(&c, &n));
+  CHECK_MSG(n == 2 && int_cmd(&c, "XLEN %s%s", high.s, "") == 1, "high lane: trimmed %lld", n);
+  CHECK_MSG(int_cmd(&c, "ZSCORE %s %s", index.s, "ret-gone") == -100, "the expired job is still listed");
+  redisReply *r = sched_cmdf(&c, "ZMSCORE %s ret-back ret-later ret-waiting", index.s);
+  CHECK_MSG(r && r->type == REDIS_REPLY_ARRAY && r->elements == 3 && r->element[0]->type == REDIS_REPLY_STRING &&
+                r->element[1]->type == REDIS_REPLY_STRING && r->element[2]->type == REDIS_REPLY_STRING,
+            "a live job lost its owner index entry");
+  if (r) freeReplyObject(r);
+  char member[64];
+  snprintf(member, sizeof member, "ret-later carol");
+  CHECK_MSG(int_cmd(&c, "ZCARD %s%s", z.expiring, "") == 1, "expiring keeps only the record not expired yet");
+  r = sched_cmdf(&c, "ZSCORE %s %s", z.expiring, member);
+  CHECK_MSG(r && r->type == REDIS_REPLY_STRING && atoll(r->str) > now_ms() + 500 * 1000,
+            "ret-later is looked at again when its record expires: %s", r && r->str ? r->str : "none");
+  if (r) freeReplyObject(r);
+  CHECK(int_cmd(&c, "LLEN %s%s", qkey, "") == 1 && int_cmd(&c, "TTL %s%s", waiting.s, "") == -1);
+}
+
 static bool wait_succeeded(int port, const char *id, double timeout_s) {
   char path[128];
   snprintf(path, sizeof path, "/v1/jobs/%s", id);
@@ -187,6 +274,7 @@ int main(void) {
     test_retention_of_jobs(&c, port, id);
   }
   test_trim_keeps_unread();
+  test_trim_owner_index();
   /* An ACL user (AUTH USER PASSWORD) is ready too. */
   sched_config acl;
   harness_config(&acl);

@@ -131,24 +131,49 @@ __attribute__((unused)) static redisContext *h_connect(void) {
  * Redis then loses nothing, as production runs it for the chaos test. */
 static bool h_fsync_always;
 
-/* redis-server on h_.port in h_.dir (AOF on), waited for until it answers PING. */
-static inline void h_redis_spawn(void) {
+/* True when the server on h_.port is ours: the port is free only between h_free_port and the
+ * bind, and another test's redis-server may take it meanwhile (then ours exits, theirs
+ * answers PING). Ours is the one whose working directory is h_.dir. */
+static inline bool h_redis_is_ours(redisContext *c) {
+  redisReply *r = redisCommand(c, "CONFIG GET dir");
+  bool ours = r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING &&
+              !strcmp(r->element[1]->str, h_.dir);
+  freeReplyObject(r);
+  return ours;
+}
+
+/* redis-server on h_.port in h_.dir (AOF on), waited for until it answers PING; false when
+ * it exited (the port was taken) or did not answer in time. */
+static inline bool h_redis_try_spawn(void) {
   char port[16], log[300];
   snprintf(port, sizeof port, "%d", h_.port);
   snprintf(log, sizeof log, "%s/redis.log", h_.dir);
   char *argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
                   "--appendfsync", h_fsync_always ? "always" : "everysec", "--dir", h_.dir, "--daemonize", "no", NULL};
   h_.redis = h_spawn(argv, log);
-  for (double t0 = h_now(); h_now() - t0 < 30; h_sleep_ms(20)) {
+  for (double t0 = h_now(); h_now() - t0 < 60; h_sleep_ms(20)) {
+    if (waitpid(h_.redis, NULL, WNOHANG) == h_.redis) { /* exited: most likely the port was taken */
+      h_.redis = 0;
+      return false;
+    }
     redisContext *c = redisConnect("127.0.0.1", h_.port);
     redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
-    bool ok = r && r->type == REDIS_REPLY_STATUS;
+    bool ok = r && r->type == REDIS_REPLY_STATUS && h_redis_is_ours(c);
     freeReplyObject(r);
     if (c) redisFree(c);
-    if (ok) return;
+    if (ok) return true;
   }
-  fprintf(stderr, "redis-server did not start (see %s)\n", log);
-  exit(1);
+  kill(h_.redis, SIGKILL);
+  waitpid(h_.redis, NULL, 0);
+  h_.redis = 0;
+  return false;
+}
+
+static inline void h_redis_spawn(void) {
+  if (!h_redis_try_spawn()) {
+    fprintf(stderr, "redis-server did not start on port %d (see %s/redis.log)\n", h_.port, h_.dir);
+    exit(1);
+  }
 }
 
 /* Starts the private Redis; returns its port. */
@@ -163,9 +188,12 @@ static inline int h_redis_start(void) {
   signal(SIGTERM, h_on_fatal);
   signal(SIGSEGV, h_on_fatal);
   signal(SIGABRT, h_on_fatal);
-  h_.port = h_free_port();
-  h_redis_spawn();
-  return h_.port;
+  for (int tries = 0; tries < 5; tries++) { /* a port taken by another test: pick another */
+    h_.port = h_free_port();
+    if (h_redis_try_spawn()) return h_.port;
+  }
+  fprintf(stderr, "redis-server did not start (see %s/redis.log)\n", h_.dir);
+  exit(1);
 }
 
 /* kill -9, down for down_ms, then the same server back from its AOF. */
@@ -390,13 +418,16 @@ static enum MHD_Result h_rx_handle(void *cls, struct MHD_Connection *conn, const
 }
 
 static inline int h_receiver_start(void) {
-  h_rx_.port = h_free_port();
-  h_rx_.d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)h_rx_.port, NULL, NULL, h_rx_handle, NULL,
-                             MHD_OPTION_END);
-  if (!h_rx_.d) {
+  /* port 0: the kernel picks a free one at bind time (no window for another test to take it) */
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  h_rx_.d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, h_rx_handle, NULL, MHD_OPTION_SOCK_ADDR,
+                             (struct sockaddr *)&a, MHD_OPTION_END);
+  const union MHD_DaemonInfo *info = h_rx_.d ? MHD_get_daemon_info(h_rx_.d, MHD_DAEMON_INFO_BIND_PORT) : NULL;
+  if (!info || !info->port) {
     fprintf(stderr, "webhook receiver did not start\n");
     exit(1);
   }
+  h_rx_.port = info->port;
   return h_rx_.port;
 }
 

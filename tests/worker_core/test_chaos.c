@@ -160,11 +160,11 @@ int main(void) {
   /* 4. the last wave, six of its jobs hooked to a receiver that never answers */
   for (int i = 0; i < WAVE; i++) submit(conn(&c), port, false);
   for (int i = 0; i < N_HANG; i++) submit(conn(&c), hang_port, true);
-  bool all_done = wait_done(&c, N_JOBS, 120);
+  bool all_done = wait_done(&c, N_JOBS, 300); /* a wait for a state: slow under the sanitizers */
   CHECK_MSG(all_done, "%d of %d jobs succeeded", done_count(&c), N_JOBS);
   double t_jobs = h_now() - t_start;
   int expected_hooks = N_JOBS - N_HANG, got_hooks = 0;
-  for (double t0 = h_now(); h_now() - t0 < 90 && got_hooks < expected_hooks; h_sleep_ms(50)) {
+  for (double t0 = h_now(); h_now() - t0 < 120 && got_hooks < expected_hooks; h_sleep_ms(50)) {
     got_hooks = 0;
     for (int i = 0; i < N_JOBS; i++) {
       char id[40];
@@ -173,11 +173,11 @@ int main(void) {
     }
   }
   long long dead = 0;
-  for (double t0 = h_now(); h_now() - t0 < 30 && (dead = h_int(conn(&c), "XLEN paella:jobs:dead")) < N_POISON;)
+  for (double t0 = h_now(); h_now() - t0 < 120 && (dead = h_int(conn(&c), "XLEN paella:jobs:dead")) < N_POISON;)
     h_sleep_ms(50);
   kill(wa, SIGTERM);
   kill(wb, SIGTERM);
-  int rc_a = h_wait_exit(wa, 30), rc_b = h_wait_exit(wb, 30);
+  int rc_a = h_wait_exit(wa, 120), rc_b = h_wait_exit(wb, 120);
   CHECK_MSG(rc_a == 0 && rc_b == 0, "worker exits %d %d", rc_a, rc_b);
 
   /* the verdict */

@@ -1,19 +1,24 @@
 /* The Redis Streams adapter against a real redis-server: claim, ack, lease renewal,
  * XAUTOCLAIM of idle entries with delivery counting, events and results (idempotent),
  * dead letters, the cancel flag, entries without a job. */
+#include <pthread.h>
+
 #include "harness.h"
 #include "tests/test.h"
 #include "worker/queue.h"
+#include "worker/redis_keys.h"
 
-static pa_queue *open_q(const char *consumer, int lease_ms) {
-  char url[128];
-  snprintf(url, sizeof url, "redis://127.0.0.1:%d/0?stream=t:jobs&group=g", h_.port);
+static pa_queue *open_stream(const char *stream, const char *consumer, int lease_ms) {
+  char url[160];
+  snprintf(url, sizeof url, "redis://127.0.0.1:%d/0?stream=%s&group=g", h_.port, stream);
   pa_queue_options o = {.consumer = consumer, .lease_ms = lease_ms, .max_deliveries = 3};
   pa_queue *q = NULL;
   CHECK_OK(pa_queue_open_redis(url, &o, &q));
   if (!q) exit(1);
   return q;
 }
+
+static pa_queue *open_q(const char *consumer, int lease_ms) { return open_stream("t:jobs", consumer, lease_ms); }
 
 static void clear_all(pa_delivery *d, int n) {
   for (int i = 0; i < n; i++) pa_delivery_clear(&d[i]);
@@ -51,7 +56,9 @@ static void test_claim_ack(redisContext *c) {
 /* A crashed consumer's entry is reclaimed after the lease, counting deliveries; the old
  * owner's renewal then reports the lease lost instead of stealing it back. */
 static void test_reclaim(redisContext *c) {
-  pa_queue *a = open_q("a", 200), *b = open_q("b", 200);
+  /* a 3 s lease: "still leased" must hold however long this process is descheduled between
+   * two claims on a loaded machine; the sleeps outlast it */
+  pa_queue *a = open_q("a", 3000), *b = open_q("b", 3000);
   pa_delivery d[2], e[2];
   int n = 0, m = 0;
   h_xadd(c, "t:jobs", "r1", "job", 3, NULL);
@@ -59,12 +66,12 @@ static void test_reclaim(redisContext *c) {
   CHECK(n == 1 && d[0].deliveries == 1);
   CHECK_OK(b->ops->claim(b, 1, 50, e, &m));
   CHECK(m == 0); /* still leased by a */
-  h_sleep_ms(250);
+  h_sleep_ms(3100);
   CHECK_OK(b->ops->claim(b, 1, 50, e, &m));
   CHECK(m == 1 && e[0].deliveries == 2 && !strcmp(e[0].handle, d[0].handle));
   CHECK(a->ops->renew(a, &d[0]) == PA_ERR_NOTFOUND);
   CHECK_OK(b->ops->renew(b, &e[0]));
-  h_sleep_ms(250);
+  h_sleep_ms(3100);
   pa_delivery f[1];
   int k = 0;
   CHECK_OK(a->ops->claim(a, 1, 50, f, &k));
@@ -158,6 +165,98 @@ static void test_group_recreated(redisContext *c) {
   q->ops->close(q);
 }
 
+/* Priority lanes (worker/redis_keys.h): the high lane is read before the normal one (the
+ * stream itself), the low one last, also when the entries were added in the other order;
+ * acks, reclaims and dead letters act on the entry's own lane. */
+static long long pending(redisContext *c, const char *stream) {
+  redisReply *r = redisCommand(c, "XPENDING %s g", stream);
+  long long n = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 ? r->element[0]->integer : -1;
+  if (r) freeReplyObject(r);
+  return n;
+}
+
+static void test_lanes(redisContext *c) {
+  pa_queue *a = open_stream("l:jobs", "a", 200), *b = open_stream("l:jobs", "b", 200);
+  h_xadd(c, "l:jobs:lane:low", "l1", "low", 3, NULL);
+  h_xadd(c, "l:jobs", "n1", "normal", 6, NULL);
+  h_xadd(c, "l:jobs:lane:high", "h1", "high", 4, NULL);
+  const char *want[] = {"high", "normal", "low"};
+  const int lanes[] = {PA_LANE_HIGH, PA_LANE_NORMAL, PA_LANE_LOW};
+  for (int i = 0; i < 3; i++) {
+    pa_delivery d[1];
+    int n = 0;
+    CHECK_OK(a->ops->claim(a, 1, 100, d, &n));
+    CHECK_MSG(n == 1 && d[0].len == strlen(want[i]) && !memcmp(d[0].payload, want[i], d[0].len) && d[0].lane == lanes[i],
+              "claim %d: got %.*s (lane %d), want %s", i, n ? (int)d[0].len : 0, n ? (char *)d[0].payload : "",
+              n ? d[0].lane : -1, want[i]);
+    if (n) CHECK_OK(a->ops->ack(a, &d[0]));
+    clear_all(d, n);
+  }
+  CHECK(pending(c, "l:jobs:lane:high") == 0 && pending(c, "l:jobs") == 0 && pending(c, "l:jobs:lane:low") == 0);
+  /* a crashed consumer's high-lane entry: reclaimed by another, then dead-lettered there */
+  h_xadd(c, "l:jobs:lane:high", "h2", "crash", 5, NULL);
+  pa_delivery d[1], e[1];
+  int n = 0, m = 0;
+  CHECK_OK(a->ops->claim(a, 1, 100, d, &n));
+  CHECK(n == 1 && d[0].lane == PA_LANE_HIGH);
+  h_sleep_ms(300);
+  CHECK_OK(b->ops->claim(b, 1, 100, e, &m));
+  CHECK(m == 1 && e[0].lane == PA_LANE_HIGH && e[0].deliveries == 2 && n == 1 && !strcmp(e[0].handle, d[0].handle));
+  if (m) CHECK(a->ops->ack(a, &d[0]) == PA_ERR_NOTFOUND); /* fenced: the entry is b's now */
+  if (m) CHECK_OK(b->ops->dead_letter(b, &e[0], "malformed", "", "test"));
+  CHECK(h_int(c, "XLEN l:jobs:dead") == 1 && pending(c, "l:jobs:lane:high") == 0);
+  clear_all(d, n);
+  clear_all(e, m);
+  a->ops->close(a);
+  b->ops->close(b);
+}
+
+/* An idle worker blocks on every lane at once; entries that arrive on two lanes together
+ * (one transaction) may come back from one read: the second is kept for the next claim, not
+ * left pending until its lease runs out. Either way each is delivered once, promptly. */
+typedef struct {
+  pa_queue *q;
+  pa_delivery d[1];
+  int n, rc;
+} blocked_claim;
+
+static void *claim_blocking(void *arg) {
+  blocked_claim *b = arg;
+  b->rc = b->q->ops->claim(b->q, 1, 10000, b->d, &b->n);
+  return NULL;
+}
+
+static void test_lanes_blocking(redisContext *c) {
+  pa_queue *q = open_stream("k:jobs", "a", 60000);
+  blocked_claim b = {.q = q};
+  pthread_t t;
+  CHECK(pthread_create(&t, NULL, claim_blocking, &b) == 0);
+  h_sleep_ms(500); /* the claim is blocked by now (or soon: it then reads both at once) */
+  freeReplyObject(redisCommand(c, "MULTI"));
+  freeReplyObject(redisCommand(c, "XADD k:jobs:lane:low * job low id l"));
+  freeReplyObject(redisCommand(c, "XADD k:jobs:lane:high * job high id h"));
+  freeReplyObject(redisCommand(c, "EXEC"));
+  pthread_join(t, NULL);
+  long long pending_both = pending(c, "k:jobs:lane:low") + pending(c, "k:jobs:lane:high");
+  printf("blocking claim over the lanes: got %d, %lld pending after it (2: the second kept for the next claim)\n",
+         b.n, pending_both);
+  CHECK(b.rc == PA_OK && b.n == 1);
+  pa_delivery d[2];
+  int n = 0;
+  double t0 = h_now();
+  CHECK_OK(q->ops->claim(q, 2, 100, d, &n));
+  CHECK_MSG(n == 1 && h_now() - t0 < 5, "the second entry: %d in %.1f s", n, h_now() - t0);
+  if (b.n == 1 && n == 1) {
+    CHECK(d[0].deliveries == 1 && b.d[0].deliveries == 1 && d[0].lane != b.d[0].lane);
+    CHECK_OK(q->ops->ack(q, &b.d[0]));
+    CHECK_OK(q->ops->ack(q, &d[0]));
+  }
+  CHECK(pending(c, "k:jobs:lane:low") == 0 && pending(c, "k:jobs:lane:high") == 0);
+  clear_all(b.d, b.n);
+  clear_all(d, n);
+  q->ops->close(q);
+}
+
 int main(void) {
   h_redis_start();
   redisContext *c = h_connect();
@@ -166,6 +265,8 @@ int main(void) {
   test_events_results(c);
   test_no_job_field(c);
   test_group_recreated(c);
+  test_lanes(c);
+  test_lanes_blocking(c);
   pa_queue *q = NULL;
   CHECK(pa_queue_open_redis("redis://127.0.0.1:1/0", NULL, &q) == PA_ERR_IO && !q);
   CHECK(pa_queue_open_redis("redis://127.0.0.1:1/x", NULL, &q) == PA_ERR_INVALID);

@@ -47,11 +47,18 @@ static long long pending(redisContext *c) {
   return n;
 }
 
+/* True once XPENDING counts `want` entries (acknowledgements follow recorded results). */
+static bool wait_pending(redisContext *c, long long want, double timeout_s) {
+  for (double t0 = h_now(); h_now() - t0 < timeout_s; h_sleep_ms(20))
+    if (pending(c) == want) return true;
+  return false;
+}
+
 static void test_once(redisContext *c) {
   h_submit_tiny(c, "paella:jobs", "once1", NULL);
   h_submit_tiny(c, "paella:jobs", "once2", NULL);
   pid_t w = h_worker(out_dir, log_path, "--once", NULL);
-  CHECK(h_wait_exit(w, 60) == 0);
+  CHECK(h_wait_exit(w, 180) == 0);
   CHECK(h_wait_status(c, "once1", "succeeded", 1));
   char *s = h_status(c, "once2");
   CHECK(s == NULL); /* --once: the second job is left for others */
@@ -64,7 +71,7 @@ static void test_once(redisContext *c) {
   pw_result_free(&res);
   CHECK(pending(c) == 0);
   w = h_worker(out_dir, log_path, "--once", NULL); /* takes once2 */
-  CHECK(h_wait_exit(w, 60) == 0);
+  CHECK(h_wait_exit(w, 180) == 0);
   CHECK(h_wait_status(c, "once2", "succeeded", 1));
 }
 
@@ -153,8 +160,8 @@ static void test_bad_jobs(redisContext *c) {
   freeReplyObject(redisCommand(c, "HSET paella:job:pc1 cancel 1"));
   h_submit_tiny(c, "paella:jobs", "ok1", NULL);
   pid_t w = h_worker(out_dir, log_path, "--max-deliveries", "2", "--lease-ms", "300", NULL);
-  CHECK(h_wait_status(c, "ok1", "succeeded", 60));
-  CHECK(h_wait_status(c, "md1", "failed", 10));
+  CHECK(h_wait_status(c, "ok1", "succeeded", 120));
+  CHECK(h_wait_status(c, "md1", "failed", 120)); /* after its lease: before or after ok1 */
   check_failed_with(c, "md1", "failed", PW_E_TOO_MANY_ATTEMPTS);
   check_failed_with(c, "dl1", "failed", PW_E_DEADLINE);
   check_failed_with(c, "pc1", "canceled", PW_E_CANCELED);
@@ -172,7 +179,8 @@ static void test_bad_jobs(redisContext *c) {
   CHECK_MSG(i_bad2 >= 0 && !strcmp(codes[i_bad2], "out_of_range") && !strcmp(fields[i_bad2], "steps"), "bad2: %s %s",
             i_bad2 >= 0 ? codes[i_bad2] : "missing", i_bad2 >= 0 ? fields[i_bad2] : "");
   CHECK_MSG(i_md1 >= 0 && !strcmp(codes[i_md1], "too_many_attempts"), "md1: %s", i_md1 >= 0 ? codes[i_md1] : "missing");
-  CHECK(pending(c) == 0);
+  /* ok1's acknowledgement follows its recorded status: wait for it rather than read at once */
+  CHECK(wait_pending(c, 0, 60));
   kill(w, SIGTERM);
   CHECK(h_wait_exit(w, 30) == 0);
 }
@@ -183,9 +191,9 @@ static void test_cancel_running(redisContext *c) {
                 "{\"id\":\"cx1\",\"prompt\":\"a very long job\",\"width\":256,\"height\":256,\"steps\":100,"
                 "\"prior\":{\"steps\":200}}");
   pid_t w = h_worker(out_dir, log_path, "--once", NULL);
-  CHECK(h_wait_status(c, "cx1", "running", 30));
+  CHECK(h_wait_status(c, "cx1", "running", 120));
   freeReplyObject(redisCommand(c, "HSET paella:job:cx1 cancel 1"));
-  CHECK(h_wait_exit(w, 60) == 0);
+  CHECK(h_wait_exit(w, 120) == 0);
   check_failed_with(c, "cx1", "canceled", PW_E_CANCELED);
   pw_result res;
   if (get_result(c, "cx1", &res) == 0)
@@ -204,9 +212,9 @@ static void test_sigterm_drain(redisContext *c) {
     h_submit_json(c, "paella:jobs", json);
   }
   pid_t w = h_worker(out_dir, log_path, "--max-batch", "3", NULL);
-  CHECK(h_wait_status(c, "st1", "running", 30));
+  CHECK(h_wait_status(c, "st1", "running", 120));
   kill(w, SIGTERM);
-  CHECK(h_wait_exit(w, 120) == 0);
+  CHECK(h_wait_exit(w, 300) == 0); /* three 128 px jobs of 20 steps on a loaded machine */
   for (int i = 0; i < 3; i++) {
     char *s = h_status(c, ids[i]);
     CHECK_MSG(s && !strcmp(s, "succeeded"), "%s: %s", ids[i], s ? s : "(none)");
@@ -248,14 +256,14 @@ static void test_cache_two_workers(redisContext *c) {
   snprintf(lb, sizeof lb, "%s/b.log", h_dir());
   h_submit_json(c, "paella:jobs", "{\"id\":\"ca1\",\"prompt\":\"the shared prompt\",\"width\":32,\"height\":32,"
                 "\"steps\":2,\"prior\":{\"steps\":1}}");
-  CHECK(h_wait_exit(h_worker(out_dir, la, "--once", NULL), 60) == 0);
+  CHECK(h_wait_exit(h_worker(out_dir, la, "--once", NULL), 180) == 0);
   last_cache_stats(la, &hits, &misses);
   /* the prompt's ByT5 and CLIP encodings miss (the empty negative prompt may hit: earlier jobs) */
   CHECK_MSG(misses >= 2, "worker a: %lld hits, %lld misses", hits, misses);
   long long hits_a = hits;
   h_submit_json(c, "paella:jobs", "{\"id\":\"ca2\",\"prompt\":\"the shared prompt\",\"width\":32,\"height\":32,"
                 "\"steps\":2,\"prior\":{\"steps\":1},\"seed\":7}");
-  CHECK(h_wait_exit(h_worker(out_dir, lb, "--once", NULL), 60) == 0);
+  CHECK(h_wait_exit(h_worker(out_dir, lb, "--once", NULL), 180) == 0);
   last_cache_stats(lb, &hits, &misses);
   CHECK_MSG(hits >= hits_a + 2 && misses == 0, "worker b: %lld hits, %lld misses", hits, misses);
   CHECK(h_wait_status(c, "ca2", "succeeded", 1));
@@ -284,28 +292,49 @@ static long http_get(int port, const char *path, char **body) {
   curl_easy_setopt(h, CURLOPT_URL, url);
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, to_buf);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, body);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT, 5L);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L); /* a loaded machine may answer slowly */
   if (curl_easy_perform(h) == CURLE_OK) curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_cleanup(h);
   return status;
 }
 
 static void test_metrics(redisContext *c) {
-  int port = h_free_port();
+  int port = 0;
   char ports[16], *body = NULL;
-  snprintf(ports, sizeof ports, "%d", port);
   h_submit_tiny(c, "paella:jobs", "mx1", NULL);
-  pid_t w = h_worker(out_dir, log_path, "--metrics-port", ports, NULL);
-  CHECK(h_wait_status(c, "mx1", "succeeded", 60));
+  /* The port is free only until the worker binds it; a worker that finds it taken (by another
+   * test meanwhile) exits, and the next one gets another port. */
+  pid_t w = -1;
   long st = 0;
-  for (double t0 = h_now(); h_now() - t0 < 5 && st != 200; h_sleep_ms(50)) {
-    free(body);
-    st = http_get(port, "/healthz", &body);
+  for (int tries = 0; tries < 5 && st != 200; tries++) {
+    port = h_free_port();
+    snprintf(ports, sizeof ports, "%d", port);
+    w = h_worker(out_dir, log_path, "--metrics-port", ports, NULL);
+    bool exited = false;
+    for (double t0 = h_now(); h_now() - t0 < 60 && st != 200 && !exited; h_sleep_ms(50)) {
+      if (waitpid(w, NULL, WNOHANG) == w) {
+        h_untrack(w);
+        exited = true;
+        break;
+      }
+      free(body);
+      body = NULL;
+      st = http_get(port, "/healthz", &body);
+    }
   }
   CHECK(st == 200);
+  CHECK(h_wait_status(c, "mx1", "succeeded", 120));
   free(body);
-  h_sleep_ms(100); /* the job's counters are updated right after its status */
-  CHECK(http_get(port, "/metrics", &body) == 200);
+  body = NULL;
+  /* the job's counters are updated right after its status: wait for them, no fixed sleep */
+  st = 0;
+  for (double t0 = h_now(); h_now() - t0 < 60; h_sleep_ms(50)) {
+    free(body);
+    body = NULL;
+    st = http_get(port, "/metrics", &body);
+    if (st == 200 && body && strstr(body, "paella_worker_jobs_total{status=\"succeeded\"} 1")) break;
+  }
+  CHECK(st == 200);
   const char *want[] = {"paella_worker_jobs_total{status=\"succeeded\"} 1", "paella_embed_cache_hit_ratio",
                         "paella_embed_cache_misses_total", "paella_worker_gpu_busy_ratio",
                         "paella_worker_stage_seconds_count{stage=\"denoise\"} 1", "paella_worker_claim_seconds_count 1",
@@ -320,10 +349,10 @@ static void test_metrics(redisContext *c) {
   h_submit_json(c, "paella:jobs",
                 "{\"id\":\"mx2\",\"prompt\":\"a long drain\",\"width\":256,\"height\":256,\"steps\":100,"
                 "\"prior\":{\"steps\":200}}");
-  CHECK(h_wait_status(c, "mx2", "running", 60));
+  CHECK(h_wait_status(c, "mx2", "running", 120));
   kill(w, SIGTERM);
   st = 0;
-  for (double t0 = h_now(); h_now() - t0 < 30 && st != 503; h_sleep_ms(20)) {
+  for (double t0 = h_now(); h_now() - t0 < 60 && st != 503; h_sleep_ms(20)) {
     free(body);
     body = NULL;
     st = http_get(port, "/healthz", &body);
@@ -336,7 +365,7 @@ static void test_metrics(redisContext *c) {
   CHECK(h_wait_exit(w, 120) == 0);
 }
 
-/* Webhooks: signed, stable ids, only the subscribed events, completed after start. */
+/* Webhooks: signed, stable ids, only the subscribed events. */
 static void test_webhooks(redisContext *c) {
   int port = h_receiver_start();
   const char *secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -350,9 +379,9 @@ static void test_webhooks(redisContext *c) {
   h_submit_json(c, "paella:jobs", json);
   /* the courier delivers from the outbox, after the job: wait for it, then stop the worker */
   pid_t w = h_worker(out_dir, log_path, "--webhook-allow-private", NULL);
-  for (double t0 = h_now(); h_now() - t0 < 60 && h_hooks_with_id("wh1.completed") < 1; h_sleep_ms(20)) {
+  for (double t0 = h_now(); h_now() - t0 < 120 && h_hooks_with_id("wh1.completed") < 1; h_sleep_ms(20)) {
   }
-  for (double t0 = h_now(); h_now() - t0 < 30 && shared_counter(c, "webhook_deliveries:ok") < ok_before + 2;
+  for (double t0 = h_now(); h_now() - t0 < 60 && shared_counter(c, "webhook_deliveries:ok") < ok_before + 2;
        h_sleep_ms(20)) {
   }
   kill(w, SIGTERM);
@@ -370,7 +399,7 @@ static void test_webhooks(redisContext *c) {
     CHECK(j && json_is_object(json_object_get(j, "data")));
     json_decref(j);
   }
-  if (h_rx_.n == 2) CHECK(!strcmp(h_rx_.hooks[1].id, "wh1.completed"));
+  /* no order between start and completed is asserted: the courier promises none (docs/worker.md) */
   unsetenv("PAELLA_WEBHOOK_SECRET_WH_1");
   h_receiver_stop();
 }

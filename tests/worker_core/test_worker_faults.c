@@ -112,7 +112,15 @@ static void test_hanging_receiver(redisContext *c) {
 
 /* Finding 8: records, counters, refused and unsigned deliveries. */
 static void test_deliveries_and_secrets(redisContext *c) {
-  int port = h_receiver_start(), dead_port = h_free_port();
+  /* a port bound here and never listened on: connections are refused, and no other test can
+   * start a server on it meanwhile */
+  int dead = socket(AF_INET, SOCK_STREAM, 0), dead_port = 0;
+  struct sockaddr_in da = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t dlen = sizeof da;
+  CHECK(dead >= 0 && bind(dead, (struct sockaddr *)&da, sizeof da) == 0 &&
+        getsockname(dead, (struct sockaddr *)&da, &dlen) == 0);
+  dead_port = ntohs(da.sin_port);
+  int port = h_receiver_start();
   long long ok0 = counter(c, "webhook_deliveries:ok"), failed0 = counter(c, "webhook_deliveries:failed");
   long long att_ok0 = counter(c, "webhook_attempts:ok"), att_failed0 = counter(c, "webhook_attempts:failed");
   long long unsigned0 = counter(c, "webhook_deliveries:unsigned");
@@ -158,6 +166,7 @@ static void test_deliveries_and_secrets(redisContext *c) {
   CHECK(h_wait_exit(w, 30) == 0);
   freeReplyObject(redisCommand(c, "DEL paella:jobs:webhooks"));
   h_receiver_stop();
+  close(dead);
 }
 
 /* Finding 3: SIGSTOP a worker past its lease, let another finish the job, SIGCONT. */
@@ -167,13 +176,15 @@ static void test_fencing(redisContext *c) {
   snprintf(log_a, sizeof log_a, "%s/fence-a.log", h_dir());
   snprintf(log_b, sizeof log_b, "%s/fence-b.log", h_dir());
   snprintf(png, sizeof png, "%s/fx1/0.png", out_dir);
-  submit_hooked(c, "fx1", port, "wh-1", "\"completed\"", "\"width\":256,\"height\":256,\"steps\":40");
+  /* long enough to be caught running; small enough for wB to finish it under the sanitizers
+   * (256 px, 40 steps took more than 180 s there) */
+  submit_hooked(c, "fx1", port, "wh-1", "\"completed\"", "\"width\":128,\"height\":128,\"steps\":20");
   pid_t a = h_worker(out_dir, log_a, "--webhook-allow-private", "--lease-ms", "1000", "--consumer", "wA", NULL);
   CHECK(h_wait_status(c, "fx1", "running", 60));
   kill(a, SIGSTOP);
   pid_t b = h_worker(out_dir, log_b, "--webhook-allow-private", "--lease-ms", "1000", "--consumer", "wB", NULL);
-  CHECK(h_wait_status(c, "fx1", "succeeded", 180));
-  for (double t0 = h_now(); h_now() - t0 < 60 && h_hooks_with_id("fx1.completed") < 1; h_sleep_ms(20)) {
+  CHECK(h_wait_status(c, "fx1", "succeeded", 400));
+  for (double t0 = h_now(); h_now() - t0 < 120 && h_hooks_with_id("fx1.completed") < 1; h_sleep_ms(20)) {
   }
   char *by = h_hget(c, "paella:job:fx1", "worker");
   CHECK_MSG(by && !strcmp(by, "wB"), "result by %s", by ? by : "(none)");
