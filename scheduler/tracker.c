@@ -519,8 +519,10 @@ int tracker_reap(const sched_config *c) {
 }
 
 /* Acknowledged entries go: each lane's stream keeps everything from the oldest entry some group
- * still needs (its oldest pending entry, else its last delivered one) and nothing older, so no
- * unread entry is ever removed (the lag stays exact: docs/queues.md). Jobs still waiting in
+ * still needs (its oldest pending entry, else the first one after its last delivered one) and
+ * nothing older, so no unread entry is ever removed (the lag stays exact: XTRIM leaves no
+ * tombstone, docs/queues.md) and an ended job's entry (inline input bytes included) is gone
+ * within one trim period even when no later job is read from its lane. Jobs still waiting in
  * their owners' queues (dispatch.c) are on no stream yet, so trimming never touches them. The
  * events stream is trimmed the same way, but keeps at least the last EVENTS_KEEP_MS: every
  * scheduler replica's fan-out (SSE, Prefer: wait) reads it without a group, a little behind
@@ -544,8 +546,12 @@ static const char TRIM_LUA[] =
     "  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do\n"
     "    local f = {}\n"
     "    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
-    "    local id = f['last-delivered-id']\n"
-    "    if f['pending'] > 0 then id = redis.call('XPENDING', stream, f['name'])[2] end\n"
+    "    local id\n"
+    "    if f['pending'] > 0 then id = redis.call('XPENDING', stream, f['name'])[2]\n"
+    "    else\n" /* just past the last delivered entry: it is acknowledged too */
+    "      local ms, seq = string.match(f['last-delivered-id'], '(%d+)-(%d+)')\n"
+    "      id = ms .. '-' .. string.format('%d', tonumber(seq) + 1)\n"
+    "    end\n"
     "    if not keep or older(id, keep) then keep = id end\n"
     "  end\n"
     "  return keep\n"
