@@ -75,6 +75,7 @@ char *pa_job_params_json(const pw_job *j, uint64_t image_seed, const char *model
   json_object_del(o, "attempt");
   json_object_del(o, "idempotency_key");
   json_object_del(o, "webhook");
+  json_object_del(o, "output"); /* where it went (a server dir, a bucket) is no parameter and no client's business */
   json_object_del(o, "preview_every"); /* watching changes nothing in the image */
   json_object_set_new(o, "seed", json_integer((json_int_t)image_seed));
   json_object_set_new(o, "batch", json_integer(1));

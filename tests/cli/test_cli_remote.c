@@ -266,7 +266,7 @@ static void errors_and_help(void) {
                               "--deadline-ms 9007199254740991 --output-dir %s/mine --wait 120", h_dir);
   CHECK_MSG(paella(args) == 0, "%s", slurp("err", NULL));
   /* the output is named inside its directory, not by the server's path */
-  CHECK(file_has("out", "\"succeeded\"") && file_has("out", "/0.png") && !file_has("out", h_dir));
+  CHECK_MSG(file_has("out", "\"succeeded\"") && file_has("out", "/0.png") && !file_has("out", h_dir), "%s", slurp("out", NULL));
 }
 
 int main(void) {
