@@ -40,6 +40,14 @@ static void test_parse(void) {
   sched_config_defaults(&c);
   char *argv2[] = {"paella-scheduler", "--queue", "kafka://b:9092?topic=t", "--registry", "redis://r:6380/2", NULL};
   CHECK(sched_config_parse(&c, 5, argv2, &help) == PA_OK && c.kafka.on && c.redis.port == 6380 && c.redis.db == 2);
+  /* the last argument: an unknown option is named as unknown, a known one as missing its value */
+  sched_config_defaults(&c);
+  char *argv3[] = {"paella-scheduler", "--bogus", NULL};
+  CHECK(sched_config_parse(&c, 2, argv3, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "unknown option --bogus"));
+  char *argv4[] = {"paella-scheduler", "--max-side", NULL};
+  CHECK(sched_config_parse(&c, 2, argv4, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--max-side needs a value"));
+  char *argv5[] = {"paella-scheduler", "--queue", NULL};
+  CHECK(sched_config_parse(&c, 2, argv5, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--queue needs a value"));
 }
 
 static int readyz(const sched_config *c, h_resp *r) {
