@@ -40,10 +40,14 @@ void sched_config_defaults(sched_config *c) {
   snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
 }
 
-/* The workers' parser (worker/redis_url.c): one reading of --queue for both binaries. A Kafka
+/* The workers' parsers (worker/redis_url.c, worker/kafka_url.c): one reading of --queue for both binaries. A Kafka
  * queue keeps the registry in the Redis of --registry (kafka.c says why). */
 int sched_config_set_queue(sched_config *c, const char *url) {
-  if (!strncmp(url, "kafka://", 8)) return sched_kafka_parse_url(url, &c->kafka);
+  if (!strncmp(url, "kafka://", 8)) {
+    int rc = pa_kafka_url_parse(url, &c->kafka.url);
+    c->kafka.on = rc == PA_OK;
+    return rc;
+  }
   c->kafka.on = false;
   return pa_redis_url_parse(url, &c->redis);
 }

@@ -27,9 +27,10 @@ static void test_parse(void) {
   sched_config_defaults(&c);
   /* a Kafka queue (scheduler/kafka.c): the workers' URL, and the registry must be named */
   CHECK_OK(sched_config_set_queue(&c, "kafka://b1:9092,b2:9092?topic=t&group=w&events_group=e&linger.ms=1"));
-  CHECK(c.kafka.on && !strcmp(c.kafka.brokers, "b1:9092,b2:9092") && !strcmp(c.kafka.topic, "t"));
-  CHECK(!strcmp(c.kafka.group, "w") && !strcmp(c.kafka.events_group, "e") && c.kafka.n_props == 1 &&
-        !strcmp(c.kafka.prop_key[0], "linger.ms") && !strcmp(c.kafka.prop_value[0], "1"));
+  const pa_kafka_url *k = &c.kafka.url;
+  CHECK(c.kafka.on && !strcmp(k->brokers, "b1:9092,b2:9092") && !strcmp(k->topic, "t"));
+  CHECK(!strcmp(k->group, "w") && !strcmp(k->events_group, "e") && k->n_props == 1 &&
+        !strcmp(k->prop_key[0], "linger.ms") && !strcmp(k->prop_value[0], "1"));
   CHECK(sched_config_set_queue(&c, "kafka://b:9092?acks=0") == PA_ERR_INVALID && strstr(pa_errmsg(), "acks"));
   CHECK(sched_config_set_queue(&c, "kafka://?topic=t") == PA_ERR_INVALID && strstr(pa_errmsg(), "brokers"));
   CHECK(sched_config_set_registry(&c, "kafka://b:9092") == PA_ERR_INVALID && strstr(pa_errmsg(), "redis://"));

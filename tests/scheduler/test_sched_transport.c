@@ -286,7 +286,7 @@ static void setup_kafka(sched_config *c) {
   boot = rd_kafka_mock_cluster_bootstraps(mc);
   /* one partition for the jobs: the canceled job is read before the next one */
   const char *topics[] = {TOPIC, TOPIC PA_KAFKA_EVENTS_SUFFIX, TOPIC PA_KAFKA_DEAD_SUFFIX,
-                          TOPIC PA_KAFKA_CONTROL_SUFFIX, TOPIC ".attempts"};
+                          TOPIC PA_KAFKA_CONTROL_SUFFIX, TOPIC PA_KAFKA_ATTEMPTS_SUFFIX};
   for (size_t i = 0; i < sizeof topics / sizeof *topics; i++)
     CHECK(rd_kafka_mock_topic_create(mc, topics[i], 1, 1) == RD_KAFKA_RESP_ERR_NO_ERROR);
   char url[sizeof h_queue_url], registry[128];
