@@ -90,6 +90,27 @@ static void test_parse(void) {
   unsetenv("PAELLA_REDIS_CA");
 }
 
+/* A frozen Redis (SIGSTOP): hiredis' reply timeout holds over the bridge (an error, not a hang),
+ * and pa_redis_free returns (the bridge thread, idle in poll, ends and is joined). */
+static void test_frozen(const char *url) {
+  pa_redis_url r;
+  redisContext *ctx = NULL;
+  CHECK_OK(pa_redis_url_parse(url, &r));
+  CHECK_OK(pa_redis_connect(&r, 30000, 1500, &ctx));
+  if (!ctx) return;
+  kill(h_redis_pid, SIGSTOP);
+  double t0 = h_now();
+  redisReply *rep = redisCommand(ctx, "PING");
+  double took = h_now() - t0;
+  kill(h_redis_pid, SIGCONT);
+  CHECK_MSG(!rep && ctx->err, "PING to a frozen Redis answered");
+  CHECK_MSG(took >= 1.0 && took < 60, "the 1.5 s reply timeout took %.1f s", took);
+  if (rep) freeReplyObject(rep);
+  t0 = h_now();
+  pa_redis_free(ctx);
+  CHECK_MSG(h_now() - t0 < 30, "pa_redis_free took %.1f s", h_now() - t0);
+}
+
 int main(void) {
   test_parse();
   if (make_certs()) {
@@ -140,6 +161,7 @@ int main(void) {
               "the scheduler's connection is not on the TLS port: %s", info && info->str ? info->str : "none");
     if (info) freeReplyObject(info);
   }
+  test_frozen(h_queue_url);
   char mtls[256];
   snprintf(mtls, sizeof mtls, "tls_cert=%s/cli.pem&tls_key=%s/cli.key", tls_dir, tls_dir);
   /* A CA that did not sign the server's certificate: a clear verification error. */
