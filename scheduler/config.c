@@ -206,6 +206,7 @@ static const struct { const char *env, *flag; } ENV[] = {
 void sched_config_usage(void) {
   printf("usage: paella-scheduler [options]\n"
          "  --queue redis://[[USER]:PASS@]HOST:PORT/DB?stream=paella:jobs&group=workers   ($PAELLA_QUEUE)\n"
+         "        or rediss://...&tls_ca=CA.pem: TLS (tls_cert, tls_key, $PAELLA_REDIS_CA; docs/queues.md)\n"
          "        or kafka://BROKERS?topic=paella.jobs&events_group=scheduler[&PROPERTY=VALUE...]: jobs go to\n"
          "        a Kafka fleet, the registry below keeps their state (docs/queues.md)\n"
          "  --registry redis://...       the job registry beside a Kafka queue  ($PAELLA_REGISTRY)\n"

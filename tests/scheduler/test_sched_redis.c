@@ -20,7 +20,8 @@ static void test_parse(void) {
   CHECK(!strcmp(r.stream, "s1") && !strcmp(r.group, "g1") && !strcmp(r.events_group, "e1"));
   CHECK_OK(pa_redis_url_parse("redis://:pw@10.0.0.1", &r));
   CHECK(!r.user[0] && !strcmp(r.password, "pw") && r.port == 6379 && r.db == 0 && !strcmp(r.stream, "paella:jobs"));
-  CHECK(pa_redis_url_parse("rediss://:pw@10.0.0.1:6380/0", &r) == PA_ERR_UNSUPPORTED && strstr(pa_errmsg(), "TLS"));
+  CHECK_OK(pa_redis_url_parse("rediss://:pw@10.0.0.1:6380/0", &r)); /* TLS: test_sched_redis_tls */
+  CHECK(r.tls && r.port == 6380 && !strcmp(r.password, "pw"));
   CHECK(pa_redis_url_parse("redis://h:6379/x", &r) == PA_ERR_INVALID && strstr(pa_errmsg(), "database"));
   CHECK(pa_redis_url_parse("redis://h:99999/0", &r) == PA_ERR_INVALID);
   sched_config c;
