@@ -289,12 +289,11 @@ static void make_request(const gen_opts *o, int run, pa_gen_request *r) {
 
 /* The job JSON of image `index` plus this command's own settings when they are not the
  * defaults, so that the embedded parameters regenerate the image. malloc'd. */
-static char *image_params(const gen_opts *o, const pa_pipeline *p, uint64_t seed, int frame) {
-  char *base = pa_job_params_json(&o->cj.job, seed, pa_pipeline_checksums(p));
+static char *image_params(const gen_opts *o, const pa_pipeline *p, int index) {
+  char *base = pa_job_params_json(&o->cj.job, (uint64_t)o->cj.job.seed, index, pa_pipeline_checksums(p));
   json_t *j = base ? json_loads(base, 0, NULL) : NULL;
   free(base);
   if (!j) return NULL;
-  if (o->cj.job.kind == PW_KIND_INTERPOLATE) json_object_set_new(j, "frame", json_integer(frame));
   if (o->cond_steps >= 0) json_object_set_new(j, "cond_steps", json_integer(o->cond_steps));
   if (o->typical_mass > 0) json_object_set_new(j, "typical_mass", json_real(o->typical_mass));
   if (o->attn_weight[0] != 1 || o->attn_weight[1] != 1 || o->attn_weight[2] != 1)
@@ -363,9 +362,8 @@ static int check_outputs(const gen_opts *o) {
   return rc;
 }
 
-static int encode_and_write(const gen_opts *o, const pa_pipeline *p, const pa_image *img, int k, int frame, const char *name) {
-  bool interp = o->cj.job.kind == PW_KIND_INTERPOLATE;
-  char *params = image_params(o, p, (uint64_t)o->cj.job.seed + (interp ? 0 : (uint64_t)k), frame);
+static int encode_and_write(const gen_opts *o, const pa_pipeline *p, const pa_image *img, int k, const char *name) {
+  char *params = image_params(o, p, k);
   pa_image_encoding enc = {pa_image_format_of_job(&o->cj.job), (int)o->cj.job.output_quality, params};
   void *buf = NULL;
   size_t len = 0;
@@ -389,7 +387,7 @@ static int write_all(const gen_opts *o, const pa_pipeline *p, pa_gen_result *res
         rc = pa_fail(PA_ERR_NOMEM, "out of memory");
         goto fail;
       }
-      PA_TRY(encode_and_write(o, p, results[f].images[b], k, f, names[k]));
+      PA_TRY(encode_and_write(o, p, results[f].images[b], k, names[k]));
       written = k + 1;
       json_array_append_new(outputs, json_string(names[k]));
     }

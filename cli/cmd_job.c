@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/opts.h"
 #include "proto/proto.h"
+#include "worker/kafka_topics.h"
 #include "worker/queue_kafka.h"
 
 typedef union {
@@ -33,7 +34,7 @@ static void usage(FILE *f) {
           "  validate  JSON or msgpack on stdin (detected); exit 0 when valid, else exit 1 and\n"
           "            print {\"code\":...,\"field\":...,\"message\":...}\n"
           "  cancel    --queue kafka://BROKERS?topic=T ID: asks the Kafka workers to cancel job ID\n"
-          "            (a record on T.control; the queue URL may also come from PAELLA_QUEUE)\n"
+          "            (a record on T" PA_KAFKA_CONTROL_SUFFIX "; the queue URL may also come from PAELLA_QUEUE)\n"
           "The message type defaults to the message's \"type\" field, else job.\n"
           "Fields, limits and error codes: docs/protocol.md\n");
 }

@@ -12,6 +12,8 @@
 #include "cli/commands.h"
 #include "cli/job_opts.h"
 #include "cli/opts.h"
+#include "model/image.h"
+#include "ops/error.h"
 
 #define CMD "paella submit"
 
@@ -21,7 +23,8 @@ static void usage(FILE *f) {
           "                     (JOB.json | - | [--prompt] TEXT [job options])\n"
           "\n"
           "Submits a job and prints the job resource. JOB.json (or - for stdin) is sent as it is;\n"
-          "otherwise the options build it, with `paella generate`'s names, ranges and defaults:\n"
+          "otherwise the options build it, with `paella generate`'s names, ranges and defaults (seed 0;\n"
+          "with --image and no -W/-H, the image's size), so the same options give the same images:\n"
           "  --prompt TEXT, -n/--negative TEXT, -W/--width N, -H/--height N, --batch N, -s/--seed N\n"
           "  --steps N, --renoise-steps N, --cfg A[,B], --temp A[,B], --t-start T, --t-end T, --argmax\n"
           "  --prior-steps N, --prior-cfg F, --prior-sampler ddpm|ddim\n"
@@ -181,11 +184,32 @@ static int send_job(const submit_opts *s, const char *body, size_t len) {
   return rc;
 }
 
+/* As `paella generate` does: without -W/-H an input image gives the size (rounded down to
+ * PW_SIZE_MULTIPLE); outpainting and variations keep the job's. */
+static int size_from_image(cli_job *cj) {
+  pw_job *j = &cj->job;
+  if (!j->image.present || !j->image.data || cj->size_given || j->kind == PW_KIND_OUTPAINT || j->kind == PW_KIND_VARIATION)
+    return CLI_EXIT_OK;
+  pa_image *raw = NULL;
+  if (pa_image_decode(j->image.data, j->image.len, &raw)) {
+    fprintf(stderr, CMD ": %s: %s\n", cj->image_path, pa_errmsg());
+    return CLI_EXIT_FAILURE;
+  }
+  j->width = raw->width / PW_SIZE_MULTIPLE * PW_SIZE_MULTIPLE;
+  j->height = raw->height / PW_SIZE_MULTIPLE * PW_SIZE_MULTIPLE;
+  int w = raw->width, h = raw->height;
+  pa_image_free(raw);
+  if (!j->width || !j->height) {
+    fprintf(stderr, CMD ": --image: %dx%d is smaller than %d pixels\n", w, h, PW_SIZE_MULTIPLE);
+    return CLI_EXIT_USAGE;
+  }
+  return CLI_EXIT_OK;
+}
+
 int cmd_submit(int argc, char **argv) {
   if (client_is_help(argc, argv)) return usage(stdout), CLI_EXIT_OK;
   submit_opts s = {0};
   cli_job_init(&s.cj);
-  s.cj.job.has_seed = 0; /* without --seed the worker draws one and reports it */
   client_init(&s.c);
   char *body = NULL;
   size_t len = 0;
@@ -198,6 +222,8 @@ int cmd_submit(int argc, char **argv) {
       goto done;
     }
     if ((rc = check_file(body, len))) goto done;
+  } else if ((rc = size_from_image(&s.cj))) {
+    goto done;
   } else if (!(body = job_body(&s.cj.job))) {
     rc = CLI_EXIT_USAGE;
     goto done;

@@ -9,14 +9,14 @@
 #include <unistd.h>
 
 #include "ops/error.h"
+#include "proto/proto.h"
 
 void cli_output_name(const char *base, const char *ext, int index, int total, char *buf, size_t cap) {
   if (total <= 1) {
     snprintf(buf, cap, "%s", base);
     return;
   }
-  int digits = 2;
-  for (int n = total - 1; n >= 100; n /= 10) digits++;
+  int digits = pw_output_digits(total);
   const char *dot = strrchr(base, '.'), *slash = strrchr(base, '/');
   if (!dot || (slash && dot < slash) || dot == base || (slash && dot == slash + 1)) {
     snprintf(buf, cap, "%s-%0*d%s", base, digits, index, ext);

@@ -118,3 +118,10 @@ const char *pw_stage_name(pw_stage s) { return NAME_OR_UNKNOWN(pw_stage_names, P
 const char *pw_status_name(pw_status s) {
   return NAME_OR_UNKNOWN(pw_status_names, PW_STATUS_COUNT, s);
 }
+
+int pw_output_digits(int total) {
+  if (total <= 1) return 1;
+  int digits = 2;
+  for (int n = total - 1; n >= 100; n /= 10) digits++;
+  return digits;
+}

@@ -85,6 +85,10 @@ const char *pw_sampling_name(pw_sampling s);
 const char *pw_prior_sampler_name(pw_prior_sampler s);
 const char *pw_interp_mode_name(pw_interp_mode m);
 const char *pw_output_format_name(pw_output_format f);
+/* Digits in the number of output `index` of `total`: at least 2 when there are several, so
+ * that names sort ("00.png" ... "11.png"; `paella generate -o f.png`: f-00.png ...), 1 for a
+ * single output ("0.png"). The worker's keys and the CLI's -o names both use it. */
+int pw_output_digits(int total);
 const char *pw_event_name(pw_event e);
 const char *pw_stage_name(pw_stage s);
 const char *pw_status_name(pw_status s);

@@ -40,10 +40,14 @@ void sched_config_defaults(sched_config *c) {
   snprintf(c->consumer, sizeof c->consumer, "%s-%d", host, (int)getpid());
 }
 
-/* The workers' parser (worker/redis_url.c): one reading of --queue for both binaries. A Kafka
+/* The workers' parsers (worker/redis_url.c, worker/kafka_url.c): one reading of --queue for both binaries. A Kafka
  * queue keeps the registry in the Redis of --registry (kafka.c says why). */
 int sched_config_set_queue(sched_config *c, const char *url) {
-  if (!strncmp(url, "kafka://", 8)) return sched_kafka_parse_url(url, &c->kafka);
+  if (!strncmp(url, "kafka://", 8)) {
+    int rc = pa_kafka_url_parse(url, &c->kafka.url);
+    c->kafka.on = rc == PA_OK;
+    return rc;
+  }
   c->kafka.on = false;
   return pa_redis_url_parse(url, &c->redis);
 }
@@ -135,27 +139,32 @@ static int parse_num(const char *flag, const char *v, double lo, double hi, doub
 static int apply(sched_config *c, const char *name, const char *v) {
   double d = 0;
   int rc = PA_OK;
+  /* v is NULL when the option is the last argument: a known one "needs a value", an
+   * unknown one is reported as unknown (below) */
+#define FLAG(flag)                                                                          \
+  if (strcmp(name, flag) == 0 && !v) return pa_fail(PA_ERR_INVALID, "%s needs a value", flag); \
+  if (strcmp(name, flag) == 0)
 #define NUM(flag, lo, hi, dst)                                         \
-  if (strcmp(name, flag) == 0) {                                       \
+  FLAG(flag) {                                                         \
     if ((rc = parse_num(flag, v, lo, hi, &d)) == PA_OK) dst = d;       \
     return rc;                                                         \
   }
-  if (strcmp(name, "--queue") == 0) return sched_config_set_queue(c, v);
-  if (strcmp(name, "--registry") == 0) return sched_config_set_registry(c, v);
-  if (strcmp(name, "--storage") == 0) return sched_config_set_storage(c, v);
-  if (strcmp(name, "--listen") == 0) return set_listen(c, v);
-  if (strcmp(name, "--api-key-hashes") == 0) return sched_config_add_keys(c, v);
-  if (strcmp(name, "--webhook-secrets") == 0) {
+  FLAG("--queue") return sched_config_set_queue(c, v);
+  FLAG("--registry") return sched_config_set_registry(c, v);
+  FLAG("--storage") return sched_config_set_storage(c, v);
+  FLAG("--listen") return set_listen(c, v);
+  FLAG("--api-key-hashes") return sched_config_add_keys(c, v);
+  FLAG("--webhook-secrets") {
     if (strlen(v) >= sizeof c->webhook_secrets_dir) return pa_fail(PA_ERR_INVALID, "--webhook-secrets: path too long");
     snprintf(c->webhook_secrets_dir, sizeof c->webhook_secrets_dir, "%s", v);
     return PA_OK;
   }
-  if (strcmp(name, "--access-log") == 0) {
+  FLAG("--access-log") {
     if (!*v || strlen(v) >= sizeof c->access_log) return pa_fail(PA_ERR_INVALID, "--access-log: want -, off or a file");
     snprintf(c->access_log, sizeof c->access_log, "%s", v);
     return PA_OK;
   }
-  if (strcmp(name, "--webhook-allow-unsigned") == 0) {
+  FLAG("--webhook-allow-unsigned") {
     c->webhook_allow_unsigned = !strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes");
     return PA_OK;
   }
@@ -178,6 +187,7 @@ static int apply(sched_config *c, const char *name, const char *v) {
   NUM("--max-side", PW_SIZE_MIN, PW_SIZE_MAX, c->limits.max_side);
   NUM("--dispatch-depth", 1, 1e6, c->dispatch_depth);
 #undef NUM
+#undef FLAG
   return pa_fail(PA_ERR_INVALID, "unknown option %s", name);
 }
 
@@ -197,6 +207,7 @@ static const struct { const char *env, *flag; } ENV[] = {
 void sched_config_usage(void) {
   printf("usage: paella-scheduler [options]\n"
          "  --queue redis://[[USER]:PASS@]HOST:PORT/DB?stream=paella:jobs&group=workers   ($PAELLA_QUEUE)\n"
+         "        or rediss://...&tls_ca=CA.pem: TLS (tls_cert, tls_key, $PAELLA_REDIS_CA; docs/queues.md)\n"
          "        or kafka://BROKERS?topic=paella.jobs&events_group=scheduler[&PROPERTY=VALUE...]: jobs go to\n"
          "        a Kafka fleet, the registry below keeps their state (docs/queues.md)\n"
          "  --registry redis://...       the job registry beside a Kafka queue  ($PAELLA_REGISTRY)\n"
@@ -250,9 +261,8 @@ int sched_config_parse(sched_config *c, int argc, char **argv, bool *help) {
       snprintf(name, sizeof name, "%.*s", (int)(eq - argv[i]), argv[i]);
       v = eq + 1;
     } else {
-      if (i + 1 >= argc) return pa_fail(PA_ERR_INVALID, "%s needs a value", argv[i]);
       snprintf(name, sizeof name, "%s", argv[i]);
-      v = argv[++i];
+      v = i + 1 < argc ? argv[++i] : NULL; /* NULL: apply says "needs a value" or "unknown option" */
     }
     int rc = apply(c, name, v);
     if (rc) return rc;

@@ -48,88 +48,6 @@ struct sched_kafka {
 /* The one instance of this process: jobs_cancel (API threads) produces through its producer. */
 static sched_kafka *g_kafka;
 
-/* ---- URL -------------------------------------------------------------------------------- */
-
-static int hexval(char ch) {
-  if (ch >= '0' && ch <= '9') return ch - '0';
-  if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-  if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
-  return -1;
-}
-
-/* Percent-decodes s[0..n) into out (cap bytes). */
-static int decode(const char *s, size_t n, char *out, size_t cap, const char *what) {
-  size_t j = 0;
-  for (size_t i = 0; i < n; i++) {
-    char ch = s[i];
-    if (ch == '%') {
-      if (i + 2 >= n || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0)
-        return pa_fail(PA_ERR_INVALID, "kafka URL: bad percent escape in %s", what);
-      ch = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
-      i += 2;
-    }
-    if (j + 1 >= cap) return pa_fail(PA_ERR_INVALID, "kafka URL: %s is too long", what);
-    out[j++] = ch;
-  }
-  out[j] = 0;
-  return PA_OK;
-}
-
-/* The workers refuse the same ones (worker/queue_kafka.c): they carry the guarantees. */
-static bool reserved(const char *key) {
-  static const char *const names[] = {"enable.auto.commit", "enable.auto.offset.store", "enable.idempotence",
-                                      "group.id", "bootstrap.servers", "acks", "request.required.acks"};
-  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-    if (!strcmp(key, names[i])) return true;
-  return false;
-}
-
-static int url_param(sched_kafka_url *u, const char *s, size_t n) {
-  const char *eq = memchr(s, '=', n);
-  char key[128], value[512];
-  int rc;
-  if (!eq || eq == s) return pa_fail(PA_ERR_INVALID, "kafka URL: parameter \"%.*s\" is not key=value", (int)n, s);
-  if ((rc = decode(s, (size_t)(eq - s), key, sizeof key, "a parameter name")) ||
-      (rc = decode(eq + 1, n - (size_t)(eq - s) - 1, value, sizeof value, key)))
-    return rc;
-  char *slot = !strcmp(key, "topic") ? u->topic : !strcmp(key, "group") ? u->group
-             : !strcmp(key, "events_group") ? u->events_group : NULL;
-  if (slot) {
-    if (!*value) return pa_fail(PA_ERR_INVALID, "kafka URL: empty %s", key);
-    size_t cap = slot == u->topic ? sizeof u->topic : sizeof u->group;
-    if (strlen(value) >= cap) return pa_fail(PA_ERR_INVALID, "kafka URL: %s is too long", key);
-    memcpy(slot, value, strlen(value) + 1); /* fits: checked above */
-    return PA_OK;
-  }
-  if (reserved(key)) return pa_fail(PA_ERR_INVALID, "kafka URL: %s is set by the scheduler and cannot be overridden", key);
-  if (u->n_props == SCHED_KAFKA_MAX_PROPS) return pa_fail(PA_ERR_INVALID, "kafka URL: more than %d properties", SCHED_KAFKA_MAX_PROPS);
-  snprintf(u->prop_key[u->n_props], sizeof u->prop_key[0], "%s", key);
-  snprintf(u->prop_value[u->n_props++], sizeof u->prop_value[0], "%s", value);
-  return PA_OK;
-}
-
-int sched_kafka_parse_url(const char *url, sched_kafka_url *u) {
-  memset(u, 0, sizeof *u);
-  if (strncmp(url, "kafka://", 8)) return pa_fail(PA_ERR_INVALID, "kafka URL must start with kafka://");
-  const char *b = url + 8, *q = strchr(b, '?');
-  size_t blen = q ? (size_t)(q - b) : strlen(b);
-  if (blen == 0) return pa_fail(PA_ERR_INVALID, "kafka URL: no brokers");
-  if (blen >= sizeof u->brokers) return pa_fail(PA_ERR_INVALID, "kafka URL: broker list too long");
-  memcpy(u->brokers, b, blen);
-  snprintf(u->topic, sizeof u->topic, "paella.jobs");
-  snprintf(u->group, sizeof u->group, "%s", PA_REDIS_DEFAULT_GROUP);
-  snprintf(u->events_group, sizeof u->events_group, "%s", PA_REDIS_DEFAULT_EVENTS_GROUP);
-  for (const char *s = q ? q + 1 : NULL; s && *s;) {
-    const char *amp = strchr(s, '&');
-    size_t n = amp ? (size_t)(amp - s) : strlen(s);
-    int rc = n ? url_param(u, s, n) : PA_OK;
-    if (rc) return rc;
-    s = amp ? amp + 1 : NULL;
-  }
-  u->on = true;
-  return PA_OK;
-}
-
 /* ---- clients ---------------------------------------------------------------------------- */
 
 static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value) {
@@ -152,7 +70,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 
 /* defaults: key, value pairs, NULL-terminated; the URL's properties come after them. */
 static int client_new(const sched_config *c, rd_kafka_type_t type, const char *const *defaults, rd_kafka_t **out) {
-  const sched_kafka_url *u = &c->kafka;
+  const pa_kafka_url *u = &c->kafka.url;
   char err[512];
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   int rc;
@@ -232,7 +150,7 @@ static int forward_entries(sched_kafka *k, const char *stream, const redisReply 
     const char *job = e->type == REDIS_REPLY_ARRAY && e->elements == 2 ? entry_field(e->element[1], "job", &len) : NULL;
     const char *id = job ? entry_field(e->element[1], "id", NULL) : NULL;
     if (!job || !id || settled(c, id)) status[i] = 2; /* nothing to send: acknowledge */
-    else if (produce(k->producer, c->kafka.topic, id, job, len, &status[i])) {
+    else if (produce(k->producer, c->kafka.url.topic, id, job, len, &status[i])) {
       fprintf(stderr, "paella-scheduler: %s\n", pa_errmsg());
       status[i] = -1;
     }
@@ -425,7 +343,7 @@ static void *bridge_main(void *arg) {
 
 static int consumer_new(sched_kafka *k) {
   const sched_config *c = k->c;
-  const char *const defaults[] = {"group.id", c->kafka.events_group, "enable.auto.commit", "true",
+  const char *const defaults[] = {"group.id", c->kafka.url.events_group, "enable.auto.commit", "true",
                                   "enable.auto.offset.store", "false",
                                   /* events produced before the first scheduler joined still count */
                                   "auto.offset.reset", "earliest", NULL};
@@ -433,8 +351,8 @@ static int consumer_new(sched_kafka *k) {
   if (rc) return rc;
   rd_kafka_poll_set_consumer(k->consumer);
   char events[300], dead[300];
-  snprintf(events, sizeof events, "%s" PA_KAFKA_EVENTS_SUFFIX, c->kafka.topic);
-  snprintf(dead, sizeof dead, "%s" PA_KAFKA_DEAD_SUFFIX, c->kafka.topic);
+  snprintf(events, sizeof events, "%s" PA_KAFKA_EVENTS_SUFFIX, c->kafka.url.topic);
+  snprintf(dead, sizeof dead, "%s" PA_KAFKA_DEAD_SUFFIX, c->kafka.url.topic);
   rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(2);
   if (!sub) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
   rd_kafka_topic_partition_list_add(sub, events, RD_KAFKA_PARTITION_UA);
@@ -491,7 +409,7 @@ int sched_kafka_cancel(const sched_config *c, const char *job_id) {
   if (!k) return pa_fail(PA_ERR_IO, "kafka: the scheduler's Kafka clients are not running");
   char topic[300];
   int status = 0;
-  snprintf(topic, sizeof topic, "%s" PA_KAFKA_CONTROL_SUFFIX, c->kafka.topic);
+  snprintf(topic, sizeof topic, "%s" PA_KAFKA_CONTROL_SUFFIX, c->kafka.url.topic);
   int rc = produce(k->producer, topic, job_id, PA_KAFKA_CANCEL_VALUE, strlen(PA_KAFKA_CANCEL_VALUE), &status);
   if (rc) return rc;
   wait_delivered(k->producer, &status, 1);

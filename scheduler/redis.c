@@ -13,7 +13,7 @@
 static pthread_key_t conn_key;
 static pthread_once_t conn_once = PTHREAD_ONCE_INIT;
 
-static void free_conn(void *p) { redisFree(p); }
+static void free_conn(void *p) { pa_redis_free(p); }
 static void make_key(void) { pthread_key_create(&conn_key, free_conn); }
 
 redisContext *sched_redis_connect(const sched_config *c, int timeout_ms) {
@@ -33,7 +33,7 @@ redisContext *sched_redis(const sched_config *c) {
 void sched_redis_drop(void) {
   pthread_once(&conn_once, make_key);
   redisContext *ctx = pthread_getspecific(conn_key);
-  if (ctx) redisFree(ctx);
+  pa_redis_free(ctx);
   pthread_setspecific(conn_key, NULL);
 }
 

@@ -21,6 +21,7 @@
 #include "proto/proto.h"
 #include "worker/admission.h"
 #include "worker/redis_keys.h"
+#include "worker/kafka_url.h"
 #include "worker/redis_url.h"
 #include "worker/storage.h"
 
@@ -34,16 +35,11 @@ typedef struct {
 } sched_key;
 
 /* --queue kafka://BROKERS?topic=paella.jobs&events_group=scheduler&PROPERTY=VALUE...: the jobs
- * topic the workers consume; the registry then lives in --registry redis://... (kafka.c). */
-#define SCHED_KAFKA_MAX_PROPS 32
+ * topic the workers consume, read by the workers' parser (worker/kafka_url.h: one URL serves
+ * both binaries); the registry then lives in --registry redis://... (kafka.c). */
 typedef struct {
   bool on;
-  char brokers[1024];
-  char topic[250];        /* the jobs topic; {topic}.events, .dead, .control derive from it */
-  char group[128];        /* the workers' group (accepted so one URL serves both binaries) */
-  char events_group[128]; /* the schedulers' group on {topic}.events and {topic}.dead */
-  int n_props;            /* librdkafka properties passed through (security settings, ...) */
-  char prop_key[SCHED_KAFKA_MAX_PROPS][128], prop_value[SCHED_KAFKA_MAX_PROPS][512];
+  pa_kafka_url url;
 } sched_kafka_url;
 
 typedef struct {
@@ -196,7 +192,6 @@ int dispatch_waiting(const sched_config *c, long long per_lane[PA_LANES], long l
  * {topic}.dead to the registry and the Redis {stream}:events / :dead streams, exactly as a
  * Redis worker's scripts would, so the tracker, SSE, batches and dead-letter views run
  * unchanged (docs/queues.md, "The scheduler on Kafka"). */
-int sched_kafka_parse_url(const char *url, sched_kafka_url *out);
 typedef struct sched_kafka sched_kafka;
 int sched_kafka_start(const sched_config *c, sched_kafka **out);
 void sched_kafka_stop(sched_kafka *k);

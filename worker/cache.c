@@ -206,7 +206,7 @@ static void lru_insert(pa_emb_cache *c, const uint8_t sha[32], uint8_t *blob, si
 static void redis_down(pa_emb_cache *c, const char *what) {
   pa_log(PA_LOG_WARN, NULL, json_pack("{s:s}", "error", c->rc && c->rc->errstr[0] ? c->rc->errstr : what),
          "embedding cache: Redis unavailable, continuing without it for %d s", REDIS_RETRY_S);
-  if (c->rc) redisFree(c->rc);
+  pa_redis_free(c->rc);
   c->rc = NULL;
   c->redis_down_until = time(NULL) + REDIS_RETRY_S;
   c->st.errors++;
@@ -323,7 +323,7 @@ int pa_emb_cache_open(const pa_emb_cache_options *o, pa_emb_cache **out) {
 void pa_emb_cache_free(pa_emb_cache *c) {
   if (!c) return;
   while (c->tail) lru_remove(c, c->tail);
-  if (c->rc) redisFree(c->rc);
+  pa_redis_free(c->rc);
   pthread_mutex_destroy(&c->mu);
   free(c);
 }

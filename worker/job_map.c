@@ -66,9 +66,12 @@ static json_t *job_json(const pw_job *job) {
   return o;
 }
 
-char *pa_job_params_json(const pw_job *j, uint64_t image_seed, const char *models) {
+char *pa_job_params_json(const pw_job *j, uint64_t job_seed, int index, const char *models) {
+  bool interp = j->kind == PW_KIND_INTERPOLATE;
+  uint64_t image_seed = job_seed + (interp ? 0 : (uint64_t)index); /* image b: seed + b */
   json_t *o = job_json(j);
   if (!o) return NULL;
+  if (interp) json_object_set_new(o, "frame", json_integer(index));
   json_object_del(o, "image"); /* the inputs are the caller's files, not parameters */
   json_object_del(o, "mask");
   json_object_del(o, "id"); /* a scheduler assigns a new one */

@@ -23,6 +23,8 @@ pa_image_format pa_image_format_of_job(const pw_job *j);
  * added) so that it can be submitted
  * again to regenerate the image. malloc'd, NULL when out of memory. */
 /* `models`: pa_pipeline_checksums' JSON object (stored as "models"), or NULL. */
-char *pa_job_params_json(const pw_job *j, uint64_t image_seed, const char *models);
+/* `job_seed`: the job's seed (drawn when it had none); image `index` gets job_seed + index, an
+ * interpolation frame the job's seed and "frame": index. */
+char *pa_job_params_json(const pw_job *j, uint64_t job_seed, int index, const char *models);
 
 #endif

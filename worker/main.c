@@ -23,7 +23,8 @@ static void usage(FILE *f) {
       "Pulls Paella jobs from a queue, generates the images, stores them and reports the result.\n"
       "Every option can also be set through the environment variable in brackets; flags win.\n"
       "\n"
-      "  --queue URL           redis://[[USER]:PASS@]HOST:PORT/DB?stream=paella:jobs&group=workers or\n"
+      "  --queue URL           redis://[[USER]:PASS@]HOST:PORT/DB?stream=paella:jobs&group=workers,\n"
+      "                        rediss://...&tls_ca=CA.pem (TLS; tls_cert, tls_key, $PAELLA_REDIS_CA) or\n"
       "                        kafka://BROKERS?topic=paella.jobs&group=workers   [PAELLA_QUEUE]\n"
       "  --storage URL         s3://BUCKET/PREFIX (endpoint, region and credentials from\n"
       "                        AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,\n"
@@ -111,6 +112,46 @@ static int parse_listen(const char *v, pa_worker_config *c) {
   return 0;
 }
 
+/* The integer options' allowed ranges: checked by apply() and named in its errors. */
+static const struct { int opt, lo, hi; } int_ranges[] = {
+    {O_BATCH, 1, 64}, {O_LEASE, 100, 86400000}, {O_MAXDEL, 1, 1000}, {O_METRICS, 0, 65535},
+    {O_CACHE_TTL, 1, 365 * 86400}, {O_CACHE_ENTRIES, 0, 1000000}, {O_CACHE_MB, 1, 1 << 20},
+    {O_POLL, 10, 30000}, {O_PROGRESS, 0, 3600000}, {O_MAXSIDE, 32, 16384}, {O_THREADS, 1, PA_THREADS_MAX}};
+
+static int int_opt(int opt, const char *v, int *out) {
+  for (size_t i = 0; i < sizeof int_ranges / sizeof int_ranges[0]; i++)
+    if (int_ranges[i].opt == opt) return pa_parse_int(v, int_ranges[i].lo, int_ranges[i].hi, out);
+  return -1;
+}
+
+/* Prints why `v` is not a value of `opt` (named `what`: "--max-batch", or "PAELLA_MAX_BATCH
+ * (--max-batch)"), with the allowed values, in the form `paella` uses. */
+static void bad_value(int opt, const char *what, const char *v) {
+  for (size_t i = 0; i < sizeof int_ranges / sizeof int_ranges[0]; i++) {
+    if (int_ranges[i].opt != opt) continue;
+    char *end;
+    errno = 0;
+    (void)strtoll(v, &end, 10);
+    if (*v && !*end && !errno)
+      fprintf(stderr, "paella-worker: %s: %s is out of range %d..%d\n", what, v, int_ranges[i].lo, int_ranges[i].hi);
+    else
+      fprintf(stderr, "paella-worker: %s: '%s' is not an integer (allowed %d..%d)\n", what, v, int_ranges[i].lo,
+              int_ranges[i].hi);
+    return;
+  }
+  const char *allowed = opt == O_DEVICE ? "cpu|cuda"
+                        : opt == O_LOGLEVEL ? "debug|info|warn|error"
+                        : opt == O_METRICS_LISTEN ? "ADDR:PORT with PORT in 1..65535, [V6]:PORT for IPv6"
+                                                  : "see --help";
+  fprintf(stderr, "paella-worker: %s: '%s' is not allowed (allowed %s)\n", what, v, allowed);
+}
+
+static const char *opt_name(int opt) {
+  for (const struct option *o = long_opts; o->name; o++)
+    if (o->val == opt) return o->name;
+  return "?";
+}
+
 /* One option's value, from a flag or an environment variable: 0 ok, -1 invalid. */
 static int apply(pa_worker_config *c, int opt, const char *v, int *log_level) {
   int x = 0;
@@ -119,24 +160,24 @@ static int apply(pa_worker_config *c, int opt, const char *v, int *log_level) {
     case O_STORAGE: c->storage_url = v; return 0;
     case O_MODELS: c->models_dir = v; return 0;
     case O_DEVICE: c->device = v; return strcmp(v, "cpu") && strcmp(v, "cuda") ? -1 : 0;
-    case O_BATCH: return pa_parse_int(v, 1, 64, &c->max_batch);
-    case O_LEASE: return pa_parse_int(v, 100, 86400000, &c->lease_ms);
-    case O_MAXDEL: return pa_parse_int(v, 1, 1000, &c->max_deliveries);
-    case O_METRICS: return pa_parse_int(v, 0, 65535, &c->metrics_port);
+    case O_BATCH: return int_opt(opt, v, &c->max_batch);
+    case O_LEASE: return int_opt(opt, v, &c->lease_ms);
+    case O_MAXDEL: return int_opt(opt, v, &c->max_deliveries);
+    case O_METRICS: return int_opt(opt, v, &c->metrics_port);
     case O_METRICS_LISTEN: return parse_listen(v, c);
     case O_CACHE_URL: c->cache_url = v; return 0;
-    case O_CACHE_TTL: return pa_parse_int(v, 1, 365 * 86400, &c->cache_ttl_s);
-    case O_CACHE_ENTRIES: if (pa_parse_int(v, 0, 1000000, &x)) return -1; c->cache_max_entries = (size_t)x; return 0;
-    case O_CACHE_MB: if (pa_parse_int(v, 1, 1 << 20, &x)) return -1; c->cache_max_bytes = (size_t)x << 20; return 0;
+    case O_CACHE_TTL: return int_opt(opt, v, &c->cache_ttl_s);
+    case O_CACHE_ENTRIES: if (int_opt(opt, v, &x)) return -1; c->cache_max_entries = (size_t)x; return 0;
+    case O_CACHE_MB: if (int_opt(opt, v, &x)) return -1; c->cache_max_bytes = (size_t)x << 20; return 0;
     case O_ALLOW_PRIVATE: c->webhook_allow_private = v ? truthy(v) : true; return 0;
     case O_ALLOW_UNSIGNED: c->webhook_allow_unsigned = v ? truthy(v) : true; return 0;
     case O_SECRETS: c->webhook_secrets_dir = v; return 0;
     case O_CONSUMER: c->consumer = v; return 0;
-    case O_POLL: return pa_parse_int(v, 10, 30000, &c->poll_ms);
-    case O_PROGRESS: return pa_parse_int(v, 0, 3600000, &c->progress_interval_ms);
-    case O_MAXSIDE: return pa_parse_int(v, 32, 16384, &c->max_side);
+    case O_POLL: return int_opt(opt, v, &c->poll_ms);
+    case O_PROGRESS: return int_opt(opt, v, &c->progress_interval_ms);
+    case O_MAXSIDE: return int_opt(opt, v, &c->max_side);
     case O_LOGLEVEL: return (*log_level = pa_log_level_from_name(v)) < 0 ? -1 : 0;
-    case O_THREADS: return pa_parse_int(v, 1, PA_THREADS_MAX, &threads);
+    case O_THREADS: return int_opt(opt, v, &threads);
     default: return -1;
   }
 }
@@ -157,7 +198,9 @@ static int parse(int argc, char **argv, pa_worker_config *c, int *log_level) {
   for (size_t i = 0; i < sizeof env_vars / sizeof env_vars[0]; i++) {
     const char *v = getenv(env_vars[i].var);
     if (v && *v && apply(c, env_vars[i].opt, v, log_level)) {
-      fprintf(stderr, "paella-worker: invalid value '%s' in %s\n", v, env_vars[i].var);
+      char what[96];
+      snprintf(what, sizeof what, "%s (--%s)", env_vars[i].var, opt_name(env_vars[i].opt));
+      bad_value(env_vars[i].opt, what, v);
       return 2;
     }
   }
@@ -169,8 +212,15 @@ static int parse(int argc, char **argv, pa_worker_config *c, int *log_level) {
       c->once = true;
       continue;
     }
-    if (opt == '?' || apply(c, opt, optarg, log_level)) {
-      fprintf(stderr, "paella-worker: invalid or unknown option '%s' (see --help)\n", argv[optind - 1]);
+    if (opt == '?') { /* optopt: a known option missing its value; 0: an unknown one */
+      if (optopt > 255) fprintf(stderr, "paella-worker: --%s needs a value (see --help)\n", opt_name(optopt));
+      else fprintf(stderr, "paella-worker: unknown option '%s' (see --help)\n", argv[optind - 1]);
+      return 2;
+    }
+    if (apply(c, opt, optarg, log_level)) {
+      char what[64];
+      snprintf(what, sizeof what, "--%s", opt_name(opt));
+      bad_value(opt, what, optarg);
       return 2;
     }
   }

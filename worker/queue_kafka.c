@@ -36,19 +36,10 @@
 #include <librdkafka/rdkafka.h>
 
 #include "proto/proto.h"
+#include "worker/kafka_topics.h"
+#include "worker/kafka_url.h"
 
-#define KQ_MAX_PROPS 32
 #define KQ_MAX_SEEN 4096 /* delivery counters kept (oldest dropped first) */
-
-typedef struct {
-  char *key, *value;
-} kq_prop;
-
-typedef struct {
-  char *brokers, *topic, *group;
-  kq_prop props[KQ_MAX_PROPS]; /* librdkafka properties passed through from the URL */
-  int n_props;
-} kq_url;
 
 /* A claimed message whose job has not been acked yet. */
 typedef struct {
@@ -152,118 +143,6 @@ static char *dup_n(const char *s, size_t n) {
 
 static void lock(kq *k) { pthread_mutex_lock(&k->mu); }
 static void unlock(kq *k) { pthread_mutex_unlock(&k->mu); }
-
-/* ---- URL ------------------------------------------------------------------------------- */
-
-static int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-/* Percent-decodes s[0..n) (values such as SASL passwords may need escaping). */
-static int url_decode(const char *s, size_t n, char **out) {
-  char *p = malloc(n + 1);
-  if (!p) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
-  size_t j = 0;
-  for (size_t i = 0; i < n; i++) {
-    if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-      p[j++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
-      i += 2;
-    } else if (s[i] == '%') {
-      free(p);
-      return pa_fail(PA_ERR_INVALID, "kafka URL: bad percent escape in \"%.*s\"", (int)n, s);
-    } else {
-      p[j++] = s[i];
-    }
-  }
-  p[j] = 0;
-  *out = p;
-  return PA_OK;
-}
-
-static void url_free(kq_url *u) {
-  free(u->brokers);
-  free(u->topic);
-  free(u->group);
-  for (int i = 0; i < u->n_props; i++) {
-    free(u->props[i].key);
-    free(u->props[i].value);
-  }
-  memset(u, 0, sizeof *u);
-}
-
-/* These carry the delivery guarantees; a URL must not turn them off. */
-static bool reserved_prop(const char *key) {
-  static const char *const names[] = {"enable.auto.commit", "enable.auto.offset.store",
-                                      "enable.idempotence", "group.id", "bootstrap.servers",
-                                      "acks", "request.required.acks"};
-  for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-    if (strcmp(key, names[i]) == 0) return true;
-  return false;
-}
-
-static int url_param(kq_url *u, const char *s, size_t n) {
-  const char *eq = memchr(s, '=', n);
-  if (!eq || eq == s) return pa_fail(PA_ERR_INVALID, "kafka URL: parameter \"%.*s\" is not key=value", (int)n, s);
-  char *key = NULL, *value = NULL;
-  int rc;
-  PA_TRY(url_decode(s, (size_t)(eq - s), &key));
-  PA_TRY(url_decode(eq + 1, n - (size_t)(eq - s) - 1, &value));
-  if (strcmp(key, "topic") == 0 || strcmp(key, "group") == 0) {
-    char **slot = key[0] == 't' ? &u->topic : &u->group;
-    if (!*value) {
-      rc = pa_fail(PA_ERR_INVALID, "kafka URL: empty %s", key);
-      goto fail;
-    }
-    free(*slot);
-    *slot = value;
-    free(key);
-    return PA_OK;
-  }
-  if (reserved_prop(key)) {
-    rc = pa_fail(PA_ERR_INVALID, "kafka URL: %s is set by the transport and cannot be overridden", key);
-    goto fail;
-  }
-  if (u->n_props == KQ_MAX_PROPS) {
-    rc = pa_fail(PA_ERR_INVALID, "kafka URL: more than %d properties", KQ_MAX_PROPS);
-    goto fail;
-  }
-  u->props[u->n_props].key = key;
-  u->props[u->n_props++].value = value;
-  return PA_OK;
-fail:
-  free(key);
-  free(value);
-  return rc;
-}
-
-/* kafka://BROKERS?topic=paella.jobs&group=workers&librdkafka.property=value... */
-static int url_parse(const char *url, kq_url *u) {
-  int rc;
-  if (!url || strncmp(url, "kafka://", 8) != 0) return pa_fail(PA_ERR_INVALID, "kafka URL must start with kafka://");
-  const char *b = url + 8, *q = strchr(b, '?');
-  size_t blen = q ? (size_t)(q - b) : strlen(b);
-  if (blen == 0) return pa_fail(PA_ERR_INVALID, "kafka URL %s: no brokers", url);
-  u->brokers = dup_n(b, blen);
-  u->topic = strdup("paella.jobs");
-  u->group = strdup("workers");
-  if (!u->brokers || !u->topic || !u->group) {
-    rc = pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
-    goto fail;
-  }
-  for (const char *s = q ? q + 1 : NULL; s && *s;) {
-    const char *amp = strchr(s, '&');
-    size_t n = amp ? (size_t)(amp - s) : strlen(s);
-    if (n) PA_TRY(url_param(u, s, n));
-    s = amp ? amp + 1 : NULL;
-  }
-  return PA_OK;
-fail:
-  url_free(u);
-  return rc;
-}
 
 /* ---- bookkeeping: flights, delivery counts, partitions, stash ---------------------------- */
 
@@ -511,8 +390,8 @@ static int conf_set(rd_kafka_conf_t *c, const char *key, const char *value) {
 }
 
 /* Common settings; the URL's properties come last so they override our defaults (but not the
- * reserved ones, refused by url_param). */
-static int conf_new(kq *k, const kq_url *u, const char *client, const char *const *defaults,
+ * reserved ones, refused by pa_kafka_url_parse). */
+static int conf_new(kq *k, const pa_kafka_url *u, const char *client, const char *const *defaults,
                     rd_kafka_conf_t **out) {
   int rc;
   rd_kafka_conf_t *c = rd_kafka_conf_new();
@@ -520,7 +399,7 @@ static int conf_new(kq *k, const kq_url *u, const char *client, const char *cons
   PA_TRY(conf_set(c, "bootstrap.servers", u->brokers));
   PA_TRY(conf_set(c, "client.id", client));
   for (int i = 0; defaults[i]; i += 2) PA_TRY(conf_set(c, defaults[i], defaults[i + 1]));
-  for (int i = 0; i < u->n_props; i++) PA_TRY(conf_set(c, u->props[i].key, u->props[i].value));
+  for (int i = 0; i < u->n_props; i++) PA_TRY(conf_set(c, u->prop_key[i], u->prop_value[i]));
   rd_kafka_conf_set_error_cb(c, on_error);
   rd_kafka_conf_set_opaque(c, k);
   *out = c;
@@ -540,7 +419,7 @@ static int handle_new(rd_kafka_type_t type, rd_kafka_conf_t *c, rd_kafka_t **out
   return PA_OK;
 }
 
-static int producer_new(kq *k, const kq_url *u, const char *client) {
+static int producer_new(kq *k, const pa_kafka_url *u, const char *client) {
   static const char *const defaults[] = {
       "enable.idempotence", "true", /* broker-side dedup of retried produce requests */
       "message.timeout.ms", "60000", "linger.ms", "5", NULL};
@@ -551,7 +430,7 @@ static int producer_new(kq *k, const kq_url *u, const char *client) {
   return handle_new(RD_KAFKA_PRODUCER, c, &k->producer);
 }
 
-static int consumer_new(kq *k, const kq_url *u, const char *client) {
+static int consumer_new(kq *k, const pa_kafka_url *u, const char *client) {
   const char *const defaults[] = {
       "group.id", u->group, "enable.auto.commit", "true", "enable.auto.offset.store", "false",
       /* jobs submitted before the first worker joined must not be skipped */
@@ -578,7 +457,7 @@ fail:
  * (assign only, nothing committed; group.id is set only because librdkafka's consumer API wants
  * one). Its partitions are found lazily by watch_assign, so a worker starts while the brokers
  * are unreachable, as the job consumer does. */
-static int watcher_new(kq *k, const kq_url *u, const char *client) {
+static int watcher_new(kq *k, const pa_kafka_url *u, const char *client) {
   char id[160], group[300];
   snprintf(id, sizeof id, "%s-watch", client);
   snprintf(group, sizeof group, "%s.watch.%s", u->group, client);
@@ -634,7 +513,15 @@ static void kq_destroy(kq *k) {
   free(k);
 }
 
-static int kq_alloc(const kq_url *u, const pa_queue_options *o, kq **out) {
+/* *out = topic + suffix (worker/kafka_topics.h); -1 when out of memory. */
+static int derived(const char *topic, const char *suffix, char **out) {
+  size_t n = strlen(topic) + strlen(suffix) + 1;
+  if (!(*out = malloc(n))) return -1;
+  snprintf(*out, n, "%s%s", topic, suffix);
+  return 0;
+}
+
+static int kq_alloc(const pa_kafka_url *u, const pa_queue_options *o, kq **out) {
   kq *k = calloc(1, sizeof *k);
   if (!k) return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
   *out = k;
@@ -646,29 +533,23 @@ static int kq_alloc(const kq_url *u, const pa_queue_options *o, kq **out) {
   if (e != 0) return pa_fail(PA_ERR_NOMEM, "kafka: mutex init failed");
   k->mu_ok = 1;
   k->retry_ms = o && o->lease_ms > 0 ? o->lease_ms : 60000;
-  size_t tl = strlen(u->topic);
   k->topic = strdup(u->topic);
-  k->events_topic = malloc(tl + 8);
-  k->dead_topic = malloc(tl + 6);
-  k->control_topic = malloc(tl + 9);
-  k->attempts_topic = malloc(tl + 10);
-  if (!k->topic || !k->events_topic || !k->dead_topic || !k->control_topic || !k->attempts_topic)
+  if (!k->topic || derived(u->topic, PA_KAFKA_EVENTS_SUFFIX, &k->events_topic) ||
+      derived(u->topic, PA_KAFKA_DEAD_SUFFIX, &k->dead_topic) ||
+      derived(u->topic, PA_KAFKA_CONTROL_SUFFIX, &k->control_topic) ||
+      derived(u->topic, PA_KAFKA_ATTEMPTS_SUFFIX, &k->attempts_topic))
     return pa_fail(PA_ERR_NOMEM, "kafka: out of memory");
-  snprintf(k->events_topic, tl + 8, "%s.events", u->topic);
-  snprintf(k->dead_topic, tl + 6, "%s.dead", u->topic);
-  snprintf(k->control_topic, tl + 9, "%s.control", u->topic);
-  snprintf(k->attempts_topic, tl + 10, "%s.attempts", u->topic);
   return PA_OK;
 }
 
 int pa_queue_open_kafka(const char *url, const pa_queue_options *o, pa_queue **out) {
   int rc;
-  kq_url u = {0};
+  pa_kafka_url u;
   kq *k = NULL;
   pa_queue *q = NULL;
   char client[128];
   *out = NULL;
-  PA_TRY(url_parse(url, &u));
+  PA_TRY(pa_kafka_url_parse(url, &u));
   PA_TRY(kq_alloc(&u, o, &k));
   if (o && o->consumer && o->consumer[0]) {
     snprintf(client, sizeof client, "%s", o->consumer);
@@ -689,10 +570,8 @@ int pa_queue_open_kafka(const char *url, const pa_queue_options *o, pa_queue **o
   q->ops = &kq_ops;
   q->impl = k;
   *out = q;
-  url_free(&u);
   return PA_OK;
 fail:
-  url_free(&u);
   kq_destroy(k);
   return rc;
 }
@@ -1401,21 +1280,20 @@ int pa_queue_kafka_stats(pa_queue *q, pa_kafka_stats *out) {
 
 int pa_queue_kafka_cancel(const char *url, const char *job_id) {
   int rc;
-  kq_url u = {0};
+  pa_kafka_url u;
   kq *k = NULL;
   char client[96];
   if (!job_id || !*job_id || strlen(job_id) > PW_MAX_ID_BYTES)
     return pa_fail(PA_ERR_INVALID, "cancel: a job id of 1..%d bytes is required", PW_MAX_ID_BYTES);
-  PA_TRY(url_parse(url, &u));
+  PA_TRY(pa_kafka_url_parse(url, &u));
   PA_TRY(kq_alloc(&u, NULL, &k));
   snprintf(client, sizeof client, "paella-cancel-%ld", (long)getpid());
   PA_TRY(producer_new(k, &u, client));
   kq_dr dr = {0};
-  PA_TRY(produce(k, k->control_topic, job_id, strlen(job_id), "cancel", 6, NULL, &dr));
+  PA_TRY(produce(k, k->control_topic, job_id, strlen(job_id), PA_KAFKA_CANCEL_VALUE, strlen(PA_KAFKA_CANCEL_VALUE), NULL, &dr));
   PA_TRY(wait_delivery(k, &dr, "cancel", job_id));
   PA_TRY(check_fatal(k));
 fail:
-  url_free(&u);
   kq_destroy(k);
   return rc;
 }

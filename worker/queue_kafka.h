@@ -23,7 +23,7 @@ typedef struct {
 int pa_queue_kafka_stats(pa_queue *q, pa_kafka_stats *out);
 
 /* Asks the workers of the queue at `url` (kafka://...) to cancel job_id: produces a cancel
- * record (key = job id, value "cancel") to {topic}.control and waits until the brokers have
+ * record (key = job id, value PA_KAFKA_CANCEL_VALUE of worker/kafka_topics.h) to {topic}.control and waits until the brokers have
  * it. A queued job is then recorded as canceled when claimed, a running one at its next step.
  * Used by `paella job cancel`. */
 int pa_queue_kafka_cancel(const char *url, const char *job_id);

@@ -73,7 +73,7 @@ static int rq_connect(rq *q) {
 }
 
 static void rq_drop(rq *q) {
-  if (q->c) redisFree(q->c);
+  pa_redis_free(q->c);
   q->c = NULL;
 }
 

@@ -40,13 +40,36 @@ static int parse_db(const pa_url *u, pa_redis_url *r) {
   return PA_OK;
 }
 
+/* tls_* parameters: only with rediss:// (a plaintext URL with a CA is a mistake, not a request). */
+static int parse_tls(const pa_url *u, pa_redis_url *r) {
+  char insecure[8] = "";
+  int rc;
+  if ((rc = query_text(u, "tls_ca", r->tls_ca, sizeof r->tls_ca)) ||
+      (rc = query_text(u, "tls_cert", r->tls_cert, sizeof r->tls_cert)) ||
+      (rc = query_text(u, "tls_key", r->tls_key, sizeof r->tls_key)) ||
+      (rc = query_text(u, "tls_insecure", insecure, sizeof insecure)))
+    return rc;
+  if (insecure[0] && strcmp(insecure, "0") && strcmp(insecure, "1"))
+    return pa_fail(PA_ERR_INVALID, "queue URL: tls_insecure must be 0 or 1");
+  r->tls_insecure = !strcmp(insecure, "1");
+  if (!r->tls && (r->tls_ca[0] || r->tls_cert[0] || r->tls_key[0] || insecure[0]))
+    return pa_fail(PA_ERR_INVALID, "queue URL: tls_* parameters need rediss://");
+  if (!r->tls_cert[0] != !r->tls_key[0]) return pa_fail(PA_ERR_INVALID, "queue URL: tls_cert and tls_key go together");
+  const char *env = getenv("PAELLA_REDIS_CA");
+  if (r->tls && !r->tls_ca[0] && env && env[0]) {
+    if (strlen(env) >= sizeof r->tls_ca) return pa_fail(PA_ERR_INVALID, "PAELLA_REDIS_CA is too long");
+    snprintf(r->tls_ca, sizeof r->tls_ca, "%s", env);
+  }
+  return PA_OK;
+}
+
 static int parse_query(const pa_url *u, pa_redis_url *r) {
   char num[32] = "";
   int rc;
   if ((rc = query_text(u, "stream", r->stream, sizeof r->stream)) ||
       (rc = query_text(u, "group", r->group, sizeof r->group)) ||
       (rc = query_text(u, "events_group", r->events_group, sizeof r->events_group)) ||
-      (rc = query_text(u, "events_maxlen", num, sizeof num)))
+      (rc = query_text(u, "events_maxlen", num, sizeof num)) || (rc = parse_tls(u, r)))
     return rc;
   if (num[0]) {
     char *end;
@@ -61,11 +84,9 @@ int pa_redis_url_parse(const char *url, pa_redis_url *r) {
   pa_url u;
   int rc = pa_url_parse(url, &u);
   if (rc) return rc;
-  if (!strcmp(u.scheme, "rediss"))
-    return pa_fail(PA_ERR_UNSUPPORTED, "queue URL: rediss:// (TLS) is not supported: Debian's hiredis 0.14 has no "
-                   "TLS; reach Redis through a TLS proxy (stunnel, a service mesh) with redis://");
-  if (strcmp(u.scheme, "redis"))
-    return pa_fail(PA_ERR_INVALID, "queue URL: scheme '%s' is not redis://", u.scheme);
+  r->tls = !strcmp(u.scheme, "rediss");
+  if (!r->tls && strcmp(u.scheme, "redis"))
+    return pa_fail(PA_ERR_INVALID, "queue URL: scheme '%s' is not redis:// or rediss://", u.scheme);
   if (u.host[0]) snprintf(r->host, sizeof r->host, "%s", u.host);
   if (u.port) r->port = u.port;
   if (pa_url_decode(u.user, r->user, sizeof r->user) || pa_url_decode(u.password, r->password, sizeof r->password))
@@ -78,8 +99,11 @@ int pa_redis_url_parse(const char *url, pa_redis_url *r) {
 static int login_cmd(redisContext *c, const pa_redis_url *r, const char *what, int argc, const char **argv) {
   redisReply *rep = redisCommandArgv(c, argc, argv, NULL);
   int rc = PA_OK;
+  char tls[192] = "";
+  if (!rep && r->tls) pa_redis_tls_why(c, tls, sizeof tls);
   if (!rep || rep->type == REDIS_REPLY_ERROR)
-    rc = pa_fail(PA_ERR_IO, "redis %s:%d: %s failed: %s", r->host, r->port, what, rep ? rep->str : c->errstr);
+    rc = pa_fail(PA_ERR_IO, "redis %s:%d: %s failed: %s%s%s%s", r->host, r->port, what, rep ? rep->str : c->errstr,
+                 tls[0] ? " (TLS: " : "", tls, tls[0] ? ")" : "");
   if (rep) freeReplyObject(rep);
   return rc;
 }
@@ -102,14 +126,18 @@ static int login(redisContext *c, const pa_redis_url *r) {
 int pa_redis_connect(const pa_redis_url *r, int connect_ms, int io_ms, redisContext **out) {
   *out = NULL;
   struct timeval ct = {connect_ms / 1000, (connect_ms % 1000) * 1000}, io = {io_ms / 1000, (io_ms % 1000) * 1000};
-  redisContext *c = redisConnectWithTimeout(r->host, r->port, ct);
-  if (!c) return pa_fail(PA_ERR_NOMEM, "redis: out of memory");
+  redisContext *c = NULL;
   int rc = PA_OK;
+  if (r->tls) {
+    if ((rc = pa_redis_tls_connect(r, connect_ms, &c))) return rc;
+  } else if (!(c = redisConnectWithTimeout(r->host, r->port, ct))) {
+    return pa_fail(PA_ERR_NOMEM, "redis: out of memory");
+  }
   if (c->err) rc = pa_fail(PA_ERR_IO, "redis %s:%d: %s", r->host, r->port, c->errstr);
   else if (redisSetTimeout(c, io) != REDIS_OK) rc = pa_fail(PA_ERR_IO, "redis %s:%d: cannot set a timeout", r->host, r->port);
   else rc = login(c, r);
   if (rc) {
-    redisFree(c);
+    pa_redis_free(c);
     return rc;
   }
   *out = c;

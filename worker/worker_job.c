@@ -182,19 +182,18 @@ static int open_job_store(job_ctx *jc, pa_storage **out) {
  * malloc'd: the same text goes into the result record, freed with it). */
 static int encode_output(job_ctx *jc, const pa_image *img, int index, void **buf, size_t *len, char **params) {
   const pw_job *j = &jc->job;
-  uint64_t seed = jc->seed + (j->kind == PW_KIND_INTERPOLATE ? 0 : (uint64_t)index); /* image b: seed + b */
-  *params = pa_job_params_json(j, seed, pa_pipeline_checksums(jc->w->pipe));
+  *params = pa_job_params_json(j, jc->seed, index, pa_pipeline_checksums(jc->w->pipe));
   pa_image_encoding enc = {pa_image_format_of_job(j), (int)j->output_quality, *params};
   return *params ? pa_image_encode(img, &enc, buf, len) : pa_fail(PA_ERR_NOMEM, "out of memory");
 }
 
-static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index, pw_output *o) {
+static int put_image(job_ctx *jc, pa_storage *s, const pa_image *img, int index, int total, pw_output *o) {
   void *bytes = NULL;
   size_t len = 0;
   char key[128], *url = NULL;
   pa_image_format f = pa_image_format_of_job(&jc->job);
   /* deterministic: a re-run overwrites */
-  snprintf(key, sizeof key, "%s/%d%s", jc->job.id, index, pa_image_format_extension(f));
+  snprintf(key, sizeof key, "%s/%0*d%s", jc->job.id, pw_output_digits(total), index, pa_image_format_extension(f));
   int rc = encode_output(jc, img, index, &bytes, &len, &o->params); /* the record carries what the image embeds */
   if (rc) {
     job_fail(jc, PW_E_INTERNAL, false, "%s encoding: %s", pa_image_format_name(f), pa_errmsg());
@@ -262,7 +261,7 @@ int job_store_outputs(job_ctx *jc, pw_result *res) {
   }
   for (int f = 0, k = 0; f < jc->n_runs && !rc; f++)
     for (int b = 0; b < jc->results[f].n && !rc; b++, k++) {
-      rc = put_image(jc, own ? own : jc->w->store, jc->results[f].images[b], k, &res->outputs[k]);
+      rc = put_image(jc, own ? own : jc->w->store, jc->results[f].images[b], k, total, &res->outputs[k]);
       if (!rc) res->n_outputs = (size_t)k + 1;
       else free(res->outputs[k].params), res->outputs[k].params = NULL; /* not counted, so not freed with it */
     }

@@ -149,7 +149,7 @@ class Client:
 
     def fetch(self, job_id, directory, wait=None):
         """Downloads every output of a succeeded job into `directory` (named after their
-        keys: 0.png, 1.webp ...); returns the paths. `wait`: seconds to wait for it first."""
+        keys: 0.png for one image, 00.png, 01.png ... for several); returns the paths. `wait`: seconds to wait for it first."""
         job = self.wait(job_id, wait) if wait else self.get(job_id)
         if job.get("status") != "succeeded":
             raise PaellaError(409, "conflict", f"job {job_id} is {job.get('status')}; it has no outputs")

@@ -269,6 +269,70 @@ static void errors_and_help(void) {
   CHECK_MSG(file_has("out", "\"succeeded\"") && file_has("out", "/0.png") && !file_has("out", h_dir), "%s", slurp("out", NULL));
 }
 
+/* Interpolation through `paella generate` and through the scheduler+worker: every frame's file
+ * is the same bytes (the embedded parameters, "frame" included, come from one function), and
+ * the worker's outputs are numbered as generate's -o numbers them (zero-padded, so they sort:
+ * 11 frames are 00 .. 10). */
+static void interpolate_parity(void) {
+  char args[1024], id[128], dir[512];
+  const char *settings = "--interpolate 'a dog' --frames 11 -W 32 -H 32 --steps 3 --prior-steps 2 --seed 5";
+  snprintf(args, sizeof args, "generate 'a cat' %s -q -o %s/interp.png", settings, h_dir);
+  CHECK_MSG(paella(args) == 0, "generate: %s", slurp("err", NULL));
+  snprintf(args, sizeof args, "submit --prompt 'a cat' %s --wait 300", settings);
+  CHECK_MSG(paella(args) == 0 && file_has("out", "\"status\": \"succeeded\""), "submit: %s", slurp("err", NULL));
+  printed_id(id, sizeof id);
+  snprintf(dir, sizeof dir, "%s/interp_api", h_dir);
+  mkdir(dir, 0755);
+  snprintf(args, sizeof args, "fetch %s -o %s", id, dir);
+  CHECK_MSG(paella(args) == 0, "fetch: %s", slurp("err", NULL));
+  CHECK(file_has("out", "/interp_api/00.png") && file_has("out", "/interp_api/09.png") &&
+        file_has("out", "/interp_api/10.png"));
+  for (int k = 0; k < 11; k++) {
+    char pa[600], pb[600], frame[32];
+    size_t a_len = 0, b_len = 0;
+    snprintf(pa, sizeof pa, "%s/%02d.png", dir, k);
+    snprintf(pb, sizeof pb, "%s/interp-%02d.png", h_dir, k);
+    char *a = slurp(pa, &a_len), *b = slurp(pb, &b_len);
+    CHECK_MSG(a_len > 100 && a_len == b_len && !memcmp(a, b, a_len), "frame %d: worker %zu bytes vs CLI %zu bytes differ",
+              k, a_len, b_len);
+    snprintf(frame, sizeof frame, "\"frame\":%d,", k);
+    CHECK_MSG(memmem(a, a_len, frame, strlen(frame)) != NULL, "frame %d: no %s in the worker's file", k, frame);
+    free(a);
+    free(b);
+  }
+}
+
+/* `paella submit --image` without -W/-H/--seed: generate's defaults (the input's size, seed 0),
+ * so the same command line gives the same bytes both ways. The input is 64x96: not the API's
+ * default size. */
+static void submit_image_defaults(void) {
+  char args[1024], id[128], dir[512], pa[600], pb[600];
+  snprintf(args, sizeof args, "generate 'an input' -W 64 -H 96 --steps 2 --prior-steps 1 -q -o %s/in96.png", h_dir);
+  CHECK_MSG(paella(args) == 0, "generate: %s", slurp("err", NULL));
+  snprintf(args, sizeof args, "generate 'a fox' --image %s/in96.png --steps 2 --prior-steps 1 -q -o %s/i2i_cli.png", h_dir,
+           h_dir);
+  CHECK_MSG(paella(args) == 0, "generate: %s", slurp("err", NULL));
+  snprintf(args, sizeof args, "submit --prompt 'a fox' --image %s/in96.png --steps 2 --prior-steps 1 --wait 300", h_dir);
+  CHECK_MSG(paella(args) == 0 && file_has("out", "\"status\": \"succeeded\""), "submit: %s", slurp("err", NULL));
+  CHECK(file_has("out", "\"seed\": 0"));
+  printed_id(id, sizeof id);
+  snprintf(dir, sizeof dir, "%s/i2i_api", h_dir);
+  mkdir(dir, 0755);
+  snprintf(args, sizeof args, "fetch %s -o %s", id, dir);
+  CHECK_MSG(paella(args) == 0, "fetch: %s", slurp("err", NULL));
+  snprintf(args, sizeof args, "info %s/0.png", dir);
+  CHECK(paella(args) == 0 && file_has("out", "\"height\":96") && file_has("out", "\"width\":64") &&
+        file_has("out", "\"seed\":0"));
+  size_t a_len = 0, b_len = 0;
+  snprintf(pa, sizeof pa, "%s/0.png", dir);
+  snprintf(pb, sizeof pb, "%s/i2i_cli.png", h_dir);
+  char *a = slurp(pa, &a_len), *b = slurp(pb, &b_len);
+  CHECK_MSG(a_len > 100 && a_len == b_len && !memcmp(a, b, a_len), "img2img: worker %zu bytes vs CLI %zu bytes differ",
+            a_len, b_len);
+  free(a);
+  free(b);
+}
+
 int main(void) {
   sched_config c;
   sched_tracker *t;
@@ -278,6 +342,8 @@ int main(void) {
     port = sched_server_port(s);
     errors_and_help();
     submit_wait_fetch();
+    interpolate_parity();
+    submit_image_defaults();
     preview_events();
   }
   harness_stop_stack(t, s);

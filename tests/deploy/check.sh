@@ -63,6 +63,9 @@ render_refusals() {
   if "$work/render" --set queue.type=kafka --set queue.kafka.brokers=k:9092 "$chart" >/dev/null 2>"$work/err"; then
     echo "the Redis-only scheduler was rendered on Kafka"; bad=1
   else grep -q "Redis stream only" "$work/err" || { cat "$work/err"; bad=1; }; fi
+  if "$work/render" --set queue.redis.tls.enabled=true --set redis.enabled=true "$chart" >/dev/null 2>"$work/err"; then
+    echo "TLS to the chart's own Redis (which has none) was accepted"; bad=1
+  else grep -q "has no TLS" "$work/err" || { cat "$work/err"; bad=1; }; fi
   # KEDA activates on lag > threshold: with scale to zero anything above 0 strands jobs.
   local activation
   for activation in "redis.activationLagCount" "kafka.activationLagThreshold"; do

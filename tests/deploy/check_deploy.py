@@ -196,7 +196,7 @@ def check_worker(docs, queue, gpu=True):
     c = container(dep)
     env = {e["name"]: e for e in c.get("env", [])}
     q = env.get("PAELLA_QUEUE", {}).get("value", "")
-    if not q.startswith(queue + "://"):
+    if not q.startswith(queue + "://") and not (queue == "redis" and q.startswith("rediss://")):
         fail(f"worker PAELLA_QUEUE is {q!r}, want {queue}://")
     if env.get("PAELLA_CONSUMER", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
         fail("worker consumer name is not the pod's name")
@@ -308,6 +308,13 @@ def rendered(path, scenario):
             env = {e["name"]: e for e in container(dep).get("env", [])}
             if "$(PAELLA_REDIS_PASSWORD)@" not in env.get("PAELLA_QUEUE", {}).get("value", ""):
                 fail(f"{component} queue URL does not take the Redis password from the Secret")
+            url = env.get("PAELLA_QUEUE", {}).get("value", "")
+            if not url.startswith("rediss://") or "&tls_ca=/etc/paella/redis-ca/ca.crt" not in url:
+                fail(f"{component} queue URL is not rediss:// with the mounted CA: {url}")
+            vols = {v["name"]: v for v in dep.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", [])}
+            if vols.get("redis-ca", {}).get("secret", {}).get("secretName") != "redis-ca" or \
+                    "/etc/paella/redis-ca" not in {m["mountPath"] for m in container(dep).get("volumeMounts", [])}:
+                fail(f"{component}: the Redis CA Secret (queue.redis.tls.caSecret) is not mounted")
             secret = one(docs, "Secret", component)
             if set(secret.get("stringData", {})) != keys:
                 fail(f"{component} Secret holds {sorted(secret.get('stringData', {}))}, want {sorted(keys)}")

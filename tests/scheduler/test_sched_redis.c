@@ -20,16 +20,18 @@ static void test_parse(void) {
   CHECK(!strcmp(r.stream, "s1") && !strcmp(r.group, "g1") && !strcmp(r.events_group, "e1"));
   CHECK_OK(pa_redis_url_parse("redis://:pw@10.0.0.1", &r));
   CHECK(!r.user[0] && !strcmp(r.password, "pw") && r.port == 6379 && r.db == 0 && !strcmp(r.stream, "paella:jobs"));
-  CHECK(pa_redis_url_parse("rediss://:pw@10.0.0.1:6380/0", &r) == PA_ERR_UNSUPPORTED && strstr(pa_errmsg(), "TLS"));
+  CHECK_OK(pa_redis_url_parse("rediss://:pw@10.0.0.1:6380/0", &r)); /* TLS: test_sched_redis_tls */
+  CHECK(r.tls && r.port == 6380 && !strcmp(r.password, "pw"));
   CHECK(pa_redis_url_parse("redis://h:6379/x", &r) == PA_ERR_INVALID && strstr(pa_errmsg(), "database"));
   CHECK(pa_redis_url_parse("redis://h:99999/0", &r) == PA_ERR_INVALID);
   sched_config c;
   sched_config_defaults(&c);
   /* a Kafka queue (scheduler/kafka.c): the workers' URL, and the registry must be named */
   CHECK_OK(sched_config_set_queue(&c, "kafka://b1:9092,b2:9092?topic=t&group=w&events_group=e&linger.ms=1"));
-  CHECK(c.kafka.on && !strcmp(c.kafka.brokers, "b1:9092,b2:9092") && !strcmp(c.kafka.topic, "t"));
-  CHECK(!strcmp(c.kafka.group, "w") && !strcmp(c.kafka.events_group, "e") && c.kafka.n_props == 1 &&
-        !strcmp(c.kafka.prop_key[0], "linger.ms") && !strcmp(c.kafka.prop_value[0], "1"));
+  const pa_kafka_url *k = &c.kafka.url;
+  CHECK(c.kafka.on && !strcmp(k->brokers, "b1:9092,b2:9092") && !strcmp(k->topic, "t"));
+  CHECK(!strcmp(k->group, "w") && !strcmp(k->events_group, "e") && k->n_props == 1 &&
+        !strcmp(k->prop_key[0], "linger.ms") && !strcmp(k->prop_value[0], "1"));
   CHECK(sched_config_set_queue(&c, "kafka://b:9092?acks=0") == PA_ERR_INVALID && strstr(pa_errmsg(), "acks"));
   CHECK(sched_config_set_queue(&c, "kafka://?topic=t") == PA_ERR_INVALID && strstr(pa_errmsg(), "brokers"));
   CHECK(sched_config_set_registry(&c, "kafka://b:9092") == PA_ERR_INVALID && strstr(pa_errmsg(), "redis://"));
@@ -40,6 +42,14 @@ static void test_parse(void) {
   sched_config_defaults(&c);
   char *argv2[] = {"paella-scheduler", "--queue", "kafka://b:9092?topic=t", "--registry", "redis://r:6380/2", NULL};
   CHECK(sched_config_parse(&c, 5, argv2, &help) == PA_OK && c.kafka.on && c.redis.port == 6380 && c.redis.db == 2);
+  /* the last argument: an unknown option is named as unknown, a known one as missing its value */
+  sched_config_defaults(&c);
+  char *argv3[] = {"paella-scheduler", "--bogus", NULL};
+  CHECK(sched_config_parse(&c, 2, argv3, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "unknown option --bogus"));
+  char *argv4[] = {"paella-scheduler", "--max-side", NULL};
+  CHECK(sched_config_parse(&c, 2, argv4, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--max-side needs a value"));
+  char *argv5[] = {"paella-scheduler", "--queue", NULL};
+  CHECK(sched_config_parse(&c, 2, argv5, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--queue needs a value"));
 }
 
 static int readyz(const sched_config *c, h_resp *r) {

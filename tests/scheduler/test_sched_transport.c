@@ -14,8 +14,11 @@
  *   - a poison job put on the transport directly ends in GET /v1/deadletters;
  *   - `paella submit --wait` works unchanged against this scheduler, a batch completes (its items
  *     on the low lane); /metrics counts the jobs and the dashboard is served;
+ *   - a running job canceled through the API stops on the worker (canceled, no output);
  *   - on Kafka, a running job past its deadline gets its cancel record.
  * Waits are for states with generous timeouts; figures are printed. */
+#include <sys/stat.h>
+
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
@@ -286,7 +289,7 @@ static void setup_kafka(sched_config *c) {
   boot = rd_kafka_mock_cluster_bootstraps(mc);
   /* one partition for the jobs: the canceled job is read before the next one */
   const char *topics[] = {TOPIC, TOPIC PA_KAFKA_EVENTS_SUFFIX, TOPIC PA_KAFKA_DEAD_SUFFIX,
-                          TOPIC PA_KAFKA_CONTROL_SUFFIX, TOPIC ".attempts"};
+                          TOPIC PA_KAFKA_CONTROL_SUFFIX, TOPIC PA_KAFKA_ATTEMPTS_SUFFIX};
   for (size_t i = 0; i < sizeof topics / sizeof *topics; i++)
     CHECK(rd_kafka_mock_topic_create(mc, topics[i], 1, 1) == RD_KAFKA_RESP_ERR_NO_ERROR);
   char url[sizeof h_queue_url], registry[128];
@@ -301,6 +304,53 @@ static void setup_kafka(sched_config *c) {
   bool help;
   char *argv[] = {"paella-scheduler", "--queue", url, NULL};
   CHECK(sched_config_parse(&bad, 3, argv, &help) == PA_ERR_INVALID && strstr(pa_errmsg(), "--registry"));
+}
+
+/* Whether the worker logged a line about job `id` that contains `needle` (worker.log: one
+ * JSON object per line, "job_id" among its fields). */
+static bool worker_logged(const char *id, const char *needle) {
+  char path[300], tag[128];
+  snprintf(path, sizeof path, "%s/worker.log", h_dir);
+  snprintf(tag, sizeof tag, "\"job_id\":\"%s\"", id);
+  FILE *f = fopen(path, "r");
+  if (!f) return false;
+  char *line = NULL;
+  size_t cap = 0;
+  bool found = false;
+  while (!found && getline(&line, &cap, f) > 0) found = strstr(line, tag) && strstr(line, needle);
+  free(line);
+  fclose(f);
+  return found;
+}
+
+/* A running job canceled through the API stops on the worker: on Kafka the scheduler's record
+ * on {topic}.control (jobs_cancel -> sched_kafka_cancel) is read by the worker's watcher, on
+ * Redis the cancel flag is. The registry says canceled, the worker finished the job as
+ * "canceled while running" (not after its 100 steps), and it stored no output for it. */
+static void test_cancel_running(void) {
+  const char *body = "{\"prompt\":\"slow\",\"width\":256,\"height\":256,\"steps\":100,\"prior\":{\"steps\":2}}";
+  char id[64], path[400], st[32];
+  CHECK(submit(body, id, sizeof id) == 202 && id[0]);
+  CHECK(wait_status(id, "running", 120));
+  double t0 = h_now();
+  h_resp r;
+  snprintf(path, sizeof path, "/v1/jobs/%s/cancel", id);
+  /* the scheduler only records the request: the job is canceled when the worker says so */
+  CHECK(h_http(port, "POST", path, NULL, NULL, 0, 60, &r) == 0 && r.status == 200 &&
+        json_is_true(json_object_get(r.json, "cancel_requested")));
+  h_resp_free(&r);
+  CHECK(wait_status(id, "canceled", 120));
+  bool stopped = false;
+  for (double end = h_now() + 60; h_now() < end && !(stopped = worker_logged(id, "canceled while running"));)
+    usleep(200000);
+  CHECK_MSG(stopped, "the worker did not stop running job %s after its cancel", id);
+  CHECK(worker_logged(id, "\"status\":\"canceled\""));
+  printf("%s: running job canceled through the API, stopped on the worker after %.1f s\n", kafka ? "kafka" : "redis",
+         h_now() - t0);
+  CHECK_MSG(!strcmp(status_of(id, st, sizeof st), "canceled"), "canceled running job is %s", st);
+  struct stat sb;
+  snprintf(path, sizeof path, "%s/outputs/%s", h_dir, id);
+  CHECK_MSG(stat(path, &sb) != 0, "the worker stored an output for canceled job %s", id);
 }
 
 /* A running job past its deadline: on Kafka the reaper produces its cancel record (workers
@@ -386,6 +436,7 @@ int main(void) {
     test_cli();
     test_batch();
     test_metrics_dashboard();
+    test_cancel_running();
     if (kafka) test_running_deadline();
   }
   if (test_failed_) {

@@ -17,6 +17,8 @@
 #include <librdkafka/rdkafka_mock.h>
 
 #include "tests/test.h"
+#include "worker/kafka_topics.h"
+#include "worker/kafka_url.h"
 #include "worker/queue.h"
 #include "worker/queue_kafka.h"
 
@@ -40,13 +42,13 @@ static double now_s(void) {
 static void topics(const char *t, int partitions) {
   char n[128];
   CHECK(rd_kafka_mock_topic_create(mc, t, partitions, 3) == RD_KAFKA_RESP_ERR_NO_ERROR);
-  snprintf(n, sizeof n, "%s.events", t);
+  snprintf(n, sizeof n, "%s" PA_KAFKA_EVENTS_SUFFIX, t);
   CHECK(rd_kafka_mock_topic_create(mc, n, partitions, 3) == RD_KAFKA_RESP_ERR_NO_ERROR);
-  snprintf(n, sizeof n, "%s.dead", t);
+  snprintf(n, sizeof n, "%s" PA_KAFKA_DEAD_SUFFIX, t);
   CHECK(rd_kafka_mock_topic_create(mc, n, 1, 3) == RD_KAFKA_RESP_ERR_NO_ERROR);
-  snprintf(n, sizeof n, "%s.control", t);
+  snprintf(n, sizeof n, "%s" PA_KAFKA_CONTROL_SUFFIX, t);
   CHECK(rd_kafka_mock_topic_create(mc, n, 2, 3) == RD_KAFKA_RESP_ERR_NO_ERROR);
-  snprintf(n, sizeof n, "%s.attempts", t);
+  snprintf(n, sizeof n, "%s" PA_KAFKA_ATTEMPTS_SUFFIX, t);
   CHECK(rd_kafka_mock_topic_create(mc, n, 2, 3) == RD_KAFKA_RESP_ERR_NO_ERROR);
 }
 
@@ -227,7 +229,7 @@ static void count_result(const rd_kafka_message_t *m, void *arg) {
 /* Every job has one result on {topic}.events; at most max_dup of them have two or more. */
 static void check_results(const char *topic, int np, int n, int max_dup, const char *label) {
   char ev[128];
-  snprintf(ev, sizeof ev, "%s.events", topic);
+  snprintf(ev, sizeof ev, "%s" PA_KAFKA_EVENTS_SUFFIX, topic);
   static results r;
   memset(&r, 0, sizeof r);
   r.n = n;
@@ -295,7 +297,7 @@ static void test_redelivery(void) {
   b->ops->close(b);
   CHECK_MSG(t.done == 5 && t.acks[0] == 1, "%d of 5 done, job-0000 acked %d times", t.done, t.acks[0]);
   /* job-0000 has two results (one per run), all others one: at least once, idempotent by id */
-  char ev[] = "t2.events";
+  char ev[] = "t2" PA_KAFKA_EVENTS_SUFFIX;
   static results r;
   memset(&r, 0, sizeof r);
   r.n = 5;
@@ -360,7 +362,7 @@ static void test_dead_letter(void) {
   CHECK(s.dead_lettered == 2 && s.acked == 2);
   q->ops->close(q);
   int seen[3] = {0};
-  read_topic("t3.dead", 1, check_dead, seen);
+  read_topic("t3" PA_KAFKA_DEAD_SUFFIX, 1, check_dead, seen);
   CHECK(seen[0] == 1 && seen[1] == 1 && seen[2] == 0);
   int left = leftovers("t3", "g3", 1.5);
   CHECK_MSG(left == 0, "a new consumer got %d jobs", left);
@@ -466,7 +468,7 @@ static void test_broker_down(void) {
   topics("t5", NP);
   for (int p = 0; p < NP; p++) {
     CHECK(rd_kafka_mock_partition_set_leader(mc, "t5", p, 1) == RD_KAFKA_RESP_ERR_NO_ERROR);
-    CHECK(rd_kafka_mock_partition_set_leader(mc, "t5.events", p, 1) == RD_KAFKA_RESP_ERR_NO_ERROR);
+    CHECK(rd_kafka_mock_partition_set_leader(mc, "t5" PA_KAFKA_EVENTS_SUFFIX, p, 1) == RD_KAFKA_RESP_ERR_NO_ERROR);
   }
   CHECK(rd_kafka_mock_coordinator_set(mc, "group", "g5", 2) == RD_KAFKA_RESP_ERR_NO_ERROR);
   produce_jobs("t5", N, 0);
@@ -605,12 +607,12 @@ static void test_retry_counts(void) {
   CHECK_OK(pa_queue_kafka_stats(b, &s));
   b->ops->close(b);
   int ok = 0;
-  read_topic("t7.dead", 1, check_retry_dead, &ok);
+  read_topic("t7" PA_KAFKA_DEAD_SUFFIX, 1, check_retry_dead, &ok);
   CHECK_MSG(ok, "dead letter headers");
   static attempts_log al;
   memset(&al, 0, sizeof al);
   snprintf(al.key, sizeof al.key, "0:0/job-0000");
-  read_topic("t7.attempts", 2, read_attempt, &al);
+  read_topic("t7" PA_KAFKA_ATTEMPTS_SUFFIX, 2, read_attempt, &al);
   CHECK_MSG(al.records == 4 && al.tombstones_last, "%s: %d records, last a tombstone: %d", al.key, al.records,
             al.tombstones_last);
   CHECK(leftovers("t7", "g7", 1.5) == 0);
@@ -628,6 +630,30 @@ static void test_url(void) {
   CHECK(strstr(pa_errmsg(), "no.such.property") != NULL);
   CHECK(pa_queue_open_kafka("kafka://h:1?topic=%zz", &o, &q) == PA_ERR_INVALID);
   CHECK(pa_queue_open_kafka("kafka://h:1?topic", &o, &q) == PA_ERR_INVALID);
+  /* the one parser (worker/kafka_url.c) that the scheduler and `paella job cancel` use too */
+  pa_kafka_url u;
+  CHECK(pa_kafka_url_parse("kafka://b1:9092,b2:9092", &u) == PA_OK && !strcmp(u.brokers, "b1:9092,b2:9092") &&
+        !strcmp(u.topic, "paella.jobs") && !strcmp(u.group, "workers") && !strcmp(u.events_group, "scheduler") &&
+        u.n_props == 0);
+  CHECK(pa_kafka_url_parse("kafka://b:1?topic=a%2Eb&group=w&events_group=e&sasl.password=p%26w&&linger.ms=1", &u) ==
+            PA_OK &&
+        !strcmp(u.topic, "a.b") && !strcmp(u.group, "w") && !strcmp(u.events_group, "e") && u.n_props == 2 &&
+        !strcmp(u.prop_key[0], "sasl.password") && !strcmp(u.prop_value[0], "p&w") && !strcmp(u.prop_key[1], "linger.ms"));
+  static const char *const reserved[] = {"enable.auto.commit", "enable.auto.offset.store", "enable.idempotence",
+                                         "group.id", "bootstrap.servers", "acks", "request.required.acks"};
+  for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++) {
+    char url[128];
+    snprintf(url, sizeof url, "kafka://b:1?%s=1", reserved[i]);
+    CHECK_MSG(pa_kafka_url_parse(url, &u) == PA_ERR_INVALID && strstr(pa_errmsg(), reserved[i]) &&
+                  strstr(pa_errmsg(), "cannot be overridden"),
+              "%s: %s", url, pa_errmsg());
+  }
+  CHECK(pa_kafka_url_parse("kafka://b:1?events_group=", &u) == PA_ERR_INVALID && strstr(pa_errmsg(), "empty"));
+  /* the scheduler's URL (with events_group) opens a worker: one --queue value for both */
+  char url[512];
+  snprintf(url, sizeof url, "kafka://%s?topic=turl&group=gurl&events_group=scheduler", boot);
+  CHECK_MSG(pa_queue_open_kafka(url, &o, &q) == PA_OK && q, "%s", pa_errmsg());
+  if (q) q->ops->close(q);
 }
 
 int main(void) {

@@ -21,6 +21,7 @@
 
 #include "proto/proto.h"
 #include "tests/test.h"
+#include "worker/kafka_topics.h"
 #include "worker/queue.h"
 #include "worker/queue_kafka.h"
 
@@ -163,7 +164,8 @@ static void tail_log(void) {
 /* ---- topics, jobs, events ---------------------------------------------------------------- */
 
 static void topics(const char *t, int partitions) {
-  static const char *const suffix[] = {"", ".events", ".dead", ".control", ".attempts"};
+  static const char *const suffix[] = {"", PA_KAFKA_EVENTS_SUFFIX, PA_KAFKA_DEAD_SUFFIX,
+                                       PA_KAFKA_CONTROL_SUFFIX, PA_KAFKA_ATTEMPTS_SUFFIX};
   for (int i = 0; i < 5; i++) {
     char n[128];
     snprintf(n, sizeof n, "%s%s", t, suffix[i]);
@@ -273,8 +275,8 @@ static void reader_open(reader *r, const char *topic, int partitions) {
   if (!r->c) return;
   rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(partitions + 1);
   char ev[128], dead[128];
-  snprintf(ev, sizeof ev, "%s.events", topic);
-  snprintf(dead, sizeof dead, "%s.dead", topic);
+  snprintf(ev, sizeof ev, "%s" PA_KAFKA_EVENTS_SUFFIX, topic);
+  snprintf(dead, sizeof dead, "%s" PA_KAFKA_DEAD_SUFFIX, topic);
   for (int p = 0; p < partitions; p++) rd_kafka_topic_partition_list_add(l, ev, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
   rd_kafka_topic_partition_list_add(l, dead, 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
   CHECK(rd_kafka_assign(r->c, l) == RD_KAFKA_RESP_ERR_NO_ERROR);
@@ -285,7 +287,7 @@ static void reader_apply(reader *r, const rd_kafka_message_t *m) {
   job_seen *s = seen_of(r, m->key, m->key_len);
   if (!s) return;
   char type[32];
-  if (strstr(rd_kafka_topic_name(m->rkt), ".dead")) {
+  if (strstr(rd_kafka_topic_name(m->rkt), PA_KAFKA_DEAD_SUFFIX)) {
     s->dead++;
     hdr(m, "code", s->dead_code, sizeof s->dead_code);
     hdr(m, "deliveries", s->dead_deliveries, sizeof s->dead_deliveries);

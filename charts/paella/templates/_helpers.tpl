@@ -108,7 +108,40 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "kafka://%s?topic=%s&group=%s" (required "queue.kafka.brokers is required with queue.type=kafka" $q.kafka.brokers) $q.kafka.topic $q.kafka.group }}
 {{- else }}
 {{- $auth := ternary ":$(PAELLA_REDIS_PASSWORD)@" "" (eq (include "paella.redisAuth" .) "true") }}
-{{- printf "redis://%s%s/%s?stream=%s&group=%s" $auth (include "paella.redisAddress" .root) (include "paella.scalar" $q.redis.db) $q.redis.stream $q.redis.group }}
+{{- $tls := default dict $q.redis.tls }}
+{{- if and $tls.enabled .root.Values.redis.enabled }}
+{{- fail "queue.redis.tls.enabled with redis.enabled: the chart's own Redis has no TLS" }}
+{{- end }}
+{{- $tlsq := "" }}
+{{- if and $tls.enabled $tls.caSecret }}{{ $tlsq = printf "%s&tls_ca=%s/ca.crt" $tlsq (include "paella.redisCADir" .) }}{{ end }}
+{{- if and $tls.enabled $tls.insecure }}{{ $tlsq = printf "%s&tls_insecure=1" $tlsq }}{{ end }}
+{{- printf "%s://%s%s/%s?stream=%s&group=%s%s" (ternary "rediss" "redis" (eq (toString $tls.enabled) "true")) $auth (include "paella.redisAddress" .root) (include "paella.scalar" $q.redis.db) $q.redis.stream $q.redis.group $tlsq }}
+{{- end }}
+{{- end }}
+
+{{/* Where the Redis CA Secret (queue.redis.tls.caSecret, key ca.crt) is mounted. */}}
+{{- define "paella.redisCADir" -}}
+/etc/paella/redis-ca
+{{- end }}
+
+{{/* The Redis CA mount and volume of a Deployment: {root, part} with part "mount" or "volume";
+     empty unless queue.redis.tls.enabled with a caSecret. */}}
+{{- define "paella.redisCA" -}}
+{{- $q := .root.Values.queue }}
+{{- $tls := default dict $q.redis.tls }}
+{{- if and (eq $q.type "redis") $tls.enabled $tls.caSecret }}
+{{- if eq .part "mount" }}
+- name: redis-ca
+  mountPath: {{ include "paella.redisCADir" . }}
+  readOnly: true
+{{- else }}
+- name: redis-ca
+  secret:
+    secretName: {{ $tls.caSecret }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
 {{- end }}
 {{- end }}
 
